@@ -1,0 +1,15 @@
+"""janus-kernels: structured-mask flash attention and fused JANUS losses for PyTorch.
+
+    import janus_kernels as jk
+    mask = jk.masks.janus_nar_mask(U, M)          # a few ints per sample, no dense mask
+    out = jk.attention(q, k, v, mask)             # mask generated inside the kernel
+"""
+import torch  # noqa: F401  (must precede the extension import)
+
+from . import _ext, masks  # noqa: F401
+from .attention import attention, available_backends, default_backend  # noqa: F401
+from .masks import (MaskDescriptor, causal_mask, full_mask, janus_ar_mask,  # noqa: F401
+                    janus_nar_mask, key_padding_mask, permutation_mask, prefix_lm_mask,
+                    sliding_window_mask)
+
+__version__ = "0.1.0"

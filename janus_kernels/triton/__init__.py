@@ -1,0 +1,1 @@
+"""Triton kernels (GPU; run under TRITON_INTERPRET=1 on CPU in tests)."""

@@ -1,0 +1,1 @@
+"""A compact JANUS encoder-decoder, trainer and decoders on top of janus_kernels."""

@@ -1,0 +1,27 @@
+"""Test harness: Triton runs interpreted on CPU (set before any kernel module is imported,
+since @triton.jit reads it at decoration time) with the interpreter's bf16 fixes."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from _triton_interp_fix import apply as _apply_triton_fix  # noqa: E402
+
+_apply_triton_fix()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
