@@ -242,6 +242,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescr
     if backend not in _BACKENDS:
         raise ValueError(f"attention: backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    if not scale > 0:
+        raise ValueError(f"attention: scale must be positive, got {scale}")
     seed_t = None
     if dropout_p > 0:
         if seed is None:
