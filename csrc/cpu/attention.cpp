@@ -18,6 +18,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
+#include <ATen/native/cpu/utils.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -35,8 +36,14 @@ using at::BFloat16;
 using Vec = at::vec::Vectorized<float>;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-constexpr int kBlockM = 64;        // rows per work item (forward)
-constexpr int kChunkFwd = 512;     // keys per forward chunk
+#ifndef JANUS_FWD_BLOCK_M
+#define JANUS_FWD_BLOCK_M 128
+#endif
+#ifndef JANUS_FWD_CHUNK
+#define JANUS_FWD_CHUNK 512
+#endif
+constexpr int kBlockM = JANUS_FWD_BLOCK_M;   // rows per work item (forward)
+constexpr int kChunkFwd = JANUS_FWD_CHUNK;   // keys per forward chunk
 constexpr int kBlockMBwd = 64;     // rows per block (backward)
 constexpr int kChunkBwd = 128;     // keys per backward chunk
 
@@ -150,50 +157,47 @@ inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, flo
 }
 
 // =========================================================================== forward
-// K^T packed per (b, kv head): fp32 [d][Lkp]; bf16 VNNI [d/2][Lkp][2]. V for bf16: VNNI
-// [Lkp/2][d][2]. Padded columns are zero so rounded-up chunk widths read defined memory.
+// K^T of one (b, kv head), packed per work item into thread-local scratch, real keys only:
+// fp32 [d][Lkp]; bf16 VNNI [d/2][Lkp][2], and V for bf16 as VNNI [Lkp/2][d][2]. Columns
+// past the sample's kv_len are zero so rounded-up chunk widths read defined memory.
 template <typename T>
-struct PackedKV {
+struct PackedHead {
   std::vector<T> kt, v;
-  int64_t Lkp = 0, d = 0;
+  int64_t Lkp = 0;
+  int b = -1, hk = -1;
 };
 
 template <typename T>
-void pack_kv(const at::Tensor& k, const at::Tensor& v, PackedKV<T>& out) {
-  const int64_t B = k.size(0), Hkv = k.size(1), Lk = k.size(2), d = k.size(3);
+void pack_head(const T* kb, const T* vb, int64_t ks_l, int64_t vs_l, int kv_len, int d,
+               PackedHead<T>& out) {
   constexpr bool kVnni = std::is_same_v<T, BFloat16>;
-  out.d = d;
-  out.Lkp = round_up(Lk, 32) + 32;
-  const int64_t per = d * out.Lkp;
-  out.kt.assign(B * Hkv * per, T(0));
-  if (kVnni) out.v.assign(B * Hkv * out.Lkp * d, T(0));
-  const T* kp = k.data_ptr<T>();
-  const T* vp = v.data_ptr<T>();
-  const auto ks = k.strides(), vs = v.strides();
-  at::parallel_for(0, B * Hkv, 1, [&](int64_t s, int64_t e) {
-    for (int64_t bh = s; bh < e; ++bh) {
-      const int64_t b = bh / Hkv, h = bh % Hkv;
-      const T* kb = kp + b * ks[0] + h * ks[1];
-      T* dst = out.kt.data() + bh * per;
-      for (int64_t j = 0; j < Lk; ++j) {
-        const T* row = kb + j * ks[2];
-        if (kVnni) {
-          for (int64_t c = 0; c < d; ++c) dst[((c >> 1) * out.Lkp + j) * 2 + (c & 1)] = row[c];
-        } else {
-          for (int64_t c = 0; c < d; ++c) dst[c * out.Lkp + j] = row[c];
-        }
-      }
-      if (kVnni) {
-        const T* vb = vp + b * vs[0] + h * vs[1];
-        T* vd = out.v.data() + bh * out.Lkp * d;
-        for (int64_t j = 0; j < Lk; ++j) {
-          const T* row = vb + j * vs[2];
-          for (int64_t c = 0; c < d; ++c) vd[((j >> 1) * d + c) * 2 + (j & 1)] = row[c];
-        }
-      }
+  out.Lkp = round_up(kv_len, 32) + 32;
+  if ((int64_t)out.kt.size() < d * out.Lkp) out.kt.resize(d * out.Lkp);
+  T* dst = out.kt.data();
+  if constexpr (kVnni) {
+    for (int64_t j = 0; j < kv_len; ++j) {
+      const T* row = kb + j * ks_l;
+      for (int64_t c = 0; c < d; ++c) dst[((c >> 1) * out.Lkp + j) * 2 + (c & 1)] = row[c];
     }
-  });
+    for (int64_t c2 = 0; c2 < d / 2; ++c2)
+      std::fill(dst + (c2 * out.Lkp + kv_len) * 2, dst + (c2 + 1) * out.Lkp * 2, T(0));
+    if ((int64_t)out.v.size() < out.Lkp * d) out.v.resize(out.Lkp * d);
+    T* vd = out.v.data();
+    for (int64_t j = 0; j < kv_len; ++j) {
+      const T* row = vb + j * vs_l;
+      for (int64_t c = 0; c < d; ++c) vd[((j >> 1) * d + c) * 2 + (j & 1)] = row[c];
+    }
+    for (int64_t j = kv_len; j < out.Lkp; ++j)
+      for (int64_t c = 0; c < d; ++c) vd[((j >> 1) * d + c) * 2 + (j & 1)] = T(0);
+  } else {
+    at::native::utils::transpose<float>(kv_len, d, kb, ks_l, dst, out.Lkp);
+    for (int64_t c = 0; c < d; ++c)
+      std::fill(dst + c * out.Lkp + kv_len, dst + (c + 1) * out.Lkp, 0.f);
+  }
 }
+
+// Forward work item: row blocks [blk_begin, blk_end) of sample b's block list, head h.
+struct FwdItem { int b, h, blk_begin, blk_end; int64_t cost; };
 
 template <typename T>
 void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -202,126 +206,154 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
   constexpr bool kBf16 = std::is_same_v<T, BFloat16>;
   const int B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
   const int Hkv = k.size(1), group = H / Hkv, Lk = k.size(2);
-  PackedKV<T> pk;
-  pack_kv<T>(k, v, pk);
-  const int64_t Lkp = pk.Lkp;
   const T* qp = q.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
   T* op = out.data_ptr<T>();
   float* lp = lse.data_ptr<float>();
-  const auto qs = q.strides(), vs = v.strides();
+  const auto qs = q.strides(), ks = k.strides(), vs = v.strides();
   const int64_t os_b = out.stride(0), os_h = out.stride(1), os_l = out.stride(2);
   const int64_t ls_b = lse.stride(0), ls_h = lse.stride(1);
   const int width_round = kBf16 ? 32 : 16;
-
-  auto items = make_row_blocks(ma, 0, B, H, Lq, kBlockM, /*per_head=*/true);
   const int nthreads = at::get_num_threads();
+
+  // Row blocks per sample; each (b, h) is one item (K packed once), split into a few items
+  // only when there are too few heads to keep every thread busy.
+  std::vector<std::vector<RowBlock>> blocks(B);
+  for (int b = 0; b < B; ++b) blocks[b] = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockM, false);
+  const int splits = std::max<int64_t>(1, (4 * nthreads + (int64_t)B * H - 1) / ((int64_t)B * H));
+  std::vector<FwdItem> items;
+  for (int b = 0; b < B; ++b) {
+    const int nb = (int)blocks[b].size();
+    const int parts = std::min(nb, splits);
+    for (int h = 0; h < H; ++h)
+      for (int p = 0; p < parts; ++p) {
+        const int s0 = nb * p / parts, s1 = nb * (p + 1) / parts;
+        int64_t cost = 0;
+        for (int x = s0; x < s1; ++x) cost += blocks[b][x].cost;
+        items.push_back({b, h, s0, s1, cost});
+      }
+  }
   // per-thread scratch
   std::vector<std::vector<float>> S_buf(nthreads), acc_buf(nthreads), m_buf(nthreads),
       l_buf(nthreads);
   std::vector<std::vector<T>> P_buf(nthreads);
+  std::vector<PackedHead<T>> heads(nthreads);
 
-  run_dynamic(items, [&](const RowBlock& it) {
+  run_dynamic(items, [&](const FwdItem& item) {
     const int tid = at::get_thread_num();
-    auto& S = S_buf[tid];
-    auto& acc = acc_buf[tid];
-    auto& mrow = m_buf[tid];
-    auto& lrow = l_buf[tid];
-    if (S.empty()) {
-      S.resize((size_t)kBlockM * kChunkFwd);
-      acc.resize((size_t)kBlockM * d);
-      mrow.resize(kBlockM);
-      lrow.resize(kBlockM);
-      if (kBf16) P_buf[tid].resize((size_t)kBlockM * kChunkFwd);
-    }
-    const int b = it.b, h = it.h, hk = h / group, rows = it.i1 - it.i0 + 1;
+    const int b = item.b, h = item.h, hk = h / group;
+    PackedHead<T>& ph = heads[tid];
     const auto m = ma.sample(b);
-    const T* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)it.i0 * qs[2];
-    const T* kt = pk.kt.data() + ((int64_t)b * Hkv + hk) * d * Lkp;
-    std::fill(acc.begin(), acc.begin() + (size_t)rows * d, 0.f);
-    std::fill(mrow.begin(), mrow.begin() + rows, kNegInf);
-    std::fill(lrow.begin(), lrow.begin() + rows, 0.f);
-    int pre, lo, hi;
-    m.block_ranges(it.i0, it.i1, &pre, &lo, &hi);
-    if (kBf16 && hi > lo) lo &= ~1;  // VNNI pairs keys (2t, 2t+1): chunks start at even keys
-    const int bh = b * H + h;
-
-    for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
-      const int wr = std::min<int>(round_up(w, width_round), kChunkFwd);
-      // S = Q K^T over the rounded-up width; the extra columns are always masked below.
-      if constexpr (kBf16) {
-        at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0 * 2,
-                                    S.data(), true);
-      } else {
-        at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0,
-                                    S.data());
-      }
-      const int cls = m.tile_class(it.i0, it.i1, c0, c0 + w - 1);
-      for (int r = 0; r < rows; ++r) {
-        float* srow = S.data() + (int64_t)r * wr;
-        if (cls != janus::TILE_FULL) mask_row_chunk(m, it.i0 + r, c0, w, srow, kNegInf);
-        for (int t = w; t < wr; ++t) srow[t] = kNegInf;
-        // online softmax on scale * s
-        const float cmax = at::vec::reduce_all<float>(
-            [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, srow, wr);
-        const float m_old = mrow[r];
-        const float m_new = std::max(m_old, cmax * scale);
-        float* arow = acc.data() + (int64_t)r * d;
-        if (m_new == kNegInf) {  // row sees nothing in this chunk (and before): P = 0
-          if constexpr (kBf16) std::fill_n(P_buf[tid].data() + (int64_t)r * wr, wr, T(0));
-          else std::fill_n(srow, wr, 0.f);
-          continue;
-        }
-        const Vec vscale(scale), vmax(m_new);
-        Vec vsum(0.f);
-        int64_t t = 0;
-        for (; t + Vec::size() <= wr; t += Vec::size()) {
-          Vec e = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
-          vsum += e;
-          e.store(srow + t);
-        }
-        float sum = at::vec::vec_reduce_all<float>(
-            [](Vec& x, Vec& y) { return x + y; }, vsum);
-        for (; t < wr; ++t) { srow[t] = std::exp(srow[t] * scale - m_new); sum += srow[t]; }
-        const float alpha = (m_old == kNegInf) ? 0.f : std::exp(m_old - m_new);
-        lrow[r] = lrow[r] * alpha + sum;
-        mrow[r] = m_new;
-        if (alpha != 1.f) {
-          at::vec::map([alpha](Vec x) { return x * Vec(alpha); }, arow, arow, d);
-        }
-        if (drop.on()) {
-          const int i = it.i0 + r;
-          for (int tt = 0; tt < w; ++tt) {
-            if (!janus::dropout_keep(drop.seed, drop.threshold, bh, i, c0 + tt)) srow[tt] = 0.f;
-            else srow[tt] *= drop.inv_keep;
-          }
-        }
-        if constexpr (kBf16) at::vec::convert(srow, P_buf[tid].data() + (int64_t)r * wr, wr);
-      }
-      // O_acc += P V_chunk
-      if constexpr (kBf16) {
-        const T* vchunk = pk.v.data() + ((int64_t)b * Hkv + hk) * Lkp * d + (int64_t)c0 * d;
-        at::native::cpublas::brgemm(rows, d, wr, wr, d, d, true, P_buf[tid].data(), vchunk,
-                                    acc.data(), true);
-      } else {
-        const T* vchunk = vp + b * vs[0] + hk * vs[1] + (int64_t)c0 * vs[2];
-        // only the w real keys: V has no padded rows to read beyond Lk
-        at::native::cpublas::brgemm(rows, d, w, wr, vs[2], d, true, S.data(), vchunk,
-                                    acc.data());
-      }
-    });
-
-    for (int r = 0; r < rows; ++r) {
-      const int i = it.i0 + r;
-      T* orow = op + b * os_b + h * os_h + (int64_t)i * os_l;
-      const float l = lrow[r];
-      if (l > 0.f) {
-        const float inv = 1.f / l;
-        const float* arow = acc.data() + (int64_t)r * d;
-        for (int c = 0; c < d; ++c) orow[c] = T(arow[c] * inv);
-        lp[b * ls_b + h * ls_h + i] = mrow[r] + std::log(l);
-      }
+    if (ph.b != b || ph.hk != hk) {
+      pack_head<T>(kp + b * ks[0] + hk * ks[1], vp + b * vs[0] + hk * vs[1], ks[2], vs[2],
+                   std::min(m.kv_len(), Lk), d, ph);
+      ph.b = b;
+      ph.hk = hk;
     }
+    const int64_t Lkp = ph.Lkp;
+    const T* kt = ph.kt.data();
+    for (int x = item.blk_begin; x < item.blk_end; ++x) {
+      const RowBlock& it = blocks[b][x];
+      const int tid = at::get_thread_num();
+      auto& S = S_buf[tid];
+      auto& acc = acc_buf[tid];
+      auto& mrow = m_buf[tid];
+      auto& lrow = l_buf[tid];
+      if (S.empty()) {
+        S.resize((size_t)kBlockM * kChunkFwd);
+        acc.resize((size_t)kBlockM * d);
+        mrow.resize(kBlockM);
+        lrow.resize(kBlockM);
+        if (kBf16) P_buf[tid].resize((size_t)kBlockM * kChunkFwd);
+      }
+      const int rows = it.i1 - it.i0 + 1;
+      const T* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)it.i0 * qs[2];
+      std::fill(acc.begin(), acc.begin() + (size_t)rows * d, 0.f);
+      std::fill(mrow.begin(), mrow.begin() + rows, kNegInf);
+      std::fill(lrow.begin(), lrow.begin() + rows, 0.f);
+      int pre, lo, hi;
+      m.block_ranges(it.i0, it.i1, &pre, &lo, &hi);
+      if (kBf16 && hi > lo) lo &= ~1;  // VNNI pairs keys (2t, 2t+1): chunks start at even keys
+      const int bh = b * H + h;
+
+      for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
+        const int wr = std::min<int>(round_up(w, width_round), kChunkFwd);
+        // S = Q K^T over the rounded-up width; the extra columns are always masked below.
+        if constexpr (kBf16) {
+          at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0 * 2,
+                                      S.data(), true);
+        } else {
+          at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0,
+                                      S.data());
+        }
+        const int cls = m.tile_class(it.i0, it.i1, c0, c0 + w - 1);
+        for (int r = 0; r < rows; ++r) {
+          float* srow = S.data() + (int64_t)r * wr;
+          if (cls != janus::TILE_FULL) mask_row_chunk(m, it.i0 + r, c0, w, srow, kNegInf);
+          for (int t = w; t < wr; ++t) srow[t] = kNegInf;
+          // online softmax on scale * s
+          const float cmax = at::vec::reduce_all<float>(
+              [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, srow, wr);
+          const float m_old = mrow[r];
+          const float m_new = std::max(m_old, cmax * scale);
+          float* arow = acc.data() + (int64_t)r * d;
+          if (m_new == kNegInf) {  // row sees nothing in this chunk (and before): P = 0
+            if constexpr (kBf16) std::fill_n(P_buf[tid].data() + (int64_t)r * wr, wr, T(0));
+            else std::fill_n(srow, wr, 0.f);
+            continue;
+          }
+          const Vec vscale(scale), vmax(m_new);
+          Vec vsum(0.f);
+          int64_t t = 0;
+          for (; t + Vec::size() <= wr; t += Vec::size()) {
+            Vec e = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
+            vsum += e;
+            e.store(srow + t);
+          }
+          float sum = at::vec::vec_reduce_all<float>(
+              [](Vec& x, Vec& y) { return x + y; }, vsum);
+          for (; t < wr; ++t) { srow[t] = std::exp(srow[t] * scale - m_new); sum += srow[t]; }
+          const float alpha = (m_old == kNegInf) ? 0.f : std::exp(m_old - m_new);
+          lrow[r] = lrow[r] * alpha + sum;
+          mrow[r] = m_new;
+          if (alpha != 1.f) {
+            at::vec::map([alpha](Vec x) { return x * Vec(alpha); }, arow, arow, d);
+          }
+          if (drop.on()) {
+            const int i = it.i0 + r;
+            for (int tt = 0; tt < w; ++tt) {
+              if (!janus::dropout_keep(drop.seed, drop.threshold, bh, i, c0 + tt)) srow[tt] = 0.f;
+              else srow[tt] *= drop.inv_keep;
+            }
+          }
+          if constexpr (kBf16) at::vec::convert(srow, P_buf[tid].data() + (int64_t)r * wr, wr);
+        }
+        // O_acc += P V_chunk
+        if constexpr (kBf16) {
+          const T* vchunk = ph.v.data() + (int64_t)c0 * d;
+          at::native::cpublas::brgemm(rows, d, wr, wr, d, d, true, P_buf[tid].data(), vchunk,
+                                      acc.data(), true);
+        } else {
+          const T* vchunk = vp + b * vs[0] + hk * vs[1] + (int64_t)c0 * vs[2];
+          // only the w real keys: V has no padded rows to read beyond Lk
+          at::native::cpublas::brgemm(rows, d, w, wr, vs[2], d, true, S.data(), vchunk,
+                                      acc.data());
+        }
+      });
+
+      for (int r = 0; r < rows; ++r) {
+        const int i = it.i0 + r;
+        T* orow = op + b * os_b + h * os_h + (int64_t)i * os_l;
+        const float l = lrow[r];
+        if (l > 0.f) {
+          const float inv = 1.f / l;
+          const float* arow = acc.data() + (int64_t)r * d;
+          for (int c = 0; c < d; ++c) orow[c] = T(arow[c] * inv);
+          lp[b * ls_b + h * ls_h + i] = mrow[r] + std::log(l);
+        }
+      }
+    }  // row blocks of the item
   }, /*release_amx=*/kBf16);
   (void)Lk;
 }
