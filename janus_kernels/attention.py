@@ -23,7 +23,7 @@ import torch
 from . import _ext
 from .dropout import dropout_keep_mask
 from .masks import Kind, MaskDescriptor
-from .reference import reference_attention
+from .reference import reference_attention, reference_attention_backward
 
 __all__ = ["attention", "available_backends", "default_backend"]
 
@@ -48,12 +48,13 @@ def _reference_fwd(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed)
 
 
 def _reference_bwd(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed):
-    with torch.enable_grad():
-        ct = torch.float64 if q.dtype == torch.float64 else torch.float32
-        qc, kc, vc = (t.detach().to(ct).requires_grad_() for t in (q, k, v))
-        oc = _reference_fwd(qc, kc, vc, params, rank, q_split, kind, scale, dropout_p, seed)[0]
-        dq, dk, dv = torch.autograd.grad(oc, (qc, kc, vc), dout.to(ct))
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    B, H, Lq, _ = q.shape
+    allowed = _descriptor(params, rank, q_split, kind, Lq, k.shape[2]).materialize()
+    keep = None
+    if dropout_p > 0:
+        keep = dropout_keep_mask(int(seed[0]), B, H, Lq, k.shape[2], dropout_p, q.device)
+    return reference_attention_backward(dout, q, k, v, allowed, scale=scale, keep=keep,
+                                        dropout_p=dropout_p)
 
 
 def _cpp_fwd(*args):
@@ -241,6 +242,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescr
     if backend not in _BACKENDS:
         raise ValueError(f"attention: backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    if not scale > 0:
+        raise ValueError(f"attention: scale must be positive, got {scale}")
     seed_t = None
     if dropout_p > 0:
         if seed is None:

@@ -98,3 +98,36 @@ def authors_mask_to_allowed(content: torch.Tensor, query: torch.Tensor) -> torch
     """Stack the authors' two float masks (1 = blocked) into one bool (B, Lc+Lq, Lc) mask of
     allowed entries, in the fused [content rows ; query rows] row order."""
     return torch.cat([content, query], dim=1) < 0.5
+
+
+def reference_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                                 v: torch.Tensor, allowed: torch.Tensor, *,
+                                 scale: Optional[float] = None,
+                                 keep: Optional[torch.Tensor] = None, dropout_p: float = 0.0):
+    """Dense gradients of `reference_attention` by the explicit formulas (fp32, fp64 kept):
+    P = softmax(scale QK^T) masked, P_d = P * keep / (1-p), dV = P_d^T dO,
+    dP = (dO V^T) * keep / (1-p), dS = P * (dP - rowsum(P * dP)), dQ = scale dS K,
+    dK = scale dS^T Q; grouped-query heads are summed into their k/v head."""
+    B, H, Lq, d = q.shape
+    Hkv = k.shape[1]
+    scale = d ** -0.5 if scale is None else scale
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qc, kc, vc, g = q.to(ct), _expand_kv(k, H).to(ct), _expand_kv(v, H).to(ct), dout.to(ct)
+    m = allowed[:, None] if allowed.dim() == 3 else allowed
+    s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+    s = s.masked_fill(~m, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    p = torch.where(m, p, torch.zeros((), dtype=ct, device=p.device))
+    drop = 1.0
+    if keep is not None and dropout_p > 0:
+        drop = keep.to(ct) / (1.0 - dropout_p)
+    pd = p * drop
+    dv = torch.matmul(pd.transpose(-1, -2), g)
+    dp = torch.matmul(g, vc.transpose(-1, -2)) * drop
+    ds = p * (dp - (p * dp).sum(-1, keepdim=True))
+    dq = torch.matmul(ds, kc) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), qc) * scale
+    if Hkv != H:
+        dk = dk.view(B, Hkv, H // Hkv, *dk.shape[2:]).sum(2)
+        dv = dv.view(B, Hkv, H // Hkv, *dv.shape[2:]).sum(2)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

@@ -1,0 +1,566 @@
+// CPU flash attention with the structured mask generated on the fly (forward and backward).
+//
+// Algorithm (per (batch, head, block of rows of one stream)):
+//   keys needed by the block = [0, pre) U [lo(first row), hi(last row))   (janus/mask.h)
+//   for each chunk of those keys (dead key tiles are never touched):
+//     S = Q_blk K_chunk^T                      oneDNN brgemm (fp32, or bf16 with VNNI-packed B)
+//     mask: only tiles that are not FULL are masked, by per-row interval fills (no predicate
+//           is evaluated per element except for the permutation kind)
+//     online softmax (at::vec, AVX-512), O_acc = O_acc * exp(m_old - m_new) + P V_chunk
+//   out = O_acc / l, lse = m + log(l); rows that see no key -> out 0, lse -inf.
+// Backward per (batch, kv head): for each row block and key chunk, in transposed form so every
+// brgemm has a plain row-major B operand (cpublas::brgemm cannot transpose B):
+//   S^T = K Q^T, P^T = exp(scale S^T - lse), dV += P^T dO, dP^T = V dO^T,
+//   dS^T = P^T (dP^T - delta), dK += scale dS^T Q, dQ^T += scale K^T dS^T.
+// Work is scheduled dynamically from an atomic counter (lengths are uneven per sample).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/native/CPUBlas.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "janus/mask.h"
+#include "janus/philox.h"
+
+namespace {
+
+using at::BFloat16;
+using Vec = at::vec::Vectorized<float>;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+constexpr int kBlockM = 64;        // rows per work item (forward)
+constexpr int kChunkFwd = 512;     // keys per forward chunk
+constexpr int kBlockMBwd = 64;     // rows per block (backward)
+constexpr int kChunkBwd = 128;     // keys per backward chunk
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// ------------------------------------------------------------------------ arguments
+struct MaskArgs {
+  const int32_t* params;
+  const int32_t* rank;
+  int64_t rank_stride;
+  int q_split;
+  int kind;
+  janus::SampleMask sample(int b) const {
+    return janus::sample_mask(params, rank, rank_stride, b, q_split, kind);
+  }
+};
+
+struct Dropout {
+  float p = 0.f;
+  uint32_t threshold = 0;
+  uint64_t seed = 0;
+  float inv_keep = 1.f;
+  bool on() const { return p > 0.f; }
+};
+
+Dropout make_dropout(double p, const c10::optional<at::Tensor>& seed) {
+  Dropout d;
+  if (p <= 0.0) return d;
+  TORCH_CHECK(seed.has_value() && seed->numel() == 1 && seed->dtype() == at::kLong,
+              "rng_seed: dropout_p > 0 needs an int64 tensor with one element");
+  d.p = (float)p;
+  d.threshold = janus::drop_threshold(d.p);
+  d.seed = (uint64_t)seed->cpu().item<int64_t>();
+  d.inv_keep = 1.f / (1.f - d.p);
+  return d;
+}
+
+// Row blocks of one stream: a work item is (b, h, first row, last row) with only valid rows.
+struct RowBlock { int b, h, i0, i1; int64_t cost; };
+
+std::vector<RowBlock> make_row_blocks(const MaskArgs& ma, int b_begin, int b_end, int H, int Lq,
+                                      int block, bool per_head) {
+  std::vector<RowBlock> items;
+  for (int b = b_begin; b < b_end; ++b) {
+    const auto m = ma.sample(b);
+    for (int s = 0; s < 2; ++s) {
+      const int start = s == 0 ? 0 : ma.q_split;
+      const int stop = s == 0 ? ma.q_split : Lq;
+      const int valid_end = std::min(stop, start + std::max(0, m.rows(s)));
+      for (int i0 = start; i0 < valid_end; i0 += block) {
+        const int i1 = std::min(i0 + block, valid_end) - 1;
+        int pre, lo, hi;
+        m.block_ranges(i0, i1, &pre, &lo, &hi);
+        const int64_t keys = (lo < pre) ? std::max(pre, hi) : pre + (hi - lo);
+        if (keys <= 0) continue;  // rows that see nothing: output stays 0, lse -inf
+        const int64_t cost = keys * (i1 - i0 + 1);
+        if (per_head) {
+          for (int h = 0; h < H; ++h) items.push_back({b, h, i0, i1, cost});
+        } else {
+          items.push_back({b, 0, i0, i1, cost});
+        }
+      }
+    }
+  }
+  return items;
+}
+
+// Key chunks covering [0, pre) U [lo, hi) in pieces of at most `chunk`.
+template <class F>
+void for_each_key_chunk(int pre, int lo, int hi, int chunk, F&& f) {
+  auto walk = [&](int a, int e) {
+    for (int c = a; c < e; c += chunk) f(c, std::min(chunk, e - c));
+  };
+  if (hi <= lo) { walk(0, pre); return; }
+  if (lo <= pre) { walk(0, std::max(pre, hi)); return; }
+  walk(0, pre);
+  walk(lo, hi);
+}
+
+// Run fn(item) for every item on all threads, largest first, pulled from an atomic counter.
+template <class Item, class F>
+void run_dynamic(std::vector<Item>& items, F&& fn, bool release_amx = false) {
+  std::stable_sort(items.begin(), items.end(),
+                   [](const Item& a, const Item& b) { return a.cost > b.cost; });
+  std::atomic<int64_t> next{0};
+  const int64_t n = (int64_t)items.size();
+  const int nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t k = next.fetch_add(1); k < n; k = next.fetch_add(1)) fn(items[k]);
+    }
+    if (release_amx) at::native::cpublas::brgemm_release(true);  // per-thread tile context
+  });
+}
+
+// Per-row visibility inside a key chunk [c0, c0 + w): fill masked entries of row `s` with v.
+inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, float* s, float v) {
+  if (m.kind == janus::KIND_PERMUTATION) {
+    for (int t = 0; t < w; ++t) if (!m.allowed(i, c0 + t)) s[t] = v;
+    return;
+  }
+  int pre, lo, hi;
+  m.row_ranges(i, &pre, &lo, &hi);
+  const int a = std::clamp(pre - c0, 0, w);
+  const int ws = std::clamp(lo - c0, 0, w), we = std::clamp(hi - c0, 0, w);
+  auto fill = [&](int x, int y) { for (int t = x; t < y; ++t) s[t] = v; };
+  if (we <= ws) { fill(a, w); return; }     // no window inside the chunk
+  if (ws <= a) { fill(std::max(a, we), w); return; }
+  fill(a, ws);
+  fill(we, w);
+}
+
+// =========================================================================== forward
+// K^T packed per (b, kv head): fp32 [d][Lkp]; bf16 VNNI [d/2][Lkp][2]. V for bf16: VNNI
+// [Lkp/2][d][2]. Padded columns are zero so rounded-up chunk widths read defined memory.
+template <typename T>
+struct PackedKV {
+  std::vector<T> kt, v;
+  int64_t Lkp = 0, d = 0;
+};
+
+template <typename T>
+void pack_kv(const at::Tensor& k, const at::Tensor& v, PackedKV<T>& out) {
+  const int64_t B = k.size(0), Hkv = k.size(1), Lk = k.size(2), d = k.size(3);
+  constexpr bool kVnni = std::is_same_v<T, BFloat16>;
+  out.d = d;
+  out.Lkp = round_up(Lk, 32) + 32;
+  const int64_t per = d * out.Lkp;
+  out.kt.assign(B * Hkv * per, T(0));
+  if (kVnni) out.v.assign(B * Hkv * out.Lkp * d, T(0));
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  const auto ks = k.strides(), vs = v.strides();
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t s, int64_t e) {
+    for (int64_t bh = s; bh < e; ++bh) {
+      const int64_t b = bh / Hkv, h = bh % Hkv;
+      const T* kb = kp + b * ks[0] + h * ks[1];
+      T* dst = out.kt.data() + bh * per;
+      for (int64_t j = 0; j < Lk; ++j) {
+        const T* row = kb + j * ks[2];
+        if (kVnni) {
+          for (int64_t c = 0; c < d; ++c) dst[((c >> 1) * out.Lkp + j) * 2 + (c & 1)] = row[c];
+        } else {
+          for (int64_t c = 0; c < d; ++c) dst[c * out.Lkp + j] = row[c];
+        }
+      }
+      if (kVnni) {
+        const T* vb = vp + b * vs[0] + h * vs[1];
+        T* vd = out.v.data() + bh * out.Lkp * d;
+        for (int64_t j = 0; j < Lk; ++j) {
+          const T* row = vb + j * vs[2];
+          for (int64_t c = 0; c < d; ++c) vd[((j >> 1) * d + c) * 2 + (j & 1)] = row[c];
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const MaskArgs& ma, float scale, const Dropout& drop,
+                        at::Tensor& out, at::Tensor& lse) {
+  constexpr bool kBf16 = std::is_same_v<T, BFloat16>;
+  const int B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
+  const int Hkv = k.size(1), group = H / Hkv, Lk = k.size(2);
+  PackedKV<T> pk;
+  pack_kv<T>(k, v, pk);
+  const int64_t Lkp = pk.Lkp;
+  const T* qp = q.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  float* lp = lse.data_ptr<float>();
+  const auto qs = q.strides(), vs = v.strides();
+  const int64_t os_b = out.stride(0), os_h = out.stride(1), os_l = out.stride(2);
+  const int64_t ls_b = lse.stride(0), ls_h = lse.stride(1);
+  const int width_round = kBf16 ? 32 : 16;
+
+  auto items = make_row_blocks(ma, 0, B, H, Lq, kBlockM, /*per_head=*/true);
+  const int nthreads = at::get_num_threads();
+  // per-thread scratch
+  std::vector<std::vector<float>> S_buf(nthreads), acc_buf(nthreads), m_buf(nthreads),
+      l_buf(nthreads);
+  std::vector<std::vector<T>> P_buf(nthreads);
+
+  run_dynamic(items, [&](const RowBlock& it) {
+    const int tid = at::get_thread_num();
+    auto& S = S_buf[tid];
+    auto& acc = acc_buf[tid];
+    auto& mrow = m_buf[tid];
+    auto& lrow = l_buf[tid];
+    if (S.empty()) {
+      S.resize((size_t)kBlockM * kChunkFwd);
+      acc.resize((size_t)kBlockM * d);
+      mrow.resize(kBlockM);
+      lrow.resize(kBlockM);
+      if (kBf16) P_buf[tid].resize((size_t)kBlockM * kChunkFwd);
+    }
+    const int b = it.b, h = it.h, hk = h / group, rows = it.i1 - it.i0 + 1;
+    const auto m = ma.sample(b);
+    const T* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)it.i0 * qs[2];
+    const T* kt = pk.kt.data() + ((int64_t)b * Hkv + hk) * d * Lkp;
+    std::fill(acc.begin(), acc.begin() + (size_t)rows * d, 0.f);
+    std::fill(mrow.begin(), mrow.begin() + rows, kNegInf);
+    std::fill(lrow.begin(), lrow.begin() + rows, 0.f);
+    int pre, lo, hi;
+    m.block_ranges(it.i0, it.i1, &pre, &lo, &hi);
+    if (kBf16 && hi > lo) lo &= ~1;  // VNNI pairs keys (2t, 2t+1): chunks start at even keys
+    const int bh = b * H + h;
+
+    for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
+      const int wr = std::min<int>(round_up(w, width_round), kChunkFwd);
+      // S = Q K^T over the rounded-up width; the extra columns are always masked below.
+      if constexpr (kBf16) {
+        at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0 * 2,
+                                    S.data(), true);
+      } else {
+        at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0,
+                                    S.data());
+      }
+      const int cls = m.tile_class(it.i0, it.i1, c0, c0 + w - 1);
+      for (int r = 0; r < rows; ++r) {
+        float* srow = S.data() + (int64_t)r * wr;
+        if (cls != janus::TILE_FULL) mask_row_chunk(m, it.i0 + r, c0, w, srow, kNegInf);
+        for (int t = w; t < wr; ++t) srow[t] = kNegInf;
+        // online softmax on scale * s
+        const float cmax = at::vec::reduce_all<float>(
+            [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, srow, wr);
+        const float m_old = mrow[r];
+        const float m_new = std::max(m_old, cmax * scale);
+        float* arow = acc.data() + (int64_t)r * d;
+        if (m_new == kNegInf) {  // row sees nothing in this chunk (and before): P = 0
+          if constexpr (kBf16) std::fill_n(P_buf[tid].data() + (int64_t)r * wr, wr, T(0));
+          else std::fill_n(srow, wr, 0.f);
+          continue;
+        }
+        const Vec vscale(scale), vmax(m_new);
+        Vec vsum(0.f);
+        int64_t t = 0;
+        for (; t + Vec::size() <= wr; t += Vec::size()) {
+          Vec e = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
+          vsum += e;
+          e.store(srow + t);
+        }
+        float sum = at::vec::vec_reduce_all<float>(
+            [](Vec& x, Vec& y) { return x + y; }, vsum);
+        for (; t < wr; ++t) { srow[t] = std::exp(srow[t] * scale - m_new); sum += srow[t]; }
+        const float alpha = (m_old == kNegInf) ? 0.f : std::exp(m_old - m_new);
+        lrow[r] = lrow[r] * alpha + sum;
+        mrow[r] = m_new;
+        if (alpha != 1.f) {
+          at::vec::map([alpha](Vec x) { return x * Vec(alpha); }, arow, arow, d);
+        }
+        if (drop.on()) {
+          const int i = it.i0 + r;
+          for (int tt = 0; tt < w; ++tt) {
+            if (!janus::dropout_keep(drop.seed, drop.threshold, bh, i, c0 + tt)) srow[tt] = 0.f;
+            else srow[tt] *= drop.inv_keep;
+          }
+        }
+        if constexpr (kBf16) at::vec::convert(srow, P_buf[tid].data() + (int64_t)r * wr, wr);
+      }
+      // O_acc += P V_chunk
+      if constexpr (kBf16) {
+        const T* vchunk = pk.v.data() + ((int64_t)b * Hkv + hk) * Lkp * d + (int64_t)c0 * d;
+        at::native::cpublas::brgemm(rows, d, wr, wr, d, d, true, P_buf[tid].data(), vchunk,
+                                    acc.data(), true);
+      } else {
+        const T* vchunk = vp + b * vs[0] + hk * vs[1] + (int64_t)c0 * vs[2];
+        // only the w real keys: V has no padded rows to read beyond Lk
+        at::native::cpublas::brgemm(rows, d, w, wr, vs[2], d, true, S.data(), vchunk,
+                                    acc.data());
+      }
+    });
+
+    for (int r = 0; r < rows; ++r) {
+      const int i = it.i0 + r;
+      T* orow = op + b * os_b + h * os_h + (int64_t)i * os_l;
+      const float l = lrow[r];
+      if (l > 0.f) {
+        const float inv = 1.f / l;
+        const float* arow = acc.data() + (int64_t)r * d;
+        for (int c = 0; c < d; ++c) orow[c] = T(arow[c] * inv);
+        lp[b * ls_b + h * ls_h + i] = mrow[r] + std::log(l);
+      }
+    }
+  }, /*release_amx=*/kBf16);
+  (void)Lk;
+}
+
+// ========================================================================== backward
+// fp32 only (bf16/fp16 inputs are upcast by the caller).
+void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                        const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                        const MaskArgs& ma, float scale, const Dropout& drop,
+                        at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  const int B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
+  const int Hkv = k.size(1), group = H / Hkv, Lk = k.size(2);
+  const int64_t Lkp = round_up(Lk, 16) + 16;
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const float* op = out.data_ptr<float>();
+  const float* gp = dout.data_ptr<float>();
+  const float* lp = lse.data_ptr<float>();
+  float* dqp = dq.data_ptr<float>();
+  float* dkp = dk.data_ptr<float>();
+  float* dvp = dv.data_ptr<float>();
+  const auto qs = q.strides(), ks = k.strides(), vs = v.strides(), os = out.strides(),
+             gs = dout.strides(), lss = lse.strides();
+
+  // Items: one per (b, kv head), owning dK/dV of that head and dQ of its query heads.
+  struct Item { int b, hk; int64_t cost; };
+  std::vector<Item> items;
+  for (int b = 0; b < B; ++b) {
+    const auto m = ma.sample(b);
+    const int64_t cost = (int64_t)m.kv_len() * (m.rows(0) + m.rows(1));
+    for (int hk = 0; hk < Hkv; ++hk) items.push_back({b, hk, cost});
+  }
+  const int nthreads = at::get_num_threads();
+  struct Scratch {
+    std::vector<float> kt, qt, dot, dqt, pt, dpt, delta, lse_row;
+    std::vector<int> pre, lo, hi;
+  };
+  std::vector<Scratch> scratch(nthreads);
+
+  run_dynamic(items, [&](const Item& it) {
+    auto& sc = scratch[at::get_thread_num()];
+    if (sc.kt.empty()) {
+      sc.kt.resize((size_t)d * Lkp);
+      sc.qt.resize((size_t)d * kBlockMBwd);
+      sc.dot.resize((size_t)d * kBlockMBwd);
+      sc.dqt.resize((size_t)d * kBlockMBwd);
+      sc.pt.resize((size_t)kChunkBwd * kBlockMBwd);
+      sc.dpt.resize((size_t)kChunkBwd * kBlockMBwd);
+      sc.delta.resize(kBlockMBwd);
+      sc.lse_row.resize(kBlockMBwd);
+      sc.pre.resize(kBlockMBwd); sc.lo.resize(kBlockMBwd); sc.hi.resize(kBlockMBwd);
+    }
+    const int b = it.b, hk = it.hk;
+    const auto m = ma.sample(b);
+    const float* kb = kp + b * ks[0] + hk * ks[1];
+    const float* vb = vp + b * vs[0] + hk * vs[1];
+    float* dkb = dkp + ((int64_t)b * Hkv + hk) * Lk * d;   // dk, dv contiguous (allocated here)
+    float* dvb = dvp + ((int64_t)b * Hkv + hk) * Lk * d;
+    // K^T [d][Lkp] for dQ^T += K^T dS^T
+    for (int j = 0; j < Lk; ++j)
+      for (int c = 0; c < d; ++c) sc.kt[(int64_t)c * Lkp + j] = kb[j * ks[2] + c];
+
+    for (int h = hk * group; h < (hk + 1) * group; ++h) {
+      const int bh = b * H + h;
+      const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
+      for (const auto& blk : blocks) {
+        const int i0 = blk.i0, rows = blk.i1 - blk.i0 + 1;
+        const float* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)i0 * qs[2];
+        const float* gblk = gp + b * gs[0] + h * gs[1] + (int64_t)i0 * gs[2];
+        const float* oblk = op + b * os[0] + h * os[1] + (int64_t)i0 * os[2];
+        // Q^T, dO^T [d][rows]; delta = rowsum(dO * O); lse (-inf -> +inf so exp gives 0)
+        for (int r = 0; r < rows; ++r) {
+          float acc = 0.f;
+          for (int c = 0; c < d; ++c) {
+            sc.qt[(int64_t)c * rows + r] = qblk[r * qs[2] + c];
+            const float g = gblk[r * gs[2] + c];
+            sc.dot[(int64_t)c * rows + r] = g;
+            acc += g * oblk[r * os[2] + c];
+          }
+          sc.delta[r] = acc;
+          const float l = lp[b * lss[0] + h * lss[1] + (int64_t)(i0 + r) * lss[2]];
+          sc.lse_row[r] = (l == kNegInf) ? std::numeric_limits<float>::infinity() : l;
+          m.row_ranges(i0 + r, &sc.pre[r], &sc.lo[r], &sc.hi[r]);
+        }
+        std::fill(sc.dqt.begin(), sc.dqt.begin() + (size_t)d * rows, 0.f);
+        int pre, lo, hi;
+        m.block_ranges(i0, blk.i1, &pre, &lo, &hi);
+        for_each_key_chunk(pre, lo, hi, kChunkBwd, [&](int c0, int w) {
+          float* pt = sc.pt.data();
+          float* dpt = sc.dpt.data();
+          // S^T = K_chunk Q^T  (w x rows)
+          at::native::cpublas::brgemm(w, rows, d, ks[2], rows, rows, false, kb + c0 * ks[2],
+                                      sc.qt.data(), pt);
+          // dP^T = V_chunk dO^T
+          at::native::cpublas::brgemm(w, rows, d, vs[2], rows, rows, false, vb + c0 * vs[2],
+                                      sc.dot.data(), dpt);
+          const bool full = m.tile_class(i0, blk.i1, c0, c0 + w - 1) == janus::TILE_FULL;
+          const Vec vscale(scale);
+          for (int t = 0; t < w; ++t) {
+            const int j = c0 + t;
+            float* prow = pt + (int64_t)t * rows;
+            float* dprow = dpt + (int64_t)t * rows;
+            int64_t r = 0;
+            for (; r + Vec::size() <= rows; r += Vec::size()) {
+              Vec p = (Vec::loadu(prow + r) * vscale - Vec::loadu(sc.lse_row.data() + r)).exp_u20();
+              p.store(prow + r);
+            }
+            for (; r < rows; ++r) prow[r] = std::exp(prow[r] * scale - sc.lse_row[r]);
+            if (!full) {
+              for (int rr = 0; rr < rows; ++rr) {
+                bool ok;
+                if (m.kind == janus::KIND_PERMUTATION) ok = m.allowed(i0 + rr, j);
+                else ok = j < sc.pre[rr] || (sc.lo[rr] <= j && j < sc.hi[rr]);
+                if (!ok) prow[rr] = 0.f;
+              }
+            }
+            if (drop.on()) {
+              // dV uses the dropped P; dS uses P * (keep * dP / (1-p) - delta)
+              for (int rr = 0; rr < rows; ++rr) {
+                const bool keep = janus::dropout_keep(drop.seed, drop.threshold, bh, i0 + rr, j);
+                const float kscale = keep ? drop.inv_keep : 0.f;
+                dprow[rr] = prow[rr] * (dprow[rr] * kscale - sc.delta[rr]);
+                prow[rr] *= kscale;   // now P_dropped^T (for dV)
+              }
+            } else {
+              for (int rr = 0; rr < rows; ++rr)
+                dprow[rr] = prow[rr] * (dprow[rr] - sc.delta[rr]);  // dS^T
+            }
+          }
+          // dV += P^T dO ; dK += scale dS^T Q ; dQ^T += scale K^T dS^T
+          at::native::cpublas::brgemm(w, d, rows, rows, gs[2], d, true, pt, gblk,
+                                      dvb + (int64_t)c0 * d);
+          for (int64_t e = 0; e < (int64_t)w * rows; ++e) dpt[e] *= scale;
+          at::native::cpublas::brgemm(w, d, rows, rows, qs[2], d, true, dpt, qblk,
+                                      dkb + (int64_t)c0 * d);
+          at::native::cpublas::brgemm(d, rows, w, Lkp, rows, rows, true, sc.kt.data() + c0,
+                                      dpt, sc.dqt.data());
+        });
+        float* dqblk = dqp + (((int64_t)b * H + h) * Lq + i0) * d;  // dq contiguous
+        for (int r = 0; r < rows; ++r)
+          for (int c = 0; c < d; ++c) dqblk[(int64_t)r * d + c] = sc.dqt[(int64_t)c * rows + r];
+      }
+    }
+  });
+}
+
+// ============================================================================ glue
+void check_common(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& params, const c10::optional<at::Tensor>& rank,
+                  int64_t q_split, int64_t kind) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+              "q, k, v: expected 4-D (B, H, L, d) tensors");
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(),
+              "q, k, v: the cpp attention backend runs on CPU tensors");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "q, k, v: must share a dtype");
+  TORCH_CHECK(k.sizes() == v.sizes(), "k, v: must have the same shape");
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(3) == q.size(3),
+              "k: expected (B, Hkv, Lk, d) matching q's B and d");
+  TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0,
+              "q, k: q heads must be a multiple of k/v heads");
+  TORCH_CHECK(params.dtype() == at::kInt && params.dim() == 2 &&
+                  params.size(0) == q.size(0) && params.size(1) == janus::NUM_FIELDS,
+              "mask_params: expected int32 (B, ", janus::NUM_FIELDS, ")");
+  TORCH_CHECK(q_split >= 0 && q_split <= q.size(2), "q_split: must be in [0, Lq]");
+  TORCH_CHECK(kind == janus::KIND_WINDOW || kind == janus::KIND_PERMUTATION,
+              "mask_kind: must be 0 (window) or 1 (permutation)");
+  if (kind == janus::KIND_PERMUTATION)
+    TORCH_CHECK(rank.has_value() && rank->dtype() == at::kInt && rank->dim() == 2 &&
+                    rank->size(0) == q.size(0) && rank->size(1) == k.size(2),
+                "mask_rank: the permutation kind needs int32 (B, Lk)");
+}
+
+// brgemm needs unit stride in the last dim; everything else is handled through strides.
+at::Tensor last_dim_contiguous(const at::Tensor& t) {
+  return t.stride(-1) == 1 ? t : t.contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> flash_attention_fwd_cpu(
+    const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+    const at::Tensor& params_, const c10::optional<at::Tensor>& rank_, int64_t q_split,
+    int64_t kind, double scale, double dropout_p, const c10::optional<at::Tensor>& seed) {
+  check_common(q_, k_, v_, params_, rank_, q_split, kind);
+  const at::Tensor params = params_.contiguous();
+  const at::Tensor rank = rank_ ? rank_->contiguous() : at::Tensor();
+  MaskArgs ma{params.data_ptr<int32_t>(), rank.defined() ? rank.data_ptr<int32_t>() : nullptr,
+              rank.defined() ? rank.size(1) : 0, (int)q_split, (int)kind};
+  const Dropout drop = make_dropout(dropout_p, seed);
+  const auto dt = q_.scalar_type();
+  const int64_t d = q_.size(3);
+  // bf16 runs natively (VNNI needs an even head dim); fp16/fp64/odd-d bf16 are computed in fp32
+  const bool native_bf16 = dt == at::kBFloat16 && d % 2 == 0;
+  const auto ct = (dt == at::kFloat || native_bf16) ? dt : at::kFloat;
+  at::Tensor q = last_dim_contiguous(q_.to(ct)), k = last_dim_contiguous(k_.to(ct)),
+             v = last_dim_contiguous(v_.to(ct));
+  at::Tensor out = at::zeros(q.sizes(), q.options());
+  at::Tensor lse = at::full({q.size(0), q.size(1), q.size(2)}, -INFINITY,
+                            q.options().dtype(at::kFloat));
+  if (q.numel() > 0 && k.size(2) > 0) {
+    if (native_bf16)
+      attention_fwd_impl<BFloat16>(q, k, v, ma, (float)scale, drop, out, lse);
+    else
+      attention_fwd_impl<float>(q, k, v, ma, (float)scale, drop, out, lse);
+  }
+  return {out.to(dt), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_bwd_cpu(
+    const at::Tensor& dout_, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+    const at::Tensor& out_, const at::Tensor& lse_, const at::Tensor& params_,
+    const c10::optional<at::Tensor>& rank_, int64_t q_split, int64_t kind, double scale,
+    double dropout_p, const c10::optional<at::Tensor>& seed) {
+  check_common(q_, k_, v_, params_, rank_, q_split, kind);
+  TORCH_CHECK(dout_.sizes() == q_.sizes() && out_.sizes() == q_.sizes(),
+              "grad_out, out: must have q's shape");
+  TORCH_CHECK(lse_.dim() == 3 && lse_.size(0) == q_.size(0) && lse_.size(1) == q_.size(1) &&
+                  lse_.size(2) == q_.size(2) && lse_.scalar_type() == at::kFloat,
+              "lse: expected float32 (B, H, Lq)");
+  const at::Tensor params = params_.contiguous();
+  const at::Tensor rank = rank_ ? rank_->contiguous() : at::Tensor();
+  MaskArgs ma{params.data_ptr<int32_t>(), rank.defined() ? rank.data_ptr<int32_t>() : nullptr,
+              rank.defined() ? rank.size(1) : 0, (int)q_split, (int)kind};
+  const Dropout drop = make_dropout(dropout_p, seed);
+  const auto dt = q_.scalar_type();
+  auto f32 = [](const at::Tensor& t) { return last_dim_contiguous(t.to(at::kFloat)); };
+  at::Tensor q = f32(q_), k = f32(k_), v = f32(v_), o = f32(out_), g = f32(dout_);
+  at::Tensor lse = lse_.contiguous();
+  at::Tensor dq = at::zeros(q.sizes(), q.options());
+  at::Tensor dk = at::zeros(k.sizes(), k.options());
+  at::Tensor dv = at::zeros(v.sizes(), v.options());
+  if (q.numel() > 0 && k.size(2) > 0)
+    attention_bwd_impl(g, q, k, v, o, lse, ma, (float)scale, drop, dq, dk, dv);
+  return {dq.to(dt), dk.to(dt), dv.to(dt)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(janus, CPU, m) {
+  m.impl("flash_attention_fwd", &flash_attention_fwd_cpu);
+  m.impl("flash_attention_bwd", &flash_attention_bwd_cpu);
+}

@@ -1,0 +1,248 @@
+"""janus_kernels.attention on CPU (backend "cpp", the compiled kernel; "reference" where
+noted): numerics vs the dense eager reference for every mask family, awkward shapes, GQA,
+bf16/fp16, dropout, non-contiguous inputs, bad input, opcheck, torch.compile."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import janus_kernels as jk
+from janus_kernels import _ext
+from janus_kernels.dropout import dropout_keep_mask
+
+from attention_utils import assert_close_to_reference, make_qkv
+
+pytestmark = pytest.mark.skipif(not _ext.available(), reason="compiled extension missing")
+
+
+def run(q, k, v, do, desc, **kw):
+    qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    o = jk.attention(qr, kr, vr, desc, **kw)
+    grads = torch.autograd.grad(o, (qr, kr, vr), do)
+    return [o.detach()] + list(grads)
+
+
+def _perm(B, L, g):
+    return torch.stack([torch.randperm(L, generator=g) for _ in range(B)])
+
+
+G = torch.Generator().manual_seed(1)
+CASES = {
+    "janus_nar": lambda: jk.janus_nar_mask([5, 30, 1, 60], [3, 20, 0, 70]),
+    "janus_nar_M0": lambda: jk.janus_nar_mask([7, 2], [0, 0]),
+    "janus_nar_padded": lambda: jk.janus_nar_mask([100, 7], [80, 3], 270, 85),
+    "janus_ar": lambda: jk.janus_ar_mask([7, 113, 1]),
+    "causal": lambda: jk.causal_mask([7, 113, 1], 113),
+    "causal_rect": lambda: jk.causal_mask([7, 50], 60, kv_lengths=[20, 70], kv_len=80),
+    "sliding_window": lambda: jk.sliding_window_mask([70, 113, 1], 9, 113),
+    "prefix_lm": lambda: jk.prefix_lm_mask([3, 50, 0], [7, 113, 1], 113),
+    "key_padding": lambda: jk.key_padding_mask([3, 203, 1], q_len=20, kv_len=203),
+    "full": lambda: jk.full_mask(2, 7, 203),
+    "permutation": lambda: jk.permutation_mask(_perm(3, 37, G), [37, 20, 1]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fp32_matches_reference(case):
+    desc = CASES[case]()
+    q, k, v, do = make_qkv(desc, H=2, d=32)
+    assert_close_to_reference(run(q, k, v, 2.0 * do, desc), q, k, v, 2.0 * do, desc.materialize())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", ["janus_nar", "causal", "permutation", "key_padding"])
+def test_low_precision(case, dtype):
+    desc = CASES[case]()
+    q, k, v, do = make_qkv(desc, H=2, d=64, dtype=dtype)
+    assert_close_to_reference(run(q, k, v, do, desc), q, k, v, do, desc.materialize())
+
+
+def test_bf16_odd_head_dim_and_gqa():
+    desc = CASES["janus_nar"]()
+    q, k, v, do = make_qkv(desc, H=4, Hkv=2, d=33, dtype=torch.bfloat16)
+    assert_close_to_reference(run(q, k, v, do, desc), q, k, v, do, desc.materialize())
+
+
+@pytest.mark.parametrize("H,Hkv", [(4, 1), (6, 2), (3, 3)])
+def test_gqa(H, Hkv):
+    desc = CASES["janus_nar_padded"]()
+    q, k, v, do = make_qkv(desc, H=H, Hkv=Hkv, d=16)
+    assert_close_to_reference(run(q, k, v, do, desc), q, k, v, do, desc.materialize())
+
+
+@pytest.mark.parametrize("d", [1, 7, 64, 128, 256])
+def test_head_dims(d):
+    desc = jk.janus_nar_mask([9, 40], [5, 33])
+    q, k, v, do = make_qkv(desc, H=1, d=d)
+    assert_close_to_reference(run(q, k, v, do, desc), q, k, v, do, desc.materialize())
+
+
+def test_non_contiguous_and_expanded_inputs():
+    desc = jk.janus_nar_mask([9, 40], [5, 33])
+    B, Lq, Lk = 2, desc.q_len, desc.kv_len
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(B, Lq, 4, 32, generator=g).transpose(1, 2)        # (B, H, L, d) strided
+    k = torch.randn(B, Lk, 1, 32, generator=g).transpose(1, 2).expand(B, 4, Lk, 32)
+    v = torch.randn(B, 4, 32, Lk, generator=g).transpose(2, 3)       # last dim not contiguous
+    do = torch.randn(B, 4, Lq, 32, generator=g)
+    assert not q.is_contiguous() and k.stride(1) == 0 and v.stride(-1) != 1
+    ours = run(q, k, v, do, desc)
+    assert_close_to_reference(ours, q.contiguous(), k.contiguous(), v.contiguous(), do,
+                              desc.materialize())
+
+
+def test_fully_masked_rows_give_zero_and_finite_grads():
+    rank = torch.tensor([[2, 0, 1, 3]])
+    desc = jk.permutation_mask(rank, [3])  # query of rank 0 sees nothing; row 3 is padding
+    q, k, v, do = make_qkv(desc, H=2, d=8)
+    out, lse = jk.attention(q, k, v, desc, return_lse=True)
+    dead = ~desc.materialize().any(-1)                                  # (B, Lq)
+    assert dead.sum() == 3  # padding content row 3, padding query row 7, query of rank 0
+    assert (out[:, :, dead[0]] == 0).all()
+    assert torch.isneginf(lse[:, :, dead[0]]).all()
+    assert torch.isfinite(lse[:, :, ~dead[0]]).all()
+    o, dq, dk, dv = run(q, k, v, do, desc)
+    assert all(torch.isfinite(t).all() for t in (dq, dk, dv))
+    assert (dq[:, :, dead[0]] == 0).all()
+
+
+def test_inputs_not_modified():
+    desc = CASES["janus_nar"]()
+    q, k, v, do = make_qkv(desc)
+    copies = [t.clone() for t in (q, k, v, do)]
+    params = desc.params.clone()
+    run(q, k, v, do, desc, dropout_p=0.2, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v, do), copies))
+    assert torch.equal(params, desc.params)
+
+
+def test_lse_matches_reference():
+    desc = CASES["janus_nar_padded"]()
+    q, k, v, _ = make_qkv(desc)
+    _, lse = jk.attention(q, k, v, desc, return_lse=True)
+    _, lse_ref = jk.attention(q.double(), k.double(), v.double(), desc, return_lse=True,
+                              backend="reference")
+    finite = torch.isfinite(lse_ref)
+    assert torch.equal(finite, torch.isfinite(lse))
+    assert (lse[finite].double() - lse_ref[finite]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("case", ["janus_nar", "causal", "permutation"])
+def test_dropout_matches_dense_keep_mask(case):
+    desc = CASES[case]()
+    q, k, v, do = make_qkv(desc, H=2, d=16)
+    p, seed = 0.3, 1234
+    keep = dropout_keep_mask(seed, desc.batch_size, 2, desc.q_len, desc.kv_len, p)
+    ours = run(q, k, v, do, desc, dropout_p=p, seed=seed)
+    assert_close_to_reference(ours, q, k, v, do, desc.materialize(), keep=keep, dropout_p=p)
+    # the same seed gives the same output; another seed a different one
+    again = jk.attention(q, k, v, desc, dropout_p=p, seed=seed)
+    other = jk.attention(q, k, v, desc, dropout_p=p, seed=seed + 1)
+    assert torch.equal(again, ours[0]) and not torch.equal(other, ours[0])
+
+
+def test_dropout_keep_rate():
+    keep = dropout_keep_mask(7, 2, 3, 64, 64, 0.25)
+    assert abs(keep.float().mean().item() - 0.75) < 0.01
+
+
+def test_scale_argument():
+    desc = CASES["causal"]()
+    q, k, v, do = make_qkv(desc)
+    assert_close_to_reference(run(q, k, v, do, desc, scale=0.3), q, k, v, do,
+                              desc.materialize(), scale=0.3)
+
+
+def test_reference_backend_agrees():
+    desc = CASES["janus_nar"]()
+    q, k, v, do = make_qkv(desc)
+    a = run(q, k, v, do, desc, backend="cpp")
+    b = run(q, k, v, do, desc, backend="reference")
+    for x, y in zip(a, b):
+        assert (x - y).abs().max() < 1e-4
+
+
+def test_empty_shapes():
+    desc = jk.janus_nar_mask(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 4, 2)
+    q = torch.randn(0, 2, 6, 8)
+    k = torch.randn(0, 2, 4, 8)
+    assert jk.attention(q, k, k, desc).shape == (0, 2, 6, 8)
+    desc = jk.key_padding_mask([0, 0], q_len=3, kv_len=0)
+    q, k = torch.randn(2, 1, 3, 8), torch.randn(2, 1, 0, 8)
+    out = jk.attention(q, k, k, desc)
+    assert out.shape == (2, 1, 3, 8) and (out == 0).all()
+
+
+def test_gradcheck_fp64_reference_path():
+    """fp64 inputs run the reference backend; gradcheck the op's autograd wiring."""
+    desc = jk.janus_nar_mask([2, 3], [2, 1])
+    q, k, v, _ = make_qkv(desc, H=1, d=4, dtype=torch.float64)
+    qkv = [t.requires_grad_() for t in (q, k, v)]
+    assert torch.autograd.gradcheck(lambda a, b, c: jk.attention(a, b, c, desc), qkv)
+
+
+@settings(max_examples=25, deadline=None)
+@given(U=st.lists(st.integers(0, 40), min_size=1, max_size=3), seed=st.integers(0, 10_000),
+       Mfrac=st.floats(0, 1.5), d=st.sampled_from([8, 16, 24]), pad=st.integers(0, 9))
+def test_fuzz_janus_nar(U, seed, Mfrac, d, pad):
+    M = [int(u * Mfrac) for u in U]
+    if max(u + 2 * m for u, m in zip(U, M)) == 0:
+        return
+    desc = jk.janus_nar_mask(U, M, max(u + 2 * m for u, m in zip(U, M)) + pad, max(M) + pad)
+    q, k, v, do = make_qkv(desc, H=2, d=d, seed=seed)
+    assert_close_to_reference(run(q, k, v, do, desc), q, k, v, do, desc.materialize())
+
+
+# ------------------------------------------------------------------ errors and torch APIs
+@pytest.mark.parametrize("mutate,match", [
+    (lambda q, k, v: (q[0], k, v), r"q must be 4-D"),
+    (lambda q, k, v: (q.int(), k, v), r"q must be float32"),
+    (lambda q, k, v: (q, k.double(), v), r"share a dtype"),
+    (lambda q, k, v: (q, k[:, :, :-1], v), r"same shape"),
+    (lambda q, k, v: (q, k[:1], v[:1]), r"k must be \(B="),
+    (lambda q, k, v: (q, k[:, :, :-1], v[:, :, :-1]), r"kv_len="),
+    (lambda q, k, v: (q[:, :3], k[:, :2], v[:, :2]), r"multiple of the heads"),
+    (lambda q, k, v: (q[:1], k[:1], v[:1]), r"batch size"),
+])
+def test_bad_input_errors(mutate, match):
+    desc = jk.janus_nar_mask([3, 4], [2, 1])
+    q, k, v, _ = make_qkv(desc, H=4, d=8)
+    with pytest.raises((ValueError, TypeError), match=match):
+        jk.attention(*mutate(q, k, v), desc)
+
+
+def test_bad_arguments():
+    desc = jk.janus_nar_mask([3, 4], [2, 1])
+    q, k, v, _ = make_qkv(desc, H=2, d=8)
+    with pytest.raises(TypeError, match="MaskDescriptor"):
+        jk.attention(q, k, v, torch.ones(2, 9, 7, dtype=torch.bool))
+    with pytest.raises(ValueError, match="dropout_p"):
+        jk.attention(q, k, v, desc, dropout_p=1.0)
+    with pytest.raises(ValueError, match="backend"):
+        jk.attention(q, k, v, desc, backend="nope")
+    with pytest.raises(ValueError, match="head_dim"):
+        jk.attention(torch.randn(2, 2, 9, 300), torch.randn(2, 2, 7, 300),
+                     torch.randn(2, 2, 7, 300), desc)
+
+
+def test_opcheck():
+    desc = jk.janus_nar_mask([3, 4], [2, 1])
+    q, k, v, _ = make_qkv(desc, H=2, d=8)
+    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    args = (q, k, v, desc.params, None, desc.q_split, 0, 0.35, 0.0, None, "cpp")
+    torch.library.opcheck(torch.ops.janus.attention_fwd.default, args)
+
+
+def test_torch_compile_fullgraph():
+    desc = jk.janus_nar_mask([3, 4], [2, 1])
+    q, k, v, do = make_qkv(desc, H=2, d=8)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(q, k, v):
+        return jk.attention(q, k, v, desc) * 2
+
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    out = f(qr, kr, vr)
+    out.backward(do)
+    ref = run(q, k, v, 2 * do, desc)
+    assert (out.detach() - 2 * ref[0]).abs().max() < 1e-5
+    assert (qr.grad - ref[1]).abs().max() < 1e-5
