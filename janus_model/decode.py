@@ -215,7 +215,7 @@ def mask_predict(model: JanusTransformer, src: Tensor, *, iterations: int = 10,
     tokens.scatter_(1, (L - 1)[:, None], EOS)
     scores = torch.zeros(B * l, W, device=dev)
     pos = positions_for(tokens)
-    core = model._padding_core(L, W, W, opts, q_lengths=L if opts.attention == "fused" else None)
+    core = model.padding_core(L, W, W, opts, q_lengths=L)
     for s in range(iterations + 1):
         h = model.decode_rows(tokens, pos, W, core, enc, kv, opts)
         sc, tk = F.log_softmax(model.project(h).float(), -1).max(-1)

@@ -187,8 +187,11 @@ class JanusTransformer(nn.Module):
     def _attn_p(self) -> float:
         return self.cfg.attention_dropout if self.training else 0.0
 
-    def _padding_core(self, kv_lengths: Tensor, n_rows: int, kv_len: int,
-                      opts: ExecOptions, q_lengths: Optional[Tensor] = None) -> AttnCore:
+    def padding_core(self, kv_lengths: Tensor, n_rows: int, kv_len: int,
+                     opts: ExecOptions, q_lengths: Optional[Tensor] = None) -> AttnCore:
+        """Key-padding attention core: rows see keys [0, kv_lengths[b]). Fused: rows
+        >= q_lengths[b] (if given) output zeros; dense: every row sees the real keys (the
+        authors' choice for padding rows; never read either way)."""
         if opts.attention == "fused":
             mask = jk.key_padding_mask(kv_lengths, n_rows, kv_len, q_lengths=q_lengths)
             return fused_core(mask, self._attn_p(), opts.backend)
@@ -204,7 +207,7 @@ class JanusTransformer(nn.Module):
         lengths = (src != PAD).sum(1)
         S = src.shape[1]
         x = self._embed(src, positions_for(src), self.enc_pos)
-        core = self._padding_core(lengths, S, S, opts)
+        core = self.padding_core(lengths, S, S, opts)
         for layer in self.encoder:
             x = layer(x, core)
         if self.enc_ln is not None:
@@ -231,7 +234,7 @@ class JanusTransformer(nn.Module):
         """Decoder over rows [content (n_content) ; query] -> final states (B, R, D)."""
         opts = opts or self.exec
         x = self._embed(tokens, positions, self.dec_pos)
-        enc_core = self._padding_core(enc.lengths, tokens.shape[1], enc.out.shape[1], opts)
+        enc_core = self.padding_core(enc.lengths, tokens.shape[1], enc.out.shape[1], opts)
         for i, layer in enumerate(self.decoder):
             x = layer(x, n_content, self_core, enc_kv[i], enc_core,
                       None if caches is None else caches[i])
@@ -282,8 +285,7 @@ class JanusTransformer(nn.Module):
         opts = opts or self.exec
         n = nar.cmlm_len
         tokens, pos = nar.content[:, :n], nar.content_positions[:, :n]
-        core = self._padding_core(nar.U + nar.M, n, n, opts,
-                                  q_lengths=(nar.U + nar.M) if opts.attention == "fused" else None)
+        core = self.padding_core(nar.U + nar.M, n, n, opts, q_lengths=nar.U + nar.M)
         return self.decode_rows(tokens, pos, n, core, enc, enc_kv, opts)
 
     # ---------------------------------------------------------------- forward

@@ -22,7 +22,7 @@ that keeps the graph (no NaN). ``loss_terms`` is the single boundary where the f
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -120,13 +120,16 @@ def combine(terms: Dict[str, Tensor], weights: LossWeights) -> Tensor:
 
 
 def compute_loss(model: JanusTransformer, src: Tensor, batch: JanusBatch, mode: str = "janus",
-                 weights: Optional[LossWeights] = None, opts: Optional[ExecOptions] = None
+                 weights: Optional[LossWeights] = None, opts: Optional[ExecOptions] = None,
+                 terms_fn: Callable[[Outputs, float], Dict[str, Tensor]] = loss_terms
                  ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """Forward + loss for ``mode`` in {"janus", "cmlm", "ar"}: returns (total, terms).
 
     janus: the released weights (or ``weights``); cmlm: CE_ε(NAR) + 0.1·length; ar: CE_ε(AR).
+    ``terms_fn`` computes the unweighted terms (default: the plain-torch ``loss_terms``; a
+    fused implementation with the same signature can be passed instead).
     """
     weights = weights or LossWeights.for_mode(mode)
     out = model(src, batch, mode, opts)
-    terms = loss_terms(out, weights.label_smoothing)
+    terms = terms_fn(out, weights.label_smoothing)
     return combine(terms, weights), terms

@@ -136,7 +136,7 @@ def test_beam_search_batched_equals_single_and_scores(model):
 def _one_pass(model, src, L):
     tok = torch.tensor([[BOS] + [UNK] * (L - 2) + [EOS]])
     enc = model.encode(src)
-    core = model._padding_core(torch.tensor([L]), L, L, model.exec, q_lengths=torch.tensor([L]))
+    core = model.padding_core(torch.tensor([L]), L, L, model.exec, q_lengths=torch.tensor([L]))
     h = model.decode_rows(tok, positions_for(tok), L, core, enc, model.encoder_kv(enc))
     return F.log_softmax(model.project(h).float(), -1)[0]
 
@@ -170,7 +170,7 @@ def _slow_mask_predict(model, src, T, ell):
             enc = model.encode(s)
             for step in range(T + 1):
                 t = torch.tensor([toks])
-                core = model._padding_core(torch.tensor([L]), L, L, model.exec,
+                core = model.padding_core(torch.tensor([L]), L, L, model.exec,
                                            q_lengths=torch.tensor([L]))
                 with torch.no_grad():
                     h = model.decode_rows(t, positions_for(t), L, core, enc,
