@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import janus_kernels as jk
 
-from .layers import fused_core
+from .layers import fused_core, reorder_cache
 from .layout import BOS, EOS, PAD, UNK, positions_for
 from .model import Encoded, ExecOptions, JanusTransformer
 
@@ -79,9 +79,7 @@ class ARDecoder:
         return F.log_softmax(self.model.project(h[:, 1]).float(), -1)
 
     def reorder(self, order: Tensor) -> None:
-        for c in self.caches:
-            for name in list(c):
-                c[name] = c[name].index_select(0, order)
+        reorder_cache(self.caches, order)
         self.enc = Encoded(self.enc.out.index_select(0, order),
                            self.enc.lengths.index_select(0, order))
         self.enc_kv = [(k.index_select(0, order), v.index_select(0, order))

@@ -13,6 +13,16 @@ from janus_model.model import ExecOptions, JanusConfig, JanusTransformer
 from janus_model.objectives import compute_loss
 
 V = 40
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes: intra-op threads only add barrier waits (badly so on a shared 2-core
+    machine), so this module runs single-threaded and restores the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 LMAX = 12      # cap on NAR candidate lengths (the untrained length head guesses anything)
 
 

@@ -14,6 +14,16 @@ from janus_model.objectives import (LossWeights, compute_loss, label_smoothed_ce
 V = 40
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes: intra-op threads only add barrier waits (badly so on a shared 2-core
+    machine), so this module runs single-threaded and restores the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(pre_ln=False, dropout=0.0, **kw):
     cfg = JanusConfig(vocab_size=V, dim=32, heads=4, ffn_dim=64, encoder_layers=2,
                       decoder_layers=2, dropout=dropout, pre_ln=pre_ln, max_positions=64, **kw)
