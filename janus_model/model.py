@@ -300,10 +300,6 @@ class JanusTransformer(nn.Module):
         enc_kv = self.encoder_kv(enc)
         out = Outputs(ar_target=ar.row_target, masked_target=nar.row_target,
                       length_target=batch.target_lengths.clamp(max=self.cfg.length_classes - 1))
-        # compact index of each KL row among the real AR rows
-        ar_off = ar.lengths.cumsum(0) - ar.lengths
-        kl_idx = ar_off[nar.row_sample] + nar.ar_col
-
         if mode == "ar":
             hq = self.ar_pass(ar, enc, enc_kv, opts)
             out.ar_logits = self._project_rows([(hq, ar.rows())], opts)[0]
@@ -325,7 +321,9 @@ class JanusTransformer(nn.Module):
             (hc, nar.row_sample * nar.content_len + nar.nar_col),
             (hq, nar.row_sample * nar.query_len + nar.aux_col)], opts)
         out.ar_logits, out.nar_logits, out.aux_logits = ar_logits, nar_logits, aux_logits
-        out.kl_ar_logits = ar_logits.index_select(0, kl_idx)
+        # the KL rows are a subset of the real AR rows: index into the compact AR logits
+        ar_off = ar.lengths.cumsum(0) - ar.lengths
+        out.kl_ar_logits = ar_logits.index_select(0, ar_off[nar.row_sample] + nar.ar_col)
         out.length_logits = self.length_logits(enc)
         return out
 
