@@ -196,6 +196,25 @@ void pack_head(const T* kb, const T* vb, int64_t ks_l, int64_t vs_l, int kv_len,
   }
 }
 
+// Rows of (b, h) that no row block covers (padding rows, rows that see no key) are never
+// computed; the first work item of each (b, h) writes them: zero output (and lse = -inf).
+template <typename T>
+void zero_uncovered_rows(const std::vector<RowBlock>& blocks, int Lq, int d, T* base,
+                         int64_t row_stride, float* lse_base) {
+  auto zero = [&](int a, int e) {
+    for (int i = a; i < e; ++i) {
+      std::fill_n(base + (int64_t)i * row_stride, d, T(0));
+      if (lse_base) lse_base[i] = kNegInf;
+    }
+  };
+  int next = 0;
+  for (const auto& blk : blocks) {   // blocks are sorted by first row
+    zero(next, blk.i0);
+    next = blk.i1 + 1;
+  }
+  zero(next, Lq);
+}
+
 // Forward work item: row blocks [blk_begin, blk_end) of sample b's block list, head h.
 struct FwdItem { int b, h, blk_begin, blk_end; int64_t cost; };
 
@@ -225,7 +244,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
   std::vector<FwdItem> items;
   for (int b = 0; b < B; ++b) {
     const int nb = (int)blocks[b].size();
-    const int parts = std::min(nb, splits);
+    const int parts = std::max(1, std::min(nb, splits));  // >= 1: someone zeroes the rows
     for (int h = 0; h < H; ++h)
       for (int p = 0; p < parts; ++p) {
         const int s0 = nb * p / parts, s1 = nb * (p + 1) / parts;
@@ -253,6 +272,9 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
     }
     const int64_t Lkp = ph.Lkp;
     const T* kt = ph.kt.data();
+    if (item.blk_begin == 0)
+      zero_uncovered_rows<T>(blocks[b], Lq, d, op + b * os_b + h * os_h, os_l,
+                             lp + b * ls_b + h * ls_h);
     for (int x = item.blk_begin; x < item.blk_end; ++x) {
       const RowBlock& it = blocks[b][x];
       const int tid = at::get_thread_num();
@@ -351,6 +373,9 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           const float* arow = acc.data() + (int64_t)r * d;
           for (int c = 0; c < d; ++c) orow[c] = T(arow[c] * inv);
           lp[b * ls_b + h * ls_h + i] = mrow[r] + std::log(l);
+        } else {  // a valid row that sees no key
+          std::fill_n(orow, d, T(0));
+          lp[b * ls_b + h * ls_h + i] = kNegInf;
         }
       }
     }  // row blocks of the item
@@ -413,6 +438,8 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
     const float* vb = vp + b * vs[0] + hk * vs[1];
     float* dkb = dkp + ((int64_t)b * Hkv + hk) * Lk * d;   // dk, dv contiguous (allocated here)
     float* dvb = dvp + ((int64_t)b * Hkv + hk) * Lk * d;
+    std::fill_n(dkb, (int64_t)Lk * d, 0.f);
+    std::fill_n(dvb, (int64_t)Lk * d, 0.f);
     // K^T [d][Lkp] for dQ^T += K^T dS^T
     for (int j = 0; j < Lk; ++j)
       for (int c = 0; c < d; ++c) sc.kt[(int64_t)c * Lkp + j] = kb[j * ks[2] + c];
@@ -420,6 +447,7 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
       const int bh = b * H + h;
       const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
+      zero_uncovered_rows<float>(blocks, Lq, d, dqp + ((int64_t)b * H + h) * Lq * d, d, nullptr);
       for (const auto& blk : blocks) {
         const int i0 = blk.i0, rows = blk.i1 - blk.i0 + 1;
         const float* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)i0 * qs[2];
@@ -550,14 +578,17 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_fwd_cpu(
   const auto ct = (dt == at::kFloat || native_bf16) ? dt : at::kFloat;
   at::Tensor q = last_dim_contiguous(q_.to(ct)), k = last_dim_contiguous(k_.to(ct)),
              v = last_dim_contiguous(v_.to(ct));
-  at::Tensor out = at::zeros(q.sizes(), q.options());
-  at::Tensor lse = at::full({q.size(0), q.size(1), q.size(2)}, -INFINITY,
-                            q.options().dtype(at::kFloat));
+  // every row is written by the kernel (computed, or zeroed as uncovered)
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   if (q.numel() > 0 && k.size(2) > 0) {
     if (native_bf16)
       attention_fwd_impl<BFloat16>(q, k, v, ma, (float)scale, drop, out, lse);
     else
       attention_fwd_impl<float>(q, k, v, ma, (float)scale, drop, out, lse);
+  } else {
+    out.zero_();
+    lse.fill_(-INFINITY);
   }
   return {out.to(dt), lse};
 }
@@ -582,11 +613,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_bwd_cpu(
   auto f32 = [](const at::Tensor& t) { return last_dim_contiguous(t.to(at::kFloat)); };
   at::Tensor q = f32(q_), k = f32(k_), v = f32(v_), o = f32(out_), g = f32(dout_);
   at::Tensor lse = lse_.contiguous();
-  at::Tensor dq = at::zeros(q.sizes(), q.options());
-  at::Tensor dk = at::zeros(k.sizes(), k.options());
-  at::Tensor dv = at::zeros(v.sizes(), v.options());
-  if (q.numel() > 0 && k.size(2) > 0)
+  // written (or zeroed) per work item, in parallel, by the thread that owns them
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(k.sizes(), k.options());
+  at::Tensor dv = at::empty(v.sizes(), v.options());
+  if (q.numel() > 0 && k.size(2) > 0) {
     attention_bwd_impl(g, q, k, v, o, lse, ma, (float)scale, drop, dq, dk, dv);
+  } else {
+    dq.zero_(); dk.zero_(); dv.zero_();
+  }
   return {dq.to(dt), dk.to(dt), dv.to(dt)};
 }
 
