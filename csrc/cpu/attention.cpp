@@ -175,20 +175,36 @@ void pack_head(const T* kb, const T* vb, int64_t ks_l, int64_t vs_l, int kv_len,
   if ((int64_t)out.kt.size() < d * out.Lkp) out.kt.resize(d * out.Lkp);
   T* dst = out.kt.data();
   if constexpr (kVnni) {
-    for (int64_t j = 0; j < kv_len; ++j) {
-      const T* row = kb + j * ks_l;
-      for (int64_t c = 0; c < d; ++c) dst[((c >> 1) * out.Lkp + j) * 2 + (c & 1)] = row[c];
+    // K^T VNNI [d/2][Lkp][2] is a 32-bit transpose of K viewed as (kv_len, d/2) pairs.
+    const bool pairs_aligned = d % 2 == 0 && ks_l % 2 == 0 &&
+                               reinterpret_cast<uintptr_t>(kb) % 4 == 0;
+    if (pairs_aligned) {
+      at::native::utils::transpose<float>(kv_len, d / 2, reinterpret_cast<const float*>(kb),
+                                          ks_l / 2, reinterpret_cast<float*>(dst), out.Lkp);
+    } else {
+      for (int64_t j = 0; j < kv_len; ++j) {
+        const T* row = kb + j * ks_l;
+        for (int64_t c = 0; c < d; ++c) dst[((c >> 1) * out.Lkp + j) * 2 + (c & 1)] = row[c];
+      }
     }
     for (int64_t c2 = 0; c2 < d / 2; ++c2)
       std::fill(dst + (c2 * out.Lkp + kv_len) * 2, dst + (c2 + 1) * out.Lkp * 2, T(0));
+    // V VNNI [Lkp/2][d][2]: rows 2t and 2t+1 interleaved (zero past kv_len)
     if ((int64_t)out.v.size() < out.Lkp * d) out.v.resize(out.Lkp * d);
-    T* vd = out.v.data();
-    for (int64_t j = 0; j < kv_len; ++j) {
-      const T* row = vb + j * vs_l;
-      for (int64_t c = 0; c < d; ++c) vd[((j >> 1) * d + c) * 2 + (j & 1)] = row[c];
+    uint32_t* vd = reinterpret_cast<uint32_t*>(out.v.data());
+    for (int64_t j2 = 0; j2 < out.Lkp / 2; ++j2) {
+      const int64_t j = 2 * j2;
+      const uint16_t* r0 = reinterpret_cast<const uint16_t*>(vb + j * vs_l);
+      const uint16_t* r1 = reinterpret_cast<const uint16_t*>(vb + (j + 1) * vs_l);
+      uint32_t* o = vd + j2 * d;
+      if (j + 1 < kv_len) {
+        for (int64_t c = 0; c < d; ++c) o[c] = (uint32_t)r0[c] | ((uint32_t)r1[c] << 16);
+      } else if (j < kv_len) {
+        for (int64_t c = 0; c < d; ++c) o[c] = (uint32_t)r0[c];
+      } else {
+        std::fill_n(o, d, 0u);
+      }
     }
-    for (int64_t j = kv_len; j < out.Lkp; ++j)
-      for (int64_t c = 0; c < d; ++c) vd[((j >> 1) * d + c) * 2 + (j & 1)] = T(0);
   } else {
     at::native::utils::transpose<float>(kv_len, d, kb, ks_l, dst, out.Lkp);
     for (int64_t c = 0; c < d; ++c)
@@ -327,15 +343,27 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           }
           const Vec vscale(scale), vmax(m_new);
           Vec vsum(0.f);
-          int64_t t = 0;
-          for (; t + Vec::size() <= wr; t += Vec::size()) {
-            Vec e = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
-            vsum += e;
-            e.store(srow + t);
+          float sum;
+          if (kBf16 && !drop.on()) {
+            // exp, row sum and the bf16 store of P in one pass (wr is a multiple of 32)
+            BFloat16* prow = reinterpret_cast<BFloat16*>(P_buf[tid].data()) + (int64_t)r * wr;
+            for (int64_t t = 0; t < wr; t += 2 * Vec::size()) {
+              Vec e0 = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
+              Vec e1 = (Vec::loadu(srow + t + Vec::size()) * vscale - vmax).exp_u20();
+              vsum += e0 + e1;
+              at::vec::convert_from_float<BFloat16>(e0, e1).store(prow + t);
+            }
+            sum = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vsum);
+          } else {
+            int64_t t = 0;
+            for (; t + Vec::size() <= wr; t += Vec::size()) {
+              Vec e = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
+              vsum += e;
+              e.store(srow + t);
+            }
+            sum = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vsum);
+            for (; t < wr; ++t) { srow[t] = std::exp(srow[t] * scale - m_new); sum += srow[t]; }
           }
-          float sum = at::vec::vec_reduce_all<float>(
-              [](Vec& x, Vec& y) { return x + y; }, vsum);
-          for (; t < wr; ++t) { srow[t] = std::exp(srow[t] * scale - m_new); sum += srow[t]; }
           const float alpha = (m_old == kNegInf) ? 0.f : std::exp(m_old - m_new);
           lrow[r] = lrow[r] * alpha + sum;
           mrow[r] = m_new;
@@ -348,8 +376,8 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
               if (!janus::dropout_keep(drop.seed, drop.threshold, bh, i, c0 + tt)) srow[tt] = 0.f;
               else srow[tt] *= drop.inv_keep;
             }
+            if constexpr (kBf16) at::vec::convert(srow, P_buf[tid].data() + (int64_t)r * wr, wr);
           }
-          if constexpr (kBf16) at::vec::convert(srow, P_buf[tid].data() + (int64_t)r * wr, wr);
         }
         // O_acc += P V_chunk
         if constexpr (kBf16) {
