@@ -584,6 +584,18 @@ void check_common(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 "mask_rank: the permutation kind needs int32 (B, Lk)");
 }
 
+// Contiguous copies of the descriptor tensors (kept alive) and the raw view the kernels read.
+struct MaskTensors {
+  at::Tensor params, rank;
+  MaskArgs args;
+  MaskTensors(const at::Tensor& p, const c10::optional<at::Tensor>& r, int64_t q_split,
+              int64_t kind)
+      : params(p.contiguous()), rank(r ? r->contiguous() : at::Tensor()) {
+    args = MaskArgs{params.data_ptr<int32_t>(), rank.defined() ? rank.data_ptr<int32_t>() : nullptr,
+                    rank.defined() ? rank.size(1) : 0, (int)q_split, (int)kind};
+  }
+};
+
 // brgemm needs unit stride in the last dim; everything else is handled through strides.
 at::Tensor last_dim_contiguous(const at::Tensor& t) {
   return t.stride(-1) == 1 ? t : t.contiguous();
@@ -594,10 +606,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_fwd_cpu(
     const at::Tensor& params_, const c10::optional<at::Tensor>& rank_, int64_t q_split,
     int64_t kind, double scale, double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_common(q_, k_, v_, params_, rank_, q_split, kind);
-  const at::Tensor params = params_.contiguous();
-  const at::Tensor rank = rank_ ? rank_->contiguous() : at::Tensor();
-  MaskArgs ma{params.data_ptr<int32_t>(), rank.defined() ? rank.data_ptr<int32_t>() : nullptr,
-              rank.defined() ? rank.size(1) : 0, (int)q_split, (int)kind};
+  const MaskTensors mt(params_, rank_, q_split, kind);
+  const MaskArgs& ma = mt.args;
   const Dropout drop = make_dropout(dropout_p, seed);
   const auto dt = q_.scalar_type();
   const int64_t d = q_.size(3);
@@ -632,10 +642,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_bwd_cpu(
   TORCH_CHECK(lse_.dim() == 3 && lse_.size(0) == q_.size(0) && lse_.size(1) == q_.size(1) &&
                   lse_.size(2) == q_.size(2) && lse_.scalar_type() == at::kFloat,
               "lse: expected float32 (B, H, Lq)");
-  const at::Tensor params = params_.contiguous();
-  const at::Tensor rank = rank_ ? rank_->contiguous() : at::Tensor();
-  MaskArgs ma{params.data_ptr<int32_t>(), rank.defined() ? rank.data_ptr<int32_t>() : nullptr,
-              rank.defined() ? rank.size(1) : 0, (int)q_split, (int)kind};
+  const MaskTensors mt(params_, rank_, q_split, kind);
+  const MaskArgs& ma = mt.args;
   const Dropout drop = make_dropout(dropout_p, seed);
   const auto dt = q_.scalar_type();
   auto f32 = [](const at::Tensor& t) { return last_dim_contiguous(t.to(at::kFloat)); };
