@@ -37,8 +37,8 @@
 // Performance notes (see the design notes in the docstrings of janus_kernels/losses.py):
 // exp is at::vec's exp_u20 (~1e-7 relative error, enough for fp32 losses), the forward
 // computes the max of chunk k+1 while the exp loop runs on chunk k (chunk in L1), gradients
-// are written with non-temporal stores, and large outputs are advised to use huge pages so
-// the first touch is not dominated by 4 KiB page faults.
+// are written with non-temporal stores (no read-for-ownership), and rows are first touched
+// by the parallel loop (optionally on huge pages, JANUS_LOSS_THP=1, see empty_rows).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -48,6 +48,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 
 #if defined(__linux__)
@@ -174,11 +175,23 @@ typename Tr<T>::Acc row_max(const T* x, int64_t n) {
 
 // ----------------------------------------------------------------- huge-page outputs
 // Fresh multi-MiB outputs come from mmap; with 4 KiB pages their first touch (page faults +
-// kernel zeroing) costs as much as the kernel itself. Advise the 2 MiB-aligned interior to
-// use transparent huge pages before the kernel first touches it (harmless where THP is off).
+// kernel zeroing) can cost as much as the kernel itself (the rows are first touched by the
+// parallel loop, so both threads fault). With JANUS_LOSS_THP=1 the 2 MiB-aligned interior is
+// advised to use transparent huge pages, which cut that cost ~4x on a quiet machine. It is
+// opt-in because with THP defrag=madvise (a common default) the first faults may stall in
+// direct compaction: measured 4-6 s for 1 GB on a fragmented, busy host.
+bool use_thp() {
+  static const bool on = [] {
+    const char* e = std::getenv("JANUS_LOSS_THP");
+    return e && e[0] == '1';
+  }();
+  return on;
+}
+
 at::Tensor empty_rows(int64_t R, int64_t V, const at::TensorOptions& opt) {
   at::Tensor t = at::empty({R, V}, opt);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (!use_thp()) return t;
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const uintptr_t b = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t e = b + t.nbytes();
@@ -202,7 +215,8 @@ template <typename T>
 int64_t nt_head(const T* a, const T* b, int64_t V) {
 #if defined(CPU_CAPABILITY_AVX512)
   if (sizeof(T) == 8) return -1;
-  const uintptr_t ma = reinterpret_cast<uintptr_t>(a) & 63, mb = reinterpret_cast<uintptr_t>(b) & 63;
+  const uintptr_t ma = reinterpret_cast<uintptr_t>(a) & 63;
+  const uintptr_t mb = reinterpret_cast<uintptr_t>(b) & 63;
   if (ma != mb || ma % sizeof(T) != 0) return -1;
   const int64_t head = ma == 0 ? 0 : (64 - ma) / sizeof(T);
   return head <= V ? head : -1;
@@ -499,7 +513,8 @@ std::tuple<at::Tensor, at::Tensor> symkl_rows_fwd(const at::Tensor& x_, const at
   check_logits(y_, "logits_q");
   TORCH_CHECK(x_.sizes() == y_.sizes(), "logits_p and logits_q must have the same shape, got ",
               x_.sizes(), " and ", y_.sizes());
-  TORCH_CHECK(x_.scalar_type() == y_.scalar_type(), "logits_p and logits_q must share a dtype, got ",
+  TORCH_CHECK(x_.scalar_type() == y_.scalar_type(),
+              "logits_p and logits_q must share a dtype, got ",
               x_.scalar_type(), " and ", y_.scalar_type());
   TORCH_CHECK(inv_temperature > 0 && std::isfinite(inv_temperature),
               "inv_temperature: must be positive and finite, got ", inv_temperature);
@@ -548,7 +563,8 @@ std::tuple<at::Tensor, at::Tensor> symkl_rows_bwd(const at::Tensor& grad_, const
   check_rowvec(grad_, R, "grad", at_);
   TORCH_CHECK(stats_.dim() == 2 && stats_.size(0) == R && stats_.size(1) == 6 &&
                   stats_.scalar_type() == at_,
-              "stats: expected (", R, ", 6) ", at_, ", got ", stats_.sizes(), " ", stats_.scalar_type());
+              "stats: expected (", R, ", 6) ", at_, ", got ", stats_.sizes(), " ",
+              stats_.scalar_type());
   const at::Tensor x = rows_contig(x_), y = rows_contig(y_);
   const at::Tensor grad = grad_.contiguous(), stats = stats_.contiguous();
   at::Tensor mask;
@@ -597,7 +613,8 @@ void check_targets(const at::Tensor& target, int64_t R, int64_t V, int64_t ignor
 std::tuple<at::Tensor, at::Tensor> ce_rows_fwd(const at::Tensor& x_, const at::Tensor& target_,
                                                double label_smoothing, int64_t ignore_index) {
   check_logits(x_, "logits");
-  TORCH_CHECK(label_smoothing >= 0 && label_smoothing <= 1, "label_smoothing: must be in [0, 1], got ",
+  TORCH_CHECK(label_smoothing >= 0 && label_smoothing <= 1,
+              "label_smoothing: must be in [0, 1], got ",
               label_smoothing);
   const int64_t R = x_.size(0), V = x_.size(1);
   check_targets(target_, R, V, ignore_index);
@@ -636,7 +653,8 @@ at::Tensor ce_rows_bwd(const at::Tensor& grad_, const at::Tensor& x_, const at::
   check_targets(target_, R, V, ignore_index);
   TORCH_CHECK(stats_.dim() == 2 && stats_.size(0) == R && stats_.size(1) == 2 &&
                   stats_.scalar_type() == at_,
-              "stats: expected (", R, ", 2) ", at_, ", got ", stats_.sizes(), " ", stats_.scalar_type());
+              "stats: expected (", R, ", 2) ", at_, ", got ", stats_.sizes(), " ",
+              stats_.scalar_type());
   const at::Tensor x = rows_contig(x_), target = target_.contiguous();
   const at::Tensor grad = grad_.contiguous(), stats = stats_.contiguous();
   at::Tensor dx = empty_rows(R, V, x.options());
