@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -649,7 +649,7 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
 def _fused_linear_janus_op(h_ar: torch.Tensor, h_nar: torch.Tensor, h_aux: torch.Tensor,
                            weight: torch.Tensor, ar_targets: torch.Tensor,
                            masked_targets: torch.Tensor, kl_rows: torch.Tensor,
-                           weights: list[float], label_smoothing: float, ignore_index: int,
+                           weights: Sequence[float], label_smoothing: float, ignore_index: int,
                            chunk_rows: int, need_grad: bool, backend: str
                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                       torch.Tensor, torch.Tensor]:
