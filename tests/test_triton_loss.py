@@ -146,26 +146,31 @@ from janus_kernels.triton import loss as L
 tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 tmp = tempfile.mkdtemp()
 res = []
-for dt in ("fp32", "bf16"):
+# (logits dtype, mask/smoothing flags, archs): the launch configurations of the launchers
+variants = [("fp32", True, (80, 90)), ("bf16", True, (80, 90)), ("fp16", False, (90,)),
+            ("fp64", False, (90,))]
+for dt, flag, archs in variants:
+    a = "fp64" if dt == "fp64" else "fp32"  # accumulation / stats dtype
+    f64 = dt == "fp64"
     sigs = {
-        "symkl_fwd": ({"X": "*" + dt, "Y": "*" + dt, "MASK": "*u8", "LOSS": "*fp32",
-                       "STATS": "*fp32", "stride_x": "i64", "stride_y": "i64", "V": "i32",
-                       "PARAM": "*fp32"}, {"HAS_MASK": True, "IS_F64": False,
+        "symkl_fwd": ({"X": "*" + dt, "Y": "*" + dt, "MASK": "*u8", "LOSS": "*" + a,
+                       "STATS": "*" + a, "stride_x": "i64", "stride_y": "i64", "V": "i32",
+                       "PARAM": "*" + a}, {"HAS_MASK": flag, "IS_F64": f64,
                                            "BLOCK": L._FWD_BLOCK}),
-        "symkl_bwd": ({"G": "*fp32", "X": "*" + dt, "Y": "*" + dt, "STATS": "*fp32",
+        "symkl_bwd": ({"G": "*" + a, "X": "*" + dt, "Y": "*" + dt, "STATS": "*" + a,
                        "MASK": "*u8", "DX": "*" + dt, "DY": "*" + dt, "stride_x": "i64",
-                       "stride_y": "i64", "V": "i32", "PARAM": "*fp32"},
-                      {"HAS_MASK": True, "IS_F64": False, "BLOCK": L._BWD_BLOCK}),
-        "ce_fwd": ({"X": "*" + dt, "T": "*i64", "LOSS": "*fp32", "STATS": "*fp32",
-                    "stride_x": "i64", "V": "i32", "PARAM": "*fp32", "ignore_index": "i32"},
-                   {"SMOOTH": True, "IS_F64": False, "BLOCK": L._FWD_BLOCK}),
-        "ce_bwd": ({"G": "*fp32", "X": "*" + dt, "T": "*i64", "STATS": "*fp32",
-                    "DX": "*" + dt, "stride_x": "i64", "V": "i32", "PARAM": "*fp32",
-                    "ignore_index": "i32"}, {"IS_F64": False, "BLOCK": L._BWD_BLOCK}),
+                       "stride_y": "i64", "V": "i32", "PARAM": "*" + a},
+                      {"HAS_MASK": flag, "IS_F64": f64, "BLOCK": L._BWD_BLOCK}),
+        "ce_fwd": ({"X": "*" + dt, "T": "*i64", "LOSS": "*" + a, "STATS": "*" + a,
+                    "stride_x": "i64", "V": "i32", "PARAM": "*" + a, "ignore_index": "i32"},
+                   {"SMOOTH": flag, "IS_F64": f64, "BLOCK": L._FWD_BLOCK}),
+        "ce_bwd": ({"G": "*" + a, "X": "*" + dt, "T": "*i64", "STATS": "*" + a,
+                    "DX": "*" + dt, "stride_x": "i64", "V": "i32", "PARAM": "*" + a,
+                    "ignore_index": "i32"}, {"IS_F64": f64, "BLOCK": L._BWD_BLOCK}),
     }
     for name, (sig, const) in sigs.items():
         sig = dict(sig, **{k: "constexpr" for k in const})
-        for arch in (80, 90):
+        for arch in archs:
             src = ASTSource(fn=L.KERNELS[name], signature=sig, constexprs=const)
             k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                options={"num_warps": L._warps(const["BLOCK"])})
@@ -191,7 +196,8 @@ def test_triton_loss_aot_compiles_without_spills():
                           env=env, cwd=root, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert len(res) == 16
+    assert len(res) == 24
+    print("\n".join(json.dumps(r) for r in res))
     for r in res:
         assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"
         assert r["reg"] <= 255 and r["shared"] <= 160 * 1024, r
