@@ -502,3 +502,15 @@ def test_fused_linear_janus_loss_bf16():
     for a, r in zip(leaves, refs):
         err = (a.grad.double() - r.grad).abs().max() / r.grad.abs().max()
         assert err < 3e-2, err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_and_pos_inf_logits_give_nan(backend):
+    x, y = torch.randn(3, 600), torch.randn(3, 600)
+    x[0, 17] = float("nan")
+    y[1, 555] = float("inf")
+    rows = L.symmetric_kl(x, y, reduction="none", backend=backend)
+    assert torch.isnan(rows[0]) and torch.isnan(rows[1]) and torch.isfinite(rows[2])
+    ce = L.cross_entropy(x, torch.tensor([1, 2, 3]), label_smoothing=0.1, reduction="none",
+                         backend=backend)
+    assert torch.isnan(ce[0]) and torch.isfinite(ce[1:]).all()

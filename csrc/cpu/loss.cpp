@@ -117,7 +117,28 @@ struct Tr<double> {
   }
 };
 
+#if defined(CPU_CAPABILITY_AVX512)
+// exp with exp_u20's degree-5 polynomial but ~10 instructions: n = round(x log2 e),
+// r = x - n ln2 (two-step Cody-Waite), exp(x) = scalef(poly(r), n). x is clamped below at -110
+// so -inf gives exactly 0 (2^-159 underflows; the 0*inf=0 rule relies on exp(-inf) == 0) and
+// roundscale never sees -inf; max(lo, x) keeps NaN (maxps returns its 2nd operand on NaN).
+inline Vectorized<float> vexp(const Vectorized<float>& v) {
+  const __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_set1_ps(-110.f), v), _mm512_set1_ps(89.f));
+  const __m512 xv = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xv);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(0.00828929059f), _mm512_set1_ps(0.0418978221f));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(0.166676521f));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(0.499991506f));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(0.999999701f));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+#else
 inline Vectorized<float> vexp(const Vectorized<float>& v) { return v.exp_u20(); }
+#endif
 inline Vectorized<double> vexp(const Vectorized<double>& v) { return v.exp(); }
 
 // acc + e*v, except that entries with e == 0 add nothing (0 * inf counts as 0).
