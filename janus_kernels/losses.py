@@ -27,9 +27,11 @@ Backends implement four raw functions::
     ce_fwd(x, target, eps, ignore_index) -> (loss (R,), stats (R, 2))
     ce_bwd(grad (R,), x, target, stats, eps, ignore_index) -> dx
 
-``"cpp"``: the compiled CPU kernels (csrc/cpu/loss.cpp); ``"triton"``: Triton kernels (CUDA,
-or CPU tensors under TRITON_INTERPRET=1); ``"reference"``: eager PyTorch (log_softmax and
-autograd), an independent oracle on any device. Stats are private to a backend.
+``"cpp"``: the compiled kernels (csrc/cpu/loss.cpp; on CUDA tensors csrc/cuda/loss.cu when
+the extension is built with CUDA - compile-checked only so far, so Triton stays the CUDA
+default); ``"triton"``: Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1);
+``"reference"``: eager PyTorch on log_softmax quantities, any device. Stats are private to a
+backend.
 
 Rules for special values (all backends):
   * ``row_mask`` False / ``ignore_index`` rows: loss 0, gradient 0, their logits are never
@@ -206,7 +208,7 @@ _BACKENDS = {"cpp": _Cpp, "triton": _Triton, "reference": _Reference}
 
 def default_loss_backend(device: Union[str, torch.device]) -> str:
     """"cpp" on CPU when the extension is built, "triton" on CUDA when triton imports,
-    else "reference"."""
+    else "reference" (the CUDA C++ kernels are opt-in: backend="cpp")."""
     device = torch.device(device)
     if device.type == "cpu":
         return "cpp" if _ext.available() else "reference"
@@ -223,8 +225,10 @@ def _pick_backend(backend: Optional[str], device: torch.device, who: str) -> str
     backend = backend or default_loss_backend(device)
     if backend not in _BACKENDS:
         raise ValueError(f"{who}: backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
-    if backend == "cpp" and device.type != "cpu":
-        raise ValueError(f"{who}: backend 'cpp' has CPU kernels only, got tensors on {device}")
+    if backend == "cpp" and device.type != "cpu" and not (
+            device.type == "cuda" and _ext.has_cuda_kernels()):
+        raise ValueError(f"{who}: backend 'cpp' needs CPU tensors, or CUDA tensors with an "
+                         f"extension built with CUDA (JANUS_WITH_CUDA=1); got {device}")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"{who}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 "
                          f"for the CPU interpreter), got tensors on {device}")
