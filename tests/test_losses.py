@@ -347,6 +347,11 @@ def test_opcheck_custom_ops():
     loss, st = torch.ops.janus.symmetric_kl_fwd(x.detach(), y.detach(), None, 1.0, backend)
     torch.library.opcheck(torch.ops.janus.symmetric_kl_bwd,
                           (torch.rand(3), x.detach(), y.detach(), st, None, 1.0, backend))
+    (ha, hn, hx), W, ar_t, m_t, idx = janus_inputs(N=5, M=3, V=40)
+    leaves = tuple(t.clone().requires_grad_() for t in (ha, hn, hx, W))
+    torch.library.opcheck(torch.ops.janus.fused_linear_janus,
+                          leaves + (ar_t, m_t, idx, [1.0, 0.5, 0.5, 1.0, 3.0, 1.0], 0.1, -100,
+                                    2, True, backend))
 
 
 def test_torch_compile_fullgraph():
