@@ -46,6 +46,12 @@ Rules for special values (all backends):
     target are fine. A target outside [0, V) raises on CPU (cpp, reference backends).
   * Losses are float32 (float64 for float64 logits) whatever the logits' dtype; gradients
     have the logits' dtype.
+
+CPU performance notes (csrc/cpu/loss.cpp): one streaming pass per row in the forward, 2 exps
+per element pair in forward and backward, gradients written with non-temporal stores. At
+large sizes the fresh gradient buffers dominate (page faults + zeroing); the kernel prefaults
+them in parallel (MADV_POPULATE_WRITE; JANUS_LOSS_PREFAULT=0 turns it off) and can advise
+transparent huge pages (JANUS_LOSS_THP=1; opt-in because THP defrag can stall).
 """
 from __future__ import annotations
 
