@@ -121,7 +121,7 @@ def test_triton_gradcheck_fp64():
 
 
 @needs_interp
-def test_triton_matches_cpp_janus_loss():
+def test_triton_fused_linear_matches_reference():
     from test_losses import janus_inputs
     (ha, hn, hx), W, ar_t, m_t, idx = janus_inputs(N=6, M=3, V=300)
     out = {}
