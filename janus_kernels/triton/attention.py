@@ -116,7 +116,7 @@ def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, 
     j0 = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
     offs_j = j0 + offs_n
-    j1 = tl.minimum(j0 + BLOCK_N, Lk) - 1
+    j1 = j0 + BLOCK_N - 1  # last lane: FULL must cover lanes past Lk too
     k = _load_tile(K_bh + j0.to(tl.int64) * stride_kn, offs_n, Lk - j0, stride_kn, offs_d,
                    stride_kd, D)
     v = _load_tile(V_bh + j0.to(tl.int64) * stride_vn, offs_n, Lk - j0, stride_vn, offs_d,
@@ -277,7 +277,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
     hk = bhk % Hkv
     b64 = b.to(tl.int64)
     j0 = pid * BLOCK_N
-    j1 = tl.minimum(j0 + BLOCK_N, Lk) - 1
+    j1 = j0 + BLOCK_N - 1  # last lane: FULL must cover lanes past Lk too
     offs_n = tl.arange(0, BLOCK_N)
     offs_j = j0 + offs_n
     offs_m = tl.arange(0, BLOCK_M)
@@ -355,7 +355,7 @@ def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_
     j0 = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
     offs_j = j0 + offs_n
-    j1 = tl.minimum(j0 + BLOCK_N, Lk) - 1
+    j1 = j0 + BLOCK_N - 1  # last lane: FULL must cover lanes past Lk too
     k = _load_tile(K_bh + j0.to(tl.int64) * stride_kn, offs_n, Lk - j0, stride_kn, offs_d,
                    stride_kd, D)
     v = _load_tile(V_bh + j0.to(tl.int64) * stride_vn, offs_n, Lk - j0, stride_vn, offs_d,

@@ -135,9 +135,11 @@ def window_query_range(j0, j1, kv, pre, rows, off, hmin, width):
 
 @triton.jit
 def window_tile_class(r0, r1, j0, j1, kv, pre, rows, off, hmin, width):
-    """Class of local rows ``[r0, r1]`` x keys ``[j0, j1]`` (inclusive; r1 and j1 inside the
-    tensor), exactly ``SampleMask::segment_class``: SKIP if no entry is visible, FULL if every
-    entry is (all rows real, all keys real and in the prefix or every row's window)."""
+    """Class of local rows ``[r0, r1]`` x keys ``[j0, j1]`` (inclusive), exactly
+    ``SampleMask::segment_class``: SKIP if no entry is visible, FULL if every entry is (all
+    rows real, all keys real and in the prefix or every row's window). The kernels pass the
+    tile's last *lane* ``j1 = j0 + BLOCK_N - 1``, so a FULL tile has no lane past ``KV_LEN``
+    (lanes past the tensor would otherwise enter the softmax unmasked)."""
     r1v = tl.minimum(r1, rows - 1)
     jl = tl.minimum(j1, kv - 1)
     win_hit = (width > 0) & (window_hi(r1v, off, hmin) > j0) & \
