@@ -41,11 +41,29 @@ __all__ = ["attention_fwd", "attention_bwd", "CONFIGS", "get_config", "head_dim_
 LOG2E = math.log2(math.e)
 _LN2 = tl.constexpr(0.6931471805599453)
 _LOG2E = tl.constexpr(1.4426950408889634)
-# fp32 inputs use IEEE fp32 products (no TF32) so fp32 results match an fp32 reference.
-_DOT_PRECISION = tl.constexpr("ieee")
 
 
 # ============================================================================ helpers
+@triton.jit
+def _dot(a, b):
+    """tl.dot with fp32 accumulation; fp32 operands use 3xTF32 (tensor cores at ~fp32
+    accuracy, so fp32 results match an fp32 reference; plain TF32 would not)."""
+    if a.dtype == tl.float32:
+        r = tl.dot(a, b, input_precision="tf32x3")
+    else:
+        r = tl.dot(a, b)
+    return r
+
+
+@triton.jit
+def _dot_acc(a, b, acc):
+    """acc + a @ b accumulated in place (the MMA accumulator), precision as :func:`_dot`."""
+    if a.dtype == tl.float32:
+        r = tl.dot(a, b, acc, input_precision="tf32x3")
+    else:
+        r = tl.dot(a, b, acc)
+    return r
+
 @triton.jit
 def _row_tile(pid, q_split, Lq, BLOCK_M: tl.constexpr):
     """Program ``pid`` of the per-stream row tiling: stream s, first local row r0, and the
@@ -83,25 +101,32 @@ def _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, KIND: tl.constexpr,
 
 
 @triton.jit
-def _scores(q, k, qk_scale, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width,
-            rank_r, rank_j, row_min, row_max, KIND: tl.constexpr):
-    """Scores (log2 units) of a (rows x keys) tile with the mask applied when the tile is
-    PARTIAL, and the tile's class."""
-    s = tl.dot(q, tl.trans(k), input_precision=_DOT_PRECISION) * qk_scale
+def _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width,
+                 rank_r, rank_j, row_min, row_max, KIND: tl.constexpr, TRANS: tl.constexpr):
+    """Apply the mask to a score tile (rows x keys, or keys x rows if TRANS) when the tile
+    is PARTIAL; return the scores and the tile's class."""
+    if TRANS:
+        rr = offs_r[None, :]
+        jj = offs_j[:, None]
+        rank_rr = rank_r[None, :]
+        rank_jj = rank_j[:, None]
+    else:
+        rr = offs_r[:, None]
+        jj = offs_j[None, :]
+        rank_rr = rank_r[:, None]
+        rank_jj = rank_j[None, :]
     if KIND == jm.KIND_WINDOW:
         cls = jm.window_tile_class(r0, r1, j0, j1, kv, pre, rows, off, hmin, width)
         if cls != jm.TILE_FULL:
-            ok = jm.window_allowed(offs_r[:, None], offs_j[None, :], kv, pre, rows, off,
-                                   hmin, width)
-            s = tl.where(ok, s, float("-inf"))
+            s = tl.where(jm.window_allowed(rr, jj, kv, pre, rows, off, hmin, width), s,
+                         float("-inf"))
     else:
         key_min, key_max = jm.rank_extrema(rank_j, offs_j < kv)
         cls = jm.perm_tile_class(r0, r1, j0, j1, kv, rows, off, row_min, row_max,
                                  key_min, key_max)
         if cls != jm.TILE_FULL:
-            ok = jm.perm_allowed(offs_r[:, None], offs_j[None, :], rank_r[:, None],
-                                 rank_j[None, :], kv, rows, off)
-            s = tl.where(ok, s, float("-inf"))
+            s = tl.where(jm.perm_allowed(rr, jj, rank_rr, rank_jj, kv, rows, off), s,
+                         float("-inf"))
     return s, cls
 
 
@@ -124,8 +149,9 @@ def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, 
     rank_j = offs_j
     if KIND == jm.KIND_PERMUTATION:
         rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
-    s, cls = _scores(q, k, qk_scale, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off,
-                     hmin, width, rank_r, rank_j, row_min, row_max, KIND)
+    s, cls = _mask_scores(_dot(q, tl.trans(k)) * qk_scale, offs_r, offs_j, r0, r1, j0, j1,
+                          kv, pre, rows, off, hmin, width, rank_r, rank_j, row_min, row_max,
+                          KIND, False)
     if cls != jm.TILE_SKIP:  # only the permutation kind has dead tiles inside its range
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing seen yet
@@ -135,7 +161,7 @@ def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, 
         if DROPOUT:
             keep = jm.dropout_keep(seed_lo, seed_hi, bh, offs_i, j0, drop_thr, BLOCK_M, BLOCK_N)
             p = tl.where(keep, p, 0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=_DOT_PRECISION)
+        acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     return acc, m_i, l_i
 
@@ -239,13 +265,14 @@ def _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i, of
                DROPOUT: tl.constexpr):
     """Recompute a (rows x keys) tile: p (probabilities), p * z (dropped, the dV weights)
     and dS = p * (dP - delta), dP = z * (dO . v)."""
-    s, cls = _scores(q, k, qk_scale, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off,
-                     hmin, width, rank_r, rank_j, row_min, row_max, KIND)
+    s, cls = _mask_scores(_dot(q, tl.trans(k)) * qk_scale, offs_r, offs_j, r0, r1, j0, j1,
+                          kv, pre, rows, off, hmin, width, rank_r, rank_j, row_min, row_max,
+                          KIND, False)
     # lse = -inf only on rows that see no key, whose scores are all -inf: use 0 there so
     # exp2(-inf - 0) = 0 instead of NaN.
     lse2 = tl.where(lse == float("-inf"), 0.0, lse * _LOG2E)
     p = tl.math.exp2(s - lse2[:, None])
-    dp = tl.dot(do, tl.trans(v), input_precision=_DOT_PRECISION)
+    dp = _dot(do, tl.trans(v))
     pz = p
     if DROPOUT:
         keep = jm.dropout_keep(seed_lo, seed_hi, bh, offs_i, j0, drop_thr, BLOCK_M, BLOCK_N)
@@ -253,6 +280,47 @@ def _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i, of
         dp = tl.where(keep, dp * keep_scale, 0.0)
     ds = p * (dp - delta[:, None])
     return pz, ds, cls
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, stride_qm, stride_qd, stride_dom, stride_dod,
+               lse_ptr, delta_ptr, n_rows, offs_m, offs_d, offs_r, offs_j, r0, r1, j0, j1,
+               kv, pre, rows, off, hmin, width, rank_b, rank_j, qk_scale, keep_scale, bh,
+               drop_thr, seed_lo, seed_hi, seg_start, Lk, D: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
+               DROPOUT: tl.constexpr):
+    """One query tile's contribution to dK/dV, computed transposed (keys x rows) so k and v
+    are the left MMA operands and no probability tile needs a register transpose:
+    sT = k qT, pT = 2^(sT - lse), dV += (pT z) dO, dK += (pT (z dPT - delta)) q."""
+    row_in = offs_m < n_rows
+    qT = tl.load(q_ptr + offs_d[:, None] * stride_qd + offs_m[None, :] * stride_qm,
+                 mask=(offs_d[:, None] < D) & row_in[None, :], other=0.0)
+    do = _load_tile(do_ptr, offs_m, n_rows, stride_dom, offs_d, stride_dod, D)
+    lse = tl.load(lse_ptr + offs_m, mask=row_in, other=0.0)
+    delta = tl.load(delta_ptr + offs_m, mask=row_in, other=0.0)
+    rank_r = offs_r
+    row_min = 0
+    row_max = 0
+    if KIND == jm.KIND_PERMUTATION:
+        row_ok = offs_r < rows
+        rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
+        row_min, row_max = jm.rank_extrema(rank_r, row_ok)
+    sT, cls = _mask_scores(_dot(k, qT) * qk_scale, offs_r, offs_j, r0, r1, j0, j1, kv, pre,
+                           rows, off, hmin, width, rank_r, rank_j, row_min, row_max, KIND, True)
+    if cls != jm.TILE_SKIP:  # only the permutation kind has dead tiles inside its range
+        lse2 = tl.where(lse == float("-inf"), 0.0, lse * _LOG2E)  # see _bwd_probs
+        pT = tl.math.exp2(sT - lse2[None, :])
+        dpT = _dot(v, tl.trans(do))
+        pzT = pT
+        if DROPOUT:
+            keepT = tl.trans(jm.dropout_keep(seed_lo, seed_hi, bh, seg_start + offs_r, j0,
+                                             drop_thr, BLOCK_M, BLOCK_N))
+            pzT = tl.where(keepT, pT * keep_scale, 0.0)
+            dpT = tl.where(keepT, dpT * keep_scale, 0.0)
+        dsT = pT * (dpT - delta[None, :])
+        dv = _dot_acc(pzT.to(do.dtype), do, dv)
+        dk = _dot_acc(dsT.to(qT.dtype), tl.trans(qT), dk)
+    return dk, dv
 
 
 @triton.jit
@@ -311,31 +379,16 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
             do_bh = DO + b64 * stride_dob + h.to(tl.int64) * stride_doh
             for r0 in range(ra, rb, BLOCK_M):
                 offs_r = r0 + offs_m
-                offs_i = seg_start + offs_r
                 r1 = tl.minimum(r0 + BLOCK_M, seg_len) - 1
                 row0 = (seg_start + r0).to(tl.int64)
-                q = _load_tile(q_bh + row0 * stride_qm, offs_m, seg_len - r0, stride_qm,
-                               offs_d, stride_qd, D)
-                do = _load_tile(do_bh + row0 * stride_dom, offs_m, seg_len - r0, stride_dom,
-                                offs_d, stride_dod, D)
-                row_in = offs_r < seg_len
-                lse = tl.load(LSE + bh.to(tl.int64) * Lq + offs_i, mask=row_in, other=0.0)
-                delta = tl.load(DELTA + bh.to(tl.int64) * Lq + offs_i, mask=row_in, other=0.0)
-                rank_r = offs_r
-                row_min = 0
-                row_max = 0
-                if KIND == jm.KIND_PERMUTATION:
-                    row_ok = offs_r < rows
-                    rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
-                    row_min, row_max = jm.rank_extrema(rank_r, row_ok)
-                pz, ds, cls = _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale,
-                                         offs_r, offs_i, offs_j, r0, r1, j0, j1, kv, pre,
-                                         rows, off, hmin, width, rank_r, rank_j, row_min,
-                                         row_max, bh, drop_thr, seed_lo, seed_hi,
-                                         BLOCK_M, BLOCK_N, KIND, DROPOUT)
-                if cls != jm.TILE_SKIP:
-                    dv += tl.dot(tl.trans(pz.to(do.dtype)), do, input_precision=_DOT_PRECISION)
-                    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=_DOT_PRECISION)
+                dk, dv = _dkdv_step(dk, dv, k, v, q_bh + row0 * stride_qm,
+                                    do_bh + row0 * stride_dom, stride_qm, stride_qd,
+                                    stride_dom, stride_dod, LSE + bh.to(tl.int64) * Lq + row0,
+                                    DELTA + bh.to(tl.int64) * Lq + row0, seg_len - r0,
+                                    offs_m, offs_d, offs_r, offs_j, r0, r1, j0, j1, kv, pre,
+                                    rows, off, hmin, width, rank_b, rank_j, qk_scale,
+                                    keep_scale, bh, drop_thr, seed_lo, seed_hi, seg_start, Lk,
+                                    D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
     dk = dk * scale
     n_in = (offs_n[:, None] < Lk - j0) & (offs_d[None, :] < D)
     dk_ptr = DK + b64 * stride_dkb + hk.to(tl.int64) * stride_dkh + j0.to(tl.int64) * stride_dkn
@@ -368,7 +421,7 @@ def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_
                              rank_r, rank_j, row_min, row_max, bh, drop_thr, seed_lo,
                              seed_hi, BLOCK_M, BLOCK_N, KIND, DROPOUT)
     if cls != jm.TILE_SKIP:
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=_DOT_PRECISION)
+        dq = _dot_acc(ds.to(k.dtype), k, dq)
     return dq
 
 
@@ -446,7 +499,7 @@ CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
     "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3),
             128: (128, 64, 8, 3), 256: (64, 64, 8, 2)},
     "dkdv": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2),
-             128: (64, 64, 8, 2), 256: (32, 64, 8, 1)},
+             128: (32, 64, 8, 2), 256: (32, 64, 8, 1)},
     "dq": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2),
            128: (64, 64, 8, 2), 256: (64, 32, 8, 1)},
     "pre": {16: (64, 0, 4, 1), 32: (64, 0, 4, 1), 64: (64, 0, 4, 1),
