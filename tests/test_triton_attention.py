@@ -316,6 +316,10 @@ def test_length_one_and_empty():
     m = masks.key_padding_mask([0, 3], 4, 3)            # sample 0 sees no key at all
     o, lse, dq, dk, dv = _run_case(m, H=1)
     assert torch.isinf(lse[0]).all() and (o[0] == 0).all() and (dk[0] == 0).all()
+    m = masks.key_padding_mask([0, 0], 3, 0)           # no keys in the tensor at all
+    q, k, v = _inputs(m, 2, 2, 1, 16, torch.float32)
+    o, lse, dq, dk, dv = _raw(m, q, k, v, torch.randn_like(q), 0.25)
+    assert (o == 0).all() and torch.isneginf(lse).all() and (dq == 0).all() and dk.numel() == 0
 
 
 # ========================================================================== dropout

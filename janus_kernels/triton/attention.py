@@ -64,6 +64,7 @@ def _dot_acc(a, b, acc):
         r = tl.dot(a, b, acc)
     return r
 
+
 @triton.jit
 def _row_tile(pid, q_split, Lq, BLOCK_M: tl.constexpr):
     """Program ``pid`` of the per-stream row tiling: stream s, first local row r0, and the
@@ -490,25 +491,31 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
 
 
 # ======================================================================= configuration
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and padded head dim, for 2-byte
-# inputs; 4-byte inputs use FP32_CONFIGS where listed (twice the shared memory per tile).
-# BLOCK_M is the query tile and BLOCK_N the key tile in every kernel. Chosen so each
-# kernel fits sm_80 shared memory with 0 spills (checked by `python -m
-# janus_kernels.triton.aot`, tests/test_triton_compile.py).
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and padded head dim; BLOCK_M is the
+# query tile and BLOCK_N the key tile in every kernel. CONFIGS is for 2-byte inputs,
+# FP32_CONFIGS for 4-byte ones (fp32 dots run as 3xTF32: three MMAs and split operands, so
+# smaller tiles). Every entry compiles for sm_80 and sm_90 within shared memory and with 0
+# register spills for both mask kinds, with and without dropout (`python -m
+# janus_kernels.triton.aot`; tests/test_triton_compile.py checks the 16-bit d=64/128 ones).
+# The dK/dV kernel keeps a (BLOCK_N, d) pair of fp32 accumulators and computes five
+# (BLOCK_N, BLOCK_M) tiles per step, hence its small query tiles.
 CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
-    "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 4, 3),
-            128: (128, 64, 8, 3), 256: (64, 64, 8, 2)},
-    "dkdv": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2),
-             128: (32, 64, 8, 2), 256: (32, 64, 8, 1)},
-    "dq": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2),
-           128: (64, 64, 8, 2), 256: (64, 32, 8, 1)},
+    "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 8, 3),
+            128: (128, 64, 8, 3), 256: (64, 32, 8, 2)},
+    "dkdv": {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (16, 64, 4, 2),
+             128: (16, 64, 8, 2), 256: (16, 16, 4, 1)},
+    "dq": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 8, 2),
+           128: (64, 64, 8, 2), 256: (32, 64, 8, 1)},
     "pre": {16: (64, 0, 4, 1), 32: (64, 0, 4, 1), 64: (64, 0, 4, 1),
             128: (64, 0, 4, 1), 256: (32, 0, 4, 1)},
 }
 FP32_CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
-    "fwd": {128: (64, 64, 8, 2), 256: (32, 32, 4, 1)},
-    "dkdv": {128: (32, 64, 8, 1), 256: (16, 32, 4, 1)},
-    "dq": {128: (64, 32, 8, 1), 256: (32, 32, 4, 1)},
+    "fwd": {16: (32, 32, 4, 2), 32: (32, 32, 4, 2), 64: (32, 32, 4, 2),
+            128: (32, 32, 4, 2), 256: (16, 32, 4, 1)},
+    "dkdv": {16: (16, 32, 4, 1), 32: (16, 32, 4, 1), 64: (16, 32, 4, 1),
+             128: (16, 16, 4, 1), 256: (16, 16, 4, 1)},
+    "dq": {16: (32, 32, 4, 1), 32: (32, 32, 4, 1), 64: (32, 32, 4, 1),
+           128: (16, 32, 4, 1), 256: (16, 16, 4, 1)},
 }
 #: Blocks used under TRITON_INTERPRET=1 (the interpreter costs ~ms per tile iteration, so
 #: small tiles keep the tests fast and exercise many tile boundaries). Tests may patch it.
@@ -529,7 +536,7 @@ def get_config(kernel: str, d_pad: int, dtype: torch.dtype) -> Tuple[int, int, i
     if _interpreting():
         bm, bn = INTERPRETER_BLOCKS
         return bm, bn, 4, 1
-    if dtype.itemsize >= 4 and d_pad in FP32_CONFIGS.get(kernel, {}):
+    if dtype.itemsize >= 4 and kernel in FP32_CONFIGS:
         return FP32_CONFIGS[kernel][d_pad]
     return CONFIGS[kernel][d_pad]
 
@@ -639,8 +646,9 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: tor
     _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed)
     B, H, Lq, d = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
-    out = torch.zeros_like(q, memory_format=torch.contiguous_format)
-    lse = torch.full((B, H, Lq), float("-inf"), dtype=torch.float32, device=q.device)
+    # every in-tensor row is written by the kernel (rows that see nothing: 0 and -inf)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
     if B * H * Lq == 0:
         return out, lse
     d_pad = head_dim_pad(d)
@@ -675,11 +683,12 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
             or lse.dtype != torch.float32 or lse.device != q.device:
         raise ValueError(f"triton attention: lse must be float32 ({B}, {H}, {Lq}) on {q.device}, "
                          f"got {_describe(lse)}")
-    dq = torch.zeros_like(q, memory_format=torch.contiguous_format)
-    dk = torch.zeros_like(k, memory_format=torch.contiguous_format)
-    dv = torch.zeros_like(v, memory_format=torch.contiguous_format)
-    if B * H * Lq * Lk == 0:
-        return dq, dk, dv
+    if B * H * Lq * Lk == 0:  # nothing attends: all gradients are zero
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    # every element is written by the kernels (unseen keys/rows get exact zeros)
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     dout = dout.to(q.dtype)
     out = out.to(q.dtype)
     lse = lse.contiguous()
