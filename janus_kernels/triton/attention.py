@@ -46,10 +46,11 @@ _LOG2E = tl.constexpr(1.4426950408889634)
 # ============================================================================ helpers
 @triton.jit
 def _dot(a, b):
-    """tl.dot with fp32 accumulation; fp32 operands use 3xTF32 (tensor cores at ~fp32
-    accuracy, so fp32 results match an fp32 reference; plain TF32 would not)."""
+    """tl.dot with fp32 accumulation. fp32 operands use IEEE fp32 products so fp32 results
+    match an fp32 reference (TF32 would not; 3xTF32 was measured to spill registers in every
+    tile size tried), i.e. the fp32 path is the accurate one, bf16/fp16 the fast one."""
     if a.dtype == tl.float32:
-        r = tl.dot(a, b, input_precision="tf32x3")
+        r = tl.dot(a, b, input_precision="ieee")
     else:
         r = tl.dot(a, b)
     return r
@@ -59,7 +60,7 @@ def _dot(a, b):
 def _dot_acc(a, b, acc):
     """acc + a @ b accumulated in place (the MMA accumulator), precision as :func:`_dot`."""
     if a.dtype == tl.float32:
-        r = tl.dot(a, b, acc, input_precision="tf32x3")
+        r = tl.dot(a, b, acc, input_precision="ieee")
     else:
         r = tl.dot(a, b, acc)
     return r
@@ -134,11 +135,12 @@ def _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, wi
 # ============================================================================ forward
 @triton.jit
 def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, stride_vd,
-              offs_d,
-              offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width,
+              offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width,
               rank_b, rank_r, row_min, row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               KIND: tl.constexpr, DROPOUT: tl.constexpr):
+    """Online-softmax update of a row tile with key tile n: rescale the running (acc, l) by
+    2^(m_old - m_new) and add this tile's 2^(s - m_new) (dropped entries only leave acc)."""
     j0 = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
     offs_j = j0 + offs_n
@@ -214,15 +216,15 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
     l_i = tl.zeros([BLOCK_M], dtype=ACC)
     for n in range(0, n_pre):
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd,
-                                  stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre,
-                                  rows, off, hmin, width, rank_b, rank_r, row_min, row_max,
-                                  qk_scale, bh, drop_thr, seed_lo, seed_hi,
+                                  stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk,
+                                  kv, pre, rows, off, hmin, width, rank_b, rank_r, row_min,
+                                  row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
                                   D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
     for n in range(n_lo, n_hi):
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd,
-                                  stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre,
-                                  rows, off, hmin, width, rank_b, rank_r, row_min, row_max,
-                                  qk_scale, bh, drop_thr, seed_lo, seed_hi,
+                                  stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk,
+                                  kv, pre, rows, off, hmin, width, rank_b, rank_r, row_min,
+                                  row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
                                   D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
 
     seen = l_i > 0
@@ -264,8 +266,8 @@ def _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i, of
                row_min, row_max, bh, drop_thr, seed_lo, seed_hi,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
                DROPOUT: tl.constexpr):
-    """Recompute a (rows x keys) tile: p (probabilities), p * z (dropped, the dV weights)
-    and dS = p * (dP - delta), dP = z * (dO . v)."""
+    """Recompute a (rows x keys) tile for dQ: p = 2^(s - lse log2 e), p * z (the dropped
+    probabilities) and dS = p * (dP - delta) with dP = z * (dO . v)."""
     s, cls = _mask_scores(_dot(q, tl.trans(k)) * qk_scale, offs_r, offs_j, r0, r1, j0, j1,
                           kv, pre, rows, off, hmin, width, rank_r, rank_j, row_min, row_max,
                           KIND, False)
@@ -406,6 +408,7 @@ def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_
              rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh, drop_thr,
              seed_lo, seed_hi, D: tl.constexpr, BLOCK_M: tl.constexpr,
              BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
+    """dQ += dS k for key tile n (same key tiles as the forward)."""
     j0 = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
     offs_j = j0 + offs_n
@@ -492,13 +495,13 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
 
 # ======================================================================= configuration
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and padded head dim; BLOCK_M is the
-# query tile and BLOCK_N the key tile in every kernel. CONFIGS is for 2-byte inputs,
-# FP32_CONFIGS for 4-byte ones (fp32 dots run as 3xTF32: three MMAs and split operands, so
-# smaller tiles). Every entry compiles for sm_80 and sm_90 within shared memory and with 0
-# register spills for both mask kinds, with and without dropout (`python -m
-# janus_kernels.triton.aot`; tests/test_triton_compile.py checks the 16-bit d=64/128 ones).
-# The dK/dV kernel keeps a (BLOCK_N, d) pair of fp32 accumulators and computes five
-# (BLOCK_N, BLOCK_M) tiles per step, hence its small query tiles.
+# query tile and BLOCK_N the key tile in every kernel. Chosen by AOT-compiling candidates
+# for sm_80 and sm_90 (`python -m janus_kernels.triton.aot`): every 2-byte entry (CONFIGS)
+# fits shared memory with 0 register spills for both mask kinds, with and without dropout
+# (tests/test_triton_compile.py checks d=64/128). The dK/dV kernel holds two (BLOCK_N, d)
+# fp32 accumulators plus k, v and computes five (BLOCK_N, BLOCK_M) tiles per step, hence its
+# small query tiles. FP32_CONFIGS (4-byte inputs, IEEE fp32 dots on the FMA units) use
+# small tiles; a few of them still spill 8-16 bytes (see the aot table).
 CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
     "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 8, 3),
             128: (128, 64, 8, 3), 256: (64, 32, 8, 2)},
@@ -511,11 +514,11 @@ CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
 }
 FP32_CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
     "fwd": {16: (32, 32, 4, 2), 32: (32, 32, 4, 2), 64: (32, 32, 4, 2),
-            128: (32, 32, 4, 2), 256: (16, 32, 4, 1)},
-    "dkdv": {16: (16, 32, 4, 1), 32: (16, 32, 4, 1), 64: (16, 32, 4, 1),
+            128: (32, 32, 4, 1), 256: (16, 32, 4, 1)},
+    "dkdv": {16: (16, 16, 4, 1), 32: (16, 16, 4, 1), 64: (16, 16, 4, 1),
              128: (16, 16, 4, 1), 256: (16, 16, 4, 1)},
     "dq": {16: (32, 32, 4, 1), 32: (32, 32, 4, 1), 64: (32, 32, 4, 1),
-           128: (16, 32, 4, 1), 256: (16, 16, 4, 1)},
+           128: (16, 16, 4, 1), 256: (16, 16, 4, 1)},
 }
 #: Blocks used under TRITON_INTERPRET=1 (the interpreter costs ~ms per tile iteration, so
 #: small tiles keep the tests fast and exercise many tile boundaries). Tests may patch it.
@@ -584,7 +587,8 @@ def _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed) -> None
         raise ValueError(f"triton attention: params must be int32 ({B}, {jm.NUM_FIELDS.value}) on "
                          f"{q.device}, got {_describe(params)}")
     if kind not in (0, 1):
-        raise ValueError(f"triton attention: kind must be 0 (window) or 1 (permutation), got {kind}")
+        raise ValueError(f"triton attention: kind must be 0 (window) or 1 (permutation), "
+                         f"got {kind}")
     if kind == 1 and (not isinstance(rank, torch.Tensor) or rank.dtype != torch.int32
                       or tuple(rank.shape) != (B, k.shape[2]) or rank.device != q.device):
         raise ValueError(f"triton attention: rank must be int32 ({B}, {k.shape[2]}) on "
