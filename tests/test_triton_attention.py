@@ -6,6 +6,7 @@ error of the same-precision dense reference, plus a tiny absolute floor).
 Shapes are small on purpose: the interpreter costs milliseconds per tile iteration."""
 import importlib
 import math
+import os
 
 import pytest
 import torch
@@ -21,12 +22,11 @@ import triton.language as tl  # noqa: E402
 from janus_kernels.triton import attention as tri  # noqa: E402
 from janus_kernels.triton import mask as jm  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    __import__("os").environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
-    reason="needs TRITON_INTERPRET=1 or a GPU")
-
-DEV = "cuda" if torch.cuda.is_available() and \
-    __import__("os").environ.get("TRITON_INTERPRET") != "1" else "cpu"
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+pytestmark = pytest.mark.skipif(not _INTERPRET and not torch.cuda.is_available(),
+                                reason="needs TRITON_INTERPRET=1 or a GPU")
+# conftest sets TRITON_INTERPRET=1; run with TRITON_INTERPRET=0 on a GPU to test compiled kernels
+DEV = "cpu" if _INTERPRET else "cuda"
 
 
 # ============================================================================ mask zoo
@@ -51,7 +51,7 @@ def _zoo():
     }
 
 
-ZOO = _zoo()
+ZOO = {name: m.to(DEV) for name, m in _zoo().items()}
 
 
 # ============================================================== @jit helpers vs masks.py
@@ -109,12 +109,12 @@ def _rank_args(m):
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_mask_allowed_matches_materialize(name):
     m = ZOO[name]
-    out = torch.zeros(m.batch_size, m.q_len, m.kv_len, dtype=torch.int8)
+    out = torch.zeros(m.batch_size, m.q_len, m.kv_len, dtype=torch.int8, device=DEV)
     rank, rs = _rank_args(m)
     grid = (triton.cdiv(m.q_len, 16), triton.cdiv(m.kv_len, 16), m.batch_size)
     _allowed_kernel[grid](out, m.params, rank, rs, m.q_split, m.q_len, m.kv_len,
                           KIND=int(m.kind), BM=16, BN=16)
-    assert torch.equal(out.bool(), m.materialize())
+    assert torch.equal(out.bool().cpu(), m.materialize().cpu())
 
 
 def _stream_tiles(m, bm):
@@ -136,15 +136,16 @@ def test_tile_class_and_ranges_match_dense(name, bm, bn):
     m = ZOO[name]
     if m.kv_len == 0 or m.q_len == 0:
         pytest.skip("empty")
-    allowed = m.materialize()
+    allowed = m.materialize().cpu()
     tiles = _stream_tiles(m, bm)
     n_kt = triton.cdiv(m.kv_len, bn)
     B = m.batch_size
-    cls = torch.full((B, len(tiles), n_kt), -1, dtype=torch.int32)
-    rng = torch.full((B, len(tiles), n_kt, 5), -1, dtype=torch.int32)
+    cls = torch.full((B, len(tiles), n_kt), -1, dtype=torch.int32, device=DEV)
+    rng = torch.full((B, len(tiles), n_kt, 5), -1, dtype=torch.int32, device=DEV)
     rank, rs = _rank_args(m)
     _tiles_kernel[(len(tiles), B)](cls, rng, m.params, rank, rs, m.q_split, m.q_len,
                                    m.kv_len, n_kt, KIND=int(m.kind), BM=bm, BN=bn)
+    cls, rng = cls.cpu(), rng.cpu()
     for b in range(B):
         for t, (s, start, r0, nr) in enumerate(tiles):
             rows = allowed[b, start + r0:start + r0 + nr]
@@ -192,12 +193,12 @@ def _keep_kernel(out, seed_lo, seed_hi, thr, Lq, Lk, BM: tl.constexpr, BN: tl.co
                                     (2 ** 64 - 1, 0.9)])
 def test_philox_keep_matches_dropout_py(seed, p):
     B, H, Lq, Lk = 2, 3, 21, 37
-    out = torch.zeros(B * H, Lq, Lk, dtype=torch.int8)
+    out = torch.zeros(B * H, Lq, Lk, dtype=torch.int8, device=DEV)
     _keep_kernel[(triton.cdiv(Lq, 16), triton.cdiv(Lk, 32), B * H)](
         out, tri._i32(seed), tri._i32(seed >> 32), tri._i32(drop_threshold(p)), Lq, Lk,
         BM=16, BN=32)
     ref = dropout_keep_mask(seed, B, H, Lq, Lk, p).view(B * H, Lq, Lk)
-    assert torch.equal(out.bool(), ref)
+    assert torch.equal(out.bool().cpu(), ref)
     assert abs(ref.float().mean().item() - (1 - p)) < 0.05
 
 
@@ -265,7 +266,7 @@ def _run_case(m, dtype=torch.float32, B=None, H=2, Hkv=None, d=16, layout="conti
     kern = _raw(m, q, k, v, do, scale)
     for before, after in zip(snapshot, (q, k, v, do)):
         assert torch.equal(before, after), "inputs modified"
-    allowed = m.materialize()
+    allowed = m.materialize().cpu()
     acc = _dense(q, k, v, do, allowed, scale, upcast=True)
     same = _dense(q, k, v, do, allowed, scale, upcast=False)
     _check_tolerance(kern, acc, same, dtype)
@@ -312,11 +313,11 @@ def test_unequal_blocks(monkeypatch, blocks, name):
 
 
 def test_length_one_and_empty():
-    _run_case(masks.causal_mask([1, 1]), H=1)
-    m = masks.key_padding_mask([0, 3], 4, 3)            # sample 0 sees no key at all
+    _run_case(masks.causal_mask([1, 1], device=DEV), H=1)
+    m = masks.key_padding_mask([0, 3], 4, 3, device=DEV)            # sample 0 sees no key at all
     o, lse, dq, dk, dv = _run_case(m, H=1)
     assert torch.isinf(lse[0]).all() and (o[0] == 0).all() and (dk[0] == 0).all()
-    m = masks.key_padding_mask([0, 0], 3, 0)           # no keys in the tensor at all
+    m = masks.key_padding_mask([0, 0], 3, 0, device=DEV)           # no keys in the tensor at all
     q, k, v = _inputs(m, 2, 2, 1, 16, torch.float32)
     o, lse, dq, dk, dv = _raw(m, q, k, v, torch.randn_like(q), 0.25)
     assert (o == 0).all() and torch.isneginf(lse).all() and (dq == 0).all() and dk.numel() == 0
@@ -360,12 +361,13 @@ def test_public_api_autograd(name, dtype):
     o, lse = jk.attention(q, k, v, m, backend="triton", return_lse=True)
     do = torch.randn_like(o)
     g = torch.autograd.grad(o, (q, k, v), do)
-    allowed = m.materialize()
+    allowed = m.materialize().cpu()
     acc = _dense(q, k, v, do, allowed, 16 ** -0.5, upcast=True)
     same = _dense(q, k, v, do, allowed, 16 ** -0.5, upcast=False)
     _check_tolerance((o, lse) + g, acc, same, dtype)
 
 
+@pytest.mark.skipif(not _INTERPRET, reason="fp64 kernels are exercised under the interpreter")
 def test_gradcheck_fp64_with_dropout():
     """float64 end to end through the public API (the interpreter runs fp64 dots), with and
     without dropout: analytical grads of the Triton bwd vs finite differences of the fwd."""

@@ -105,6 +105,12 @@ def resource_usage(cubin: bytes) -> Dict[str, int]:
     return out
 
 
+def _config_str(kernel: str, cfg) -> str:
+    bm, bn, warps, stages = cfg
+    tiles = f"BM{bm}" if kernel == "pre" else f"BM{bm}xBN{bn}"
+    return f"{tiles} w{warps} s{stages}"
+
+
 def compile_one(kernel: str, dtype: str, head_dim: int, arch: int, kind: int = 0,
                 dropout: bool = False) -> Dict[str, object]:
     """Compile one kernel variant for sm_<arch>; return its resource row."""
@@ -125,7 +131,7 @@ def compile_one(kernel: str, dtype: str, head_dim: int, arch: int, kind: int = 0
     use = resource_usage(cubin)
     return {
         "kernel": kernel, "dtype": dtype, "head_dim": head_dim, "arch": arch, "kind": kind,
-        "dropout": dropout, "config": "BM{}xBN{} w{} s{}".format(*cfg),
+        "dropout": dropout, "config": _config_str(kernel, cfg),
         "regs": use["reg"], "spill_stack_bytes": use["stack"] + use["local"],
         "smem": int(k.metadata.shared), "smem_limit": SMEM_LIMIT.get(arch, 48 * 1024),
         "mma": "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "none"),
