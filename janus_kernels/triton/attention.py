@@ -1,0 +1,729 @@
+"""Triton flash attention with the structured mask generated in-kernel from a
+:class:`~janus_kernels.masks.MaskDescriptor` (the ``"triton"`` backend of
+``janus_kernels.attention``).
+
+Forward (one program per (stream row tile, b*H + h)), online softmax in base 2::
+
+    s_ij = (q_i . k_j) * scale * log2(e)          masked to -inf where not allowed
+    m_i  = max_j s_ij,  l_i = sum_j 2^(s_ij - m_i),  o_i = sum_j 2^(s_ij - m_i) z_ij v_j / l_i
+    lse_i = (m_i + log2 l_i) * ln 2               (-inf and o_i = 0 when row i sees no key)
+
+where ``z_ij = keep_ij / (1 - p)`` is the Philox dropout factor (1 without dropout). Row
+tiles never straddle the two streams, so a tile's key range is the exact union
+``[0, PREFIX) U [lo(first row), hi(last row))`` from the descriptor; only those key tiles are
+visited, and the predicate is evaluated only on tiles whose class is PARTIAL.
+
+Backward (FlashAttention-2): ``delta_i = sum_d dO_id O_id``; with ``p_ij = 2^(s_ij - lse_i
+log2 e)``::
+
+    dV_j = sum_i p_ij z_ij dO_i          dP_ij = z_ij (dO_i . v_j)
+    dS_ij = p_ij (dP_ij - delta_i)       dQ_i = scale sum_j dS_ij k_j,  dK_j = scale sum_i dS_ij q_i
+
+One kernel per key tile and kv head accumulates dK/dV over the query tiles of both streams
+that can see the key tile (closed-form row range, ``mask.window_query_range``) and over the
+query heads of its GQA group, so no atomics are needed; a second kernel per query row tile
+accumulates dQ over the same key tiles as the forward.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from . import mask as jm
+
+__all__ = ["attention_fwd", "attention_bwd", "CONFIGS", "get_config", "head_dim_pad"]
+
+LOG2E = math.log2(math.e)
+_LN2 = tl.constexpr(0.6931471805599453)
+_LOG2E = tl.constexpr(1.4426950408889634)
+
+
+# Lengths and seeds change from batch to batch: without this, Triton would compile a new
+# variant whenever one of them switches between "== 1", "divisible by 16" and other.
+_VARYING = ["Lq", "Lk", "q_split", "seed_lo", "seed_hi"]
+
+
+# ============================================================================ helpers
+@triton.jit
+def _dot(a, b):
+    """tl.dot with fp32 accumulation. fp32 operands use IEEE fp32 products so fp32 results
+    match an fp32 reference (TF32 would not; 3xTF32 was measured to spill registers in every
+    tile size tried), i.e. the fp32 path is the accurate one, bf16/fp16 the fast one."""
+    if a.dtype == tl.float32:
+        r = tl.dot(a, b, input_precision="ieee")
+    else:
+        r = tl.dot(a, b)
+    return r
+
+
+@triton.jit
+def _dot_acc(a, b, acc):
+    """acc + a @ b accumulated in place (the MMA accumulator), precision as :func:`_dot`."""
+    if a.dtype == tl.float32:
+        r = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        r = tl.dot(a, b, acc)
+    return r
+
+
+@triton.jit
+def _row_tile(pid, q_split, Lq, BLOCK_M: tl.constexpr):
+    """Program ``pid`` of the per-stream row tiling: stream s, first local row r0, and the
+    stream's first global row and length. Stream 0 has cdiv(q_split, BLOCK_M) tiles."""
+    n0 = tl.cdiv(q_split, BLOCK_M)
+    s = (pid >= n0).to(tl.int32)
+    r0 = (pid - s * n0) * BLOCK_M
+    seg_start = s * q_split
+    seg_len = tl.where(s == 0, q_split, Lq - q_split)
+    return s, r0, seg_start, seg_len
+
+
+@triton.jit
+def _load_tile(base, offs, n_valid, stride_n, offs_d, stride_d, D: tl.constexpr):
+    """(len(offs), D_PAD) tile of rows ``offs`` (< n_valid) of a (rows, D) matrix at
+    ``base``, zero-padded in both directions."""
+    return tl.load(base + offs[:, None] * stride_n + offs_d[None, :] * stride_d,
+                   mask=(offs[:, None] < n_valid) & (offs_d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, KIND: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """Key-tile loops of a row block: ``[0, n_pre)`` then ``[n_lo, n_hi)`` (disjoint)."""
+    if KIND == jm.KIND_WINDOW:
+        pre_end, lo, hi = jm.window_key_range(r0, r1, kv, pre, rows, off, hmin, width)
+        n_pre = tl.cdiv(pre_end, BLOCK_N)
+        n_lo = tl.maximum(lo // BLOCK_N, n_pre)
+        n_hi = tl.maximum(tl.cdiv(hi, BLOCK_N), n_lo)
+    else:  # permutation: every real key may be visible; dead tiles skipped by class
+        n_pre = tl.where(r0 < rows, tl.cdiv(kv, BLOCK_N), 0)
+        n_lo = n_pre
+        n_hi = n_pre
+    return n_pre, n_lo, n_hi
+
+
+@triton.jit
+def _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width,
+                 rank_r, rank_j, row_min, row_max, KIND: tl.constexpr, TRANS: tl.constexpr):
+    """Apply the mask to a score tile (rows x keys, or keys x rows if TRANS) when the tile
+    is PARTIAL; return the scores and the tile's class."""
+    if TRANS:
+        rr = offs_r[None, :]
+        jj = offs_j[:, None]
+        rank_rr = rank_r[None, :]
+        rank_jj = rank_j[:, None]
+    else:
+        rr = offs_r[:, None]
+        jj = offs_j[None, :]
+        rank_rr = rank_r[:, None]
+        rank_jj = rank_j[None, :]
+    if KIND == jm.KIND_WINDOW:
+        cls = jm.window_tile_class(r0, r1, j0, j1, kv, pre, rows, off, hmin, width)
+        if cls != jm.TILE_FULL:
+            s = tl.where(jm.window_allowed(rr, jj, kv, pre, rows, off, hmin, width), s,
+                         float("-inf"))
+    else:
+        key_min, key_max = jm.rank_extrema(rank_j, offs_j < kv)
+        cls = jm.perm_tile_class(r0, r1, j0, j1, kv, rows, off, row_min, row_max,
+                                 key_min, key_max)
+        if cls != jm.TILE_FULL:
+            s = tl.where(jm.perm_allowed(rr, jj, rank_rr, rank_jj, kv, rows, off), s,
+                         float("-inf"))
+    return s, cls
+
+
+# ============================================================================ forward
+@triton.jit
+def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, stride_vd,
+              offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width,
+              rank_b, rank_r, row_min, row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
+              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              KIND: tl.constexpr, DROPOUT: tl.constexpr):
+    """Online-softmax update of a row tile with key tile n: rescale the running (acc, l) by
+    2^(m_old - m_new) and add this tile's 2^(s - m_new) (dropped entries only leave acc)."""
+    j0 = n * BLOCK_N
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_j = j0 + offs_n
+    j1 = j0 + BLOCK_N - 1  # last lane: FULL must cover lanes past Lk too
+    k = _load_tile(K_bh + j0.to(tl.int64) * stride_kn, offs_n, Lk - j0, stride_kn, offs_d,
+                   stride_kd, D)
+    v = _load_tile(V_bh + j0.to(tl.int64) * stride_vn, offs_n, Lk - j0, stride_vn, offs_d,
+                   stride_vd, D)
+    rank_j = offs_j
+    if KIND == jm.KIND_PERMUTATION:
+        rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
+    s, cls = _mask_scores(_dot(q, tl.trans(k)) * qk_scale, offs_r, offs_j, r0, r1, j0, j1,
+                          kv, pre, rows, off, hmin, width, rank_r, rank_j, row_min, row_max,
+                          KIND, False)
+    if cls != jm.TILE_SKIP:  # only the permutation kind has dead tiles inside its range
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing seen yet
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            keep = jm.dropout_keep(seed_lo, seed_hi, bh, offs_i, j0, drop_thr, BLOCK_M, BLOCK_N)
+            p = tl.where(keep, p, 0.0)
+        acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit(do_not_specialize=_VARYING)
+def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
+              stride_qb, stride_qh, stride_qm, stride_qd,
+              stride_kb, stride_kh, stride_kn, stride_kd,
+              stride_vb, stride_vh, stride_vn, stride_vd,
+              stride_ob, stride_oh, stride_om, stride_od,
+              stride_rank, H, G, Lq, Lk, q_split, qk_scale, keep_scale,
+              drop_thr, seed_lo, seed_hi,
+              D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
+    # accumulate in float64 for float64 inputs (gradcheck), else float32
+    ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // G
+    s_id, r0, seg_start, seg_len = _row_tile(pid, q_split, Lq, BLOCK_M)
+    kv, pre, rows, off, hmin, width = jm.load_stream(PARAMS, b, s_id)
+    kv = tl.minimum(kv, Lk)
+    rows = tl.minimum(rows, seg_len)
+    r1 = tl.minimum(r0 + BLOCK_M, seg_len) - 1
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_r = r0 + offs_m
+    offs_i = seg_start + offs_r
+    offs_d = tl.arange(0, D_PAD)
+    b64 = b.to(tl.int64)
+    row0 = (seg_start + r0).to(tl.int64)
+    q = _load_tile(Q + b64 * stride_qb + h.to(tl.int64) * stride_qh + row0 * stride_qm,
+                   offs_m, seg_len - r0, stride_qm, offs_d, stride_qd, D)
+    K_bh = K + b64 * stride_kb + hk.to(tl.int64) * stride_kh
+    V_bh = V + b64 * stride_vb + hk.to(tl.int64) * stride_vh
+    rank_b = RANK + b64 * stride_rank
+    rank_r = offs_r
+    row_min = 0
+    row_max = 0
+    if KIND == jm.KIND_PERMUTATION:
+        row_ok = offs_r < rows
+        rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
+        row_min, row_max = jm.rank_extrema(rank_r, row_ok)
+    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, KIND, BLOCK_N)
+
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
+    l_i = tl.zeros([BLOCK_M], dtype=ACC)
+    for n in range(0, n_pre):
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd,
+                                  stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk,
+                                  kv, pre, rows, off, hmin, width, rank_b, rank_r, row_min,
+                                  row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
+                                  D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+    for n in range(n_lo, n_hi):
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd,
+                                  stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk,
+                                  kv, pre, rows, off, hmin, width, rank_b, rank_r, row_min,
+                                  row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
+                                  D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+
+    seen = l_i > 0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    if DROPOUT:
+        out = out * keep_scale
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * _LN2, float("-inf"))
+    row_in = offs_m < seg_len - r0
+    o_ptr = O + b64 * stride_ob + h.to(tl.int64) * stride_oh + row0 * stride_om
+    tl.store(o_ptr + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+             out.to(O.dtype.element_ty), mask=row_in[:, None] & (offs_d[None, :] < D))
+    tl.store(LSE + bh.to(tl.int64) * Lq + offs_i, lse.to(tl.float32), mask=row_in)
+
+
+# =========================================================================== backward
+@triton.jit
+def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_od,
+                    stride_dob, stride_doh, stride_dom, stride_dod, H, Lq,
+                    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (in the accumulator dtype)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    o = _load_tile(O + b * stride_ob + h * stride_oh, offs_m, Lq, stride_om, offs_d,
+                   stride_od, D)
+    do = _load_tile(DO + b * stride_dob + h * stride_doh, offs_m, Lq, stride_dom, offs_d,
+                    stride_dod, D)
+    delta = tl.sum(o.to(DELTA.dtype.element_ty) * do.to(DELTA.dtype.element_ty), 1)
+    tl.store(DELTA + bh.to(tl.int64) * Lq + offs_m, delta, mask=offs_m < Lq)
+
+
+@triton.jit
+def _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i, offs_j,
+               r0, r1, j0, j1, kv, pre, rows, off, hmin, width, rank_r, rank_j,
+               row_min, row_max, bh, drop_thr, seed_lo, seed_hi,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
+               DROPOUT: tl.constexpr):
+    """Recompute a (rows x keys) tile for dQ: p = 2^(s - lse log2 e), p * z (the dropped
+    probabilities) and dS = p * (dP - delta) with dP = z * (dO . v)."""
+    s, cls = _mask_scores(_dot(q, tl.trans(k)) * qk_scale, offs_r, offs_j, r0, r1, j0, j1,
+                          kv, pre, rows, off, hmin, width, rank_r, rank_j, row_min, row_max,
+                          KIND, False)
+    # lse = -inf only on rows that see no key, whose scores are all -inf: use 0 there so
+    # exp2(-inf - 0) = 0 instead of NaN.
+    lse2 = tl.where(lse == float("-inf"), 0.0, lse * _LOG2E)
+    p = tl.math.exp2(s - lse2[:, None])
+    dp = _dot(do, tl.trans(v))
+    pz = p
+    if DROPOUT:
+        keep = jm.dropout_keep(seed_lo, seed_hi, bh, offs_i, j0, drop_thr, BLOCK_M, BLOCK_N)
+        pz = tl.where(keep, p * keep_scale, 0.0)
+        dp = tl.where(keep, dp * keep_scale, 0.0)
+    ds = p * (dp - delta[:, None])
+    return pz, ds, cls
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, stride_qm, stride_qd, stride_dom, stride_dod,
+               lse_ptr, delta_ptr, n_rows, offs_m, offs_d, offs_r, offs_j, r0, r1, j0, j1,
+               kv, pre, rows, off, hmin, width, rank_b, rank_j, qk_scale, keep_scale, bh,
+               drop_thr, seed_lo, seed_hi, seg_start, Lk, D: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
+               DROPOUT: tl.constexpr):
+    """One query tile's contribution to dK/dV, computed transposed (keys x rows) so k and v
+    are the left MMA operands and no probability tile needs a register transpose:
+    sT = k qT, pT = 2^(sT - lse), dV += (pT z) dO, dK += (pT (z dPT - delta)) q."""
+    row_in = offs_m < n_rows
+    qT = tl.load(q_ptr + offs_d[:, None] * stride_qd + offs_m[None, :] * stride_qm,
+                 mask=(offs_d[:, None] < D) & row_in[None, :], other=0.0)
+    do = _load_tile(do_ptr, offs_m, n_rows, stride_dom, offs_d, stride_dod, D)
+    lse = tl.load(lse_ptr + offs_m, mask=row_in, other=0.0)
+    delta = tl.load(delta_ptr + offs_m, mask=row_in, other=0.0)
+    rank_r = offs_r
+    row_min = 0
+    row_max = 0
+    if KIND == jm.KIND_PERMUTATION:
+        row_ok = offs_r < rows
+        rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
+        row_min, row_max = jm.rank_extrema(rank_r, row_ok)
+    sT, cls = _mask_scores(_dot(k, qT) * qk_scale, offs_r, offs_j, r0, r1, j0, j1, kv, pre,
+                           rows, off, hmin, width, rank_r, rank_j, row_min, row_max, KIND, True)
+    if cls != jm.TILE_SKIP:  # only the permutation kind has dead tiles inside its range
+        lse2 = tl.where(lse == float("-inf"), 0.0, lse * _LOG2E)  # see _bwd_probs
+        pT = tl.math.exp2(sT - lse2[None, :])
+        dpT = _dot(v, tl.trans(do))
+        pzT = pT
+        if DROPOUT:
+            keepT = tl.trans(jm.dropout_keep(seed_lo, seed_hi, bh, seg_start + offs_r, j0,
+                                             drop_thr, BLOCK_M, BLOCK_N))
+            pzT = tl.where(keepT, pT * keep_scale, 0.0)
+            dpT = tl.where(keepT, dpT * keep_scale, 0.0)
+        dsT = pT * (dpT - delta[None, :])
+        dv = _dot_acc(pzT.to(do.dtype), do, dv)
+        dk = _dot_acc(dsT.to(qT.dtype), tl.trans(qT), dk)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=_VARYING)
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
+                   stride_qb, stride_qh, stride_qm, stride_qd,
+                   stride_kb, stride_kh, stride_kn, stride_kd,
+                   stride_vb, stride_vh, stride_vn, stride_vd,
+                   stride_dob, stride_doh, stride_dom, stride_dod,
+                   stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+                   stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+                   stride_rank, H, G, Lq, Lk, q_split, qk_scale, scale, keep_scale,
+                   drop_thr, seed_lo, seed_hi,
+                   D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
+    """dK, dV of key tile program_id(0) and kv head program_id(1) (= b*Hkv + hk): loop over
+    both streams, the G query heads of the group, and the query tiles that see the keys."""
+    ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
+    pid = tl.program_id(0)
+    bhk = tl.program_id(1)
+    Hkv = H // G
+    b = bhk // Hkv
+    hk = bhk % Hkv
+    b64 = b.to(tl.int64)
+    j0 = pid * BLOCK_N
+    j1 = j0 + BLOCK_N - 1  # last lane: FULL must cover lanes past Lk too
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_j = j0 + offs_n
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    k = _load_tile(K + b64 * stride_kb + hk.to(tl.int64) * stride_kh
+                   + j0.to(tl.int64) * stride_kn, offs_n, Lk - j0, stride_kn, offs_d,
+                   stride_kd, D)
+    v = _load_tile(V + b64 * stride_vb + hk.to(tl.int64) * stride_vh
+                   + j0.to(tl.int64) * stride_vn, offs_n, Lk - j0, stride_vn, offs_d,
+                   stride_vd, D)
+    rank_b = RANK + b64 * stride_rank
+    dk = tl.zeros([BLOCK_N, D_PAD], dtype=ACC)
+    dv = tl.zeros([BLOCK_N, D_PAD], dtype=ACC)
+    for s_id in tl.static_range(2):
+        seg_start = s_id * q_split
+        seg_len = (1 - s_id) * q_split + s_id * (Lq - q_split)
+        kv, pre, rows, off, hmin, width = jm.load_stream(PARAMS, b, s_id)
+        kv = tl.minimum(kv, Lk)
+        rows = tl.minimum(rows, seg_len)
+        rank_j = offs_j
+        if KIND == jm.KIND_WINDOW:
+            ra, rb = jm.window_query_range(j0, j1, kv, pre, rows, off, hmin, width)
+        else:
+            ra = 0
+            rb = tl.where(j0 < kv, rows, 0)
+            rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
+        for g in range(0, G):
+            h = hk * G + g
+            bh = b * H + h
+            q_bh = Q + b64 * stride_qb + h.to(tl.int64) * stride_qh
+            do_bh = DO + b64 * stride_dob + h.to(tl.int64) * stride_doh
+            for r0 in range(ra, rb, BLOCK_M):
+                offs_r = r0 + offs_m
+                r1 = tl.minimum(r0 + BLOCK_M, seg_len) - 1
+                row0 = (seg_start + r0).to(tl.int64)
+                dk, dv = _dkdv_step(dk, dv, k, v, q_bh + row0 * stride_qm,
+                                    do_bh + row0 * stride_dom, stride_qm, stride_qd,
+                                    stride_dom, stride_dod, LSE + bh.to(tl.int64) * Lq + row0,
+                                    DELTA + bh.to(tl.int64) * Lq + row0, seg_len - r0,
+                                    offs_m, offs_d, offs_r, offs_j, r0, r1, j0, j1, kv, pre,
+                                    rows, off, hmin, width, rank_b, rank_j, qk_scale,
+                                    keep_scale, bh, drop_thr, seed_lo, seed_hi, seg_start, Lk,
+                                    D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+    dk = dk * scale
+    n_in = (offs_n[:, None] < Lk - j0) & (offs_d[None, :] < D)
+    dk_ptr = DK + b64 * stride_dkb + hk.to(tl.int64) * stride_dkh + j0.to(tl.int64) * stride_dkn
+    dv_ptr = DV + b64 * stride_dvb + hk.to(tl.int64) * stride_dvh + j0.to(tl.int64) * stride_dvn
+    tl.store(dk_ptr + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             dk.to(DK.dtype.element_ty), mask=n_in)
+    tl.store(dv_ptr + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+             dv.to(DV.dtype.element_ty), mask=n_in)
+
+
+@triton.jit
+def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, stride_vd,
+             offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width,
+             rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh, drop_thr,
+             seed_lo, seed_hi, D: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
+    """dQ += dS k for key tile n (same key tiles as the forward)."""
+    j0 = n * BLOCK_N
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_j = j0 + offs_n
+    j1 = j0 + BLOCK_N - 1  # last lane: FULL must cover lanes past Lk too
+    k = _load_tile(K_bh + j0.to(tl.int64) * stride_kn, offs_n, Lk - j0, stride_kn, offs_d,
+                   stride_kd, D)
+    v = _load_tile(V_bh + j0.to(tl.int64) * stride_vn, offs_n, Lk - j0, stride_vn, offs_d,
+                   stride_vd, D)
+    rank_j = offs_j
+    if KIND == jm.KIND_PERMUTATION:
+        rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
+    pz, ds, cls = _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i,
+                             offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width,
+                             rank_r, rank_j, row_min, row_max, bh, drop_thr, seed_lo,
+                             seed_hi, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+    if cls != jm.TILE_SKIP:
+        dq = _dot_acc(ds.to(k.dtype), k, dq)
+    return dq
+
+
+@triton.jit(do_not_specialize=_VARYING)
+def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
+                 stride_qb, stride_qh, stride_qm, stride_qd,
+                 stride_kb, stride_kh, stride_kn, stride_kd,
+                 stride_vb, stride_vh, stride_vn, stride_vd,
+                 stride_dob, stride_doh, stride_dom, stride_dod,
+                 stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+                 stride_rank, H, G, Lq, Lk, q_split, qk_scale, scale, keep_scale,
+                 drop_thr, seed_lo, seed_hi,
+                 D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
+    """dQ of one (stream row tile, b*H + h): the forward's key-tile loops, recomputing p."""
+    ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // G
+    s_id, r0, seg_start, seg_len = _row_tile(pid, q_split, Lq, BLOCK_M)
+    kv, pre, rows, off, hmin, width = jm.load_stream(PARAMS, b, s_id)
+    kv = tl.minimum(kv, Lk)
+    rows = tl.minimum(rows, seg_len)
+    r1 = tl.minimum(r0 + BLOCK_M, seg_len) - 1
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_r = r0 + offs_m
+    offs_i = seg_start + offs_r
+    offs_d = tl.arange(0, D_PAD)
+    b64 = b.to(tl.int64)
+    row0 = (seg_start + r0).to(tl.int64)
+    q = _load_tile(Q + b64 * stride_qb + h.to(tl.int64) * stride_qh + row0 * stride_qm,
+                   offs_m, seg_len - r0, stride_qm, offs_d, stride_qd, D)
+    do = _load_tile(DO + b64 * stride_dob + h.to(tl.int64) * stride_doh + row0 * stride_dom,
+                    offs_m, seg_len - r0, stride_dom, offs_d, stride_dod, D)
+    row_in = offs_r < seg_len
+    lse = tl.load(LSE + bh.to(tl.int64) * Lq + offs_i, mask=row_in, other=0.0)
+    delta = tl.load(DELTA + bh.to(tl.int64) * Lq + offs_i, mask=row_in, other=0.0)
+    K_bh = K + b64 * stride_kb + hk.to(tl.int64) * stride_kh
+    V_bh = V + b64 * stride_vb + hk.to(tl.int64) * stride_vh
+    rank_b = RANK + b64 * stride_rank
+    rank_r = offs_r
+    row_min = 0
+    row_max = 0
+    if KIND == jm.KIND_PERMUTATION:
+        row_ok = offs_r < rows
+        rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
+        row_min, row_max = jm.rank_extrema(rank_r, row_ok)
+    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, KIND, BLOCK_N)
+    dq = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
+    for n in range(0, n_pre):
+        dq = _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
+                      stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin,
+                      width, rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh,
+                      drop_thr, seed_lo, seed_hi, D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+    for n in range(n_lo, n_hi):
+        dq = _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
+                      stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin,
+                      width, rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh,
+                      drop_thr, seed_lo, seed_hi, D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+    dq = dq * scale
+    dq_ptr = DQ + b64 * stride_dqb + h.to(tl.int64) * stride_dqh + row0 * stride_dqm
+    tl.store(dq_ptr + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             dq.to(DQ.dtype.element_ty), mask=row_in[:, None] & (offs_d[None, :] < D))
+
+
+# ======================================================================= configuration
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and padded head dim; BLOCK_M is the
+# query tile and BLOCK_N the key tile in every kernel. Chosen by AOT-compiling candidates
+# for sm_80 and sm_90 (`python -m janus_kernels.triton.aot`): every 2-byte entry (CONFIGS)
+# fits shared memory with 0 register spills for both mask kinds, with and without dropout
+# (tests/test_triton_compile.py checks d=64/128). The dK/dV kernel holds two (BLOCK_N, d)
+# fp32 accumulators plus k, v and computes five (BLOCK_N, BLOCK_M) tiles per step, hence its
+# small query tiles. FP32_CONFIGS (4-byte inputs, IEEE fp32 dots on the FMA units) use
+# small tiles; a few of them still spill 8-16 bytes (see the aot table).
+CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
+    "fwd": {16: (128, 64, 4, 3), 32: (128, 64, 4, 3), 64: (128, 64, 8, 3),
+            128: (128, 64, 8, 3), 256: (64, 32, 8, 2)},
+    "dkdv": {16: (32, 64, 4, 2), 32: (32, 64, 4, 2), 64: (16, 64, 4, 2),
+             128: (16, 64, 8, 2), 256: (16, 16, 4, 1)},
+    "dq": {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 8, 2),
+           128: (64, 64, 8, 2), 256: (32, 64, 8, 1)},
+    "pre": {16: (64, 0, 4, 1), 32: (64, 0, 4, 1), 64: (64, 0, 4, 1),
+            128: (64, 0, 4, 1), 256: (32, 0, 4, 1)},
+}
+FP32_CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
+    "fwd": {16: (32, 32, 4, 2), 32: (32, 32, 4, 2), 64: (32, 32, 4, 2),
+            128: (32, 32, 4, 1), 256: (16, 16, 4, 1)},
+    "dkdv": {16: (16, 16, 4, 1), 32: (16, 16, 4, 1), 64: (16, 16, 4, 1),
+             128: (16, 16, 4, 1), 256: (16, 16, 4, 1)},
+    "dq": {16: (32, 32, 4, 1), 32: (32, 32, 4, 1), 64: (32, 32, 4, 1),
+           128: (16, 16, 4, 1), 256: (16, 16, 4, 1)},
+}
+#: Blocks used under TRITON_INTERPRET=1 (the interpreter costs ~ms per tile iteration, so
+#: small tiles keep the tests fast and exercise many tile boundaries). Tests may patch it.
+INTERPRETER_BLOCKS: Tuple[int, int] = (16, 16)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def head_dim_pad(d: int) -> int:
+    """Head dim rounded up to a power of two, at least 16 (the tl.dot minimum)."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def get_config(kernel: str, d_pad: int, dtype: torch.dtype) -> Tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of `kernel` ('fwd', 'dkdv', 'dq', 'pre')."""
+    if _interpreting():
+        bm, bn = INTERPRETER_BLOCKS
+        return bm, bn, 4, 1
+    if dtype.itemsize >= 4 and kernel in FP32_CONFIGS:
+        return FP32_CONFIGS[kernel][d_pad]
+    return CONFIGS[kernel][d_pad]
+
+
+# ========================================================================= validation
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_device(t: torch.Tensor, name: str) -> None:
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and _interpreting():
+        return
+    raise RuntimeError(f"triton attention: {name} is on {t.device}; the Triton backend needs "
+                       f"CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
+                       f"importing janus_kernels)")
+
+
+def _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"triton attention: {name} must be a 4-D tensor (B, heads, length, "
+                             f"head_dim), got {getattr(t, 'shape', type(t).__name__)}")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"triton attention: {name} must be float16/bfloat16/float32/float64, "
+                            f"got {t.dtype}")
+        _check_device(t, name)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"triton attention: q, k, v must share a dtype, got {q.dtype}, "
+                        f"{k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"triton attention: q, k, v must be on one device, got {q.device}, "
+                         f"{k.device}, {v.device}")
+    B, H, Lq, d = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != d:
+        raise ValueError(f"triton attention: k and v must both be (B={B}, Hkv, Lk, d={d}), got "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[1] == 0 or H % k.shape[1] != 0:
+        raise ValueError(f"triton attention: q heads ({H}) must be a multiple of k/v heads "
+                         f"({k.shape[1]})")
+    if not 1 <= d <= 256:
+        raise ValueError(f"triton attention: head_dim must be in [1, 256], got {d}")
+    if not isinstance(params, torch.Tensor) or params.dtype != torch.int32 \
+            or tuple(params.shape) != (B, jm.NUM_FIELDS.value) or params.device != q.device:
+        raise ValueError(f"triton attention: params must be int32 ({B}, {jm.NUM_FIELDS.value}) on "
+                         f"{q.device}, got {_describe(params)}")
+    if kind not in (0, 1):
+        raise ValueError(f"triton attention: kind must be 0 (window) or 1 (permutation), "
+                         f"got {kind}")
+    if kind == 1 and (not isinstance(rank, torch.Tensor) or rank.dtype != torch.int32
+                      or tuple(rank.shape) != (B, k.shape[2]) or rank.device != q.device):
+        raise ValueError(f"triton attention: rank must be int32 ({B}, {k.shape[2]}) on "
+                         f"{q.device} for the permutation kind, got {_describe(rank)}")
+    if not 0 <= q_split <= Lq:
+        raise ValueError(f"triton attention: q_split must be in [0, {Lq}], got {q_split}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"triton attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_p > 0 and (not isinstance(seed, torch.Tensor) or seed.numel() != 1):
+        raise ValueError(f"triton attention: dropout needs seed as a 1-element int64 tensor, "
+                         f"got {_describe(seed)}")
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor(dtype={x.dtype}, shape={tuple(x.shape)}, device={x.device})"
+    return type(x).__name__
+
+
+def _i32(x: int) -> int:
+    """A 32-bit pattern as a signed int32 value (Triton types kernel ints by value)."""
+    x &= 0xFFFFFFFF
+    return x - (1 << 32) if x >= (1 << 31) else x
+
+
+def _dropout_args(dropout_p: float, seed: Optional[torch.Tensor]):
+    """(keep_scale, threshold, seed_lo, seed_hi) with threshold = floor(p 2^32) as int32 bits
+    (janus_kernels.dropout.drop_threshold)."""
+    if dropout_p <= 0:
+        return 1.0, 0, 0, 0
+    from ..dropout import drop_threshold
+    s = int(seed.reshape(-1)[0]) & 0xFFFFFFFFFFFFFFFF
+    return 1.0 / (1.0 - dropout_p), _i32(drop_threshold(dropout_p)), _i32(s), _i32(s >> 32)
+
+
+def _strides(t: torch.Tensor):
+    return tuple(t.stride())
+
+
+def _device_ctx(t: torch.Tensor):
+    import contextlib
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _mask_args(params, rank, k):
+    params = params.contiguous()
+    if rank is None:  # never read for the window kind; any int32 pointer will do
+        return params, params, 0
+    rank = rank.contiguous()
+    return params, rank, rank.stride(0)
+
+
+# ========================================================================== launchers
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: torch.Tensor,
+                  rank: Optional[torch.Tensor], q_split: int, kind: int, scale: float,
+                  dropout_p: float, seed: Optional[torch.Tensor]
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Forward: ``(out (B, H, Lq, d) in q's dtype, lse (B, H, Lq) float32)``."""
+    _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed)
+    B, H, Lq, d = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    # every in-tensor row is written by the kernel (rows that see nothing: 0 and -inf)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((B, H, Lq), dtype=torch.float32, device=q.device)
+    if B * H * Lq == 0:
+        return out, lse
+    d_pad = head_dim_pad(d)
+    bm, bn, warps, stages = get_config("fwd", d_pad, q.dtype)
+    keep_scale, thr, s_lo, s_hi = _dropout_args(dropout_p, seed)
+    params, rank_t, rank_stride = _mask_args(params, rank, k)
+    grid = (triton.cdiv(q_split, bm) + triton.cdiv(Lq - q_split, bm), B * H)
+    with _device_ctx(q):
+        _attn_fwd[grid](q, k, v, out, lse, params, rank_t, *_strides(q), *_strides(k),
+                        *_strides(v), *_strides(out), rank_stride, H, H // Hkv, Lq, Lk,
+                        q_split, float(scale) * LOG2E, keep_scale, thr, s_lo, s_hi,
+                        D=d, D_PAD=d_pad, BLOCK_M=bm, BLOCK_N=bn, KIND=int(kind),
+                        DROPOUT=dropout_p > 0, num_warps=warps, num_stages=stages)
+    return out, lse
+
+
+def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  out: torch.Tensor, lse: torch.Tensor, params: torch.Tensor,
+                  rank: Optional[torch.Tensor], q_split: int, kind: int, scale: float,
+                  dropout_p: float, seed: Optional[torch.Tensor]
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward: ``(dq, dk, dv)`` in the dtypes of q, k, v (dK/dV summed over GQA groups)."""
+    _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed)
+    B, H, Lq, d = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    for name, t in (("dout", dout), ("out", out)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(q.shape) \
+                or t.device != q.device:
+            raise ValueError(f"triton attention: {name} must have q's shape {tuple(q.shape)} "
+                             f"on {q.device}, got {_describe(t)}")
+    if not isinstance(lse, torch.Tensor) or tuple(lse.shape) != (B, H, Lq) \
+            or lse.dtype != torch.float32 or lse.device != q.device:
+        raise ValueError(f"triton attention: lse must be float32 ({B}, {H}, {Lq}) on {q.device}, "
+                         f"got {_describe(lse)}")
+    if B * H * Lq * Lk == 0:  # nothing attends: all gradients are zero
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    # every element is written by the kernels (unseen keys/rows get exact zeros)
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    dout = dout.to(q.dtype)
+    out = out.to(q.dtype)
+    lse = lse.contiguous()
+    d_pad = head_dim_pad(d)
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    delta = torch.empty((B, H, Lq), dtype=acc_dtype, device=q.device)
+    keep_scale, thr, s_lo, s_hi = _dropout_args(dropout_p, seed)
+    params, rank_t, rank_stride = _mask_args(params, rank, k)
+    qk_scale = float(scale) * LOG2E
+    common = dict(D=d, D_PAD=d_pad, KIND=int(kind), DROPOUT=dropout_p > 0)
+    with _device_ctx(q):
+        bm, _, warps, stages = get_config("pre", d_pad, q.dtype)
+        _bwd_preprocess[(triton.cdiv(Lq, bm), B * H)](
+            out, dout, delta, *_strides(out), *_strides(dout), H, Lq,
+            D=d, D_PAD=d_pad, BLOCK_M=bm, num_warps=warps, num_stages=stages)
+        bm, bn, warps, stages = get_config("dkdv", d_pad, q.dtype)
+        _attn_bwd_dkdv[(triton.cdiv(Lk, bn), B * Hkv)](
+            q, k, v, dout, lse, delta, dk, dv, params, rank_t, *_strides(q), *_strides(k),
+            *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), rank_stride,
+            H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr, s_lo, s_hi,
+            BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
+        bm, bn, warps, stages = get_config("dq", d_pad, q.dtype)
+        grid = (triton.cdiv(q_split, bm) + triton.cdiv(Lq - q_split, bm), B * H)
+        _attn_bwd_dq[grid](
+            q, k, v, dout, lse, delta, dq, params, rank_t, *_strides(q), *_strides(k),
+            *_strides(v), *_strides(dout), *_strides(dq), rank_stride,
+            H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr, s_lo, s_hi,
+            BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
+    return dq, dk, dv
