@@ -6,6 +6,7 @@ import torch
 
 from . import _ext, __version__
 from .attention import available_backends, default_backend
+from .losses import default_loss_backend
 
 
 def main() -> None:
@@ -28,6 +29,8 @@ def main() -> None:
         for dt in (torch.float32, torch.bfloat16):
             print(f"[{dev}] attention({str(dt).replace('torch.', '')}) -> "
                   f"{default_backend(dev, dt)}")
+        print(f"[{dev}] symmetric_kl / cross_entropy / janus_loss -> "
+              f"{default_loss_backend(dev)}")
 
 
 if __name__ == "__main__":
