@@ -44,7 +44,7 @@ attention_bwd_delta_kernel(const JanusAttnBwdArgs p, int dpad) {
 
 // ---------------------------------------------------------------- 2. dK, dV, dQ accum
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 attention_bwd_kernel(const JanusAttnBwdArgs p) {
   using Cfg = BwdCfg<D>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH, PITCH_S = Cfg::PITCH_S;
@@ -84,7 +84,7 @@ attention_bwd_kernel(const JanusAttnBwdArgs p) {
   const bool dropout = p.dropout_p > 0.f;
   const uint32_t drop_thr = drop_threshold(p.dropout_p);
   const float inv_keep = dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
-  const int keys[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};   // this thread's keys
+  const int key_a = j0 + warp * 16 + g;   // this thread's keys: key_a and key_a + 8
 
   float dk[NT_D][4], dv[NT_D][4];
   zero(dk);
@@ -120,20 +120,38 @@ attention_bwd_kernel(const JanusAttnBwdArgs p) {
       ptx::cp_async_wait<0>();
       __syncthreads();
 
-      // ---- P^T (16 keys x BM queries per warp) and the dropout keep bits
+      // ---- P^T (16 keys x BM queries per warp). Predicate and dropout decisions are bit
+      // masks (bit 4*nt + e of the fragment) built in loops that are not unrolled.
+      static_assert(NT_Q * 4 <= 32, "one bit per fragment element");
+      uint32_t allow = 0xffffffffu, keep = 0xffffffffu;
+      if (partial) {
+        allow = 0u;
+#pragma unroll 1
+        for (int x = 0; x < NT_Q * 4; ++x) {
+          const int i = i0 + (x >> 2) * 8 + 2 * t + (x & 1), j = key_a + 8 * ((x >> 1) & 1);
+          if (j < p.Lk && mask.allowed(i, j)) allow |= 1u << x;
+        }
+      }
+      if (dropout) {
+        keep = 0u;
+#pragma unroll 1
+        for (int x = 0; x < NT_Q * 4; ++x) {
+          const int i = i0 + (x >> 2) * 8 + 2 * t + (x & 1), j = key_a + 8 * ((x >> 1) & 1);
+          const Philox4 w = dropout_bits(p.seed, (int)bh, i, j >> 2);
+          const int wi = j & 3;   // select without dynamic indexing (no local memory)
+          const uint32_t u = wi == 0 ? w.w[0] : wi == 1 ? w.w[1] : wi == 2 ? w.w[2] : w.w[3];
+          keep |= (u >= drop_thr ? 1u : 0u) << x;
+        }
+      }
       float pt[NT_Q][4];
       zero(pt);
       warp_gemm_abt<T, NT_Q, D, PITCH, PITCH>(pt, sK + warp * 16 * PITCH, sQ, lane);
-      uint32_t keep = 0xffffffffu;   // bit 4*nt + e
 #pragma unroll
       for (int nt = 0; nt < NT_Q; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int ql = nt * 8 + 2 * t + (e & 1), i = i0 + ql, j = keys[e >> 1];
-          float pe = exp2f(pt[nt][e] * sl2 - sLse[ql]);
-          if (partial && !(j < p.Lk && mask.allowed(i, j))) pe = 0.f;
-          pt[nt][e] = pe;
-          if (dropout && !dropout_keep(p.seed, drop_thr, (int)bh, i, j)) keep &= ~(1u << (4 * nt + e));
+          const int ql = nt * 8 + 2 * t + (e & 1);
+          pt[nt][e] = ((allow >> (4 * nt + e)) & 1u) ? exp2f(pt[nt][e] * sl2 - sLse[ql]) : 0.f;
         }
 
       // ---- dV += (P^T o Z) dO
@@ -202,7 +220,7 @@ attention_bwd_kernel(const JanusAttnBwdArgs p) {
   T* dvg = static_cast<T*>(p.dv) + b * p.dv_stride[0] + hk * p.dv_stride[1];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int j = keys[r];
+    const int j = key_a + 8 * r;
     if (j >= p.Lk) continue;
 #pragma unroll
     for (int nt = 0; nt < NT_D; ++nt) {

@@ -127,7 +127,7 @@ template <class T, int NT, int KD, int PA, int PB>
 __device__ __forceinline__ void warp_gemm_abt(float (&acc)[NT][4], const T* sA, const T* sB,
                                               int lane) {
   static_assert(NT % 2 == 0 && KD % 16 == 0, "tile shape");
-#pragma unroll
+#pragma unroll 1
   for (int kk = 0; kk < KD / 16; ++kk) {
     uint32_t a[4];
     // matrices: rows 0-7 / 8-15 x cols 0-7, then the same x cols 8-15 (a0..a3)
@@ -171,7 +171,7 @@ __device__ __forceinline__ void warp_gemm_rb(float (&acc)[NT][4], const uint32_t
 template <class T, int NT, int KD, int PA, int PB>
 __device__ __forceinline__ void warp_gemm_ab(float (&acc)[NT][4], const T* sA, const T* sB,
                                              int lane) {
-#pragma unroll
+#pragma unroll 1
   for (int kk = 0; kk < KD / 16; ++kk) {
     uint32_t a[1][4];
     ptx::ldmatrix_x4(a[0], sA + (lane & 15) * PA + kk * 16 + (lane >> 4) * 8);

@@ -18,7 +18,7 @@ namespace janus {
 namespace attn {
 
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
 attention_fwd_kernel(const JanusAttnFwdArgs p) {
   using Cfg = FwdCfg<D>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH;
@@ -41,9 +41,7 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
                                       p.mask_kind);
   const KeyRanges kr = key_ranges<BN>(mask, i0, i1, p.Lk);
 
-  // rows of this thread: r_loc[0] = warp*16 + g, r_loc[1] = r_loc[0] + 8
-  const int row_a = i0 + warp * 16 + g;
-  const int rows[2] = {row_a, row_a + 8};
+  const int row_a = i0 + warp * 16 + g;   // this thread's rows: row_a and row_a + 8
   const int64_t bh = (int64_t)b * p.H + h;
   float* lse_out = p.lse + bh * p.Lq;
   T* out = static_cast<T*>(p.out) + b * p.o_stride[0] + h * p.o_stride[1];
@@ -98,17 +96,38 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
     ptx::cp_async_commit();   // possibly empty group: keeps the wait<1> below uniform
 
     // ---- mask, online softmax (log2 domain), dropout
+    // Per-element decisions go into bit masks (bit 4*nt + e of this thread's S fragment) in
+    // loops that are not unrolled: the predicate and Philox stay out of the register-heavy
+    // unrolled code.
+    static_assert(NT_S * 4 <= 32, "one bit per fragment element");
     const bool partial = mask.tile_class(i0, i1, j0, imin(j0 + BN, p.Lk) - 1) != TILE_FULL;
+    uint32_t allow = 0xffffffffu;
+    if (partial) {
+      allow = 0u;
+#pragma unroll 1
+      for (int x = 0; x < NT_S * 4; ++x) {
+        const int i = row_a + 8 * ((x >> 1) & 1), j = j0 + (x >> 2) * 8 + 2 * t + (x & 1);
+        if (j < p.Lk && mask.allowed(i, j)) allow |= 1u << x;
+      }
+    }
+    uint32_t keep = 0xffffffffu;
+    if (dropout) {
+      keep = 0u;
+#pragma unroll 1
+      for (int x = 0; x < NT_S * 2; ++x) {   // (n-tile, row) pairs: keys j, j+1 share a draw
+        const int nt = x >> 1, r = x & 1, j = j0 + nt * 8 + 2 * t;
+        const Philox4 w = dropout_bits(p.seed, (int)bh, row_a + 8 * r, j >> 2);
+        const uint32_t u0 = (j & 2) ? w.w[2] : w.w[0], u1 = (j & 2) ? w.w[3] : w.w[1];
+        keep |= (u0 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * r);
+        keep |= (u1 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * r + 1);
+      }
+    }
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < NT_S; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * sl2;
-        if (partial) {
-          const int i = rows[e >> 1], j = j0 + nt * 8 + 2 * t + (e & 1);
-          if (!(j < p.Lk && mask.allowed(i, j))) x = -INFINITY;
-        }
+        const float x = ((allow >> (4 * nt + e)) & 1u) ? s[nt][e] * sl2 : -INFINITY;
         s[nt][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);
       }
@@ -126,24 +145,13 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[nt][e] *= alpha[e >> 1];
 #pragma unroll
-    for (int nt = 0; nt < NT_S; ++nt) {
+    for (int nt = 0; nt < NT_S; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const float pe = exp2f(s[nt][e] - m_use[e >> 1]);
-        l_run[e >> 1] += pe;
-        s[nt][e] = pe;
+        l_run[e >> 1] += pe;   // the normalizer uses P before dropout
+        s[nt][e] = ((keep >> (4 * nt + e)) & 1u) ? pe * inv_keep : 0.f;
       }
-      if (dropout) {
-        // keys j, j+1 (j even) share one Philox draw: words j&3 and (j&3)+1
-        const int j = j0 + nt * 8 + 2 * t;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const Philox4 w = dropout_bits(p.seed, (int)bh, rows[r], j >> 2);
-          s[nt][2 * r] *= w.w[j & 3] >= drop_thr ? inv_keep : 0.f;
-          s[nt][2 * r + 1] *= w.w[(j & 3) + 1] >= drop_thr ? inv_keep : 0.f;
-        }
-      }
-    }
     uint32_t pa[NT_S / 2][4];
     acc_to_a<T, NT_S>(pa, s);
 
@@ -160,7 +168,7 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
   for (int r = 0; r < 2; ++r) {
     const float l = quad_sum(l_run[r]);
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int i = rows[r];
+    const int i = row_a + 8 * r;
     if (i < i_end) {
       T* orow = out + i * p.o_stride[2];
 #pragma unroll
