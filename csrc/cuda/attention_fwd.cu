@@ -100,7 +100,10 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
     // loops that are not unrolled: the predicate and Philox stay out of the register-heavy
     // unrolled code.
     static_assert(NT_S * 4 <= 32, "one bit per fragment element");
-    const bool partial = mask.tile_class(i0, i1, j0, imin(j0 + BN, p.Lk) - 1) != TILE_FULL;
+    // A FULL tile that sticks out past Lk still needs the predicate: its zero-filled keys
+    // would otherwise enter the softmax with S = 0.
+    const bool partial = j0 + BN > p.Lk ||
+                         mask.tile_class(i0, i1, j0, imin(j0 + BN, p.Lk) - 1) != TILE_FULL;
     uint32_t allow = 0xffffffffu;
     if (partial) {
       allow = 0u;

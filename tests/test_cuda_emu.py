@@ -1,0 +1,331 @@
+"""The CUDA attention kernels (csrc/cuda/attention_{fwd,bwd}.cu, compiled UNCHANGED by g++
+against the CPU emulation in csrc/cuda_emu/) run through their raw launchers (ctypes) and are
+compared with the dense references, under two fiber orders of the emulated threads.
+
+Tolerance (COMMON standards): the kernel's max error against the fp64 reference must be at
+most 2x (outputs, lse) or 3x (gradients) the error of the same-precision dense reference
+(the same formula evaluated in fp16/bf16), plus an fp32-resolution floor of 1e-5 x max|ref|
+for entries the half-precision reference happens to get exactly (e.g. dQ = 0 for rows with a
+single key, where the kernel's fp32 dP - delta leaves a ~1e-7 residue).
+
+Also: the emulator itself (mma/ldmatrix fragment tables against an independent Python model
+of the PTX ISA tables, shuffles, cp.async timing, atomics, deadlock and shared-memory checks).
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pytest
+import torch
+
+import _cuda_emu_lib as emu_lib
+import janus_kernels as jk
+from janus_kernels.dropout import dropout_keep_mask
+from janus_kernels.masks import MaskDescriptor
+from janus_kernels.reference import reference_attention
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None or emu_lib.cuda_include_dir() is None,
+    reason="needs g++ and the CUDA headers (toolkit or nvidia-cuda-runtime wheels)")
+
+SELFTEST_SRC = Path(__file__).parent / "cuda_emu" / "emu_selftest.cu"
+
+
+@pytest.fixture(scope="module")
+def kern() -> emu_lib.EmuKernels:
+    k = emu_lib.EmuKernels(emu_lib.build())
+    yield k
+    k.configure(-1, -1, 0)
+
+
+@pytest.fixture(scope="module")
+def selftest():
+    lib = ctypes.CDLL(str(emu_lib.build(sources=[SELFTEST_SRC], name="janus_emu_selftest")))
+    lib.janus_emu_last_message.restype = ctypes.c_char_p
+    P, I = ctypes.c_void_p, ctypes.c_int
+    for name, args in (("selftest_mma", [P, P, P, P, I]), ("selftest_ldmatrix", [P, P, P, I]),
+                       ("selftest_shuffle", [P, P]), ("selftest_cp_async", [P, P, P]),
+                       ("selftest_atomics", [I, I, P, P]), ("selftest_deadlock", [I, P]),
+                       ("selftest_big_smem", [I, P])):
+        getattr(lib, name).argtypes = args
+    return lib
+
+
+def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+# ============================================================================ the numeric suite
+@dataclasses.dataclass
+class Case:
+    name: str
+    mask: Callable[[], MaskDescriptor]
+    H: int = 2
+    Hkv: int = 2
+    d: int = 64
+    dropout: float = 0.0
+    scale: Optional[float] = None
+    bshd: bool = False          # q/k/v/dout as (B, L, H, d) transposed: non-contiguous strides
+
+
+def _perm_mask() -> MaskDescriptor:
+    g = torch.Generator().manual_seed(3)
+    rank = torch.stack([torch.randperm(20, generator=g) for _ in range(2)]).int()
+    return jk.permutation_mask(rank, [20, 13])
+
+
+CASES = [
+    # JANUS NAR/AUX: padding rows and keys, M = 0 (no query rows, no window) in sample 1
+    Case("janus_nar", lambda: jk.janus_nar_mask([5, 9, 3], [3, 0, 2], 20, 5)),
+    Case("janus_nar_gqa_d128", lambda: jk.janus_nar_mask([6, 2], [4, 1], 24, 6), H=4, Hkv=2, d=128),
+    Case("janus_nar_dropout", lambda: jk.janus_nar_mask([5, 9], [3, 2], 20, 5), dropout=0.25),
+    Case("janus_ar", lambda: jk.janus_ar_mask([10, 6], 12), H=2, Hkv=1),
+    # causal over several 64-tiles: FULL tiles (no predicate), dead tiles skipped, L = 113
+    Case("causal_113", lambda: jk.causal_mask([113], 113), H=1, Hkv=1),
+    Case("causal_7_bshd", lambda: jk.causal_mask([7, 5], 7), bshd=True, scale=0.3),
+    Case("sliding_window_d32", lambda: jk.sliding_window_mask([70, 40], 9, 70), H=1, Hkv=1, d=32),
+    Case("key_padding_d80", lambda: jk.key_padding_mask([13, 1], 9, 16), d=80),
+    Case("prefix_lm_dropout", lambda: jk.prefix_lm_mask([4, 0], [30, 17], 30), dropout=0.1, H=4,
+         Hkv=1),
+    Case("len1", lambda: jk.causal_mask([1], 1), H=1, Hkv=1),
+    Case("full", lambda: jk.full_mask(1, 40, 33), H=2, Hkv=1),
+    Case("permutation", _perm_mask),
+]
+
+
+def _inputs(case: Case, mask: MaskDescriptor, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    B, Lq, Lk = mask.batch_size, mask.q_len, mask.kv_len
+
+    def make(h, L):
+        if case.bshd:
+            return torch.randn(B, L, h, case.d, generator=g).to(dtype).transpose(1, 2)
+        return torch.randn(B, h, L, case.d, generator=g).to(dtype)
+
+    return make(case.H, Lq), make(case.Hkv, Lk), make(case.Hkv, Lk), make(case.H, Lq)
+
+
+def _references(q, k, v, dout, allowed, scale, keep, p):
+    """{'acc': fp64, 'same': input precision} -> (out, lse, dq, dk, dv)."""
+    refs = {}
+    for tag in ("acc", "same"):
+        conv = (lambda t: t.double()) if tag == "acc" else (lambda t: t)
+        qq, kk, vv = (conv(t).detach().requires_grad_() for t in (q, k, v))
+        o, lse = reference_attention(qq, kk, vv, allowed, scale=scale, upcast=tag == "acc",
+                                     keep=keep, dropout_p=p, return_lse=True)
+        grads = torch.autograd.grad(o, (qq, kk, vv), conv(dout))
+        refs[tag] = (o.detach(), lse.detach(), *grads)
+    return refs
+
+
+def _check(name: str, got: torch.Tensor, acc: torch.Tensor, same: torch.Tensor, factor: float):
+    got, acc, same = got.double(), acc.double(), same.double()
+    assert not torch.isnan(got).any(), f"{name}: NaN (unwritten or poisoned entries)"
+    fin = torch.isfinite(acc)
+    assert torch.equal(torch.isfinite(got), fin), f"{name}: non-finite pattern differs"
+    assert torch.equal(got[~fin], acc[~fin]), f"{name}: wrong infinities"
+    if not fin.any():
+        return
+    err = (got - acc)[fin].abs().max().item()
+    ref_err = (same - acc)[fin].abs().max().item()
+    floor = 1e-5 * max(acc[fin].abs().max().item(), 1.0)
+    assert err <= factor * ref_err + floor, (
+        f"{name}: error {err:.3g} > {factor} x same-precision reference error {ref_err:.3g}")
+
+
+def _run_case(kern, case: Case, dtype: torch.dtype, order: int):
+    kern.configure(order=order, workers=2)
+    mask = case.mask()
+    q, k, v, dout = _inputs(case, mask, dtype)
+    q0, k0, v0, do0 = (t.clone() for t in (q, k, v, dout))
+    scale = case.scale if case.scale is not None else case.d ** -0.5
+    seed = 0x1234_5678_9ABC_DEF0 if case.dropout else 0
+    B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    keep = dropout_keep_mask(seed, B, H, Lq, Lk, case.dropout) if case.dropout else None
+    allowed = mask.materialize()
+
+    out, lse = kern.fwd(q, k, v, mask, scale=scale, dropout_p=case.dropout, seed=seed)
+    dq, dk, dv = kern.bwd(dout, q, k, v, out, lse, mask, scale=scale, dropout_p=case.dropout,
+                          seed=seed)
+    for a, b0 in ((q, q0), (k, k0), (v, v0), (dout, do0)):
+        assert torch.equal(a, b0), "inputs were modified"
+
+    refs = _references(q, k, v, dout, allowed, scale, keep, case.dropout)
+    names = ("out", "lse", "dq", "dk", "dv")
+    for i, (nm, got) in enumerate(zip(names, (out, lse, dq, dk, dv))):
+        _check(f"{case.name}/{dtype}/{nm}", got, refs["acc"][i], refs["same"][i],
+               2.0 if i < 2 else 3.0)
+
+    # rows that see no key: exactly 0 / -inf / zero gradient; keys nobody sees: zero grads
+    dead_rows = ~allowed.any(-1)                      # (B, Lq)
+    assert (out.float().permute(0, 2, 1, 3)[dead_rows] == 0).all()
+    assert (lse.permute(0, 2, 1)[dead_rows] == float("-inf")).all()
+    assert (dq.float().permute(0, 2, 1, 3)[dead_rows] == 0).all()
+    dead_keys = ~allowed.any(1)                       # (B, Lk)
+    assert (dk.float().permute(0, 2, 1, 3)[dead_keys] == 0).all()
+    assert (dv.float().permute(0, 2, 1, 3)[dead_keys] == 0).all()
+
+
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_attention_matches_reference(kern, case, dtype, order):
+    _run_case(kern, case, dtype, order)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[-1]], ids=lambda c: c.name)
+def test_attention_random_thread_order(kern, case):
+    _run_case(kern, case, torch.bfloat16, order=2)
+
+
+def test_dropout_keep_mask_is_identical(kern):
+    """V = identity makes out[i, j] = P_ij * keep_ij / (1 - p): its nonzero pattern must be the
+    Python keep-mask (janus_kernels.dropout) on the allowed entries, bit for bit."""
+    kern.configure(order=0, workers=2)
+    mask = jk.janus_nar_mask([7, 20], [5, 9], 40, 9)
+    B, H, Lq, Lk, d, p = 2, 3, mask.q_len, mask.kv_len, 64, 0.3
+    seed = (0xDEADBEEF << 32) | 0x01234567      # both Philox key words matter
+    g = torch.Generator().manual_seed(1)
+    q = (0.1 * torch.randn(B, H, Lq, d, generator=g)).half()
+    k = (0.1 * torch.randn(B, H, Lk, d, generator=g)).half()
+    v = torch.eye(Lk, d).half().expand(B, H, Lk, d).contiguous()
+    out, _ = kern.fwd(q, k, v, mask, scale=d ** -0.5, dropout_p=p, seed=seed)
+    kept = out[..., :Lk] != 0
+    expected = dropout_keep_mask(seed, B, H, Lq, Lk, p) & mask.materialize()[:, None]
+    assert torch.equal(kept, expected)
+    assert 0.6 < expected.sum() / mask.materialize()[:, None].expand_as(expected).sum() < 0.8
+
+
+def test_launcher_rejects_bad_arguments(kern):
+    mask = jk.causal_mask([8], 8)
+    q = torch.randn(1, 2, 8, 64).half()
+    with pytest.raises(emu_lib.EmuError, match="cudaError 1"):      # head_dim 12: not % 8
+        kern.fwd(q[..., :12].contiguous(), q[..., :12].contiguous(), q[..., :12].contiguous(),
+                 mask, scale=1.0)
+    with pytest.raises(emu_lib.EmuError, match="cudaError 1"):      # H % Hkv != 0
+        kern.fwd(q, q[:, :1].expand(1, 3, 8, 64).contiguous(), q[:, :1].expand(1, 3, 8, 64).contiguous(),
+                 mask, scale=1.0)
+
+
+# ============================================================================ the emulator
+def _halves_to_u32(h: np.ndarray) -> np.ndarray:
+    """(..., 2) uint16 -> (...) uint32, element 0 in the low half."""
+    return h[..., 0].astype(np.uint32) | (h[..., 1].astype(np.uint32) << 16)
+
+
+def _ptx_mma_model(a_regs, b_regs, c, to_float):
+    """D = A B + C per lane, from the PTX ISA fragment tables for mma.m16n8k16 (.f16/.bf16),
+    written element-wise as in the ISA text: a_i (i = 0..7) sits at row groupID (+8 for
+    i in {2,3,6,7}), col 2*tig + (i & 1) (+8 for i >= 4); b_i (i = 0..3) at row 2*tig + (i & 1)
+    (+8 for i >= 2), col groupID; c_i at row groupID (+8 for i >= 2), col 2*tig + (i & 1)."""
+    A = np.zeros((16, 16))
+    Bm = np.zeros((16, 8))
+    C = np.zeros((16, 8))
+    for lane in range(32):
+        gid, tig = lane // 4, lane % 4
+        a_el = [(a_regs[lane, i // 2] >> (16 * (i % 2))) & 0xFFFF for i in range(8)]
+        b_el = [(b_regs[lane, i // 2] >> (16 * (i % 2))) & 0xFFFF for i in range(4)]
+        for i in range(8):
+            row = gid + (8 if i in (2, 3, 6, 7) else 0)
+            col = 2 * tig + (i & 1) + (8 if i >= 4 else 0)
+            A[row, col] = to_float(a_el[i])
+        for i in range(4):
+            Bm[2 * tig + (i & 1) + (8 if i >= 2 else 0), gid] = to_float(b_el[i])
+        for i in range(4):
+            C[gid + (8 if i >= 2 else 0), 2 * tig + (i & 1)] = c[lane, i]
+    D = A @ Bm + C
+    out = np.zeros((32, 4))
+    for lane in range(32):
+        gid, tig = lane // 4, lane % 4
+        for i in range(4):
+            out[lane, i] = D[gid + (8 if i >= 2 else 0), 2 * tig + (i & 1)]
+    return out
+
+
+@pytest.mark.parametrize("bf16", [0, 1], ids=["f16", "bf16"])
+def test_emu_mma_fragment_layout(selftest, bf16):
+    rng = np.random.default_rng(bf16)
+    vals = rng.integers(-8, 9, size=(32, 6, 2)).astype(np.float32) / 4   # exact in both types
+    tdt = torch.bfloat16 if bf16 else torch.float16
+    bits = torch.from_numpy(vals).to(tdt).view(torch.int16).numpy().view(np.uint16)
+    a = np.ascontiguousarray(_halves_to_u32(bits[:, :4]))
+    b = np.ascontiguousarray(_halves_to_u32(bits[:, 4:]))
+    c = rng.standard_normal((32, 4)).astype(np.float32)
+    d = np.full((32, 4), np.nan, dtype=np.float32)
+    rc = selftest.selftest_mma(a.ctypes.data, b.ctypes.data, c.ctypes.data, d.ctypes.data, bf16)
+    assert rc == 0
+    to_float = lambda u: float(torch.tensor([u], dtype=torch.int32).to(torch.int16)  # noqa: E731
+                               .view(tdt).float())
+    expected = _ptx_mma_model(a, b, c, to_float)
+    np.testing.assert_allclose(d, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("trans", [0, 1])
+def test_emu_ldmatrix_layout(selftest, trans):
+    rng = np.random.default_rng(trans)
+    src = rng.integers(0, 65536, size=(32, 8)).astype(np.uint16)   # row r = matrix r//8, row r%8
+    perm = rng.permutation(32).astype(np.int32)                      # lane l passes row perm[l]
+    out = np.zeros((32, 4), dtype=np.uint32)
+    assert selftest.selftest_ldmatrix(src.ctypes.data, perm.ctypes.data, out.ctypes.data, trans) == 0
+    mats = src[perm].reshape(4, 8, 8)          # matrix m row r = the row lane 8m + r passed
+    exp = np.zeros((32, 4), dtype=np.uint32)
+    for lane in range(32):
+        for m in range(4):
+            if trans:
+                pair = mats[m, 2 * (lane % 4):2 * (lane % 4) + 2, lane // 4]
+            else:
+                pair = mats[m, lane // 4, 2 * (lane % 4):2 * (lane % 4) + 2]
+            exp[lane, m] = int(pair[0]) | (int(pair[1]) << 16)
+    np.testing.assert_array_equal(out, exp)
+
+
+def test_emu_shuffles(selftest):
+    vals = np.arange(64, dtype=np.int32) * 3 + 1
+    out = np.zeros((64, 6), dtype=np.int32)
+    assert selftest.selftest_shuffle(vals.ctypes.data, out.ctypes.data) == 0
+    for t in range(64):
+        lane, base = t % 32, t - t % 32
+        assert out[t, 0] == vals[base + (lane ^ 5)]
+        assert out[t, 1] == vals[t + 3 if lane + 3 < 32 else t]
+        assert out[t, 2] == vals[t - 2 if lane >= 2 else t]
+        assert out[t, 3] == vals[base + (lane & ~15) + 7]
+        assert out[t, 4] == np.int32(np.uint32(sum(1 << l for l in range(32) if vals[base + l] & 1)))
+        assert out[t, 5] == 1        # none > 1000, all >= 0
+
+
+def test_emu_cp_async_lands_only_at_wait(selftest):
+    src = torch.arange(128, dtype=torch.float32) + 1
+    before = torch.zeros(128)
+    after = torch.zeros(128)
+    assert selftest.selftest_cp_async(_ptr(src), _ptr(before), _ptr(after)) == 0
+    assert torch.isnan(before).all()           # poisoned dynamic shared memory, copy queued
+    exp = src.clone()
+    exp[126:] = 0                              # the last thread copied 8 of 16 bytes
+    assert torch.equal(after, exp)
+
+
+def test_emu_atomics_across_blocks(selftest):
+    total = torch.zeros(1)
+    imax = torch.zeros(1, dtype=torch.int32)
+    assert selftest.selftest_atomics(64, 128, _ptr(total), _ptr(imax)) == 0
+    assert total.item() == 64 * 128 and imax.item() == 63
+
+
+@pytest.mark.parametrize("kind,msg", [(0, "different __syncthreads"), (1, "deadlock")])
+def test_emu_reports_deadlock(selftest, kind, msg):
+    out = torch.zeros(64, dtype=torch.int32)
+    assert selftest.selftest_deadlock(kind, _ptr(out)) != 0
+    assert msg in selftest.janus_emu_last_message().decode()
+
+
+def test_emu_checks_dynamic_smem_opt_in(selftest):
+    out = torch.zeros(32)
+    assert selftest.selftest_big_smem(0, _ptr(out)) != 0
+    assert "cudaFuncSetAttribute" in selftest.janus_emu_last_message().decode()
+    assert selftest.selftest_big_smem(1, _ptr(out)) == 0 and (out == 1).all()
