@@ -175,10 +175,14 @@ class EmuKernels:
         self.lib.janus_cuda_attention_bwd.restype = ctypes.c_int
         self.lib.janus_cuda_attention_dq_accum_cols.argtypes = [ctypes.c_int]
         self.lib.janus_emu_last_message.restype = ctypes.c_char_p
-        self.lib.janus_emu_configure.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint]
+        self.lib.janus_emu_configure.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint,
+                                                 ctypes.c_int]
 
-    def configure(self, order: int = -1, workers: int = -1, seed: int = 0) -> None:
-        self.lib.janus_emu_configure(order, workers, seed)
+    def configure(self, order: int = -1, workers: int = -1, seed: int = 0,
+                  cp_eager: int = -1) -> None:
+        """Thread order 0/1/2, worker threads, random-order seed, cp.async at issue (1) or
+        at wait_group (0); -1 / 0 fall back to EMU_ORDER, EMU_WORKERS, EMU_SEED, EMU_CP_ASYNC."""
+        self.lib.janus_emu_configure(order, workers, seed, cp_eager)
 
     def _check(self, rc: int, what: str) -> None:
         if rc != 0:

@@ -41,7 +41,7 @@ SELFTEST_SRC = Path(__file__).parent / "cuda_emu" / "emu_selftest.cu"
 def kern() -> emu_lib.EmuKernels:
     k = emu_lib.EmuKernels(emu_lib.build())
     yield k
-    k.configure(-1, -1, 0)
+    k.configure(-1, -1, 0, -1)
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +139,8 @@ def _check(name: str, got: torch.Tensor, acc: torch.Tensor, same: torch.Tensor, 
         f"{name}: error {err:.3g} > {factor} x same-precision reference error {ref_err:.3g}")
 
 
-def _run_case(kern, case: Case, dtype: torch.dtype, order: int):
-    kern.configure(order=order, workers=2)
+def _run_case(kern, case: Case, dtype: torch.dtype, order: int, cp_eager: int):
+    kern.configure(order=order, workers=2, cp_eager=cp_eager)
     mask = case.mask()
     q, k, v, dout = _inputs(case, mask, dtype)
     q0, k0, v0, do0 = (t.clone() for t in (q, k, v, dout))
@@ -172,22 +172,30 @@ def _run_case(kern, case: Case, dtype: torch.dtype, order: int):
     assert (dv.float().permute(0, 2, 1, 3)[dead_keys] == 0).all()
 
 
-@pytest.mark.parametrize("order", [0, 1])
+# Two schedules of the emulated threads (see csrc/cuda_emu/cuda_emu.h): warps run ahead in
+# thread order with cp.async landing at wait_group (catches missing waits and barriers before
+# reads), and in reverse order with cp.async landing at issue (catches missing barriers
+# before a buffer is refilled).
+SCHEDULES = {"fwd_lazy": (0, 0), "rev_eager": (1, 1)}
+
+
+@pytest.mark.parametrize("sched", list(SCHEDULES))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_attention_matches_reference(kern, case, dtype, order):
-    _run_case(kern, case, dtype, order)
+def test_attention_matches_reference(kern, case, dtype, sched):
+    _run_case(kern, case, dtype, *SCHEDULES[sched])
 
 
+@pytest.mark.parametrize("cp_eager", [0, 1])
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[-1]], ids=lambda c: c.name)
-def test_attention_random_thread_order(kern, case):
-    _run_case(kern, case, torch.bfloat16, order=2)
+def test_attention_random_thread_order(kern, case, cp_eager):
+    _run_case(kern, case, torch.bfloat16, order=2, cp_eager=cp_eager)
 
 
 def test_dropout_keep_mask_is_identical(kern):
     """V = identity makes out[i, j] = P_ij * keep_ij / (1 - p): its nonzero pattern must be the
     Python keep-mask (janus_kernels.dropout) on the allowed entries, bit for bit."""
-    kern.configure(order=0, workers=2)
+    kern.configure(order=0, workers=2, cp_eager=0)
     mask = jk.janus_nar_mask([7, 20], [5, 9], 40, 9)
     B, H, Lq, Lk, d, p = 2, 3, mask.q_len, mask.kv_len, 64, 0.3
     seed = (0xDEADBEEF << 32) | 0x01234567      # both Philox key words matter

@@ -9,8 +9,13 @@
 //     released when every participant arrived; exited threads count as arrived for
 //     __syncthreads. If no fiber can run while some are alive, the launch fails with a
 //     "deadlock" message (divergent __syncthreads, a shuffle inside `if (lane == 0)`, ...).
-//   * EMU_ORDER picks the order in which ready fibers run: 0 thread order, 1 reverse,
-//     2 random (EMU_SEED). Running the same test in two orders exposes most missing barriers.
+//   * EMU_ORDER picks which ready fiber runs next: 0 the first in thread order, 1 the first
+//     in reverse order (both greedy: one warp runs ahead through its warp collectives up to
+//     its next __syncthreads, so a missing block barrier lets it read data other warps have
+//     not written yet, or overwrite data they still read), 2 random interleaving (EMU_SEED).
+//   * EMU_CP_ASYNC: 0 (default) performs cp.async copies at wait_group, so a missing wait reads
+//     stale or poisoned shared memory; 1 performs them at issue, so a copy into a buffer other
+//     warps still read (missing barrier before a prefetch) corrupts their reads.
 //   * Warp collectives exchange data through a per-warp bank of 64-byte lane slots; two banks
 //     alternate, so one barrier per collective suffices (a lane cannot publish twice into a
 //     bank before every lane has read it: that would need the next collective to complete).
@@ -194,8 +199,10 @@ struct Config {
   int order = -1;      // -1: read EMU_ORDER at each launch
   int workers = -1;    // -1: read EMU_WORKERS
   unsigned seed = 0;   // 0: read EMU_SEED
+  int cp_eager = -1;   // -1: read EMU_CP_ASYNC (0 lazy: copy at wait_group, 1 eager: at issue)
 };
 inline Config& config() { static Config c; return c; }
+inline bool& cp_eager_mode() { static bool eager = false; return eager; }
 
 // Shared-memory opt-in per kernel (cudaFuncAttributeMaxDynamicSharedMemorySize), checked at
 // launch like the hardware does: more than 48 KiB of dynamic shared memory needs it.
@@ -343,20 +350,32 @@ inline bool run_block(BlockCtx& c, uint3 bid, int order, std::mt19937& rng) {
   std::vector<int> perm(n);
   std::iota(perm.begin(), perm.end(), 0);
   if (order == 1) std::reverse(perm.begin(), perm.end());
-  while (c.live > 0) {
-    if (order == 2) std::shuffle(perm.begin(), perm.end(), rng);
-    bool ran = false;
-    for (int t : perm) {
-      Fiber& f = c.fibers[t];
-      if (f.state != St::Ready) continue;
-      c.cur = &f;
-      threadIdx = f.idx;
+  auto resume = [&c](Fiber& f) {
+    c.cur = &f;
+    threadIdx = f.idx;
 #if defined(EMU_USE_UCONTEXT)
-      swapcontext(&c.sched_uc, &f.uc);
+    swapcontext(&c.sched_uc, &f.uc);
 #else
-      janus_emu_switch(&c.sched_sp, f.sp);
+    janus_emu_switch(&c.sched_sp, f.sp);
 #endif
-      ran = true;
+  };
+  while (c.live > 0) {
+    bool ran = false;
+    if (order == 2) {          // random rounds: every ready fiber once, in a fresh order
+      std::shuffle(perm.begin(), perm.end(), rng);
+      for (int t : perm) {
+        if (c.fibers[t].state != St::Ready) continue;
+        resume(c.fibers[t]);
+        ran = true;
+        if (!c.error.empty()) return false;
+      }
+    } else {                   // greedy: always the first ready fiber in priority order, so
+      for (int t : perm) {     // a warp runs ahead to its next __syncthreads
+        if (c.fibers[t].state != St::Ready) continue;
+        resume(c.fibers[t]);
+        ran = true;
+        break;
+      }
       if (!c.error.empty()) return false;
     }
     if (!ran) {
@@ -408,6 +427,7 @@ inline void run_grid(dim3 grid, dim3 block, size_t dyn, const void* fn,
   if (workers <= 0) workers = (int)std::max(1u, std::thread::hardware_concurrency());
   workers = (int)std::min<long long>(workers, nblocks);
   const unsigned seed = cfg.seed ? cfg.seed : (unsigned)env_int("EMU_SEED", 12345);
+  cp_eager_mode() = (cfg.cp_eager >= 0 ? cfg.cp_eager : env_int("EMU_CP_ASYNC", 0)) != 0;
   const size_t stack_bytes = (size_t)env_int("EMU_STACK_KB", 256) * 1024;
 
   std::atomic<long long> next{0};

@@ -19,8 +19,9 @@
 // aligned). Result register r[m] of lane L holds matrix m's elements (row L/4, cols 2(L%4),
 // 2(L%4)+1); with .trans it holds (rows 2(L%4), 2(L%4)+1; col L/4), i.e. the transpose.
 //
-// cp.async: copies are queued per thread and performed only at wait_group (strictly later than
-// on the GPU), so a missing wait reads stale or poisoned shared memory.
+// cp.async: copies are queued per thread and performed at wait_group (strictly later than on
+// the GPU: a missing wait reads stale or poisoned shared memory), or with EMU_CP_ASYNC=1 at
+// issue (strictly earlier: a prefetch into a buffer other warps still read corrupts them).
 #pragma once
 #include "cuda_emu.h"
 
@@ -124,6 +125,7 @@ inline void cp_async_16(void* smem, const void* gmem, int src_bytes) {
   if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src_bytes outside [0, 16]");
   Fiber& f = current_fiber();
   f.cp.push_back(CpOp{smem, gmem, src_bytes, f.cp_groups});
+  if (cp_eager_mode()) run_cp_ops(f, 1 << 30);
 }
 
 inline void cp_async_commit() { ++current_fiber().cp_groups; }

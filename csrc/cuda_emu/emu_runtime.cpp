@@ -35,11 +35,12 @@ cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, 
 // Message of the calling thread's last failed launch ("" if none).
 const char* janus_emu_last_message(void) { return emu::tl_last_message.c_str(); }
 // Thread order (0 forward, 1 reverse, 2 random; -1: EMU_ORDER), workers (-1: EMU_WORKERS),
-// random-order seed (0: EMU_SEED).
-void janus_emu_configure(int order, int workers, unsigned seed) {
+// random-order seed (0: EMU_SEED), cp.async timing (0 at wait, 1 at issue; -1: EMU_CP_ASYNC).
+void janus_emu_configure(int order, int workers, unsigned seed, int cp_eager) {
   emu::config().order = order;
   emu::config().workers = workers;
   emu::config().seed = seed;
+  emu::config().cp_eager = cp_eager;
 }
 
 }  // extern "C"
