@@ -23,8 +23,13 @@ from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
-NVCC_FLAGS = ["-O3", "-std=c++20", "--use_fast_math", "-Xptxas", "-warn-spills",
-              "--resource-usage", f"-I{ROOT / 'csrc' / 'include'}"]
+# The flags of the real build: torch's CUDAExtension defaults (cpp_extension.COMMON_NVCC_FLAGS)
+# followed by setup.py's nvcc flags, plus the ptxas report.
+NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+              "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+              "--expt-relaxed-constexpr", "-O3", "-std=c++20", "--use_fast_math", "-lineinfo",
+              "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+              "-Xptxas", "-warn-spills", "--resource-usage", f"-I{ROOT / 'csrc' / 'include'}"]
 
 # Launch geometry of the attention kernels (kept in sync with FwdCfg / BwdCfg in
 # csrc/cuda/attention_common.cuh; tests/test_nvcc_compile.py checks the emulation library's

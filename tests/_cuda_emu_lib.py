@@ -24,8 +24,11 @@ CUDA_DIR = ROOT / "csrc" / "cuda"
 EMU_DIR = ROOT / "csrc" / "cuda_emu"
 INCLUDE_DIR = ROOT / "csrc" / "include"
 KERNEL_SOURCES = [CUDA_DIR / "attention_fwd.cu", CUDA_DIR / "attention_bwd.cu"]
+# The half-precision macros of torch's CUDAExtension build, so the emulation build rejects the
+# same implicit __half / __nv_bfloat16 conversions nvcc would.
 CXXFLAGS = ["-std=c++20", "-O2", "-fPIC", "-DJANUS_CUDA_EMU", "-Wall", "-Wno-unknown-pragmas",
-            "-Wno-unused-parameter"]
+            "-Wno-unused-parameter", "-D__CUDA_NO_HALF_CONVERSIONS__",
+            "-D__CUDA_NO_HALF2_OPERATORS__"]
 
 
 def cuda_include_dir() -> Optional[Path]:
