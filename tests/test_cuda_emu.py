@@ -1,12 +1,7 @@
 """The CUDA attention kernels (csrc/cuda/attention_{fwd,bwd}.cu, compiled UNCHANGED by g++
-against the CPU emulation in csrc/cuda_emu/) run through their raw launchers (ctypes) and are
-compared with the dense references, under two fiber orders of the emulated threads.
-
-Tolerance (COMMON standards): the kernel's max error against the fp64 reference must be at
-most 2x (outputs, lse) or 3x (gradients) the error of the same-precision dense reference
-(the same formula evaluated in fp16/bf16), plus an fp32-resolution floor of 1e-5 x max|ref|
-for entries the half-precision reference happens to get exactly (e.g. dQ = 0 for rows with a
-single key, where the kernel's fp32 dP - delta leaves a ~1e-7 residue).
+against the CPU emulation in csrc/cuda_emu/) run through their raw launchers (ctypes) on the
+shared numeric suite (_cuda_attention_cases.py: dense fp64 / same-precision references and the
+COMMON tolerance rule), under several schedules of the emulated threads.
 
 Also: the emulator itself (mma/ldmatrix fragment tables against an independent Python model
 of the PTX ISA tables, shuffles, cp.async timing, atomics, deadlock and shared-memory checks).
@@ -14,11 +9,9 @@ of the PTX ISA tables, shuffles, cp.async timing, atomics, deadlock and shared-m
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -26,9 +19,7 @@ import torch
 
 import _cuda_emu_lib as emu_lib
 import janus_kernels as jk
-from janus_kernels.dropout import dropout_keep_mask
-from janus_kernels.masks import MaskDescriptor
-from janus_kernels.reference import reference_attention
+from _cuda_attention_cases import CASES, keep_mask_case, run_case
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "g++")) is None or emu_lib.cuda_include_dir() is None,
@@ -61,115 +52,12 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-# ============================================================================ the numeric suite
-@dataclasses.dataclass
-class Case:
-    name: str
-    mask: Callable[[], MaskDescriptor]
-    H: int = 2
-    Hkv: int = 2
-    d: int = 64
-    dropout: float = 0.0
-    scale: Optional[float] = None
-    bshd: bool = False          # q/k/v/dout as (B, L, H, d) transposed: non-contiguous strides
-
-
-def _perm_mask() -> MaskDescriptor:
-    g = torch.Generator().manual_seed(3)
-    rank = torch.stack([torch.randperm(20, generator=g) for _ in range(2)]).int()
-    return jk.permutation_mask(rank, [20, 13])
-
-
-CASES = [
-    # JANUS NAR/AUX: padding rows and keys, M = 0 (no query rows, no window) in sample 1
-    Case("janus_nar", lambda: jk.janus_nar_mask([5, 9, 3], [3, 0, 2], 20, 5)),
-    Case("janus_nar_gqa_d128", lambda: jk.janus_nar_mask([6, 2], [4, 1], 24, 6), H=4, Hkv=2, d=128),
-    Case("janus_nar_dropout", lambda: jk.janus_nar_mask([5, 9], [3, 2], 20, 5), dropout=0.25),
-    Case("janus_ar", lambda: jk.janus_ar_mask([10, 6], 12), H=2, Hkv=1),
-    # causal over several 64-tiles: FULL tiles (no predicate), dead tiles skipped, L = 113
-    Case("causal_113", lambda: jk.causal_mask([113], 113), H=1, Hkv=1),
-    Case("causal_7_bshd", lambda: jk.causal_mask([7, 5], 7), bshd=True, scale=0.3),
-    Case("sliding_window_d32", lambda: jk.sliding_window_mask([70, 40], 9, 70), H=1, Hkv=1, d=32),
-    Case("key_padding_d80", lambda: jk.key_padding_mask([13, 1], 9, 16), d=80),
-    Case("prefix_lm_dropout", lambda: jk.prefix_lm_mask([4, 0], [30, 17], 30), dropout=0.1, H=4,
-         Hkv=1),
-    Case("len1", lambda: jk.causal_mask([1], 1), H=1, Hkv=1),
-    Case("full", lambda: jk.full_mask(1, 40, 33), H=2, Hkv=1),
-    Case("permutation", _perm_mask),
-]
-
-
-def _inputs(case: Case, mask: MaskDescriptor, dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    B, Lq, Lk = mask.batch_size, mask.q_len, mask.kv_len
-
-    def make(h, L):
-        if case.bshd:
-            return torch.randn(B, L, h, case.d, generator=g).to(dtype).transpose(1, 2)
-        return torch.randn(B, h, L, case.d, generator=g).to(dtype)
-
-    return make(case.H, Lq), make(case.Hkv, Lk), make(case.Hkv, Lk), make(case.H, Lq)
-
-
-def _references(q, k, v, dout, allowed, scale, keep, p):
-    """{'acc': fp64, 'same': input precision} -> (out, lse, dq, dk, dv)."""
-    refs = {}
-    for tag in ("acc", "same"):
-        conv = (lambda t: t.double()) if tag == "acc" else (lambda t: t)
-        qq, kk, vv = (conv(t).detach().requires_grad_() for t in (q, k, v))
-        o, lse = reference_attention(qq, kk, vv, allowed, scale=scale, upcast=tag == "acc",
-                                     keep=keep, dropout_p=p, return_lse=True)
-        grads = torch.autograd.grad(o, (qq, kk, vv), conv(dout))
-        refs[tag] = (o.detach(), lse.detach(), *grads)
-    return refs
-
-
-def _check(name: str, got: torch.Tensor, acc: torch.Tensor, same: torch.Tensor, factor: float):
-    got, acc, same = got.double(), acc.double(), same.double()
-    assert not torch.isnan(got).any(), f"{name}: NaN (unwritten or poisoned entries)"
-    fin = torch.isfinite(acc)
-    assert torch.equal(torch.isfinite(got), fin), f"{name}: non-finite pattern differs"
-    assert torch.equal(got[~fin], acc[~fin]), f"{name}: wrong infinities"
-    if not fin.any():
-        return
-    err = (got - acc)[fin].abs().max().item()
-    ref_err = (same - acc)[fin].abs().max().item()
-    floor = 1e-5 * max(acc[fin].abs().max().item(), 1.0)
-    assert err <= factor * ref_err + floor, (
-        f"{name}: error {err:.3g} > {factor} x same-precision reference error {ref_err:.3g}")
-
-
-def _run_case(kern, case: Case, dtype: torch.dtype, order: int, cp_eager: int):
+def _run_emulated(kern, case, dtype, order: int, cp_eager: int):
     kern.configure(order=order, workers=2, cp_eager=cp_eager)
-    mask = case.mask()
-    q, k, v, dout = _inputs(case, mask, dtype)
-    q0, k0, v0, do0 = (t.clone() for t in (q, k, v, dout))
-    scale = case.scale if case.scale is not None else case.d ** -0.5
-    seed = 0x1234_5678_9ABC_DEF0 if case.dropout else 0
-    B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    keep = dropout_keep_mask(seed, B, H, Lq, Lk, case.dropout) if case.dropout else None
-    allowed = mask.materialize()
-
-    out, lse = kern.fwd(q, k, v, mask, scale=scale, dropout_p=case.dropout, seed=seed)
-    dq, dk, dv = kern.bwd(dout, q, k, v, out, lse, mask, scale=scale, dropout_p=case.dropout,
-                          seed=seed)
-    for a, b0 in ((q, q0), (k, k0), (v, v0), (dout, do0)):
-        assert torch.equal(a, b0), "inputs were modified"
-
-    refs = _references(q, k, v, dout, allowed, scale, keep, case.dropout)
-    names = ("out", "lse", "dq", "dk", "dv")
-    for i, (nm, got) in enumerate(zip(names, (out, lse, dq, dk, dv))):
-        _check(f"{case.name}/{dtype}/{nm}", got, refs["acc"][i], refs["same"][i],
-               2.0 if i < 2 else 3.0)
-
-    # rows that see no key: exactly 0 / -inf / zero gradient; keys nobody sees: zero grads
-    dead_rows = ~allowed.any(-1)                      # (B, Lq)
-    assert (out.float().permute(0, 2, 1, 3)[dead_rows] == 0).all()
-    assert (lse.permute(0, 2, 1)[dead_rows] == float("-inf")).all()
-    assert (dq.float().permute(0, 2, 1, 3)[dead_rows] == 0).all()
-    dead_keys = ~allowed.any(1)                       # (B, Lk)
-    assert (dk.float().permute(0, 2, 1, 3)[dead_keys] == 0).all()
-    assert (dv.float().permute(0, 2, 1, 3)[dead_keys] == 0).all()
+    run_case(lambda q, k, v, m, s, p, seed: kern.fwd(q, k, v, m, scale=s, dropout_p=p, seed=seed),
+             lambda do, q, k, v, o, lse, m, s, p, seed: kern.bwd(do, q, k, v, o, lse, m, scale=s,
+                                                                  dropout_p=p, seed=seed),
+             case, dtype)
 
 
 # Two schedules of the emulated threads (see csrc/cuda_emu/cuda_emu.h): warps run ahead in
@@ -183,31 +71,24 @@ SCHEDULES = {"fwd_lazy": (0, 0), "rev_eager": (1, 1)}
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_attention_matches_reference(kern, case, dtype, sched):
-    _run_case(kern, case, dtype, *SCHEDULES[sched])
+    _run_emulated(kern, case, dtype, *SCHEDULES[sched])
 
 
 @pytest.mark.parametrize("cp_eager", [0, 1])
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[-1]], ids=lambda c: c.name)
 def test_attention_random_thread_order(kern, case, cp_eager):
-    _run_case(kern, case, torch.bfloat16, order=2, cp_eager=cp_eager)
+    _run_emulated(kern, case, torch.bfloat16, order=2, cp_eager=cp_eager)
 
 
 def test_dropout_keep_mask_is_identical(kern):
     """V = identity makes out[i, j] = P_ij * keep_ij / (1 - p): its nonzero pattern must be the
     Python keep-mask (janus_kernels.dropout) on the allowed entries, bit for bit."""
     kern.configure(order=0, workers=2, cp_eager=0)
-    mask = jk.janus_nar_mask([7, 20], [5, 9], 40, 9)
-    B, H, Lq, Lk, d, p = 2, 3, mask.q_len, mask.kv_len, 64, 0.3
-    seed = (0xDEADBEEF << 32) | 0x01234567      # both Philox key words matter
-    g = torch.Generator().manual_seed(1)
-    q = (0.1 * torch.randn(B, H, Lq, d, generator=g)).half()
-    k = (0.1 * torch.randn(B, H, Lk, d, generator=g)).half()
-    v = torch.eye(Lk, d).half().expand(B, H, Lk, d).contiguous()
-    out, _ = kern.fwd(q, k, v, mask, scale=d ** -0.5, dropout_p=p, seed=seed)
-    kept = out[..., :Lk] != 0
-    expected = dropout_keep_mask(seed, B, H, Lq, Lk, p) & mask.materialize()[:, None]
-    assert torch.equal(kept, expected)
-    assert 0.6 < expected.sum() / mask.materialize()[:, None].expand_as(expected).sum() < 0.8
+    mask, p, seed, q, k, v, expected = keep_mask_case()
+    out, _ = kern.fwd(q, k, v, mask, scale=q.shape[-1] ** -0.5, dropout_p=p, seed=seed)
+    assert torch.equal(out[..., :k.shape[2]] != 0, expected)
+    frac = expected.sum() / mask.materialize()[:, None].expand_as(expected).sum()
+    assert 0.6 < frac < 0.8
 
 
 def test_launcher_rejects_bad_arguments(kern):
