@@ -130,14 +130,15 @@ def compile_report(archs: Sequence[int] = (80, 90), sources: Optional[Sequence[P
 
 
 def format_table(rows: Sequence[KernelUsage]) -> str:
-    head = f"{'arch':6} {'kernel':58} {'regs':>4} {'spill st/ld':>11} {'stack':>5} {'smem':>6} {'dyn smem':>8}"
+    head = (f"{'arch':6} {'kernel':58} {'regs':>4} {'spill st/ld':>11} {'stack':>5} "
+            f"{'smem':>6} {'dyn smem':>8}")
     lines = [head, "-" * len(head)]
     for r in sorted(rows, key=lambda r: (r.arch, r.kernel)):
         k = re.sub(r"^void |janus::attn::|\(JanusAttn\w+\)|, int\)$|\(.*\)$", "", r.kernel)
         k = k.replace("__nv_bfloat16", "bf16").replace("__half", "f16")
         dyn = "" if r.dyn_smem is None else str(r.dyn_smem)
-        lines.append(f"{r.arch:6} {k[:58]:58} {r.registers:4d} {r.spill_stores:5d}/{r.spill_loads:<5d} "
-                     f"{r.stack_frame:5d} {r.static_smem:6d} {dyn:>8}")
+        lines.append(f"{r.arch:6} {k[:58]:58} {r.registers:4d} {r.spill_stores:5d}/"
+                     f"{r.spill_loads:<5d} {r.stack_frame:5d} {r.static_smem:6d} {dyn:>8}")
     return "\n".join(lines)
 
 

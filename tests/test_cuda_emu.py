@@ -98,8 +98,8 @@ def test_launcher_rejects_bad_arguments(kern):
         kern.fwd(q[..., :12].contiguous(), q[..., :12].contiguous(), q[..., :12].contiguous(),
                  mask, scale=1.0)
     with pytest.raises(emu_lib.EmuError, match="cudaError 1"):      # H % Hkv != 0
-        kern.fwd(q, q[:, :1].expand(1, 3, 8, 64).contiguous(), q[:, :1].expand(1, 3, 8, 64).contiguous(),
-                 mask, scale=1.0)
+        kv3 = q[:, :1].expand(1, 3, 8, 64).contiguous()
+        kern.fwd(q, kv3, kv3, mask, scale=1.0)
 
 
 # ============================================================================ the emulator
@@ -161,7 +161,8 @@ def test_emu_ldmatrix_layout(selftest, trans):
     src = rng.integers(0, 65536, size=(32, 8)).astype(np.uint16)   # row r = matrix r//8, row r%8
     perm = rng.permutation(32).astype(np.int32)                      # lane l passes row perm[l]
     out = np.zeros((32, 4), dtype=np.uint32)
-    assert selftest.selftest_ldmatrix(src.ctypes.data, perm.ctypes.data, out.ctypes.data, trans) == 0
+    rc = selftest.selftest_ldmatrix(src.ctypes.data, perm.ctypes.data, out.ctypes.data, trans)
+    assert rc == 0
     mats = src[perm].reshape(4, 8, 8)          # matrix m row r = the row lane 8m + r passed
     exp = np.zeros((32, 4), dtype=np.uint32)
     for lane in range(32):
@@ -184,7 +185,8 @@ def test_emu_shuffles(selftest):
         assert out[t, 1] == vals[t + 3 if lane + 3 < 32 else t]
         assert out[t, 2] == vals[t - 2 if lane >= 2 else t]
         assert out[t, 3] == vals[base + (lane & ~15) + 7]
-        assert out[t, 4] == np.int32(np.uint32(sum(1 << l for l in range(32) if vals[base + l] & 1)))
+        ballot = sum(1 << la for la in range(32) if vals[base + la] & 1)
+        assert out[t, 4] == np.int32(np.uint32(ballot))
         assert out[t, 5] == 1        # none > 1000, all >= 0
 
 

@@ -250,7 +250,8 @@ attention_bwd_dq_kernel(const JanusAttnBwdArgs p, int dpad) {
     const int h = (int)(row / p.Lq % p.H);
     const int b = (int)(row / ((int64_t)p.Lq * p.H));
     const float* a = p.dq_accum + row * dpad + c;
-    T* out = static_cast<T*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] + i * p.dq_stride[2] + c;
+    T* out = static_cast<T*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] +
+             i * p.dq_stride[2] + c;
     *reinterpret_cast<uint32_t*>(out) = ptx::pack2<T>(a[0] * p.scale, a[1] * p.scale);
   }
 }

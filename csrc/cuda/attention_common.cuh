@@ -63,7 +63,8 @@ __host__ __device__ __forceinline__ int num_row_blocks(int Lq, int q_split) {
 }
 
 template <int BM>
-__host__ __device__ __forceinline__ void row_block(int rb, int Lq, int q_split, int* i0, int* i_end) {
+__host__ __device__ __forceinline__ void row_block(int rb, int Lq, int q_split, int* i0,
+                                                   int* i_end) {
   const int nb0 = (q_split + BM - 1) / BM;
   if (rb < nb0) {
     *i0 = rb * BM;

@@ -64,7 +64,8 @@ MaskInputs check_mask(const Tensor& params, const std::optional<Tensor>& rank, i
                   params.size(1) == janus::NUM_FIELDS,
               "mask_params: expected int32 (B=", B, ", ", int(janus::NUM_FIELDS), "), got ",
               params.scalar_type(), " ", params.sizes());
-  TORCH_CHECK(q_split >= 0 && q_split <= Lq, "q_split: must be in [0, Lq=", Lq, "], got ", q_split);
+  TORCH_CHECK(q_split >= 0 && q_split <= Lq, "q_split: must be in [0, Lq=", Lq, "], got ",
+              q_split);
   TORCH_CHECK(kind == janus::KIND_WINDOW || kind == janus::KIND_PERMUTATION,
               "mask_kind: must be 0 (window) or 1 (permutation), got ", kind);
   MaskInputs m;
@@ -115,10 +116,12 @@ std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t> check_qkv(const
               "), got ", k.sizes());
   TORCH_CHECK(Hkv > 0 && H % Hkv == 0, "k: the heads of q (", H,
               ") must be a multiple of the heads of k/v (", Hkv, ")");
-  TORCH_CHECK(d >= 8 && d <= kMaxHeadDim && d % 8 == 0, "q: head_dim must be a multiple of 8 in [8, ",
-              kMaxHeadDim, "] for the CUDA kernel, got ", d);
+  TORCH_CHECK(d >= 8 && d <= kMaxHeadDim && d % 8 == 0,
+              "q: head_dim must be a multiple of 8 in [8, ", kMaxHeadDim,
+              "] for the CUDA kernel, got ", d);
   TORCH_CHECK(B <= 65535 && H <= 65535, "q: batch size and heads must be <= 65535");
-  TORCH_CHECK(Lq < std::numeric_limits<int32_t>::max() && Lk < std::numeric_limits<int32_t>::max(),
+  TORCH_CHECK(Lq < std::numeric_limits<int32_t>::max() &&
+                  Lk < std::numeric_limits<int32_t>::max(),
               "q, k: sequence lengths must fit in int32");
   return {B, H, Hkv, Lq, Lk, d};
 }
@@ -131,7 +134,8 @@ std::tuple<Tensor, Tensor> flash_attention_fwd_cuda(const Tensor& q_, const Tens
                                                     const std::optional<Tensor>& rng_seed) {
   const auto [B, H, Hkv, Lq, Lk, d] = check_qkv(q_, k_, v_);
   const c10::cuda::CUDAGuard guard(q_.device());
-  const MaskInputs m = check_mask(mask_params, mask_rank, q_split, mask_kind, B, Lq, Lk, q_.device());
+  const MaskInputs m =
+      check_mask(mask_params, mask_rank, q_split, mask_kind, B, Lq, Lk, q_.device());
   const uint64_t seed = dropout_seed(dropout_p, rng_seed);
 
   JanusAttnFwdArgs a{};
@@ -154,7 +158,8 @@ std::tuple<Tensor, Tensor> flash_attention_fwd_cuda(const Tensor& q_, const Tens
   a.Lq = (int32_t)Lq; a.Lk = (int32_t)Lk; a.head_dim = (int32_t)d;
   a.q_split = (int32_t)q_split; a.mask_kind = (int32_t)mask_kind; a.dtype = dtype_code(q);
   a.scale = (float)scale; a.dropout_p = (float)dropout_p; a.seed = seed;
-  C10_CUDA_CHECK(janus_cuda_attention_fwd(&a, c10::cuda::getCurrentCUDAStream(q_.device().index())));
+  C10_CUDA_CHECK(
+      janus_cuda_attention_fwd(&a, c10::cuda::getCurrentCUDAStream(q_.device().index())));
   return {out, lse};
 }
 
@@ -178,7 +183,8 @@ std::tuple<Tensor, Tensor, Tensor> flash_attention_bwd_cuda(
                   lse_.size(1) == H && lse_.size(2) == Lq,
               "lse: expected float32 (B, H, Lq) = (", B, ", ", H, ", ", Lq, "), got ",
               lse_.scalar_type(), " ", lse_.sizes());
-  const MaskInputs m = check_mask(mask_params, mask_rank, q_split, mask_kind, B, Lq, Lk, q_.device());
+  const MaskInputs m =
+      check_mask(mask_params, mask_rank, q_split, mask_kind, B, Lq, Lk, q_.device());
   const uint64_t seed = dropout_seed(dropout_p, rng_seed);
 
   JanusAttnBwdArgs a{};
@@ -209,7 +215,8 @@ std::tuple<Tensor, Tensor, Tensor> flash_attention_bwd_cuda(
   a.Lq = (int32_t)Lq; a.Lk = (int32_t)Lk; a.head_dim = (int32_t)d;
   a.q_split = (int32_t)q_split; a.mask_kind = (int32_t)mask_kind; a.dtype = dtype_code(q);
   a.scale = (float)scale; a.dropout_p = (float)dropout_p; a.seed = seed;
-  C10_CUDA_CHECK(janus_cuda_attention_bwd(&a, c10::cuda::getCurrentCUDAStream(q_.device().index())));
+  C10_CUDA_CHECK(
+      janus_cuda_attention_bwd(&a, c10::cuda::getCurrentCUDAStream(q_.device().index())));
   return {dq, dk, dv};
 }
 

@@ -74,7 +74,8 @@ __device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t 
 
 // Accumulating mma on element type T (__half or __nv_bfloat16): acc += A * B.
 template <class T>
-__device__ __forceinline__ void mma(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+__device__ __forceinline__ void mma(float (&acc)[4], const uint32_t (&a)[4],
+                                    const uint32_t (&b)[2]) {
   if constexpr (is_bf16<T>::value) mma_m16n8k16_bf16(acc, a, b, acc);
   else mma_m16n8k16_f16(acc, a, b, acc);
 }

@@ -394,7 +394,8 @@ struct Stacks {
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size = (size + page - 1) / page * page;
     total = (size + page) * n;
-    void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) { base = nullptr; return; }
     base = static_cast<char*>(p);
     for (int i = 0; i < n; ++i) mprotect(base + i * (size + page), page, PROT_NONE);
@@ -412,12 +413,14 @@ inline void run_grid(dim3 grid, dim3 block, size_t dyn, const void* fn,
     tl_last_error = cudaErrorInvalidConfiguration;
     tl_last_message = m;
   };
-  if (nthreads < 1 || nthreads > 1024) return reject("invalid block size " + std::to_string(nthreads));
+  if (nthreads < 1 || nthreads > 1024)
+    return reject("invalid block size " + std::to_string(nthreads));
   if (grid.y > 65535 || grid.z > 65535) return reject("grid.y/grid.z above 65535");
   if (dyn > max_dyn_smem(fn)) {
     tl_last_error = cudaErrorInvalidValue;
-    tl_last_message = "dynamic shared memory " + std::to_string(dyn) + " B exceeds the kernel's limit " +
-                      std::to_string(max_dyn_smem(fn)) + " B (missing cudaFuncSetAttribute opt-in?)";
+    tl_last_message = "dynamic shared memory " + std::to_string(dyn) +
+                      " B exceeds the kernel's limit " + std::to_string(max_dyn_smem(fn)) +
+                      " B (missing cudaFuncSetAttribute opt-in?)";
     return;
   }
   if (nblocks == 0) return;
@@ -437,7 +440,12 @@ inline void run_grid(dim3 grid, dim3 block, size_t dyn, const void* fn,
 
   auto worker = [&](int wid) {
     Stacks stacks((int)nthreads, stack_bytes);
-    if (!stacks.base) { failed = true; std::lock_guard<std::mutex> g(err_mu); first_error = "mmap of fiber stacks failed"; return; }
+    if (!stacks.base) {
+      failed = true;
+      std::lock_guard<std::mutex> g(err_mu);
+      first_error = "mmap of fiber stacks failed";
+      return;
+    }
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
     const size_t ssz = (stack_bytes + page - 1) / page * page;
     BlockCtx c;

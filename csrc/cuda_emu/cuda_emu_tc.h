@@ -62,9 +62,11 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (
   in.b[0] = b[0];
   in.b[1] = b[1];
   const Collective k = warp_collective(0xffffffffu, &in, sizeof in);
-  const float* D = reinterpret_cast<const float*>(once_per_warp(k, [](unsigned char (*slots)[kSlotBytes], unsigned char* out) {
+  auto compute = [](unsigned char (*slots)[kSlotBytes], unsigned char* out) {
     const float* h = BF16 ? nullptr : half_table();
-    auto cvt = [h](uint32_t bits16) { return BF16 ? bf16_bits_to_float((uint16_t)bits16) : h[bits16]; };
+    auto cvt = [h](uint32_t bits16) {
+      return BF16 ? bf16_bits_to_float((uint16_t)bits16) : h[bits16];
+    };
     float A[16][16], B[16][8], C[16][8];
     for (int lane = 0; lane < 32; ++lane) {
       MmaIn v;
@@ -90,7 +92,8 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (
         for (int kk = 0; kk < 16; ++kk) acc += A[m][kk] * B[kk][n];
         Dout[m * 8 + n] = acc;
       }
-  }));
+  };
+  const float* D = reinterpret_cast<const float*>(once_per_warp(k, compute));
   const int g = k.lane >> 2, t = k.lane & 3;
   d[0] = D[g * 8 + 2 * t];
   d[1] = D[g * 8 + 2 * t + 1];
@@ -100,7 +103,8 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (
 
 template <bool TRANS>
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr) {
-  if (reinterpret_cast<uintptr_t>(row_addr) & 15u) fail("ldmatrix: row address not 16-byte aligned");
+  if (reinterpret_cast<uintptr_t>(row_addr) & 15u)
+    fail("ldmatrix: row address not 16-byte aligned");
   const Collective k = warp_collective(0xffffffffu, &row_addr, sizeof row_addr);
   const int L = k.lane;
   for (int m = 0; m < 4; ++m) {
