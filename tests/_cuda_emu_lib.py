@@ -1,0 +1,239 @@
+"""Build the torch-free CUDA kernels (csrc/cuda/*.cu, unchanged) with g++ against the CPU
+emulation headers (csrc/cuda_emu/) into a shared library, and call their raw launchers through
+ctypes on CPU torch tensors.
+
+The library is cached under build/cuda_emu/<hash>/, keyed by the sources, headers, flags and
+compiler version; the two .cu files compile in parallel (a few seconds each).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_DIR = ROOT / "csrc" / "cuda"
+EMU_DIR = ROOT / "csrc" / "cuda_emu"
+INCLUDE_DIR = ROOT / "csrc" / "include"
+KERNEL_SOURCES = [CUDA_DIR / "attention_fwd.cu", CUDA_DIR / "attention_bwd.cu"]
+# The half-precision macros of torch's CUDAExtension build, so the emulation build rejects the
+# same implicit __half / __nv_bfloat16 conversions nvcc would.
+CXXFLAGS = ["-std=c++20", "-O2", "-fPIC", "-DJANUS_CUDA_EMU", "-Wall", "-Wno-unknown-pragmas",
+            "-Wno-unused-parameter", "-D__CUDA_NO_HALF_CONVERSIONS__",
+            "-D__CUDA_NO_HALF2_OPERATORS__"]
+
+
+def cuda_include_dir() -> Optional[Path]:
+    """A directory with cuda_fp16.h / cuda_runtime_api.h: $CUDA_HOME, the toolkit behind
+    `nvcc` (nvcc --dryrun prints it; the nvcc on PATH may be a wrapper script), the pip wheels
+    (nvidia-cuda-runtime + nvidia-cuda-crt + nvidia-cuda-cccl), /usr/local/cuda."""
+    cands: List[Path] = []
+    if os.environ.get("CUDA_HOME"):
+        cands.append(Path(os.environ["CUDA_HOME"]) / "include")
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        try:
+            out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull],
+                                 capture_output=True, text=True, timeout=60)
+            for line in (out.stdout + out.stderr).splitlines():
+                if line.startswith("#$ _HERE_="):
+                    cands.append(Path(line.split("=", 1)[1].strip()).parent / "include")
+        except (OSError, subprocess.SubprocessError):
+            pass
+        cands.append(Path(os.path.realpath(nvcc)).parent.parent / "include")
+    try:
+        import nvidia  # the pip wheels: nvidia/cu13/include or nvidia/cuda_runtime/include
+        for base in nvidia.__path__:
+            cands += [Path(base) / "cu13" / "include", Path(base) / "cuda_runtime" / "include"]
+    except ImportError:
+        pass
+    cands.append(Path("/usr/local/cuda/include"))
+    for c in cands:
+        if (c / "cuda_fp16.h").is_file() and (c / "cuda_runtime_api.h").is_file():
+            return c
+    return None
+
+
+def _inputs() -> List[Path]:
+    files = list(KERNEL_SOURCES) + [EMU_DIR / "emu_runtime.cpp"]
+    for d, pats in ((CUDA_DIR, ("*.cuh", "*.h")), (EMU_DIR, ("*.h",)),
+                    (INCLUDE_DIR / "janus", ("*.h",))):
+        for p in pats:
+            files += sorted(d.glob(p))
+    return files
+
+
+def build(extra_flags: Sequence[str] = (), sources: Optional[Sequence[Path]] = None,
+          name: str = "janus_cuda_emu") -> Path:
+    """Compile (or reuse) the emulation library; returns the .so path."""
+    inc = cuda_include_dir()
+    if inc is None:
+        raise RuntimeError("cuda_emu: no CUDA headers (cuda_fp16.h) found: install the CUDA "
+                           "toolkit or `pip install nvidia-cuda-runtime nvidia-cuda-crt "
+                           "nvidia-cuda-cccl`, or set CUDA_HOME")
+    cxx = os.environ.get("CXX", "g++")
+    sources = list(KERNEL_SOURCES if sources is None else sources) + [EMU_DIR / "emu_runtime.cpp"]
+    flags = CXXFLAGS + list(extra_flags) + [f"-I{INCLUDE_DIR}", f"-I{EMU_DIR}", f"-I{inc}"]
+    h = hashlib.sha256()
+    ver = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    h.update((ver + " ".join(flags) + name).encode())
+    for f in sorted(set(_inputs()) | set(sources)):
+        h.update(str(f.relative_to(ROOT)).encode())
+        h.update(f.read_bytes())
+    out_dir = ROOT / "build" / "cuda_emu" / h.hexdigest()[:16]
+    lib = out_dir / f"lib{name}.so"
+    if lib.is_file():
+        return lib
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent))
+
+    def compile_one(src: Path) -> Path:
+        obj = tmp / (src.stem + ".o")
+        lang = ["-x", "c++"] if src.suffix == ".cu" else []
+        r = subprocess.run([cxx, *flags, *lang, "-c", str(src), "-o", str(obj)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"cuda_emu: compiling {src.name} failed:\n{r.stderr[-6000:]}")
+        return obj
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(sources), os.cpu_count() or 1))) as ex:
+        objs = list(ex.map(compile_one, sources))
+    r = subprocess.run([cxx, "-shared", "-o", str(tmp / lib.name), *map(str, objs), "-lpthread",
+                        *[f for f in extra_flags if f.startswith("-fsanitize")]],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"cuda_emu: linking failed:\n{r.stderr[-4000:]}")
+    try:
+        os.replace(tmp, out_dir)           # atomic publish; a concurrent build may win
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return lib
+
+
+# --------------------------------------------------------------------------- ctypes mirror
+_I64x3 = ctypes.c_int64 * 3
+
+
+class FwdArgs(ctypes.Structure):
+    """Mirror of JanusAttnFwdArgs (csrc/cuda/attention_launch.h)."""
+    _fields_ = [("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p),
+                ("out", ctypes.c_void_p), ("lse", ctypes.c_void_p),
+                ("mask_params", ctypes.c_void_p), ("mask_rank", ctypes.c_void_p),
+                ("rank_stride", ctypes.c_int64),
+                ("q_stride", _I64x3), ("k_stride", _I64x3), ("v_stride", _I64x3),
+                ("o_stride", _I64x3),
+                ("B", ctypes.c_int32), ("H", ctypes.c_int32), ("Hkv", ctypes.c_int32),
+                ("Lq", ctypes.c_int32), ("Lk", ctypes.c_int32), ("head_dim", ctypes.c_int32),
+                ("q_split", ctypes.c_int32), ("mask_kind", ctypes.c_int32),
+                ("dtype", ctypes.c_int32), ("scale", ctypes.c_float),
+                ("dropout_p", ctypes.c_float), ("seed", ctypes.c_uint64)]
+
+
+class BwdArgs(ctypes.Structure):
+    """Mirror of JanusAttnBwdArgs (csrc/cuda/attention_launch.h)."""
+    _fields_ = [("dout", ctypes.c_void_p), ("q", ctypes.c_void_p), ("k", ctypes.c_void_p),
+                ("v", ctypes.c_void_p), ("out", ctypes.c_void_p), ("lse", ctypes.c_void_p),
+                ("dq", ctypes.c_void_p), ("dk", ctypes.c_void_p), ("dv", ctypes.c_void_p),
+                ("dq_accum", ctypes.c_void_p), ("delta", ctypes.c_void_p),
+                ("mask_params", ctypes.c_void_p), ("mask_rank", ctypes.c_void_p),
+                ("rank_stride", ctypes.c_int64),
+                ("do_stride", _I64x3), ("q_stride", _I64x3), ("k_stride", _I64x3),
+                ("v_stride", _I64x3), ("o_stride", _I64x3), ("dq_stride", _I64x3),
+                ("dk_stride", _I64x3), ("dv_stride", _I64x3),
+                ("B", ctypes.c_int32), ("H", ctypes.c_int32), ("Hkv", ctypes.c_int32),
+                ("Lq", ctypes.c_int32), ("Lk", ctypes.c_int32), ("head_dim", ctypes.c_int32),
+                ("q_split", ctypes.c_int32), ("mask_kind", ctypes.c_int32),
+                ("dtype", ctypes.c_int32), ("scale", ctypes.c_float),
+                ("dropout_p", ctypes.c_float), ("seed", ctypes.c_uint64)]
+
+
+_DTYPES = {torch.float16: 0, torch.bfloat16: 1}
+
+
+class EmuError(RuntimeError):
+    pass
+
+
+def _strides(t: torch.Tensor) -> "_I64x3":
+    return _I64x3(*t.stride()[:3])
+
+
+class EmuKernels:
+    """The CUDA attention launchers running on the CPU emulation."""
+
+    def __init__(self, lib_path: Path):
+        self.path = lib_path
+        self.lib = ctypes.CDLL(str(lib_path))
+        self.lib.janus_cuda_attention_fwd.argtypes = [ctypes.POINTER(FwdArgs), ctypes.c_void_p]
+        self.lib.janus_cuda_attention_fwd.restype = ctypes.c_int
+        self.lib.janus_cuda_attention_bwd.argtypes = [ctypes.POINTER(BwdArgs), ctypes.c_void_p]
+        self.lib.janus_cuda_attention_bwd.restype = ctypes.c_int
+        self.lib.janus_cuda_attention_dq_accum_cols.argtypes = [ctypes.c_int]
+        self.lib.janus_emu_last_message.restype = ctypes.c_char_p
+        self.lib.janus_emu_configure.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint,
+                                                 ctypes.c_int]
+
+    def configure(self, order: int = -1, workers: int = -1, seed: int = 0,
+                  cp_eager: int = -1) -> None:
+        """Thread order 0/1/2, worker threads, random-order seed, cp.async at issue (1) or
+        at wait_group (0); -1 / 0 fall back to EMU_ORDER, EMU_WORKERS, EMU_SEED, EMU_CP_ASYNC."""
+        self.lib.janus_emu_configure(order, workers, seed, cp_eager)
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            msg = self.lib.janus_emu_last_message().decode()
+            raise EmuError(f"{what}: cudaError {rc} {msg}")
+
+    @staticmethod
+    def _mask_fields(args, mask):
+        args.mask_params = mask.params.data_ptr()
+        if mask.rank is not None:
+            args.mask_rank = mask.rank.data_ptr()
+            args.rank_stride = mask.rank.stride(0)
+        args.q_split = mask.q_split
+        args.mask_kind = int(mask.kind)
+
+    def fwd(self, q, k, v, mask, *, scale: float, dropout_p: float = 0.0, seed: int = 0
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+        B, H, Lq, d = q.shape
+        out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
+        lse = torch.full((B, H, Lq), float("nan"), dtype=torch.float32)
+        a = FwdArgs()
+        a.q, a.k, a.v, a.out, a.lse = (t.data_ptr() for t in (q, k, v, out, lse))
+        a.q_stride, a.k_stride, a.v_stride, a.o_stride = (_strides(t) for t in (q, k, v, out))
+        self._mask_fields(a, mask)
+        a.B, a.H, a.Hkv, a.Lq, a.Lk, a.head_dim = B, H, k.shape[1], Lq, k.shape[2], d
+        a.dtype = _DTYPES[q.dtype]
+        a.scale, a.dropout_p, a.seed = scale, dropout_p, seed & (2 ** 64 - 1)
+        self._check(self.lib.janus_cuda_attention_fwd(ctypes.byref(a), None), "fwd")
+        return out, lse
+
+    def bwd(self, dout, q, k, v, out, lse, mask, *, scale: float, dropout_p: float = 0.0,
+            seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, H, Lq, d = q.shape
+        dq = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
+        dk = torch.full_like(k, float("nan"), memory_format=torch.contiguous_format)
+        dv = torch.full_like(v, float("nan"), memory_format=torch.contiguous_format)
+        cols = self.lib.janus_cuda_attention_dq_accum_cols(d)
+        dq_accum = torch.full((B, H, Lq, cols), float("nan"), dtype=torch.float32)
+        delta = torch.full((B, H, Lq), float("nan"), dtype=torch.float32)
+        a = BwdArgs()
+        ptrs = (dout, q, k, v, out, lse, dq, dk, dv, dq_accum, delta)
+        (a.dout, a.q, a.k, a.v, a.out, a.lse, a.dq, a.dk, a.dv, a.dq_accum,
+         a.delta) = (t.data_ptr() for t in ptrs)
+        (a.do_stride, a.q_stride, a.k_stride, a.v_stride, a.o_stride, a.dq_stride, a.dk_stride,
+         a.dv_stride) = (_strides(t) for t in (dout, q, k, v, out, dq, dk, dv))
+        self._mask_fields(a, mask)
+        a.B, a.H, a.Hkv, a.Lq, a.Lk, a.head_dim = B, H, k.shape[1], Lq, k.shape[2], d
+        a.dtype = _DTYPES[q.dtype]
+        a.scale, a.dropout_p, a.seed = scale, dropout_p, seed & (2 ** 64 - 1)
+        self._check(self.lib.janus_cuda_attention_bwd(ctypes.byref(a), None), "bwd")
+        return dq, dk, dv

@@ -1,0 +1,102 @@
+"""The CUDA attention kernels on a real GPU (marker cuda; skipped without one, or when the
+extension was built without CUDA): the numeric suite of the emulated tests
+(_cuda_attention_cases.py) through torch.ops.janus.flash_attention_fwd / _bwd, the dropout
+keep-mask, the autograd path of janus_kernels.attention, layouts the kernels must copy, and
+the glue's errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import janus_kernels as jk
+from _cuda_attention_cases import CASES, keep_mask_case, run_case
+from janus_kernels import _ext
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(not _ext.has_cuda_kernels(),
+                       reason="janus_kernels._C was built without the CUDA kernels"),
+]
+
+DEV = "cuda"
+
+
+def _seed_t(seed: int, p: float):
+    if p <= 0:
+        return None
+    return torch.tensor([seed - (1 << 64) if seed >= 1 << 63 else seed], dtype=torch.int64)
+
+
+def _fwd(q, k, v, mask, scale, p, seed):
+    m = mask.to(DEV)
+    out, lse = torch.ops.janus.flash_attention_fwd(
+        q.to(DEV), k.to(DEV), v.to(DEV), m.params, m.rank, m.q_split, int(m.kind), scale, p,
+        _seed_t(seed, p))
+    return out.cpu(), lse.cpu()
+
+
+def _bwd(dout, q, k, v, out, lse, mask, scale, p, seed):
+    m = mask.to(DEV)
+    grads = torch.ops.janus.flash_attention_bwd(
+        dout.to(DEV), q.to(DEV), k.to(DEV), v.to(DEV), out.to(DEV), lse.to(DEV), m.params,
+        m.rank, m.q_split, int(m.kind), scale, p, _seed_t(seed, p))
+    return tuple(g.cpu() for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_attention_matches_reference(case, dtype):
+    run_case(_fwd, _bwd, case, dtype)
+
+
+def test_dropout_keep_mask_is_identical():
+    mask, p, seed, q, k, v, expected = keep_mask_case()
+    out, _ = _fwd(q, k, v, mask, q.shape[-1] ** -0.5, p, seed)
+    assert torch.equal(out[..., :k.shape[2]] != 0, expected)
+
+
+def test_public_attention_autograd_on_gpu():
+    mask = jk.janus_nar_mask([6, 3], [4, 2], 16, 4, device=DEV)
+    q = torch.randn(2, 4, 20, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(2, 2, 16, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(2, 2, 16, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    assert jk.default_backend(q.device, q.dtype) == "cpp"
+    out = jk.attention(q, k, v, mask, backend="cpp")
+    ref = jk.attention(q.float(), k.float(), v.float(), mask, backend="reference")
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    g = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
+    rq, rk, rv = torch.autograd.grad(ref, (q, k, v), g.float())
+    for a, b in ((dq, rq), (dk, rk), (dv, rv)):
+        torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_layouts_the_kernel_cannot_read_are_copied():
+    """A last-dim offset of one element breaks the 16-byte alignment and a (B, L, H, d) view
+    has a head stride of d: the glue copies the first, reads the second in place."""
+    mask = jk.causal_mask([24], 24, device=DEV)
+    args = (mask.params, None, mask.q_split, 0, 0.125, 0.0, None)
+    base = torch.randn(1, 2, 24, 72, device=DEV, dtype=torch.float16)
+    q = base[..., 1:65]                                   # misaligned, strided
+    kv = torch.randn(1, 24, 2, 64, device=DEV, dtype=torch.float16).transpose(1, 2)
+    out, lse = torch.ops.janus.flash_attention_fwd(q, kv, kv, *args)
+    ref, ref_lse = torch.ops.janus.flash_attention_fwd(q.contiguous(), kv.contiguous(),
+                                                       kv.contiguous(), *args)
+    assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
+    assert torch.equal(base[..., 1:65], q)                # inputs untouched
+
+
+def test_glue_errors_name_the_argument():
+    mask = jk.causal_mask([8], 8, device=DEV)
+    q = torch.randn(1, 2, 8, 64, device=DEV, dtype=torch.float16)
+    args = (mask.params, None, mask.q_split, 0, 0.125, 0.0, None)
+    with pytest.raises(RuntimeError, match="float16 and bfloat16"):
+        torch.ops.janus.flash_attention_fwd(q.float(), q.float(), q.float(), *args)
+    q12 = q[..., :12].contiguous()
+    with pytest.raises(RuntimeError, match="head_dim"):
+        torch.ops.janus.flash_attention_fwd(q12, q12, q12, *args)
+    with pytest.raises(RuntimeError, match="mask_params"):
+        torch.ops.janus.flash_attention_fwd(q, q, q, mask.params.cpu(), *args[1:])
+    with pytest.raises(RuntimeError, match="rng_seed"):
+        torch.ops.janus.flash_attention_fwd(q, q, q, mask.params, None, 8, 0, 0.125, 0.1, None)
