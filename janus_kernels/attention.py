@@ -94,7 +94,8 @@ def _triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def default_backend(device: Union[str, torch.device], dtype: torch.dtype = torch.float32) -> str:
+def default_backend(device: Union[str, torch.device], dtype: torch.dtype = torch.float32,
+                    head_dim: int = 64) -> str:
     """The backend `attention` uses when none is given: the compiled kernel where it exists
     (CPU; CUDA when the extension has CUDA kernels), else Triton on GPU, else the dense
     reference."""
@@ -104,7 +105,9 @@ def default_backend(device: Union[str, torch.device], dtype: torch.dtype = torch
     if device.type == "cpu":
         return "cpp" if _ext.available() else "reference"
     if device.type == "cuda":
-        if _ext.has_cuda_kernels() and dtype in (torch.float16, torch.bfloat16):
+        # the CUDA C++ kernels cover fp16/bf16 with head dims that are multiples of 8, <= 128
+        if _ext.has_cuda_kernels() and dtype in (torch.float16, torch.bfloat16) \
+                and head_dim % 8 == 0 and head_dim <= 128:
             return "cpp"
         try:
             if _triton_usable(device):
@@ -238,7 +241,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescr
         first query of a permutation) give zeros and lse = -inf, with zero gradients.
     """
     _check_inputs(q, k, v, mask, dropout_p)
-    backend = backend or default_backend(q.device, q.dtype)
+    backend = backend or default_backend(q.device, q.dtype, q.shape[-1])
     if backend not in _BACKENDS:
         raise ValueError(f"attention: backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
