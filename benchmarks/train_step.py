@@ -1,0 +1,309 @@
+"""Training-step benchmark: one optimizer step (zero_grad, forward, loss, backward, Adam) of the
+same model on the same batch in each objective and execution mode, via ``janus_model``.
+
+Modes:
+
+    AR                      mode "ar": the AR two-stream pass only, CE_eps
+    CMLM                    mode "cmlm": the V|M rows, bidirectional, CE_eps + 0.1 length CE
+    JANUS-fused             mode "janus" with every efficiency switch on: one encoder pass,
+                            only the rows a loss reads projected, descriptor attention, and
+                            the fused loss (janus_kernels.losses.janus_loss) when available
+    JANUS-dense-reference   mode "janus" as the authors run it: two encoder passes, every row
+                            projected, per-sample dense 3D masks + eager attention, eager loss
+
+The ratios JANUS / CMLM (the paper reports ~4-5x in training time) are given for both JANUS
+modes, each against CMLM run with the same execution options, next to the ratio of the step's
+matmul FLOPs computed from the shapes (``step_gflop``: linear layers on the padded rows each
+mode actually runs, attention on the visible score entries only, projection on the projected
+rows; backward = 2x forward).
+
+Ablation: starting from the authors' configuration, the switches are turned on one at a time
+(cumulative), and from the fused configuration each one is turned off alone (leave-one-out;
+not in --quick).
+
+Skipped with a "not available" line when ``janus_model`` (or a part of it) cannot be imported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from .common import (Settings, SuiteResult, error_line, optional_import, peak_memory_mb,
+                     time_fn)
+
+__all__ = ["ModelSetup", "SETUPS", "StepConfig", "configs", "step_gflop", "run"]
+
+LABEL_SMOOTHING = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSetup:
+    """Model size and batch per benchmark mode."""
+
+    vocab: int
+    dim: int
+    heads: int
+    ffn: int
+    layers: int        # encoder and decoder layers each
+    B: int
+    Nmax: int          # target and source lengths uniform in [Nmax/2, Nmax]
+
+
+SETUPS = {
+    "quick": ModelSetup(vocab=256, dim=64, heads=4, ffn=128, layers=1, B=4, Nmax=12),
+    "standard": ModelSetup(vocab=10000, dim=256, heads=4, ffn=1024, layers=3, B=32, Nmax=30),
+    # the authors' IWSLT14 architecture (transformer_iwslt_de_en) on an IWSLT-like batch
+    "full": ModelSetup(vocab=10000, dim=512, heads=4, ffn=1024, layers=6, B=64, Nmax=30),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    name: str
+    mode: str                    # "janus", "cmlm", "ar"
+    encoder_passes: int = 1
+    project: str = "used"
+    attention: str = "fused"
+    fused_loss: bool = False
+    group: str = "modes"         # "modes", "ablation (cumulative)", "ablation (leave-one-out)"
+
+    @property
+    def switches(self) -> str:
+        return (f"enc={self.encoder_passes} proj={self.project} attn={self.attention} "
+                f"loss={'fused' if self.fused_loss else 'eager'}")
+
+
+AUTHORS = dict(encoder_passes=2, project="all", attention="dense", fused_loss=False)
+FUSED = dict(encoder_passes=1, project="used", attention="fused", fused_loss=True)
+
+
+def configs(settings: Settings) -> List[StepConfig]:
+    out = [
+        StepConfig("AR", "ar"),
+        StepConfig("CMLM", "cmlm"),
+        StepConfig("CMLM-dense", "cmlm", project="all", attention="dense"),
+        StepConfig("JANUS-fused", "janus", **FUSED),
+        StepConfig("JANUS-dense-reference", "janus", **AUTHORS),
+    ]
+    cum = dict(AUTHORS)
+    for key, val, label in (("encoder_passes", 1, "+ one encoder pass"),
+                            ("project", "used", "+ project used rows only"),
+                            ("attention", "fused", "+ fused attention")):
+        cum[key] = val
+        out.append(StepConfig(f"authors {label}", "janus", group="ablation (cumulative)", **cum))
+    if settings.mode != "quick":
+        for key, val, label in (("encoder_passes", 2, "two encoder passes"),
+                                ("project", "all", "project all rows"),
+                                ("attention", "dense", "dense attention"),
+                                ("fused_loss", False, "eager loss")):
+            loo = dict(FUSED)
+            loo[key] = val
+            out.append(StepConfig(f"fused, but {label}", "janus",
+                                  group="ablation (leave-one-out)", **loo))
+    return out
+
+
+# ================================================================================ data
+def _make_batch(setup: ModelSetup, gen: torch.Generator, layout, masking):
+    """Random source/target token batch, right-padded; masked set by the model's span
+    masking. Tokens 0..3 are BOS, PAD, EOS, UNK."""
+    B, Nmax, V = setup.B, setup.Nmax, setup.vocab
+    PAD, BOS, EOS = layout.PAD, layout.BOS, layout.EOS
+    n_src = torch.randint(max(Nmax // 2, 1), Nmax + 1, (B,), generator=gen)
+    n_tgt = torch.randint(max(Nmax // 2, 1), Nmax + 1, (B,), generator=gen)
+    S, W = int(n_src.max()), int(n_tgt.max()) + 2
+    src = torch.full((B, S), PAD, dtype=torch.long)
+    tgt = torch.full((B, W), PAD, dtype=torch.long)
+    for b in range(B):
+        src[b, :n_src[b]] = torch.randint(4, V, (int(n_src[b]),), generator=gen)
+        n = int(n_tgt[b])
+        tgt[b, 0] = BOS
+        tgt[b, 1:n + 1] = torch.randint(4, V, (n,), generator=gen)
+        tgt[b, n + 1] = EOS
+    masked = masking.span_mask(tgt, generator=gen)
+    return src, tgt, layout.build_batch(tgt, masked)
+
+
+# ======================================================================= FLOP estimate
+def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad: int
+               ) -> float:
+    """Matmul GFLOP of one training step (see the module docstring): forward counted from the
+    shapes, backward = 2x forward."""
+    D, Fd, V, Lyr = setup.dim, setup.ffn, setup.vocab, setup.layers
+    B, S = src.shape
+    s_len = (src != pad).sum(1).double()
+    mm = 0.0                                                  # multiply-adds
+
+    def encoder() -> float:
+        rows = B * S
+        return (Lyr * rows * (4 * D * D + 2 * D * Fd)       # self-attn projections + FFN
+                + Lyr * 2 * D * float((s_len ** 2).sum())     # QK^T + PV, visible entries
+                + Lyr * rows * 2 * D * D)                     # decoder's encoder K/V
+
+    def decoder(rows_pad: int, content_pad: int, vis: float, real_rows: torch.Tensor) -> float:
+        return Lyr * (B * rows_pad * (4 * D * D + 2 * D * Fd)   # q,o self + q,o enc + FFN
+                      + B * content_pad * 2 * D * D             # k,v of the content rows
+                      + 2 * D * vis                             # self attention
+                      + 2 * D * float((real_rows * s_len).sum()))  # encoder attention
+
+    ar, nar = batch.ar, batch.nar
+    T = ar.lengths.double()
+    U, M = nar.U.double(), nar.M.double()
+    n_enc = cfg.encoder_passes if cfg.mode == "janus" else 1
+    mm += n_enc * encoder()
+    proj_rows = 0.0
+    if cfg.mode in ("ar", "janus"):
+        Tp = ar.content.shape[1]
+        mm += decoder(2 * Tp, Tp, float((T * (T + 1)).sum()), 2 * T)
+        proj_rows += float(T.sum()) if cfg.project == "used" else B * Tp
+    if cfg.mode == "janus":
+        Lc, Lq = nar.content_len, nar.query_len
+        mm += decoder(Lc + Lq, Lc, float(((U + 3 * M) * (U + M)).sum()), U + 3 * M)
+        proj_rows += 2 * float(M.sum()) if cfg.project == "used" else B * (Lc + Lq)
+    if cfg.mode == "cmlm":
+        n = nar.cmlm_len
+        mm += decoder(n, n, float(((U + M) ** 2).sum()), U + M)
+        proj_rows += float(M.sum()) if cfg.project == "used" else B * n
+    mm += proj_rows * D * V
+    return 3 * 2 * mm / 1e9
+
+
+# ================================================================================= run
+def _loss_fn(cfg: StepConfig, model, src, batch, mods: Dict[str, Any]
+             ) -> Callable[[], torch.Tensor]:
+    m_model, objectives, losses = mods["model"], mods["objectives"], mods["losses"]
+    opts = m_model.ExecOptions(encoder_passes=cfg.encoder_passes, project=cfg.project,
+                               attention=cfg.attention)
+    if not cfg.fused_loss:
+        return lambda: objectives.compute_loss(model, src, batch, cfg.mode, opts=opts)[0]
+    ar, nar = batch.ar, batch.nar
+    kl_rows = (ar.lengths.cumsum(0) - ar.lengths)[nar.row_sample] + nar.ar_col
+
+    def fused() -> torch.Tensor:
+        out = model(src, batch, cfg.mode, opts)
+        total, _ = losses.janus_loss(out.ar_logits, out.nar_logits, out.aux_logits,
+                                     out.ar_target, out.masked_target, kl_rows,
+                                     label_smoothing=LABEL_SMOOTHING,
+                                     length_logits=out.length_logits,
+                                     length_targets=out.length_target)
+        return total
+    return fused
+
+
+def _import_model() -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    mods: Dict[str, Any] = {}
+    for key, name in (("model", "janus_model.model"), ("layout", "janus_model.layout"),
+                      ("masking", "janus_model.masking"),
+                      ("objectives", "janus_model.objectives")):
+        mod, why = optional_import(name)
+        if mod is None:
+            return None, f"{name}: {why}"
+        mods[key] = mod
+    mods["losses"], mods["losses_why"] = optional_import("janus_kernels.losses")
+    return mods, None
+
+
+def run(settings: Settings, machine: Dict[str, Any],
+        log: Callable[[str], None] = print) -> SuiteResult:
+    res = SuiteResult("train_step")
+    t_suite = time.perf_counter()
+    mods, why = _import_model()
+    if mods is None:
+        res.skip("train_step (all modes)", f"janus_model not available ({why})")
+        log(f"  train_step skipped: janus_model not available ({why})")
+        res.seconds = time.perf_counter() - t_suite
+        return res
+    setup = SETUPS[settings.mode]
+    gen = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    src, tgt, batch = _make_batch(setup, gen, mods["layout"], mods["masking"])
+    dev = settings.device
+    src = src.to(dev)
+    if dev != "cpu":
+        log("  note: janus_model batches are built on CPU; the model and the source move to "
+            f"{dev}")
+    m = mods["model"]
+    mcfg = m.JanusConfig(vocab_size=setup.vocab, dim=setup.dim, heads=setup.heads,
+                         ffn_dim=setup.ffn, encoder_layers=setup.layers,
+                         decoder_layers=setup.layers)
+    model = m.JanusTransformer(mcfg).to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    res.extra["setup"] = dataclasses.asdict(setup)
+    res.extra["batch"] = {"B": setup.B, "src_len": src.shape[1],
+                          "target_len": tgt.shape[1], "masked_tokens": int(batch.nar.M.sum()),
+                          "target_tokens": int(batch.ar.lengths.sum())}
+    if mods["losses"] is None:
+        res.skip("fused loss (janus_kernels.losses)",
+                 f"not available ({mods['losses_why']}); configurations with the fused loss "
+                 "are not run")
+    for cfg in configs(settings):
+        row: Dict[str, Any] = {"config": cfg.name, "group": cfg.group, "mode": cfg.mode,
+                               "switches": cfg.switches, "status": "ok"}
+        try:
+            row["step_gflop"] = step_gflop(setup, src.cpu(), batch, cfg, mods["layout"].PAD)
+        except Exception as e:  # noqa: BLE001
+            row["step_gflop"] = None
+            res.notes.append(f"FLOP estimate failed for {cfg.name}: {error_line(e)}")
+        if cfg.fused_loss and mods["losses"] is None:
+            row.update(status="skipped", note="janus_kernels.losses not available")
+            res.rows.append(row)
+            continue
+        try:
+            loss_fn = _loss_fn(cfg, model, src, batch, mods)
+
+            def step() -> None:
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn()
+                loss.backward()
+                opt.step()
+
+            with torch.no_grad():       # the loss value, for a same-math check
+                total = float(loss_fn())
+            row["loss"] = total
+            t = time_fn(step, settings)
+            row.update(t.as_dict())
+            row["peak_mb"] = peak_memory_mb(step, dev)
+            if row.get("step_gflop"):
+                row["gflops"] = row["step_gflop"] / (row["ms"] / 1e3)
+        except Exception as e:  # noqa: BLE001
+            row.update(status="failed", note=f"failed: {error_line(e)}")
+        res.rows.append(row)
+        log(f"  {cfg.name}: " + (f"{row['ms']:.1f} ms" if row["status"] == "ok"
+                                 else row["status"] + " " + row.get("note", "")))
+        gc.collect()
+    _ratios(res)
+    res.notes.append("Model: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(setup).items())
+                     + "; dropout 0.3 (the authors' IWSLT setting); Adam.")
+    res.notes.append("step_gflop: matmul FLOPs from the shapes (linear layers on the padded rows "
+                     "each mode runs, attention on visible entries, projected rows; backward = "
+                     "2x forward); gflops = step_gflop / step time.")
+    res.notes.append("The loss column differs between modes (different objectives); within "
+                     "mode janus every configuration computes the same math (dropout aside).")
+    res.seconds = time.perf_counter() - t_suite
+    return res
+
+
+def _ratios(res: SuiteResult) -> None:
+    """JANUS / CMLM step-time and FLOP ratios, each JANUS mode against the CMLM that runs
+    with the same attention/projection options."""
+    by = {r["config"]: r for r in res.rows}
+    ratios: Dict[str, Any] = {}
+    for janus, cmlm in (("JANUS-fused", "CMLM"), ("JANUS-dense-reference", "CMLM-dense"),
+                        ("JANUS-dense-reference", "CMLM")):
+        j, c = by.get(janus), by.get(cmlm)
+        if not j or not c:
+            continue
+        key = f"{janus} / {cmlm}"
+        if j["status"] == "ok" and c["status"] == "ok":
+            ratios[key + " time"] = j["ms"] / c["ms"]
+        if j.get("step_gflop") and c.get("step_gflop"):
+            ratios[key + " FLOPs"] = j["step_gflop"] / c["step_gflop"]
+    for r in res.rows:
+        base = by.get("CMLM-dense" if "attn=dense" in r.get("switches", "") else "CMLM")
+        if r["status"] == "ok" and base and base["status"] == "ok":
+            r["vs_cmlm"] = r["ms"] / base["ms"]
+    res.extra["ratios"] = ratios
