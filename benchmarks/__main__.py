@@ -45,8 +45,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="run torch.compile'd loss baselines (default: on, off in --quick)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--families", default=None,
+                    help="only these attention mask families / loss names (comma-separated)")
+    ap.add_argument("--shapes", default=None,
+                    help="attention shapes to run every family on, e.g. long512 (comma-separated)")
+    ap.add_argument("--dtypes", default=None, help="only these dtypes, e.g. fp32")
     args = ap.parse_args(argv)
-    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip())  # noqa: E731
+    args.only = list(split(args.only))
+    from .attention import FAMILIES, SHAPES
+    from .loss import LOSSES
+    allowed = {"families": FAMILIES + LOSSES, "shapes": tuple(SHAPES), "dtypes": ("fp32", "bf16")}
+    for name, ok in allowed.items():
+        if getattr(args, name) is not None:
+            vals = split(getattr(args, name))
+            bad = [v for v in vals if v not in ok]
+            if bad:
+                ap.error(f"--{name}: unknown {bad}; choose from {list(ok)}")
+            setattr(args, name, vals)
     bad = [s for s in args.only if s not in SUITES]
     if bad:
         ap.error(f"--only: unknown suite(s) {bad}; choose from {list(SUITES)}")
@@ -59,7 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = Settings.for_mode(mode, device=device, threads=args.threads,
                                  repeats=args.repeats, mem_limit_gb=args.mem_limit_gb,
-                                 flex=args.flex, compile=args.compile, seed=args.seed)
+                                 flex=args.flex, compile=args.compile, seed=args.seed,
+                                 families=args.families, shapes=args.shapes,
+                                 dtypes=args.dtypes)
     settings.apply()
     t0 = time.perf_counter()
     meta = environment_info(settings)

@@ -80,8 +80,15 @@ SHAPES = {s.name: s for s in (
 def plan(settings: Settings) -> List[Tuple[str, str, torch.dtype, bool]]:
     """(family, shape name, dtype, run flex) for the mode. Standard: the JANUS passes on the
     three main shapes and the generic families on the medium shape, flex in fp32; full: every
-    family on every shape up to 2048, flex in both dtypes; quick: tiny shapes."""
+    family on every shape up to 2048, flex in both dtypes; quick: tiny shapes. A --shapes
+    filter naming shapes runs every family on exactly those."""
     dts = (torch.float32, torch.bfloat16)
+    if settings.shapes:
+        bad = [s for s in settings.shapes if s not in SHAPES]
+        if bad:
+            raise ValueError(f"shapes: unknown {bad}; choose from {list(SHAPES)}")
+        return [(f, s, dt, dt == torch.float32 or settings.mode == "full")
+                for s in settings.shapes for f in FAMILIES for dt in dts]
     if settings.mode == "quick":
         return [(f, s, dt, dt == torch.float32)
                 for s in ("tiny", "small") for f in FAMILIES for dt in dts
@@ -378,6 +385,8 @@ def run(settings: Settings, machine: Dict[str, Any],
     gen = torch.Generator().manual_seed(settings.seed)
     cases: Dict[Tuple[str, str], Case] = {}
     for family, shape_name, dtype, with_flex in plan(settings):
+        if not settings.selected(family, shape_name, dtype_name(dtype)):
+            continue
         key = (family, shape_name)
         if key not in cases:
             cases[key] = make_case(family, SHAPES[shape_name], gen, settings.device)

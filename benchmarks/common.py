@@ -66,6 +66,17 @@ class Settings:
     flex: bool = True               # compiled FlexAttention contender
     compile: bool = True            # torch.compile'd loss baselines
     seed: int = 0
+    # optional filters (None: everything the mode plans), e.g. to re-run one case
+    families: Optional[Tuple[str, ...]] = None
+    shapes: Optional[Tuple[str, ...]] = None
+    dtypes: Optional[Tuple[str, ...]] = None
+
+    def selected(self, family: Optional[str] = None, shape: Optional[str] = None,
+                 dtype: Optional[str] = None) -> bool:
+        """Whether a planned item passes the --families / --shapes / --dtypes filters."""
+        return ((self.families is None or family is None or family in self.families)
+                and (self.shapes is None or shape is None or shape in self.shapes)
+                and (self.dtypes is None or dtype is None or dtype in self.dtypes))
 
     @classmethod
     def for_mode(cls, mode: str, **overrides: Any) -> "Settings":

@@ -240,6 +240,8 @@ def run(settings: Settings, machine: Dict[str, Any],
     t_suite = time.perf_counter()
     gen = torch.Generator().manual_seed(settings.seed)
     for case in plan(settings):
+        if not settings.selected(case.loss, None, dtype_name(case.dtype)):
+            continue
         inp = _inputs(case, gen, settings.device)
         contenders = _contenders(case, settings, res)
         # the eager loss value is the reference for the sanity column rel_diff
