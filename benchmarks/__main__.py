@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

@@ -47,8 +47,8 @@ from janus_kernels.masks import Field, Kind, MaskDescriptor
 from janus_kernels.reference import (authors_janus_masks, authors_mask_to_allowed,
                                      reference_attention, sdpa_attention)
 
-from .common import (Settings, SuiteResult, dtype_name, error_line, gemm_peak, peak_memory_mb,
-                     time_fn, time_once)
+from .common import (Settings, SuiteResult, dtype_name, error_line, first_call, gemm_peak,
+                     peak_memory_mb, time_fn)
 
 __all__ = ["Shape", "SHAPES", "FAMILIES", "Case", "make_case", "plan", "run", "flex_mask_mod"]
 
@@ -331,7 +331,8 @@ def _max_diff(a, b, real_rows: torch.Tensor) -> float:
 
 
 def _measure(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
-             ours_out, settings: Settings, peak: Optional[float]) -> Dict[str, Any]:
+             ours_out, ours_name: Optional[str], settings: Settings, peak: Optional[float]
+             ) -> Dict[str, Any]:
     q, k, v, dout = tensors
     row: Dict[str, Any] = {
         "case": case.family, "shape": case.shape.name, "B": case.shape.B,
@@ -356,17 +357,18 @@ def _measure(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
         fn = lambda: torch.autograd.grad(c.run(qg, kg, vg), (qg, kg, vg), dout)  # noqa: E731
     try:
-        first: List[Any] = []
-        t_first = time_once(lambda: first.append(fn()), settings.device)  # compile, untimed
-        if c.name == "flex_compiled" and pass_ == "fwd":
+        compiles = c.name == "flex_compiled"
+        mem_now = not (compiles or settings.is_cuda)
+        out, t_first, row["peak_mb"] = first_call(fn, settings.device, mem_now)
+        if compiles and pass_ == "fwd":
             row["compile_s"] = t_first
-        if ours_out is not None:
-            row["max_diff"] = _max_diff(first[0], ours_out,
-                                        case.real_rows if pass_ == "fwd" else None)
-        del first
+        if ours_out is not None and c.name != ours_name:
+            row["max_diff"] = _max_diff(out, ours_out, case.real_rows if pass_ == "fwd" else None)
+        del out
         t = time_fn(fn, settings, warmup=max(settings.warmup - 1, 0))
         row.update(t.as_dict())
-        row["peak_mb"] = peak_memory_mb(fn, settings.device)
+        if not mem_now:
+            row["peak_mb"] = peak_memory_mb(fn, settings.device)
     except Exception as e:  # noqa: BLE001
         row.update(status="failed", note=f"failed: {error_line(e)}")
         return row
@@ -406,8 +408,9 @@ def run(settings: Settings, machine: Dict[str, Any],
                         ours_out = torch.autograd.grad(ours.run(qg, kg, vg), (qg, kg, vg), dout)
                 except Exception:  # noqa: BLE001 - the row itself reports the failure
                     ours_out = None
-            rows = [_measure(c, case, dtype, pass_, tensors, ours_out, settings,
-                             gemm_peak(machine, dtype)) for c in contenders]
+            rows = [_measure(c, case, dtype, pass_, tensors, ours_out,
+                             ours.name if ours else None, settings, gemm_peak(machine, dtype))
+                    for c in contenders]
             base = next((r for r in rows if r["contender"].startswith("ours:")
                          and r["status"] == "ok"), None)
             for r in rows:

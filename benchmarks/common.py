@@ -43,7 +43,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["Settings", "Timing", "time_fn", "peak_memory_mb", "machine_peaks",
+__all__ = ["Settings", "Timing", "time_fn", "time_once", "first_call", "peak_memory_mb",
+           "machine_peaks",
            "environment_info", "SuiteResult", "optional_import", "write_json",
            "markdown_table", "fmt_num", "bar_chart", "synchronize", "dtype_name"]
 
@@ -155,7 +156,8 @@ def time_fn(fn: Callable[[], Any], settings: Settings, *, warmup: Optional[int] 
         spent = 0.0
         while len(walls) < repeats:
             if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
                 start.record()
                 fn()
                 end.record()
@@ -187,6 +189,22 @@ def time_once(fn: Callable[[], Any], device: str) -> float:
     fn()
     synchronize(device)
     return time.perf_counter() - t0
+
+
+def first_call(fn: Callable[[], Any], device: str, measure_memory: bool
+               ) -> Tuple[Any, float, Optional[float]]:
+    """The untimed first call: (its output, its wall seconds, its peak memory in MiB or
+    None). Measuring the memory on this call saves one call per measurement; callers whose
+    first call compiles (or allocates one-time workspaces, CUDA) measure memory on a later
+    call instead."""
+    out: List[Any] = []
+    mem: List[Optional[float]] = []
+    if measure_memory:
+        secs = time_once(lambda: mem.append(peak_memory_mb(lambda: out.append(fn()), device)),
+                         device)
+    else:
+        secs = time_once(lambda: out.append(fn()), device)
+    return out[0], secs, (mem[0] if mem else None)
 
 
 # ============================================================================== memory

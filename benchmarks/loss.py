@@ -32,8 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .common import (Settings, SuiteResult, dtype_name, error_line, optional_import,
-                     peak_memory_mb, time_fn, time_once)
+from .common import (Settings, SuiteResult, dtype_name, error_line, first_call,
+                     optional_import, peak_memory_mb, time_fn)
 
 __all__ = ["eager_symmetric_kl", "eager_cross_entropy", "eager_janus_loss",
            "eager_fused_linear", "plan", "run"]
@@ -208,21 +208,20 @@ def _measure(name: str, fn: Optional[Callable], why: Optional[str], case: LossCa
         g_inp = {k: (v.detach().requires_grad_(True) if k in keys else v) for k, v in inp.items()}
         call = lambda: torch.autograd.grad(fn(**g_inp), [g_inp[k] for k in keys])  # noqa: E731
     try:
+        compiles = name == "compiled"
+        mem_now = not (compiles or settings.is_cuda)
+        out, t_first, row["peak_mb"] = first_call(call, settings.device, mem_now)
         if pass_ == "fwd":
-            first: List[Any] = []
-            t_first = time_once(lambda: first.append(call()), settings.device)
-            value = float(first[0])
-            row["loss"] = value
+            row["loss"] = value = float(out)
             if ref_loss is not None and ref_loss != 0:
                 row["rel_diff"] = abs(value - ref_loss) / abs(ref_loss)
-            del first
-        else:
-            t_first = time_once(call, settings.device)
-        if name == "compiled":
+        del out
+        if compiles:
             row["compile_s"] = t_first
         t = time_fn(call, settings, warmup=max(settings.warmup - 1, 0))
         row.update(t.as_dict())
-        row["peak_mb"] = peak_memory_mb(call, settings.device)
+        if not mem_now:
+            row["peak_mb"] = peak_memory_mb(call, settings.device)
     except Exception as e:  # noqa: BLE001 - a failing contender is a row, not a crash
         row.update(status="failed", note=f"failed: {error_line(e)}")
     return row

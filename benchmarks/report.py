@@ -97,15 +97,20 @@ def _machine(data: Dict[str, Any]) -> str:
     mc = data.get("machine") or {}
     if not mc:
         return ""
+
+    def pair(a: str, b: str, unit: str) -> str:
+        return f"{fmt_num(mc.get(a))} / {fmt_num(mc.get(b))} {unit}"
+
     rows = [
         ("fp32 GEMM", f"{fmt_num(mc.get('gemm_fp32_gflops'))} GFLOP/s (n={mc.get('gemm_n')})"),
         ("bf16 GEMM", f"{fmt_num(mc.get('gemm_bf16_gflops'))} GFLOP/s"),
         ("fp32 tiles 64x64@64x512 / 64x512@512x64",
-         f"{fmt_num(mc.get('tile_qk_fp32_gflops'))} / {fmt_num(mc.get('tile_pv_fp32_gflops'))} GFLOP/s"),
+         pair("tile_qk_fp32_gflops", "tile_pv_fp32_gflops", "GFLOP/s")),
         ("bf16 tiles 64x64@64x512 / 64x512@512x64",
-         f"{fmt_num(mc.get('tile_qk_bf16_gflops'))} / {fmt_num(mc.get('tile_pv_bf16_gflops'))} GFLOP/s"),
+         pair("tile_qk_bf16_gflops", "tile_pv_bf16_gflops", "GFLOP/s")),
         ("torch.exp", f"{fmt_num(mc.get('exp_gelem_s'))} Gelem/s"),
-        ("copy (read + write counted)", f"{fmt_num(mc.get('copy_gb_s'))} GB/s ({fmt_num(mc.get('copy_mb'))} MB)"),
+        ("copy (read + write counted)",
+         f"{fmt_num(mc.get('copy_gb_s'))} GB/s ({fmt_num(mc.get('copy_mb'))} MB)"),
         ("read (sum)", f"{fmt_num(mc.get('read_gb_s'))} GB/s"),
         ("CPU util during these", fmt_num(mc.get("cpu_util"))),
     ]

@@ -113,9 +113,9 @@ def configs(settings: Settings, fused_loss: bool = True) -> List[StepConfig]:
 
 
 # ================================================================================ data
-def _make_batch(setup: ModelSetup, gen: torch.Generator, layout, masking):
-    """Random source/target token batch, right-padded; masked set by the model's span
-    masking. Tokens 0..3 are BOS, PAD, EOS, UNK."""
+def _make_batch(setup: ModelSetup, gen: torch.Generator, layout, masking, device: str):
+    """Random source/target token batch, right-padded, on ``device``; masked set by the
+    model's span masking. Tokens 0..3 are BOS, PAD, EOS, UNK."""
     B, Nmax, V = setup.B, setup.Nmax, setup.vocab
     PAD, BOS, EOS = layout.PAD, layout.BOS, layout.EOS
     n_src = torch.randint(max(Nmax // 2, 1), Nmax + 1, (B,), generator=gen)
@@ -129,6 +129,7 @@ def _make_batch(setup: ModelSetup, gen: torch.Generator, layout, masking):
         tgt[b, 0] = BOS
         tgt[b, 1:n + 1] = torch.randint(4, V, (n,), generator=gen)
         tgt[b, n + 1] = EOS
+    src, tgt = src.to(device), tgt.to(device)
     masked = masking.span_mask(tgt, generator=gen)
     return src, tgt, layout.build_batch(tgt, masked)
 
@@ -140,7 +141,7 @@ def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad
     shapes, backward = 2x forward."""
     D, Fd, V, Lyr = setup.dim, setup.ffn, setup.vocab, setup.layers
     B, S = src.shape
-    s_len = (src != pad).sum(1).double()
+    s_len = (src != pad).sum(1).double().cpu()
     mm = 0.0                                                  # multiply-adds
 
     def encoder() -> float:
@@ -156,8 +157,8 @@ def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad
                       + 2 * D * float((real_rows * s_len).sum()))  # encoder attention
 
     ar, nar = batch.ar, batch.nar
-    T = ar.lengths.double()
-    U, M = nar.U.double(), nar.M.double()
+    T = ar.lengths.double().cpu()
+    U, M = nar.U.double().cpu(), nar.M.double().cpu()
     n_enc = cfg.encoder_passes if cfg.mode == "janus" else 1
     mm += n_enc * encoder()
     proj_rows = 0.0
@@ -225,12 +226,8 @@ def run(settings: Settings, machine: Dict[str, Any],
     setup = SETUPS[settings.mode]
     gen = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
-    src, tgt, batch = _make_batch(setup, gen, mods["layout"], mods["masking"])
     dev = settings.device
-    src = src.to(dev)
-    if dev != "cpu":
-        log("  note: janus_model batches are built on CPU; the model and the source move to "
-            f"{dev}")
+    src, tgt, batch = _make_batch(setup, gen, mods["layout"], mods["masking"], dev)
     m = mods["model"]
     mcfg = m.JanusConfig(vocab_size=setup.vocab, dim=setup.dim, heads=setup.heads,
                          ffn_dim=setup.ffn, encoder_layers=setup.layers,
