@@ -2,7 +2,8 @@
 
 Measures the machine's peaks, runs the selected suites, and writes DIR/results.json,
 DIR/results.md (the BENCHMARKS.md tables; ``python -m benchmarks.report`` re-renders them)
-and DIR/*.png. The standard set takes a few minutes on a 2-core CPU; --quick is CI-sized.
+and DIR/*.png. The standard set takes a few minutes on a quiet 2-core CPU; --quick is
+CI-sized. Exit status 1 when a suite crashed (a contender that fails is only a table entry).
 """
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   if isinstance(v, float)), flush=True)
     data = {"schema": 1, "meta": meta, "settings": vars(settings), "machine": machine,
             "suites": {}}
+    failed = []
     for name in args.only:
         print(f"[{name}]", flush=True)
         mod = importlib.import_module(f"benchmarks.{name}")
@@ -96,6 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             data["suites"][name] = res.as_dict()
         except Exception as e:  # noqa: BLE001 - one broken suite must not lose the others
             print(f"  suite {name} failed: {error_line(e, 400)}", flush=True)
+            failed.append(name)
             data["suites"][name] = {"rows": [], "notes": [],
                                     "skipped": [f"suite {name}: failed: {error_line(e, 400)}"]}
     meta["loadavg_end"] = _loadavg()
@@ -112,7 +115,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f.write(md)
     print(f"wrote {json_path}, {md_path}" + (f", {len(written)} PNG" if written else "")
           + f" in {meta['seconds']:.0f} s")
-    return 0
+    if failed:
+        print(f"suites that crashed: {failed} (their errors are in the report)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from janus_kernels.reference import (authors_janus_masks, authors_mask_to_allowe
                                      reference_attention, sdpa_attention)
 
 from .common import (Settings, SuiteResult, dtype_name, error_line, first_call, gemm_peak,
-                     peak_memory_mb, time_fn)
+                     time_fn, time_rows)
 
 __all__ = ["Shape", "SHAPES", "FAMILIES", "Case", "make_case", "plan", "run", "flex_mask_mod"]
 
@@ -330,9 +330,12 @@ def _max_diff(a, b, real_rows: torch.Tensor) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
-def _measure(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
-             ours_out, ours_name: Optional[str], settings: Settings, peak: Optional[float]
-             ) -> Dict[str, Any]:
+def _prepare(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
+             ours_out, ours_name: Optional[str], settings: Settings
+             ) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
+    """The row of one contender and the call to time (None when skipped or failed): the
+    untimed first call (compile, first touch) gives the difference from ours and, where it
+    does not compile, the peak memory."""
     q, k, v, dout = tensors
     row: Dict[str, Any] = {
         "case": case.family, "shape": case.shape.name, "B": case.shape.B,
@@ -350,7 +353,7 @@ def _measure(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
                    f"{settings.mem_limit_gb:g}")
     if why is not None:
         row.update(status="failed" if why.startswith("failed") else "skipped", note=why)
-        return row
+        return row, None
     if pass_ == "fwd":
         fn = lambda: c.run(q, k, v)          # noqa: E731
     else:
@@ -358,26 +361,26 @@ def _measure(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
         fn = lambda: torch.autograd.grad(c.run(qg, kg, vg), (qg, kg, vg), dout)  # noqa: E731
     try:
         compiles = c.name == "flex_compiled"
-        mem_now = not (compiles or settings.is_cuda)
-        out, t_first, row["peak_mb"] = first_call(fn, settings.device, mem_now)
+        out, t_first, row["peak_mb"] = first_call(fn, settings.device,
+                                                  not (compiles or settings.is_cuda))
         if compiles and pass_ == "fwd":
             row["compile_s"] = t_first
         if ours_out is not None and c.name != ours_name:
             row["max_diff"] = _max_diff(out, ours_out, case.real_rows if pass_ == "fwd" else None)
         del out
-        t = time_fn(fn, settings, warmup=max(settings.warmup - 1, 0))
-        row.update(t.as_dict())
-        if not mem_now:
-            row["peak_mb"] = peak_memory_mb(fn, settings.device)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a failing contender is a row, not a crash
         row.update(status="failed", note=f"failed: {error_line(e)}")
-        return row
-    flops = 4.0 * H * HEAD_DIM * case.visible * (1.0 + (BWD_FLOP_FACTOR if pass_ != "fwd" else 0))
+        return row, None
+    return row, fn
+
+
+def _throughput(row: Dict[str, Any], case: Case, peak: Optional[float]) -> None:
+    fwd = row["pass"] == "fwd"
+    flops = 4.0 * H * HEAD_DIM * case.visible * (1.0 + (0.0 if fwd else BWD_FLOP_FACTOR))
     row["useful_gflop"] = flops / 1e9
     row["gflops"] = flops / (row["ms"] / 1e3) / 1e9
     if peak:
         row["pct_peak"] = 100.0 * row["gflops"] / peak
-    return row
 
 
 def run(settings: Settings, machine: Dict[str, Any],
@@ -408,14 +411,22 @@ def run(settings: Settings, machine: Dict[str, Any],
                         ours_out = torch.autograd.grad(ours.run(qg, kg, vg), (qg, kg, vg), dout)
                 except Exception:  # noqa: BLE001 - the row itself reports the failure
                     ours_out = None
-            rows = [_measure(c, case, dtype, pass_, tensors, ours_out,
-                             ours.name if ours else None, settings, gemm_peak(machine, dtype))
-                    for c in contenders]
+            rows, fns = [], {}
+            for c in contenders:
+                row, fn = _prepare(c, case, dtype, pass_, tensors, ours_out,
+                                   ours.name if ours else None, settings)
+                rows.append(row)
+                if fn is not None:
+                    fns[c.name] = fn
+            time_rows({r["contender"]: r for r in rows}, fns, settings)
+            del fns
             base = next((r for r in rows if r["contender"].startswith("ours:")
                          and r["status"] == "ok"), None)
             for r in rows:
-                if base is not None and r["status"] == "ok":
-                    r["vs_ours"] = r["ms"] / base["ms"]
+                if r["status"] == "ok":
+                    _throughput(r, case, gemm_peak(machine, dtype))
+                    if base is not None:
+                        r["vs_ours"] = r["ms"] / base["ms"]
             res.rows.extend(rows)
             del ours_out
             log("  " + _progress_line(case, dtype, pass_, rows))

@@ -1,10 +1,11 @@
 """Shared machinery of the benchmark suite: settings, timing, peak memory, the machine's own
 peaks measured in the same run, result containers, and the JSON / Markdown / PNG writers.
 
-Timing (``time_fn``)
+Timing (``time_fn``, ``time_interleaved``)
     warm-up calls, then ``repeats`` timed calls (fewer when a per-measurement time budget
     runs out, never fewer than ``min_repeats``); reports the median, min, max and the spread
-    (max - min) / median.
+    (max - min) / median. The contenders of one comparison are timed interleaved (one call
+    of each per round), so load changes during the comparison hit them alike.
     * CPU: ``time.perf_counter`` around each call with the torch thread count fixed; the
       process CPU time of the same calls gives the utilisation
       ``cpu_util = cpu_time / (wall * threads)``: about 1 on a quiet machine, well below 1
@@ -43,8 +44,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["Settings", "Timing", "time_fn", "time_once", "first_call", "peak_memory_mb",
-           "machine_peaks",
+__all__ = ["Settings", "Timing", "time_fn", "time_interleaved", "time_rows", "time_once",
+           "first_call", "peak_memory_mb", "machine_peaks",
            "environment_info", "SuiteResult", "optional_import", "write_json",
            "markdown_table", "fmt_num", "bar_chart", "synchronize", "dtype_name"]
 
@@ -136,50 +137,100 @@ class Timing:
                 "cpu_util": self.cpu_util}
 
 
-def time_fn(fn: Callable[[], Any], settings: Settings, *, warmup: Optional[int] = None,
-            repeats: Optional[int] = None, budget_s: Optional[float] = None) -> Timing:
-    """Time ``fn()`` (see the module docstring). The garbage collector is off while timing,
-    so a collection triggered by one contender is not charged to the next one."""
+def _one_call(fn: Callable[[], Any], cuda: bool) -> Tuple[float, Optional[float]]:
+    """(wall seconds, CPU seconds or None) of one call."""
+    if cuda:
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3, None
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    t1, c1 = time.perf_counter(), time.process_time()
+    return t1 - t0, c1 - c0
+
+
+def time_interleaved(fns: Dict[str, Callable[[], Any]], settings: Settings, *,
+                     warmup: Optional[int] = None, repeats: Optional[int] = None,
+                     budget_s: Optional[float] = None) -> Dict[str, Timing]:
+    """Time several functions in rounds, one call of each per round, so a change of machine
+    load during the measurement hits all of them alike (their ratios stay meaningful). Each
+    function leaves the rounds once it has ``repeats`` calls, or once its own calls have
+    used ``budget_s`` and it has ``min_repeats``. The garbage collector is off while timing,
+    so a collection triggered by one function is not charged to another."""
     warmup = settings.warmup if warmup is None else warmup
     repeats = settings.repeats if repeats is None else repeats
     budget = settings.budget_s if budget_s is None else budget_s
-    dev = settings.device
-    cuda = torch.device(dev).type == "cuda"
-    for _ in range(warmup):
-        fn()
-    synchronize(dev)
-    walls: List[float] = []
-    cpus: List[float] = []
+    cuda = settings.is_cuda
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(settings.device)
+    walls: Dict[str, List[float]] = {k: [] for k in fns}
+    cpus: Dict[str, List[float]] = {k: [] for k in fns}
+
+    def active(k: str) -> bool:
+        n = len(walls[k])
+        return n < repeats and not (sum(walls[k]) > budget and n >= settings.min_repeats)
+
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        spent = 0.0
-        while len(walls) < repeats:
-            if cuda:
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                walls.append(start.elapsed_time(end) / 1e3)
-            else:
-                c0, t0 = time.process_time(), time.perf_counter()
-                fn()
-                t1, c1 = time.perf_counter(), time.process_time()
-                walls.append(t1 - t0)
-                cpus.append(c1 - c0)
-            spent += walls[-1]
-            if spent > budget and len(walls) >= settings.min_repeats:
+        while True:
+            todo = [k for k in fns if active(k)]
+            if not todo:
                 break
+            for k in todo:
+                w, c = _one_call(fns[k], cuda)
+                walls[k].append(w)
+                if c is not None:
+                    cpus[k].append(c)
     finally:
         if was_enabled:
             gc.enable()
-    util = None
-    if cpus and sum(walls) > 0:
-        util = sum(cpus) / (sum(walls) * max(settings.threads or torch.get_num_threads(), 1))
-    ms = [1e3 * w for w in walls]
-    return Timing(statistics.median(ms), min(ms), max(ms), len(ms), util)
+    threads = max(settings.threads or torch.get_num_threads(), 1)
+    out: Dict[str, Timing] = {}
+    for k in fns:
+        ms = [1e3 * w for w in walls[k]]
+        util = sum(cpus[k]) / (sum(walls[k]) * threads) if cpus[k] and sum(walls[k]) else None
+        out[k] = Timing(statistics.median(ms), min(ms), max(ms), len(ms), util)
+    return out
+
+
+def time_fn(fn: Callable[[], Any], settings: Settings, *, warmup: Optional[int] = None,
+            repeats: Optional[int] = None, budget_s: Optional[float] = None) -> Timing:
+    """Time one function (see the module docstring and ``time_interleaved``)."""
+    return time_interleaved({"fn": fn}, settings, warmup=warmup, repeats=repeats,
+                            budget_s=budget_s)["fn"]
+
+
+def time_rows(rows: Dict[str, Dict[str, Any]], fns: Dict[str, Callable[[], Any]],
+              settings: Settings) -> None:
+    """Time the prepared contenders of one comparison interleaved and fill in their result
+    rows (``rows[name]``): timing fields, and ``peak_mb`` where the row has none yet. The
+    first call was made already (a warm-up), so one warm-up fewer is done here. A contender
+    that raises is marked failed and the others are timed alone."""
+    warm = max(settings.warmup - 1, 0)
+    try:
+        timings = time_interleaved(fns, settings, warmup=warm)
+    except Exception:  # noqa: BLE001 - find out which one fails, time the rest alone
+        timings = {}
+        for name, fn in fns.items():
+            try:
+                timings[name] = time_fn(fn, settings, warmup=warm)
+            except Exception as e:  # noqa: BLE001
+                rows[name].update(status="failed", note=f"failed: {error_line(e)}")
+    for name, t in timings.items():
+        row = rows[name]
+        row.update(t.as_dict())
+        if row.get("peak_mb") is None:
+            try:
+                row["peak_mb"] = peak_memory_mb(fns[name], settings.device)
+            except Exception:  # noqa: BLE001 - the timing stands without the memory
+                row["peak_mb"] = None
 
 
 def time_once(fn: Callable[[], Any], device: str) -> float:
@@ -304,7 +355,6 @@ def machine_peaks(settings: Settings) -> Dict[str, Any]:
             z = torch.empty(nb, m, nn, device=dev, dtype=dt)
             rec(f"tile_{name}_{dtype_name(dt)}_gflops",
                 _rate(lambda: torch.bmm(x, y, out=z), 2.0 * nb * m * k * nn, settings), 1e9)
-        del a, b, c, x, y, z
     ne = (4 if quick else 16) * MB
     x = torch.randn(ne, device=dev)
     y = torch.empty_like(x)
@@ -314,7 +364,6 @@ def machine_peaks(settings: Settings) -> Dict[str, Any]:
     dst = torch.empty_like(src).fill_(0.0)               # touched: no page faults timed
     rec("copy_gb_s", _rate(lambda: dst.copy_(src), 2.0 * nbytes, settings), 1e9)
     rec("read_gb_s", _rate(lambda: src.sum(), float(nbytes), settings), 1e9)
-    del x, y, src, dst
     out["gemm_n"] = n
     out["copy_mb"] = nbytes / MB
     out["cpu_util"] = (sum(utils) / len(utils)) if utils else None

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import (Settings, SuiteResult, dtype_name, error_line, first_call,
-                     optional_import, peak_memory_mb, time_fn)
+                     optional_import, time_rows)
 
 __all__ = ["eager_symmetric_kl", "eager_cross_entropy", "eager_janus_loss",
            "eager_fused_linear", "plan", "run"]
@@ -191,16 +191,19 @@ def _contenders(case: LossCase, settings: Settings, res: SuiteResult
     return out
 
 
-def _measure(name: str, fn: Optional[Callable], why: Optional[str], case: LossCase,
-             pass_: str, inp: Dict[str, Any], ref_loss: Optional[float],
-             settings: Settings) -> Dict[str, Any]:
+def _prepare(name: str, fn: Optional[Callable], why: Optional[str], case: LossCase,
+             pass_: str, inp: Dict[str, Any], ref_loss: Optional[float], settings: Settings
+             ) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
+    """The row of one contender and the call to time (None when skipped or failed); the
+    untimed first call gives the loss value, the compile time and (where it does not
+    compile) the peak memory."""
     row: Dict[str, Any] = {"case": case.loss, "rows": case.rows, "V": case.vocab,
                            "D": case.hidden or None, "dtype": dtype_name(case.dtype),
                            "pass": pass_, "contender": name, "status": "ok",
                            "logits_mb": _logit_rows(case) * case.vocab * 4 / 2 ** 20}
     if why is not None or fn is None:
         row.update(status="skipped", note=why)
-        return row
+        return row, None
     if pass_ == "fwd":
         call = lambda: fn(**inp)               # noqa: E731
     else:
@@ -209,8 +212,8 @@ def _measure(name: str, fn: Optional[Callable], why: Optional[str], case: LossCa
         call = lambda: torch.autograd.grad(fn(**g_inp), [g_inp[k] for k in keys])  # noqa: E731
     try:
         compiles = name == "compiled"
-        mem_now = not (compiles or settings.is_cuda)
-        out, t_first, row["peak_mb"] = first_call(call, settings.device, mem_now)
+        out, t_first, row["peak_mb"] = first_call(call, settings.device,
+                                                  not (compiles or settings.is_cuda))
         if pass_ == "fwd":
             row["loss"] = value = float(out)
             if ref_loss is not None and ref_loss != 0:
@@ -218,13 +221,10 @@ def _measure(name: str, fn: Optional[Callable], why: Optional[str], case: LossCa
         del out
         if compiles:
             row["compile_s"] = t_first
-        t = time_fn(call, settings, warmup=max(settings.warmup - 1, 0))
-        row.update(t.as_dict())
-        if not mem_now:
-            row["peak_mb"] = peak_memory_mb(call, settings.device)
     except Exception as e:  # noqa: BLE001 - a failing contender is a row, not a crash
         row.update(status="failed", note=f"failed: {error_line(e)}")
-    return row
+        return row, None
+    return row, call
 
 
 def _logit_rows(case: LossCase) -> int:
@@ -250,8 +250,14 @@ def run(settings: Settings, machine: Dict[str, Any],
         except Exception:  # noqa: BLE001
             ref_loss = None
         for pass_ in PASSES:
-            rows = [_measure(n, f, why, case, pass_, inp, ref_loss, settings)
-                    for n, f, why in contenders]
+            rows, fns = [], {}
+            for n, f, why in contenders:
+                row, call = _prepare(n, f, why, case, pass_, inp, ref_loss, settings)
+                rows.append(row)
+                if call is not None:
+                    fns[n] = call
+            time_rows({r["contender"]: r for r in rows}, fns, settings)
+            del fns
             ours = next((r for r in rows if r["contender"] == "ours" and r["status"] == "ok"), None)
             for r in rows:
                 if ours is not None and r["status"] == "ok":

@@ -26,14 +26,15 @@ def _ok(r: Dict[str, Any]) -> bool:
     return r.get("status") == "ok"
 
 
-def _cell(r: Optional[Dict[str, Any]], ratio: bool = True) -> str:
-    """'12.3 (4.56x)' for a measured row, '—' / 'skip' / 'fail' otherwise."""
+def _cell(r: Optional[Dict[str, Any]], base: Optional[str] = None) -> str:
+    """'12.3 (4.56x)' for a measured row (the ratio to ours, left out on ``base``, the row
+    the ratios are taken against), '—' / 'skip' / 'fail' otherwise."""
     if r is None:
         return "—"
     if not _ok(r):
         return "skip" if r.get("status") == "skipped" else "fail"
     s = fmt_num(r["ms"])
-    if ratio and r.get("vs_ours") is not None and not r["contender"].startswith("ours"):
+    if r.get("vs_ours") is not None and r.get("contender") != base:
         s += f" ({fmt_num(r['vs_ours'])}x)"
     return s
 
@@ -133,12 +134,13 @@ def _attention(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
              "pct": first_ours.get("pct_peak") if first_ours else None,
              "mem": _mem(by, [ours_names[0] if ours_names else "", "eager_dense", "sdpa_dense"]),
              "util": _util(rs)}
+        base = first_ours["contender"] if first_ours else None
         for n in ours_names + list(ATTN_BASELINES):
-            t[n] = _cell(by.get(n))
+            t[n] = _cell(by.get(n), base)
         table.append(t)
     cols = [("mask", "mask"), ("shape", "shape"), ("dtype", "dtype"), ("pass", "pass"),
             ("dims", "B x Lq x Lk"), ("density", "density")]
-    cols += [(n, f"{n} ms") for n in ours_names]
+    cols += [(n, f"{n} ms" + (" (x)" if i else "")) for i, n in enumerate(ours_names)]
     cols += [(n, f"{n} ms (x)") for n in ATTN_BASELINES]
     cols += [("gflops", "ours useful GFLOP/s"), ("pct", "% GEMM peak"),
              ("mem", "peak MB ours / eager / sdpa"), ("util", "CPU util (min)")]
@@ -194,7 +196,7 @@ def _loss(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
              if ps == "fwd" and any(_ok(r) for r in rs) else None,
              "util": _util(rs)}
         for n in ours_names + list(LOSS_BASELINES):
-            t[n] = _cell(by.get(n))
+            t[n] = _cell(by.get(n), "ours")
         table.append(t)
     cols = [("loss", "loss"), ("size", "rows x V"), ("dtype", "dtype"), ("pass", "pass"),
             ("logits", "logits MB")]
@@ -223,8 +225,7 @@ def _train_step(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
                 f"{b['masked_tokens']} masked tokens."]
     if not rows:
         return "\n".join(out + ["", "_No measurements (see Skipped)._"])
-    table = [{**r, "time": _cell({**r, "contender": "x", "vs_ours": None}, ratio=False)}
-             for r in rows]
+    table = [{**r, "time": _cell({**r, "vs_ours": None})} for r in rows]
     cols = [("config", "configuration"), ("group", "group"), ("switches", "switches"),
             ("time", "step ms"), ("spread_pct", "spread %"), ("vs_cmlm", "x CMLM (same opts)"),
             ("step_gflop", "step GFLOP"), ("gflops", "GFLOP/s"), ("peak_mb", "peak MB"),

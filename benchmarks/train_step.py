@@ -32,8 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .common import (Settings, SuiteResult, error_line, optional_import, peak_memory_mb,
-                     time_fn)
+from .common import (Settings, SuiteResult, error_line, first_call, optional_import,
+                     time_rows)
 
 __all__ = ["ModelSetup", "SETUPS", "StepConfig", "configs", "step_gflop", "run"]
 
@@ -200,6 +200,17 @@ def _loss_fn(cfg: StepConfig, model, src, batch, mods: Dict[str, Any]
     return fused
 
 
+def _make_step(cfg: StepConfig, model, opt, src, batch, mods: Dict[str, Any]
+               ) -> Callable[[], None]:
+    loss_fn = _loss_fn(cfg, model, src, batch, mods)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+    return step
+
+
 def _import_model() -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     mods: Dict[str, Any] = {}
     for key, name in (("model", "janus_model.model"), ("layout", "janus_model.layout"),
@@ -241,37 +252,37 @@ def run(settings: Settings, machine: Dict[str, Any],
     if mods["losses"] is None:
         res.skip("fused loss (janus_kernels.losses)",
                  f"not available ({mods['losses_why']}); JANUS-fused runs with the eager loss")
+    # one untimed step first, so Adam's state exists before any memory measurement
+    steps: Dict[str, Callable[[], None]] = {}
     for cfg in configs(settings, fused_loss=mods["losses"] is not None):
         row: Dict[str, Any] = {"config": cfg.name, "group": cfg.group, "mode": cfg.mode,
                                "switches": cfg.switches, "status": "ok"}
+        res.rows.append(row)
         try:
             row["step_gflop"] = step_gflop(setup, src.cpu(), batch, cfg, mods["layout"].PAD)
         except Exception as e:  # noqa: BLE001
             row["step_gflop"] = None
             res.notes.append(f"FLOP estimate failed for {cfg.name}: {error_line(e)}")
         try:
-            loss_fn = _loss_fn(cfg, model, src, batch, mods)
-
-            def step() -> None:
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn()
-                loss.backward()
-                opt.step()
-
-            with torch.no_grad():       # the loss value, for a same-math check
-                total = float(loss_fn())
-            row["loss"] = total
-            t = time_fn(step, settings)
-            row.update(t.as_dict())
-            row["peak_mb"] = peak_memory_mb(step, dev)
-            if row.get("step_gflop"):
-                row["gflops"] = row["step_gflop"] / (row["ms"] / 1e3)
-        except Exception as e:  # noqa: BLE001
+            step = _make_step(cfg, model, opt, src, batch, mods)
+            if not steps:
+                step()
+            with torch.no_grad():       # the loss value: finite, and the right order
+                row["loss"] = float(_loss_fn(cfg, model, src, batch, mods)())
+            _, _, row["peak_mb"] = first_call(step, dev, measure_memory=True)
+            steps[cfg.name] = step
+        except Exception as e:  # noqa: BLE001 - a failing configuration is a row
             row.update(status="failed", note=f"failed: {error_line(e)}")
-        res.rows.append(row)
-        log(f"  {cfg.name}: " + (f"{row['ms']:.1f} ms" if row["status"] == "ok"
-                                 else row["status"] + " " + row.get("note", "")))
-        gc.collect()
+            log(f"  {cfg.name}: failed {row['note']}")
+    # every configuration timed in the same rounds: load changes hit them alike
+    time_rows({r["config"]: r for r in res.rows}, steps, settings)
+    for row in res.rows:
+        if row["status"] == "ok" and row.get("step_gflop"):
+            row["gflops"] = row["step_gflop"] / (row["ms"] / 1e3)
+        if row["status"] == "ok":
+            log(f"  {row['config']}: {row['ms']:.1f} ms")
+    del steps
+    gc.collect()
     _ratios(res)
     res.notes.append("Model: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(setup).items())
                      + "; dropout 0.3 (the authors' IWSLT setting); Adam.")
