@@ -538,7 +538,7 @@ def bar_chart(path: str, title: str, groups: Sequence[str], series: Dict[str, Se
         return f"matplotlib not available ({e})"
     n, k = len(groups), max(len(series), 1)
     width = 0.8 / k
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n * max(k, 2) * 0.45 + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.4 * n * max(k, 2) + 2), 16.0), 4.2))
     for si, (label, vals) in enumerate(series.items()):
         xs = [gi + (si - (k - 1) / 2) * width for gi in range(n)]
         ys = [float(v) if v is not None else float("nan") for v in vals]

@@ -1,6 +1,6 @@
 """Results JSON -> the BENCHMARKS.md tables (and the PNG plots).
 
-    python -m benchmarks.report benchmarks/results/results.json -o BENCHMARKS.md
+    python -m benchmarks.report benchmarks/results/results.json -o BENCHMARKS.md [--plots]
 
 ``render(data, image_dir)`` returns the Markdown; ``plots(data, out_dir)`` writes the PNGs
 next to the JSON. Cells read "time (ratio x)" where the ratio is the contender's time over
@@ -300,13 +300,12 @@ def plots(data: Dict[str, Any], out_dir: str) -> Tuple[List[str], List[str]]:
             for r in cr:
                 if r["contender"].startswith("ours"):
                     key = f"{r['contender']} {r['dtype']} {r['pass']}"
-                    series.setdefault(key, {})[groups[-1]] = r.get("gflops") if _ok(r) else None
+                    series.setdefault(key, {})[groups[-1]] = r.get("pct_peak") if _ok(r) else None
         series_l = {k: [v.get(g) for g in groups] for k, v in series.items()}
-        peak = (data.get("machine") or {}).get("gemm_fp32_gflops")
-        if series_l:
-            chart("attention_gflops.png", att, "Ours: useful GFLOP/s (visible entries only)",
-                  groups, series_l, "GFLOP/s",
-                  hline=(peak, "fp32 GEMM peak") if peak else None)
+        if any(x is not None for v in series_l.values() for x in v):
+            chart("attention_pct_peak.png", att,
+                  "Ours: useful GFLOP/s (visible entries only) as % of the same-dtype GEMM rate",
+                  groups, series_l, "% of GEMM peak")
     loss = suites.get("loss")
     if loss and loss.get("rows"):
         loss["plots"] = []
@@ -334,12 +333,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", help="results.json written by python -m benchmarks")
     ap.add_argument("-o", "--output", help="Markdown file to write (default: stdout)")
+    ap.add_argument("--plots", action="store_true",
+                    help="(re)write the PNG plots next to the results JSON")
     args = ap.parse_args(argv)
     with open(args.results) as f:
         data = json.load(f)
     res_dir = os.path.dirname(os.path.abspath(args.results))
+    if args.plots:
+        _, problems = plots(data, res_dir)
+        for p in problems:
+            print(f"plots: {p}")
     if args.output:
-        image_dir = os.path.relpath(res_dir, os.path.dirname(os.path.abspath(args.output)))
+        out_dir = os.path.dirname(os.path.abspath(args.output))
+        os.makedirs(out_dir, exist_ok=True)
+        image_dir = os.path.relpath(res_dir, out_dir)
         with open(args.output, "w") as f:
             f.write(render(data, image_dir))
         print(f"wrote {args.output}")

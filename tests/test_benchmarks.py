@@ -53,7 +53,7 @@ def test_quick_run_writes_json_markdown_and_plots(quick_run):
         assert heading in md
     pngs = sorted(p.name for p in out.glob("*.png"))
     if _has("matplotlib"):
-        assert "attention_gflops.png" in pngs and any(p.startswith("loss_") for p in pngs)
+        assert "attention_pct_peak.png" in pngs and any(p.startswith("loss_") for p in pngs)
     else:
         assert "matplotlib not available" in stdout
 
@@ -129,8 +129,8 @@ def test_report_cli_rerenders(quick_run, tmp_path):
     assert text.startswith("# janus-kernels benchmarks")
     assert "| mask | shape | dtype | pass |" in text
     rel = os.path.relpath(out, tmp_path)
-    if (out / "attention_gflops.png").exists():
-        assert f"]({os.path.join(rel, 'attention_gflops.png')})" in text
+    if (out / "attention_pct_peak.png").exists():
+        assert f"]({os.path.join(rel, 'attention_pct_peak.png')})" in text
 
 
 # ================================================================ helpers, no subprocess
