@@ -3,13 +3,16 @@
     import janus_kernels as jk
     mask = jk.masks.janus_nar_mask(U, M)          # a few ints per sample, no dense mask
     out = jk.attention(q, k, v, mask)             # mask generated inside the kernel
+    total, terms = jk.janus_loss(ar, nar, aux, y_ar, y_masked, kl_rows)  # fused losses
 """
 import torch  # noqa: F401  (must precede the extension import)
 
-from . import _ext, masks  # noqa: F401
+from . import _ext, losses, masks  # noqa: F401
 from .attention import attention, available_backends, default_backend  # noqa: F401
 from .masks import (MaskDescriptor, causal_mask, full_mask, janus_ar_mask,  # noqa: F401
                     janus_nar_mask, key_padding_mask, permutation_mask, prefix_lm_mask,
                     sliding_window_mask)
+from .losses import (JanusLossWeights, cross_entropy, fused_linear_janus_loss,  # noqa: F401
+                     janus_loss, symmetric_kl)
 
 __version__ = "0.1.0"

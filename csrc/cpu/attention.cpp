@@ -18,6 +18,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
+#include <ATen/native/cpu/utils.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -35,8 +36,14 @@ using at::BFloat16;
 using Vec = at::vec::Vectorized<float>;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-constexpr int kBlockM = 64;        // rows per work item (forward)
-constexpr int kChunkFwd = 512;     // keys per forward chunk
+#ifndef JANUS_FWD_BLOCK_M
+#define JANUS_FWD_BLOCK_M 128
+#endif
+#ifndef JANUS_FWD_CHUNK
+#define JANUS_FWD_CHUNK 512
+#endif
+constexpr int kBlockM = JANUS_FWD_BLOCK_M;   // rows per work item (forward)
+constexpr int kChunkFwd = JANUS_FWD_CHUNK;   // keys per forward chunk
 constexpr int kBlockMBwd = 64;     // rows per block (backward)
 constexpr int kChunkBwd = 128;     // keys per backward chunk
 
@@ -150,50 +157,82 @@ inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, flo
 }
 
 // =========================================================================== forward
-// K^T packed per (b, kv head): fp32 [d][Lkp]; bf16 VNNI [d/2][Lkp][2]. V for bf16: VNNI
-// [Lkp/2][d][2]. Padded columns are zero so rounded-up chunk widths read defined memory.
+// K^T of one (b, kv head), packed per work item into thread-local scratch, real keys only:
+// fp32 [d][Lkp]; bf16 VNNI [d/2][Lkp][2], and V for bf16 as VNNI [Lkp/2][d][2]. Columns
+// past the sample's kv_len are zero so rounded-up chunk widths read defined memory.
 template <typename T>
-struct PackedKV {
+struct PackedHead {
   std::vector<T> kt, v;
-  int64_t Lkp = 0, d = 0;
+  int64_t Lkp = 0;
+  int b = -1, hk = -1;
 };
 
 template <typename T>
-void pack_kv(const at::Tensor& k, const at::Tensor& v, PackedKV<T>& out) {
-  const int64_t B = k.size(0), Hkv = k.size(1), Lk = k.size(2), d = k.size(3);
+void pack_head(const T* kb, const T* vb, int64_t ks_l, int64_t vs_l, int kv_len, int d,
+               PackedHead<T>& out) {
   constexpr bool kVnni = std::is_same_v<T, BFloat16>;
-  out.d = d;
-  out.Lkp = round_up(Lk, 32) + 32;
-  const int64_t per = d * out.Lkp;
-  out.kt.assign(B * Hkv * per, T(0));
-  if (kVnni) out.v.assign(B * Hkv * out.Lkp * d, T(0));
-  const T* kp = k.data_ptr<T>();
-  const T* vp = v.data_ptr<T>();
-  const auto ks = k.strides(), vs = v.strides();
-  at::parallel_for(0, B * Hkv, 1, [&](int64_t s, int64_t e) {
-    for (int64_t bh = s; bh < e; ++bh) {
-      const int64_t b = bh / Hkv, h = bh % Hkv;
-      const T* kb = kp + b * ks[0] + h * ks[1];
-      T* dst = out.kt.data() + bh * per;
-      for (int64_t j = 0; j < Lk; ++j) {
-        const T* row = kb + j * ks[2];
-        if (kVnni) {
-          for (int64_t c = 0; c < d; ++c) dst[((c >> 1) * out.Lkp + j) * 2 + (c & 1)] = row[c];
-        } else {
-          for (int64_t c = 0; c < d; ++c) dst[c * out.Lkp + j] = row[c];
-        }
-      }
-      if (kVnni) {
-        const T* vb = vp + b * vs[0] + h * vs[1];
-        T* vd = out.v.data() + bh * out.Lkp * d;
-        for (int64_t j = 0; j < Lk; ++j) {
-          const T* row = vb + j * vs[2];
-          for (int64_t c = 0; c < d; ++c) vd[((j >> 1) * d + c) * 2 + (j & 1)] = row[c];
-        }
+  out.Lkp = round_up(kv_len, 32) + 32;
+  if ((int64_t)out.kt.size() < d * out.Lkp) out.kt.resize(d * out.Lkp);
+  T* dst = out.kt.data();
+  if constexpr (kVnni) {
+    // K^T VNNI [d/2][Lkp][2] is a 32-bit transpose of K viewed as (kv_len, d/2) pairs.
+    const bool pairs_aligned = d % 2 == 0 && ks_l % 2 == 0 &&
+                               reinterpret_cast<uintptr_t>(kb) % 4 == 0;
+    if (pairs_aligned) {
+      at::native::utils::transpose<float>(kv_len, d / 2, reinterpret_cast<const float*>(kb),
+                                          ks_l / 2, reinterpret_cast<float*>(dst), out.Lkp);
+    } else {
+      for (int64_t j = 0; j < kv_len; ++j) {
+        const T* row = kb + j * ks_l;
+        for (int64_t c = 0; c < d; ++c) dst[((c >> 1) * out.Lkp + j) * 2 + (c & 1)] = row[c];
       }
     }
-  });
+    for (int64_t c2 = 0; c2 < d / 2; ++c2)
+      std::fill(dst + (c2 * out.Lkp + kv_len) * 2, dst + (c2 + 1) * out.Lkp * 2, T(0));
+    // V VNNI [Lkp/2][d][2]: rows 2t and 2t+1 interleaved (zero past kv_len)
+    if ((int64_t)out.v.size() < out.Lkp * d) out.v.resize(out.Lkp * d);
+    uint32_t* vd = reinterpret_cast<uint32_t*>(out.v.data());
+    for (int64_t j2 = 0; j2 < out.Lkp / 2; ++j2) {
+      const int64_t j = 2 * j2;
+      const uint16_t* r0 = reinterpret_cast<const uint16_t*>(vb + j * vs_l);
+      const uint16_t* r1 = reinterpret_cast<const uint16_t*>(vb + (j + 1) * vs_l);
+      uint32_t* o = vd + j2 * d;
+      if (j + 1 < kv_len) {
+        for (int64_t c = 0; c < d; ++c) o[c] = (uint32_t)r0[c] | ((uint32_t)r1[c] << 16);
+      } else if (j < kv_len) {
+        for (int64_t c = 0; c < d; ++c) o[c] = (uint32_t)r0[c];
+      } else {
+        std::fill_n(o, d, 0u);
+      }
+    }
+  } else {
+    at::native::utils::transpose<float>(kv_len, d, kb, ks_l, dst, out.Lkp);
+    for (int64_t c = 0; c < d; ++c)
+      std::fill(dst + c * out.Lkp + kv_len, dst + (c + 1) * out.Lkp, 0.f);
+  }
 }
+
+// Rows of (b, h) that no row block covers (padding rows, rows that see no key) are never
+// computed; the first work item of each (b, h) writes them: zero output (and lse = -inf).
+template <typename T>
+void zero_uncovered_rows(const std::vector<RowBlock>& blocks, int Lq, int d, T* base,
+                         int64_t row_stride, float* lse_base) {
+  auto zero = [&](int a, int e) {
+    for (int i = a; i < e; ++i) {
+      std::fill_n(base + (int64_t)i * row_stride, d, T(0));
+      if (lse_base) lse_base[i] = kNegInf;
+    }
+  };
+  int next = 0;
+  for (const auto& blk : blocks) {   // blocks are sorted by first row
+    zero(next, blk.i0);
+    next = blk.i1 + 1;
+  }
+  zero(next, Lq);
+}
+
+// Forward work item: row blocks [blk_begin, blk_end) of sample b's block list, head h.
+struct FwdItem { int b, h, blk_begin, blk_end; int64_t cost; };
 
 template <typename T>
 void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -202,126 +241,172 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
   constexpr bool kBf16 = std::is_same_v<T, BFloat16>;
   const int B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
   const int Hkv = k.size(1), group = H / Hkv, Lk = k.size(2);
-  PackedKV<T> pk;
-  pack_kv<T>(k, v, pk);
-  const int64_t Lkp = pk.Lkp;
   const T* qp = q.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
   T* op = out.data_ptr<T>();
   float* lp = lse.data_ptr<float>();
-  const auto qs = q.strides(), vs = v.strides();
+  const auto qs = q.strides(), ks = k.strides(), vs = v.strides();
   const int64_t os_b = out.stride(0), os_h = out.stride(1), os_l = out.stride(2);
   const int64_t ls_b = lse.stride(0), ls_h = lse.stride(1);
   const int width_round = kBf16 ? 32 : 16;
-
-  auto items = make_row_blocks(ma, 0, B, H, Lq, kBlockM, /*per_head=*/true);
   const int nthreads = at::get_num_threads();
+
+  // Row blocks per sample; each (b, h) is one item (K packed once), split into a few items
+  // only when there are too few heads to keep every thread busy.
+  std::vector<std::vector<RowBlock>> blocks(B);
+  for (int b = 0; b < B; ++b) blocks[b] = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockM, false);
+  const int splits = std::max<int64_t>(1, (4 * nthreads + (int64_t)B * H - 1) / ((int64_t)B * H));
+  std::vector<FwdItem> items;
+  for (int b = 0; b < B; ++b) {
+    const int nb = (int)blocks[b].size();
+    const int parts = std::max(1, std::min(nb, splits));  // >= 1: someone zeroes the rows
+    for (int h = 0; h < H; ++h)
+      for (int p = 0; p < parts; ++p) {
+        const int s0 = nb * p / parts, s1 = nb * (p + 1) / parts;
+        int64_t cost = 0;
+        for (int x = s0; x < s1; ++x) cost += blocks[b][x].cost;
+        items.push_back({b, h, s0, s1, cost});
+      }
+  }
   // per-thread scratch
   std::vector<std::vector<float>> S_buf(nthreads), acc_buf(nthreads), m_buf(nthreads),
       l_buf(nthreads);
   std::vector<std::vector<T>> P_buf(nthreads);
+  std::vector<PackedHead<T>> heads(nthreads);
 
-  run_dynamic(items, [&](const RowBlock& it) {
+  run_dynamic(items, [&](const FwdItem& item) {
     const int tid = at::get_thread_num();
-    auto& S = S_buf[tid];
-    auto& acc = acc_buf[tid];
-    auto& mrow = m_buf[tid];
-    auto& lrow = l_buf[tid];
-    if (S.empty()) {
-      S.resize((size_t)kBlockM * kChunkFwd);
-      acc.resize((size_t)kBlockM * d);
-      mrow.resize(kBlockM);
-      lrow.resize(kBlockM);
-      if (kBf16) P_buf[tid].resize((size_t)kBlockM * kChunkFwd);
-    }
-    const int b = it.b, h = it.h, hk = h / group, rows = it.i1 - it.i0 + 1;
+    const int b = item.b, h = item.h, hk = h / group;
+    PackedHead<T>& ph = heads[tid];
     const auto m = ma.sample(b);
-    const T* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)it.i0 * qs[2];
-    const T* kt = pk.kt.data() + ((int64_t)b * Hkv + hk) * d * Lkp;
-    std::fill(acc.begin(), acc.begin() + (size_t)rows * d, 0.f);
-    std::fill(mrow.begin(), mrow.begin() + rows, kNegInf);
-    std::fill(lrow.begin(), lrow.begin() + rows, 0.f);
-    int pre, lo, hi;
-    m.block_ranges(it.i0, it.i1, &pre, &lo, &hi);
-    if (kBf16 && hi > lo) lo &= ~1;  // VNNI pairs keys (2t, 2t+1): chunks start at even keys
-    const int bh = b * H + h;
-
-    for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
-      const int wr = std::min<int>(round_up(w, width_round), kChunkFwd);
-      // S = Q K^T over the rounded-up width; the extra columns are always masked below.
-      if constexpr (kBf16) {
-        at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0 * 2,
-                                    S.data(), true);
-      } else {
-        at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0,
-                                    S.data());
+    if (ph.b != b || ph.hk != hk) {
+      pack_head<T>(kp + b * ks[0] + hk * ks[1], vp + b * vs[0] + hk * vs[1], ks[2], vs[2],
+                   std::min(m.kv_len(), Lk), d, ph);
+      ph.b = b;
+      ph.hk = hk;
+    }
+    const int64_t Lkp = ph.Lkp;
+    const T* kt = ph.kt.data();
+    if (item.blk_begin == 0)
+      zero_uncovered_rows<T>(blocks[b], Lq, d, op + b * os_b + h * os_h, os_l,
+                             lp + b * ls_b + h * ls_h);
+    for (int x = item.blk_begin; x < item.blk_end; ++x) {
+      const RowBlock& it = blocks[b][x];
+      const int tid = at::get_thread_num();
+      auto& S = S_buf[tid];
+      auto& acc = acc_buf[tid];
+      auto& mrow = m_buf[tid];
+      auto& lrow = l_buf[tid];
+      if (S.empty()) {
+        S.resize((size_t)kBlockM * kChunkFwd);
+        acc.resize((size_t)kBlockM * d);
+        mrow.resize(kBlockM);
+        lrow.resize(kBlockM);
+        if (kBf16) P_buf[tid].resize((size_t)kBlockM * kChunkFwd);
       }
-      const int cls = m.tile_class(it.i0, it.i1, c0, c0 + w - 1);
-      for (int r = 0; r < rows; ++r) {
-        float* srow = S.data() + (int64_t)r * wr;
-        if (cls != janus::TILE_FULL) mask_row_chunk(m, it.i0 + r, c0, w, srow, kNegInf);
-        for (int t = w; t < wr; ++t) srow[t] = kNegInf;
-        // online softmax on scale * s
-        const float cmax = at::vec::reduce_all<float>(
-            [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, srow, wr);
-        const float m_old = mrow[r];
-        const float m_new = std::max(m_old, cmax * scale);
-        float* arow = acc.data() + (int64_t)r * d;
-        if (m_new == kNegInf) {  // row sees nothing in this chunk (and before): P = 0
-          if constexpr (kBf16) std::fill_n(P_buf[tid].data() + (int64_t)r * wr, wr, T(0));
-          else std::fill_n(srow, wr, 0.f);
-          continue;
+      const int rows = it.i1 - it.i0 + 1;
+      const T* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)it.i0 * qs[2];
+      std::fill(acc.begin(), acc.begin() + (size_t)rows * d, 0.f);
+      std::fill(mrow.begin(), mrow.begin() + rows, kNegInf);
+      std::fill(lrow.begin(), lrow.begin() + rows, 0.f);
+      int pre, lo, hi;
+      m.block_ranges(it.i0, it.i1, &pre, &lo, &hi);
+      if (kBf16 && hi > lo) lo &= ~1;  // VNNI pairs keys (2t, 2t+1): chunks start at even keys
+      const int bh = b * H + h;
+
+      for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
+        const int wr = std::min<int>(round_up(w, width_round), kChunkFwd);
+        // S = Q K^T over the rounded-up width; the extra columns are always masked below.
+        if constexpr (kBf16) {
+          at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0 * 2,
+                                      S.data(), true);
+        } else {
+          at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0,
+                                      S.data());
         }
-        const Vec vscale(scale), vmax(m_new);
-        Vec vsum(0.f);
-        int64_t t = 0;
-        for (; t + Vec::size() <= wr; t += Vec::size()) {
-          Vec e = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
-          vsum += e;
-          e.store(srow + t);
-        }
-        float sum = at::vec::vec_reduce_all<float>(
-            [](Vec& x, Vec& y) { return x + y; }, vsum);
-        for (; t < wr; ++t) { srow[t] = std::exp(srow[t] * scale - m_new); sum += srow[t]; }
-        const float alpha = (m_old == kNegInf) ? 0.f : std::exp(m_old - m_new);
-        lrow[r] = lrow[r] * alpha + sum;
-        mrow[r] = m_new;
-        if (alpha != 1.f) {
-          at::vec::map([alpha](Vec x) { return x * Vec(alpha); }, arow, arow, d);
-        }
-        if (drop.on()) {
-          const int i = it.i0 + r;
-          for (int tt = 0; tt < w; ++tt) {
-            if (!janus::dropout_keep(drop.seed, drop.threshold, bh, i, c0 + tt)) srow[tt] = 0.f;
-            else srow[tt] *= drop.inv_keep;
+        const int cls = m.tile_class(it.i0, it.i1, c0, c0 + w - 1);
+        for (int r = 0; r < rows; ++r) {
+          float* srow = S.data() + (int64_t)r * wr;
+          if (cls != janus::TILE_FULL) mask_row_chunk(m, it.i0 + r, c0, w, srow, kNegInf);
+          for (int t = w; t < wr; ++t) srow[t] = kNegInf;
+          // online softmax on scale * s
+          const float cmax = at::vec::reduce_all<float>(
+              [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, srow, wr);
+          const float m_old = mrow[r];
+          const float m_new = std::max(m_old, cmax * scale);
+          float* arow = acc.data() + (int64_t)r * d;
+          if (m_new == kNegInf) {  // row sees nothing in this chunk (and before): P = 0
+            if constexpr (kBf16) std::fill_n(P_buf[tid].data() + (int64_t)r * wr, wr, T(0));
+            else std::fill_n(srow, wr, 0.f);
+            continue;
+          }
+          const Vec vscale(scale), vmax(m_new);
+          Vec vsum(0.f);
+          float sum;
+          if (kBf16 && !drop.on()) {
+            // exp, row sum and the bf16 store of P in one pass (wr is a multiple of 32)
+            BFloat16* prow = reinterpret_cast<BFloat16*>(P_buf[tid].data()) + (int64_t)r * wr;
+            for (int64_t t = 0; t < wr; t += 2 * Vec::size()) {
+              Vec e0 = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
+              Vec e1 = (Vec::loadu(srow + t + Vec::size()) * vscale - vmax).exp_u20();
+              vsum += e0 + e1;
+              at::vec::convert_from_float<BFloat16>(e0, e1).store(prow + t);
+            }
+            sum = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vsum);
+          } else {
+            int64_t t = 0;
+            for (; t + Vec::size() <= wr; t += Vec::size()) {
+              Vec e = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
+              vsum += e;
+              e.store(srow + t);
+            }
+            sum = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vsum);
+            for (; t < wr; ++t) { srow[t] = std::exp(srow[t] * scale - m_new); sum += srow[t]; }
+          }
+          const float alpha = (m_old == kNegInf) ? 0.f : std::exp(m_old - m_new);
+          lrow[r] = lrow[r] * alpha + sum;
+          mrow[r] = m_new;
+          if (alpha != 1.f) {
+            at::vec::map([alpha](Vec x) { return x * Vec(alpha); }, arow, arow, d);
+          }
+          if (drop.on()) {
+            const int i = it.i0 + r;
+            for (int tt = 0; tt < w; ++tt) {
+              if (!janus::dropout_keep(drop.seed, drop.threshold, bh, i, c0 + tt)) srow[tt] = 0.f;
+              else srow[tt] *= drop.inv_keep;
+            }
+            if constexpr (kBf16) at::vec::convert(srow, P_buf[tid].data() + (int64_t)r * wr, wr);
           }
         }
-        if constexpr (kBf16) at::vec::convert(srow, P_buf[tid].data() + (int64_t)r * wr, wr);
-      }
-      // O_acc += P V_chunk
-      if constexpr (kBf16) {
-        const T* vchunk = pk.v.data() + ((int64_t)b * Hkv + hk) * Lkp * d + (int64_t)c0 * d;
-        at::native::cpublas::brgemm(rows, d, wr, wr, d, d, true, P_buf[tid].data(), vchunk,
-                                    acc.data(), true);
-      } else {
-        const T* vchunk = vp + b * vs[0] + hk * vs[1] + (int64_t)c0 * vs[2];
-        // only the w real keys: V has no padded rows to read beyond Lk
-        at::native::cpublas::brgemm(rows, d, w, wr, vs[2], d, true, S.data(), vchunk,
-                                    acc.data());
-      }
-    });
+        // O_acc += P V_chunk
+        if constexpr (kBf16) {
+          const T* vchunk = ph.v.data() + (int64_t)c0 * d;
+          at::native::cpublas::brgemm(rows, d, wr, wr, d, d, true, P_buf[tid].data(), vchunk,
+                                      acc.data(), true);
+        } else {
+          const T* vchunk = vp + b * vs[0] + hk * vs[1] + (int64_t)c0 * vs[2];
+          // only the w real keys: V has no padded rows to read beyond Lk
+          at::native::cpublas::brgemm(rows, d, w, wr, vs[2], d, true, S.data(), vchunk,
+                                      acc.data());
+        }
+      });
 
-    for (int r = 0; r < rows; ++r) {
-      const int i = it.i0 + r;
-      T* orow = op + b * os_b + h * os_h + (int64_t)i * os_l;
-      const float l = lrow[r];
-      if (l > 0.f) {
-        const float inv = 1.f / l;
-        const float* arow = acc.data() + (int64_t)r * d;
-        for (int c = 0; c < d; ++c) orow[c] = T(arow[c] * inv);
-        lp[b * ls_b + h * ls_h + i] = mrow[r] + std::log(l);
+      for (int r = 0; r < rows; ++r) {
+        const int i = it.i0 + r;
+        T* orow = op + b * os_b + h * os_h + (int64_t)i * os_l;
+        const float l = lrow[r];
+        if (l > 0.f) {
+          const float inv = 1.f / l;
+          const float* arow = acc.data() + (int64_t)r * d;
+          for (int c = 0; c < d; ++c) orow[c] = T(arow[c] * inv);
+          lp[b * ls_b + h * ls_h + i] = mrow[r] + std::log(l);
+        } else {  // a valid row that sees no key
+          std::fill_n(orow, d, T(0));
+          lp[b * ls_b + h * ls_h + i] = kNegInf;
+        }
       }
-    }
+    }  // row blocks of the item
   }, /*release_amx=*/kBf16);
   (void)Lk;
 }
@@ -381,6 +466,8 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
     const float* vb = vp + b * vs[0] + hk * vs[1];
     float* dkb = dkp + ((int64_t)b * Hkv + hk) * Lk * d;   // dk, dv contiguous (allocated here)
     float* dvb = dvp + ((int64_t)b * Hkv + hk) * Lk * d;
+    std::fill_n(dkb, (int64_t)Lk * d, 0.f);
+    std::fill_n(dvb, (int64_t)Lk * d, 0.f);
     // K^T [d][Lkp] for dQ^T += K^T dS^T
     for (int j = 0; j < Lk; ++j)
       for (int c = 0; c < d; ++c) sc.kt[(int64_t)c * Lkp + j] = kb[j * ks[2] + c];
@@ -388,6 +475,7 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
       const int bh = b * H + h;
       const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
+      zero_uncovered_rows<float>(blocks, Lq, d, dqp + ((int64_t)b * H + h) * Lq * d, d, nullptr);
       for (const auto& blk : blocks) {
         const int i0 = blk.i0, rows = blk.i1 - blk.i0 + 1;
         const float* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)i0 * qs[2];
@@ -496,6 +584,18 @@ void check_common(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 "mask_rank: the permutation kind needs int32 (B, Lk)");
 }
 
+// Contiguous copies of the descriptor tensors (kept alive) and the raw view the kernels read.
+struct MaskTensors {
+  at::Tensor params, rank;
+  MaskArgs args;
+  MaskTensors(const at::Tensor& p, const c10::optional<at::Tensor>& r, int64_t q_split,
+              int64_t kind)
+      : params(p.contiguous()), rank(r ? r->contiguous() : at::Tensor()) {
+    args = MaskArgs{params.data_ptr<int32_t>(), rank.defined() ? rank.data_ptr<int32_t>() : nullptr,
+                    rank.defined() ? rank.size(1) : 0, (int)q_split, (int)kind};
+  }
+};
+
 // brgemm needs unit stride in the last dim; everything else is handled through strides.
 at::Tensor last_dim_contiguous(const at::Tensor& t) {
   return t.stride(-1) == 1 ? t : t.contiguous();
@@ -506,10 +606,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_fwd_cpu(
     const at::Tensor& params_, const c10::optional<at::Tensor>& rank_, int64_t q_split,
     int64_t kind, double scale, double dropout_p, const c10::optional<at::Tensor>& seed) {
   check_common(q_, k_, v_, params_, rank_, q_split, kind);
-  const at::Tensor params = params_.contiguous();
-  const at::Tensor rank = rank_ ? rank_->contiguous() : at::Tensor();
-  MaskArgs ma{params.data_ptr<int32_t>(), rank.defined() ? rank.data_ptr<int32_t>() : nullptr,
-              rank.defined() ? rank.size(1) : 0, (int)q_split, (int)kind};
+  const MaskTensors mt(params_, rank_, q_split, kind);
+  const MaskArgs& ma = mt.args;
   const Dropout drop = make_dropout(dropout_p, seed);
   const auto dt = q_.scalar_type();
   const int64_t d = q_.size(3);
@@ -518,14 +616,17 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_fwd_cpu(
   const auto ct = (dt == at::kFloat || native_bf16) ? dt : at::kFloat;
   at::Tensor q = last_dim_contiguous(q_.to(ct)), k = last_dim_contiguous(k_.to(ct)),
              v = last_dim_contiguous(v_.to(ct));
-  at::Tensor out = at::zeros(q.sizes(), q.options());
-  at::Tensor lse = at::full({q.size(0), q.size(1), q.size(2)}, -INFINITY,
-                            q.options().dtype(at::kFloat));
+  // every row is written by the kernel (computed, or zeroed as uncovered)
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   if (q.numel() > 0 && k.size(2) > 0) {
     if (native_bf16)
       attention_fwd_impl<BFloat16>(q, k, v, ma, (float)scale, drop, out, lse);
     else
       attention_fwd_impl<float>(q, k, v, ma, (float)scale, drop, out, lse);
+  } else {
+    out.zero_();
+    lse.fill_(-INFINITY);
   }
   return {out.to(dt), lse};
 }
@@ -541,20 +642,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_bwd_cpu(
   TORCH_CHECK(lse_.dim() == 3 && lse_.size(0) == q_.size(0) && lse_.size(1) == q_.size(1) &&
                   lse_.size(2) == q_.size(2) && lse_.scalar_type() == at::kFloat,
               "lse: expected float32 (B, H, Lq)");
-  const at::Tensor params = params_.contiguous();
-  const at::Tensor rank = rank_ ? rank_->contiguous() : at::Tensor();
-  MaskArgs ma{params.data_ptr<int32_t>(), rank.defined() ? rank.data_ptr<int32_t>() : nullptr,
-              rank.defined() ? rank.size(1) : 0, (int)q_split, (int)kind};
+  const MaskTensors mt(params_, rank_, q_split, kind);
+  const MaskArgs& ma = mt.args;
   const Dropout drop = make_dropout(dropout_p, seed);
   const auto dt = q_.scalar_type();
   auto f32 = [](const at::Tensor& t) { return last_dim_contiguous(t.to(at::kFloat)); };
   at::Tensor q = f32(q_), k = f32(k_), v = f32(v_), o = f32(out_), g = f32(dout_);
   at::Tensor lse = lse_.contiguous();
-  at::Tensor dq = at::zeros(q.sizes(), q.options());
-  at::Tensor dk = at::zeros(k.sizes(), k.options());
-  at::Tensor dv = at::zeros(v.sizes(), v.options());
-  if (q.numel() > 0 && k.size(2) > 0)
+  // written (or zeroed) per work item, in parallel, by the thread that owns them
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(k.sizes(), k.options());
+  at::Tensor dv = at::empty(v.sizes(), v.options());
+  if (q.numel() > 0 && k.size(2) > 0) {
     attention_bwd_impl(g, q, k, v, o, lse, ma, (float)scale, drop, dq, dk, dv);
+  } else {
+    dq.zero_(); dk.zero_(); dv.zero_();
+  }
   return {dq.to(dt), dk.to(dt), dv.to(dt)};
 }
 

@@ -1,0 +1,409 @@
+// CUDA kernels for the fused row losses: symmetric KL and JANUS label-smoothed cross entropy,
+// forward (per-row loss + statistics) and backward (recompute p, q from the logits). The math,
+// the saved statistics and the special-value rules are those of csrc/cpu/loss.cpp (read its
+// header comment); this file only maps them onto the GPU:
+//   * forward: one block per row; each thread keeps an online state (running maxima, sums) over
+//     a strided slice of the row, four elements per step with one rescale per step; states are
+//     merged with warp shuffles, then across warps in shared memory. Merging two KL states
+//     re-shifts their A sums to the common shift c = m_x - m_y: A + (c_i - c) Z_i.
+//   * backward: a (row, column chunk) grid, elementwise, coalesced loads and stores.
+// The CE target is checked on the device: an out-of-range target gives a NaN loss (raising
+// would need a host sync). No torch headers: see loss_launch.h for the entry points.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "loss_launch.h"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "janus CUDA loss kernels target sm_80 or newer"
+#endif
+
+namespace {
+
+constexpr int kFwdThreads = 256;  // one row per block
+constexpr int kUnroll = 4;        // elements per thread per step (one rescale per step)
+constexpr int kBwdThreads = 256;
+constexpr int kBwdPerThread = 4;  // a backward block covers 1024 columns of one row
+
+template <typename T> struct AccT { using type = float; };
+template <> struct AccT<double> { using type = double; };
+
+__device__ __forceinline__ float load(const float* p) { return __ldg(p); }
+__device__ __forceinline__ double load(const double* p) { return __ldg(p); }
+__device__ __forceinline__ float load(const __half* p) { return __half2float(__ldg(p)); }
+__device__ __forceinline__ float load(const __nv_bfloat16* p) {
+  return __bfloat162float(__ldg(p));
+}
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(double* p, double v) { *p = v; }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float dexp(float v) { return expf(v); }
+__device__ __forceinline__ double dexp(double v) { return exp(v); }
+__device__ __forceinline__ float dlog(float v) { return logf(v); }
+__device__ __forceinline__ double dlog(double v) { return log(v); }
+
+// 0 while every value seen is -inf, so exp arguments are -inf (exp -> 0), never NaN.
+template <typename A>
+__device__ __forceinline__ A safe(A m) { return m == -INFINITY ? A(0) : m; }
+template <typename A>
+__device__ __forceinline__ A mul_nz(A e, A v) { return e == A(0) ? A(0) : e * v; }
+
+// ============================================================ symmetric KL
+template <typename A>
+struct KLState {
+  A mx, my;          // raw running maxima of x' = x/T and y' = y/T
+  A zx, ax, zy, ay;  // sum e^{x'-mx}, sum e^{x'-mx} (d - c), same for y; c = safe(mx) - safe(my)
+};
+
+// Raise the maxima to (nx, ny) (raw values, >= the current ones): rescale and re-shift.
+template <typename A>
+__device__ __forceinline__ void kl_raise(KLState<A>& s, A nx, A ny) {
+  const A ox = safe(s.mx), oy = safe(s.my), sx = safe(nx), sy = safe(ny);
+  const A dc = (ox - oy) - (sx - sy);
+  if (s.zx != A(0)) {
+    const A a = dexp(ox - sx);
+    s.ax = a * (s.ax + dc * s.zx);
+    s.zx *= a;
+  }
+  if (s.zy != A(0)) {
+    const A a = dexp(oy - sy);
+    s.ay = a * (s.ay + dc * s.zy);
+    s.zy *= a;
+  }
+  s.mx = nx;
+  s.my = ny;
+}
+
+template <typename A>
+__device__ __forceinline__ void kl_merge(KLState<A>& s, KLState<A> o) {
+  const A nx = fmax(s.mx, o.mx), ny = fmax(s.my, o.my);
+  kl_raise(s, nx, ny);
+  kl_raise(o, nx, ny);
+  s.zx += o.zx; s.ax += o.ax; s.zy += o.zy; s.ay += o.ay;
+}
+
+template <typename A>
+__device__ __forceinline__ KLState<A> kl_shfl(const KLState<A>& s, int lane_mask) {
+  KLState<A> o;
+  o.mx = __shfl_xor_sync(0xffffffffu, s.mx, lane_mask);
+  o.my = __shfl_xor_sync(0xffffffffu, s.my, lane_mask);
+  o.zx = __shfl_xor_sync(0xffffffffu, s.zx, lane_mask);
+  o.ax = __shfl_xor_sync(0xffffffffu, s.ax, lane_mask);
+  o.zy = __shfl_xor_sync(0xffffffffu, s.zy, lane_mask);
+  o.ay = __shfl_xor_sync(0xffffffffu, s.ay, lane_mask);
+  return o;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kFwdThreads, 1)
+symkl_fwd_kernel(const T* __restrict__ x, const T* __restrict__ y,
+                 const uint8_t* __restrict__ mask, typename AccT<T>::type* __restrict__ loss,
+                 typename AccT<T>::type* __restrict__ stats, int64_t V, int64_t sx, int64_t sy,
+                 typename AccT<T>::type it) {
+  using A = typename AccT<T>::type;
+  const int64_t row = blockIdx.x;
+  A* st = stats + row * 6;
+  if (mask != nullptr && mask[row] == 0) {  // unselected row: never read
+    if (threadIdx.x == 0) {
+      loss[row] = A(0);
+      for (int k = 0; k < 6; ++k) st[k] = A(0);
+    }
+    return;
+  }
+  const T* xr = x + row * sx;
+  const T* yr = y + row * sy;
+  KLState<A> s{-INFINITY, -INFINITY, 0, 0, 0, 0};
+  for (int64_t base = threadIdx.x; base < V; base += int64_t(kFwdThreads) * kUnroll) {
+    A xv[kUnroll], yv[kUnroll];
+    A cx = -INFINITY, cy = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = base + int64_t(u) * kFwdThreads;
+      xv[u] = i < V ? A(load(xr + i)) * it : A(-INFINITY);
+      yv[u] = i < V ? A(load(yr + i)) * it : A(-INFINITY);
+      cx = fmax(cx, xv[u]);
+      cy = fmax(cy, yv[u]);
+    }
+    kl_raise(s, fmax(s.mx, cx), fmax(s.my, cy));
+    const A mx = safe(s.mx), my = safe(s.my);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const A tx = xv[u] - mx, ty = yv[u] - my;
+      const A ex = dexp(tx), ey = dexp(ty), d = tx - ty;
+      s.zx += ex;
+      s.zy += ey;
+      s.ax += mul_nz(ex, d);  // 0 * inf = 0: -inf on the exp side (and padding) adds nothing
+      s.ay += mul_nz(ey, d);
+    }
+  }
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) kl_merge(s, kl_shfl(s, m));
+  __shared__ KLState<A> part[kFwdThreads / 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) part[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    KLState<A> t = part[0];
+    for (int w = 1; w < kFwdThreads / 32; ++w) kl_merge(t, part[w]);
+    const A sp = t.ax / t.zx, sq = t.ay / t.zy;
+    loss[row] = A(0.5) * (sp - sq);
+    st[0] = safe(t.mx); st[1] = A(1) / t.zx;
+    st[2] = safe(t.my); st[3] = A(1) / t.zy;
+    st[4] = sp; st[5] = sq;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBwdThreads)
+symkl_bwd_kernel(const typename AccT<T>::type* __restrict__ grad, const T* __restrict__ x,
+                 const T* __restrict__ y, const typename AccT<T>::type* __restrict__ stats,
+                 const uint8_t* __restrict__ mask, T* __restrict__ dx, T* __restrict__ dy,
+                 int64_t V, int64_t sx, int64_t sy, typename AccT<T>::type it) {
+  using A = typename AccT<T>::type;
+  const int64_t row = blockIdx.x;
+  const int64_t c0 = int64_t(blockIdx.y) * kBwdThreads * kBwdPerThread + threadIdx.x;
+  T* gx = dx + row * V;
+  T* gy = dy + row * V;
+  const A* st = stats + row * 6;
+  const bool keep = mask == nullptr || mask[row] != 0;
+  const A mx = st[0], izx = st[1], my = st[2], izy = st[3], sp = st[4], sq = st[5];
+  // infinite / undefined loss: the gradient is undefined -> NaN rows
+  const bool ok = isfinite(sp - sq) && isfinite(izx) && isfinite(izy);
+  const A a = A(0.5) * it * grad[row];
+#pragma unroll
+  for (int u = 0; u < kBwdPerThread; ++u) {
+    const int64_t i = c0 + int64_t(u) * kBwdThreads;
+    if (i >= V) break;
+    A vx = 0, vy = 0;
+    if (!keep) {
+      vx = vy = A(0);
+    } else if (!ok) {
+      vx = vy = A(NAN);
+    } else {
+      const A tx = A(load(x + row * sx + i)) * it - mx;
+      const A ty = A(load(y + row * sy + i)) * it - my;
+      const A p = dexp(tx) * izx, q = dexp(ty) * izy, d = tx - ty;
+      vx = a * (mul_nz(p, d - sp + A(1)) - q);
+      vy = a * (mul_nz(q, A(1) + sq - d) - p);
+    }
+    store(gx + i, vx);
+    store(gy + i, vy);
+  }
+}
+
+// ================================================================ cross entropy
+template <typename A>
+struct CEState {
+  A m;  // raw running max
+  A z;  // sum e^{x - m}
+  A u;  // sum (x - safe(m))
+  A n;  // number of entries in u
+};
+
+template <typename A>
+__device__ __forceinline__ void ce_raise(CEState<A>& s, A nm) {
+  const A o = safe(s.m), n = safe(nm);
+  if (s.z != A(0)) s.z *= dexp(o - n);
+  s.u += s.n * (o - n);
+  s.m = nm;
+}
+
+template <typename A>
+__device__ __forceinline__ void ce_merge(CEState<A>& s, CEState<A> o) {
+  const A nm = fmax(s.m, o.m);
+  ce_raise(s, nm);
+  ce_raise(o, nm);
+  s.z += o.z; s.u += o.u; s.n += o.n;
+}
+
+template <typename T, bool SMOOTH>
+__global__ void __launch_bounds__(kFwdThreads, 1)
+ce_fwd_kernel(const T* __restrict__ x, const int64_t* __restrict__ target,
+              typename AccT<T>::type* __restrict__ loss, typename AccT<T>::type* __restrict__ stats,
+              int64_t V, int64_t sx, int64_t ignore_index, typename AccT<T>::type eps) {
+  using A = typename AccT<T>::type;
+  const int64_t row = blockIdx.x;
+  const int64_t t = target[row];
+  if (t == ignore_index || t < 0 || t >= V) {  // ignored (0) or invalid (NaN) row: not read
+    if (threadIdx.x == 0) {
+      loss[row] = t == ignore_index ? A(0) : A(NAN);
+      stats[2 * row] = stats[2 * row + 1] = A(0);
+    }
+    return;
+  }
+  const T* xr = x + row * sx;
+  CEState<A> s{-INFINITY, 0, 0, 0};
+  for (int64_t base = threadIdx.x; base < V; base += int64_t(kFwdThreads) * kUnroll) {
+    A xv[kUnroll];
+    A c = -INFINITY;
+    int cnt = 0;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = base + int64_t(u) * kFwdThreads;
+      xv[u] = i < V ? A(load(xr + i)) : A(-INFINITY);
+      cnt += i < V;
+      c = fmax(c, xv[u]);
+    }
+    ce_raise(s, fmax(s.m, c));
+    const A m = safe(s.m);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const A tt = xv[u] - m;
+      s.z += dexp(tt);
+      if (SMOOTH && base + int64_t(u) * kFwdThreads < V) s.u += tt;
+    }
+    s.n += A(cnt);
+  }
+#pragma unroll
+  for (int msk = 16; msk > 0; msk >>= 1) {
+    CEState<A> o{__shfl_xor_sync(0xffffffffu, s.m, msk), __shfl_xor_sync(0xffffffffu, s.z, msk),
+                 __shfl_xor_sync(0xffffffffu, s.u, msk), __shfl_xor_sync(0xffffffffu, s.n, msk)};
+    ce_merge(s, o);
+  }
+  __shared__ CEState<A> part[kFwdThreads / 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) part[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    CEState<A> r = part[0];
+    for (int w = 1; w < kFwdThreads / 32; ++w) ce_merge(r, part[w]);
+    const A logz = dlog(r.z), m = safe(r.m);
+    A l = (A(1) - eps) * (logz - (A(load(xr + t)) - m));
+    if (SMOOTH) l += eps * (logz - r.u / A(V));
+    loss[row] = l;
+    stats[2 * row] = m;
+    stats[2 * row + 1] = A(1) / r.z;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBwdThreads)
+ce_bwd_kernel(const typename AccT<T>::type* __restrict__ grad, const T* __restrict__ x,
+              const int64_t* __restrict__ target, const typename AccT<T>::type* __restrict__ stats,
+              T* __restrict__ dx, int64_t V, int64_t sx, int64_t ignore_index,
+              typename AccT<T>::type eps) {
+  using A = typename AccT<T>::type;
+  const int64_t row = blockIdx.x;
+  const int64_t c0 = int64_t(blockIdx.y) * kBwdThreads * kBwdPerThread + threadIdx.x;
+  const int64_t t = target[row];
+  const bool valid = t != ignore_index && t >= 0 && t < V;
+  const A m = stats[2 * row], iz = stats[2 * row + 1], g = grad[row];
+  const A off = eps / A(V), hit = A(1) - eps;
+#pragma unroll
+  for (int u = 0; u < kBwdPerThread; ++u) {
+    const int64_t i = c0 + int64_t(u) * kBwdThreads;
+    if (i >= V) break;
+    A v = A(0);
+    if (valid) {  // the target entry is formed in A before the final rounding
+      const A p = dexp(A(load(x + row * sx + i)) - m) * iz;
+      v = g * (p - off - (i == t ? hit : A(0)));
+    }
+    store(dx + row * V + i, v);
+  }
+}
+
+// ---------------------------------------------------------------- dispatch helpers
+template <template <typename> class F, typename... Args>
+cudaError_t dispatch(int32_t dtype, Args&&... args) {
+  switch (dtype) {
+    case JANUS_LOSS_F32: return F<float>::run(args...);
+    case JANUS_LOSS_F16: return F<__half>::run(args...);
+    case JANUS_LOSS_BF16: return F<__nv_bfloat16>::run(args...);
+    case JANUS_LOSS_F64: return F<double>::run(args...);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+unsigned bwd_col_blocks(int64_t V) {
+  return unsigned((V + kBwdThreads * kBwdPerThread - 1) / (kBwdThreads * kBwdPerThread));
+}
+
+template <typename T>
+struct SymKLFwd {
+  static cudaError_t run(const JanusSymKLArgs* a, cudaStream_t s) {
+    using A = typename AccT<T>::type;
+    symkl_fwd_kernel<T><<<unsigned(a->rows), kFwdThreads, 0, s>>>(
+        static_cast<const T*>(a->x), static_cast<const T*>(a->y), a->row_mask,
+        static_cast<A*>(a->loss), static_cast<A*>(a->stats), a->vocab, a->stride_x,
+        a->stride_y, A(a->inv_temperature));
+    return cudaGetLastError();
+  }
+};
+
+template <typename T>
+struct SymKLBwd {
+  static cudaError_t run(const JanusSymKLArgs* a, cudaStream_t s) {
+    using A = typename AccT<T>::type;
+    symkl_bwd_kernel<T><<<dim3(unsigned(a->rows), bwd_col_blocks(a->vocab)), kBwdThreads, 0, s>>>(
+        static_cast<const A*>(a->grad), static_cast<const T*>(a->x),
+        static_cast<const T*>(a->y), static_cast<const A*>(a->stats), a->row_mask,
+        static_cast<T*>(a->dx), static_cast<T*>(a->dy), a->vocab, a->stride_x, a->stride_y,
+        A(a->inv_temperature));
+    return cudaGetLastError();
+  }
+};
+
+template <typename T>
+struct CEFwd {
+  static cudaError_t run(const JanusCEArgs* a, cudaStream_t s) {
+    using A = typename AccT<T>::type;
+    if (a->label_smoothing > 0)
+      ce_fwd_kernel<T, true><<<unsigned(a->rows), kFwdThreads, 0, s>>>(
+          static_cast<const T*>(a->x), a->target, static_cast<A*>(a->loss),
+          static_cast<A*>(a->stats), a->vocab, a->stride_x, a->ignore_index,
+          A(a->label_smoothing));
+    else
+      ce_fwd_kernel<T, false><<<unsigned(a->rows), kFwdThreads, 0, s>>>(
+          static_cast<const T*>(a->x), a->target, static_cast<A*>(a->loss),
+          static_cast<A*>(a->stats), a->vocab, a->stride_x, a->ignore_index, A(0));
+    return cudaGetLastError();
+  }
+};
+
+template <typename T>
+struct CEBwd {
+  static cudaError_t run(const JanusCEArgs* a, cudaStream_t s) {
+    using A = typename AccT<T>::type;
+    ce_bwd_kernel<T><<<dim3(unsigned(a->rows), bwd_col_blocks(a->vocab)), kBwdThreads, 0, s>>>(
+        static_cast<const A*>(a->grad), static_cast<const T*>(a->x), a->target,
+        static_cast<const A*>(a->stats), static_cast<T*>(a->dx), a->vocab, a->stride_x,
+        a->ignore_index, A(a->label_smoothing));
+    return cudaGetLastError();
+  }
+};
+
+bool launchable(int64_t rows, int64_t vocab) {
+  return rows >= 0 && rows < (int64_t(1) << 31) && vocab > 0 &&
+         (vocab + kBwdThreads * kBwdPerThread - 1) / (kBwdThreads * kBwdPerThread) < 65536;
+}
+
+}  // namespace
+
+extern "C" {
+
+cudaError_t janus_symkl_fwd(const JanusSymKLArgs* a, cudaStream_t stream) {
+  if (!launchable(a->rows, a->vocab)) return cudaErrorInvalidValue;
+  return a->rows == 0 ? cudaSuccess : dispatch<SymKLFwd>(a->dtype, a, stream);
+}
+
+cudaError_t janus_symkl_bwd(const JanusSymKLArgs* a, cudaStream_t stream) {
+  if (!launchable(a->rows, a->vocab)) return cudaErrorInvalidValue;
+  return a->rows == 0 ? cudaSuccess : dispatch<SymKLBwd>(a->dtype, a, stream);
+}
+
+cudaError_t janus_ce_fwd(const JanusCEArgs* a, cudaStream_t stream) {
+  if (!launchable(a->rows, a->vocab)) return cudaErrorInvalidValue;
+  return a->rows == 0 ? cudaSuccess : dispatch<CEFwd>(a->dtype, a, stream);
+}
+
+cudaError_t janus_ce_bwd(const JanusCEArgs* a, cudaStream_t stream) {
+  if (!launchable(a->rows, a->vocab)) return cudaErrorInvalidValue;
+  return a->rows == 0 ? cudaSuccess : dispatch<CEBwd>(a->dtype, a, stream);
+}
+
+}  // extern "C"

@@ -1,0 +1,754 @@
+"""`janus_kernels.losses`: fused bidirectional KL, the JANUS label-smoothed cross entropy, the
+full JANUS NMT criterion, and a fused-linear variant that never materializes the logits.
+
+Math (per row r, logits x, y of one row, temperature T)::
+
+    p = softmax(x / T), q = softmax(y / T), d = (x - y) / T
+    symmetric_kl_r = 1/2 [KL(p||q) + KL(q||p)] = 1/2 sum_v (p_v - q_v) d_v
+    dL/dx = (g / 2T) [p (d - s_p + 1) - q],  dL/dy = (g / 2T) [q (1 + s_q - d) - p]
+    with s_p = sum p d, s_q = sum q d and g the upstream gradient of the row's loss.
+
+    cross_entropy_r = (1 - eps)(-log p_t) + eps * mean_v(-log p_v)      (p = softmax(x))
+    dL/dx_v = g [p_v - eps/V - (1 - eps) [v == t]]
+
+The smoothing is JANUS's (eps spread uniformly over the whole vocabulary, the target
+included), which is exactly ``F.cross_entropy(label_smoothing=eps)`` for rows that are not
+ignored. No temperature factor T^2 is applied to the KL (JANUS uses T = 1).
+
+Design: each loss is a ``torch.library`` custom op pair (forward returns per-row losses plus
+a few per-row statistics, backward recomputes the softmaxes from the logits), so inputs stay
+read-only, nothing (rows x V)-sized is kept between forward and backward, reductions are
+ordinary torch ops on the per-row vector (no host syncs; ``torch.compile(fullgraph=True)``
+works), and any upstream gradient is folded into the backward's per-row scale for free.
+Backends implement four raw functions::
+
+    kl_fwd(x, y, row_mask, inv_t) -> (loss (R,), stats (R, 6))
+    kl_bwd(grad (R,), x, y, stats, row_mask, inv_t) -> (dx, dy)
+    ce_fwd(x, target, eps, ignore_index) -> (loss (R,), stats (R, 2))
+    ce_bwd(grad (R,), x, target, stats, eps, ignore_index) -> dx
+
+``"cpp"``: the compiled kernels (csrc/cpu/loss.cpp; on CUDA tensors csrc/cuda/loss.cu when
+the extension is built with CUDA - compile-checked only so far, so Triton stays the CUDA
+default); ``"triton"``: Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1);
+``"reference"``: eager PyTorch on log_softmax quantities, any device. Stats are private to a
+backend.
+
+Rules for special values (all backends):
+  * ``row_mask`` False / ``ignore_index`` rows: loss 0, gradient 0, their logits are never
+    read (padding may hold anything). Mean reductions divide by the number of selected rows;
+    an empty selection gives 0, not NaN (``F.cross_entropy`` would give NaN).
+  * KL, -inf logits: an entry that is -inf on both sides contributes 0 (0 log 0 = 0) and gets
+    zero gradient. -inf on one side only makes the KL infinite: that row's loss is +inf and its
+    gradients are NaN (the gradient of an infinite loss is undefined). Every selected row needs
+    a finite logit on each side; NaN/+inf logits give NaN.
+  * CE, -inf logits: with eps > 0, mean_v(-log p_v) is infinite, so the row's loss is +inf
+    (its gradient, from the formula above, stays finite); with eps = 0, -inf logits off the
+    target are fine. A target outside [0, V) raises on CPU (cpp, reference backends).
+  * Losses are float32 (float64 for float64 logits) whatever the logits' dtype; gradients
+    have the logits' dtype.
+
+CPU performance notes (csrc/cpu/loss.cpp): one streaming pass per row in the forward, 2 exps
+per element pair in forward and backward, gradients written with non-temporal stores. At
+large sizes the fresh gradient buffers dominate (page faults + zeroing); the kernel prefaults
+them in parallel (MADV_POPULATE_WRITE; JANUS_LOSS_PREFAULT=0 turns it off) and can advise
+transparent huge pages (JANUS_LOSS_THP=1; opt-in because THP defrag can stall).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from . import _ext
+
+__all__ = ["symmetric_kl", "cross_entropy", "janus_loss", "fused_linear_janus_loss",
+           "JanusLossWeights", "default_loss_backend", "LOSS_TERMS"]
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_REDUCTIONS = ("mean", "sum", "none")
+LOSS_TERMS = ("ar_ce", "nar_ce", "aux_ce", "kl_ar_nar", "kl_ar_aux", "kl_nar_aux")
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ============================================================== reference backend
+def _ref_kl_rows(x, y, row_mask, inv_t):
+    """Eager formula: log_softmax both sides, 1/2 sum (p - q)(log p - log q)."""
+    ct = _acc(x.dtype)
+    xs, ys = x.to(ct) * inv_t, y.to(ct) * inv_t
+    if row_mask is not None:  # masked rows are never read (they may hold NaN padding)
+        keep = row_mask[:, None]
+        xs = torch.where(keep, xs, torch.zeros((), dtype=ct, device=x.device))
+        ys = torch.where(keep, ys, torch.zeros((), dtype=ct, device=x.device))
+    lp, lq = torch.log_softmax(xs, -1), torch.log_softmax(ys, -1)
+    p, q = lp.exp(), lq.exp()
+    both = (p == 0) & (q == 0)  # both -inf (or both underflow): the term is 0
+    d = torch.where(both, torch.zeros((), dtype=ct, device=x.device), lp - lq)
+    loss = 0.5 * ((p - q) * d).sum(-1)
+    if row_mask is not None:
+        loss = torch.where(row_mask, loss, torch.zeros((), dtype=ct, device=x.device))
+    return loss, (xs, ys, p, q, d)
+
+
+def _ref_kl_fwd(x, y, row_mask, inv_t):
+    loss, (xs, ys, p, q, d) = _ref_kl_rows(x, y, row_mask, inv_t)
+    mx, my = xs.amax(-1), ys.amax(-1)
+    zx, zy = (xs - mx[:, None]).exp().sum(-1), (ys - my[:, None]).exp().sum(-1)
+    stats = torch.stack([mx, 1 / zx, my, 1 / zy, (p * d).sum(-1), (q * d).sum(-1)], 1)
+    return loss, stats
+
+
+def _ref_kl_bwd(grad, x, y, stats, row_mask, inv_t):
+    """Eager gradient formulas (module docstring) on log_softmax quantities. Autograd is not
+    available here: custom-op bodies run below the autograd dispatch key."""
+    loss, (xs, ys, p, q, d) = _ref_kl_rows(x, y, row_mask, inv_t)
+    zero = torch.zeros((), dtype=p.dtype, device=p.device)
+    sp = torch.where(p == 0, zero, p * d).sum(-1, keepdim=True)
+    sq = torch.where(q == 0, zero, q * d).sum(-1, keepdim=True)
+    c = (0.5 * inv_t) * grad.to(p.dtype)[:, None]
+    dx = c * (torch.where(p == 0, zero, p * (d - sp + 1)) - q)
+    dy = c * (torch.where(q == 0, zero, q * (1 + sq - d)) - p)
+    keep = torch.isfinite(loss)[:, None]  # infinite KL rows: undefined gradient -> NaN
+    nan = torch.full((), float("nan"), dtype=p.dtype, device=p.device)
+    dx, dy = torch.where(keep, dx, nan), torch.where(keep, dy, nan)
+    if row_mask is not None:
+        dx = torch.where(row_mask[:, None], dx, zero)
+        dy = torch.where(row_mask[:, None], dy, zero)
+    return dx.to(x.dtype), dy.to(y.dtype)
+
+
+def _ref_ce_rows(x, target, eps, ignore_index):
+    ct = _acc(x.dtype)
+    valid = target != ignore_index
+    xs = torch.where(valid[:, None], x.to(ct), torch.zeros((), dtype=ct, device=x.device))
+    lp = torch.log_softmax(xs, -1)
+    t = torch.where(valid, target, torch.zeros_like(target))
+    loss = -(1.0 - eps) * lp.gather(1, t[:, None]).squeeze(1)
+    if eps > 0:
+        loss = loss - eps * lp.mean(-1)
+    return torch.where(valid, loss, torch.zeros((), dtype=ct, device=x.device)), xs
+
+
+def _ref_ce_fwd(x, target, eps, ignore_index):
+    V = x.shape[1]
+    bad = (target != ignore_index) & ((target < 0) | (target >= V))
+    if x.device.type == "cpu" and bool(bad.any()):  # CPU: no device sync involved
+        raise ValueError(f"cross_entropy: target has values outside [0, {V}) that are not "
+                         f"ignore_index ({ignore_index})")
+    loss, xs = _ref_ce_rows(x, target, eps, ignore_index)
+    m = xs.amax(-1)
+    stats = torch.stack([m, 1 / (xs - m[:, None]).exp().sum(-1)], 1)
+    return loss, stats
+
+
+def _ref_ce_bwd(grad, x, target, stats, eps, ignore_index):
+    """g [softmax(x) - eps/V - (1 - eps) onehot(t)], zero on ignored rows."""
+    V = x.shape[1]
+    _, xs = _ref_ce_rows(x, target, eps, ignore_index)
+    valid = target != ignore_index
+    t = torch.where(valid, target, torch.zeros_like(target))
+    dx = torch.softmax(xs, -1) - eps / V
+    dx = dx - (1.0 - eps) * F.one_hot(t, V).to(dx.dtype)
+    dx = dx * torch.where(valid, grad.to(dx.dtype), torch.zeros((), dtype=dx.dtype,
+                                                                 device=dx.device))[:, None]
+    return dx.to(x.dtype)
+
+
+class _Reference:
+    kl_fwd, kl_bwd = staticmethod(_ref_kl_fwd), staticmethod(_ref_kl_bwd)
+    ce_fwd, ce_bwd = staticmethod(_ref_ce_fwd), staticmethod(_ref_ce_bwd)
+
+
+class _Cpp:
+    @staticmethod
+    def kl_fwd(x, y, row_mask, inv_t):
+        _ext.require("loss backend 'cpp'")
+        return tuple(torch.ops.janus.symkl_rows_fwd(x, y, row_mask, inv_t))
+
+    @staticmethod
+    def kl_bwd(grad, x, y, stats, row_mask, inv_t):
+        _ext.require("loss backend 'cpp'")
+        return tuple(torch.ops.janus.symkl_rows_bwd(grad, x, y, stats, row_mask, inv_t))
+
+    @staticmethod
+    def ce_fwd(x, target, eps, ignore_index):
+        _ext.require("loss backend 'cpp'")
+        return tuple(torch.ops.janus.ce_rows_fwd(x, target, eps, ignore_index))
+
+    @staticmethod
+    def ce_bwd(grad, x, target, stats, eps, ignore_index):
+        _ext.require("loss backend 'cpp'")
+        return torch.ops.janus.ce_rows_bwd(grad, x, target, stats, eps, ignore_index)
+
+
+def _triton_module():
+    from .triton import loss as tri  # imported lazily: triton is optional
+    return tri
+
+
+class _Triton:
+    @staticmethod
+    def kl_fwd(*a):
+        return _triton_module().symkl_fwd(*a)
+
+    @staticmethod
+    def kl_bwd(*a):
+        return _triton_module().symkl_bwd(*a)
+
+    @staticmethod
+    def ce_fwd(*a):
+        return _triton_module().ce_fwd(*a)
+
+    @staticmethod
+    def ce_bwd(*a):
+        return _triton_module().ce_bwd(*a)
+
+
+_BACKENDS = {"cpp": _Cpp, "triton": _Triton, "reference": _Reference}
+
+
+def default_loss_backend(device: Union[str, torch.device]) -> str:
+    """"cpp" on CPU when the extension is built, "triton" on CUDA when triton imports,
+    else "reference" (the CUDA C++ kernels are opt-in: backend="cpp")."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "cpp" if _ext.available() else "reference"
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+            return "triton"
+        except ImportError:
+            pass
+    return "reference"
+
+
+def _pick_backend(backend: Optional[str], device: torch.device, who: str) -> str:
+    backend = backend or default_loss_backend(device)
+    if backend not in _BACKENDS:
+        raise ValueError(f"{who}: backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
+    if backend == "cpp" and device.type != "cpu" and not (
+            device.type == "cuda" and _ext.has_cuda_kernels()):
+        raise ValueError(f"{who}: backend 'cpp' needs CPU tensors, or CUDA tensors with an "
+                         f"extension built with CUDA (JANUS_WITH_CUDA=1); got {device}")
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"{who}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 "
+                         f"for the CPU interpreter), got tensors on {device}")
+    return backend
+
+
+# ====================================================================== custom ops
+@torch.library.custom_op("janus::symmetric_kl_fwd", mutates_args=())
+def _kl_fwd_op(x: torch.Tensor, y: torch.Tensor, row_mask: Optional[torch.Tensor],
+               inv_temperature: float, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    loss, stats = _BACKENDS[backend].kl_fwd(x, y, row_mask, inv_temperature)
+    return loss, stats
+
+
+@_kl_fwd_op.register_fake
+def _(x, y, row_mask, inv_temperature, backend):
+    R, ct = x.shape[0], _acc(x.dtype)
+    return x.new_empty((R,), dtype=ct), x.new_empty((R, 6), dtype=ct)
+
+
+@torch.library.custom_op("janus::symmetric_kl_bwd", mutates_args=())
+def _kl_bwd_op(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor,
+               row_mask: Optional[torch.Tensor], inv_temperature: float, backend: str
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    dx, dy = _BACKENDS[backend].kl_bwd(grad, x, y, stats, row_mask, inv_temperature)
+    return dx, dy
+
+
+@_kl_bwd_op.register_fake
+def _(grad, x, y, stats, row_mask, inv_temperature, backend):
+    return x.new_empty(x.shape), y.new_empty(y.shape)
+
+
+def _kl_setup(ctx, inputs, output):
+    x, y, row_mask, inv_t, backend = inputs
+    ctx.save_for_backward(x, y, output[1], row_mask)
+    ctx.args = (inv_t, backend)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _kl_backward(ctx, g_loss, g_stats):
+    x, y, stats, row_mask = ctx.saved_tensors
+    inv_t, backend = ctx.args
+    dx, dy = _kl_bwd_op(g_loss.to(stats.dtype).contiguous(), x, y, stats, row_mask, inv_t,
+                        backend)
+    return dx, dy, None, None, None
+
+
+_kl_fwd_op.register_autograd(_kl_backward, setup_context=_kl_setup)
+
+
+@torch.library.custom_op("janus::cross_entropy_fwd", mutates_args=())
+def _ce_fwd_op(x: torch.Tensor, target: torch.Tensor, label_smoothing: float,
+               ignore_index: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    loss, stats = _BACKENDS[backend].ce_fwd(x, target, label_smoothing, ignore_index)
+    return loss, stats
+
+
+@_ce_fwd_op.register_fake
+def _(x, target, label_smoothing, ignore_index, backend):
+    R, ct = x.shape[0], _acc(x.dtype)
+    return x.new_empty((R,), dtype=ct), x.new_empty((R, 2), dtype=ct)
+
+
+@torch.library.custom_op("janus::cross_entropy_bwd", mutates_args=())
+def _ce_bwd_op(grad: torch.Tensor, x: torch.Tensor, target: torch.Tensor, stats: torch.Tensor,
+               label_smoothing: float, ignore_index: int, backend: str) -> torch.Tensor:
+    return _BACKENDS[backend].ce_bwd(grad, x, target, stats, label_smoothing, ignore_index)
+
+
+@_ce_bwd_op.register_fake
+def _(grad, x, target, stats, label_smoothing, ignore_index, backend):
+    return x.new_empty(x.shape)
+
+
+def _ce_setup(ctx, inputs, output):
+    x, target, eps, ignore_index, backend = inputs
+    ctx.save_for_backward(x, target, output[1])
+    ctx.args = (eps, ignore_index, backend)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _ce_backward(ctx, g_loss, g_stats):
+    x, target, stats = ctx.saved_tensors
+    eps, ignore_index, backend = ctx.args
+    dx = _ce_bwd_op(g_loss.to(stats.dtype).contiguous(), x, target, stats, eps, ignore_index,
+                    backend)
+    return dx, None, None, None, None
+
+
+_ce_fwd_op.register_autograd(_ce_backward, setup_context=_ce_setup)
+
+
+# ====================================================================== public API
+def _as_rows(t: torch.Tensor, name: str, who: str) -> torch.Tensor:
+    """(..., V) -> (R, V) with a unit last stride (a view when possible)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{who}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() < 1:
+        raise ValueError(f"{who}: {name} must have a vocabulary dimension, got a 0-d tensor")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{who}: {name} must be float32/bfloat16/float16/float64, got {t.dtype}")
+    if t.shape[-1] == 0:
+        raise ValueError(f"{who}: {name} has an empty vocabulary dimension")
+    t = t.reshape(-1, t.shape[-1])
+    if t.shape[1] > 1 and t.stride(1) != 1:
+        t = t.contiguous()
+    return t
+
+
+def _reduce(loss_rows: torch.Tensor, count: Optional[torch.Tensor], reduction: str,
+            lead_shape) -> torch.Tensor:
+    if reduction == "none":
+        return loss_rows.reshape(lead_shape)
+    total = loss_rows.sum()
+    if reduction == "sum":
+        return total
+    if count is None:  # a python int: no sync
+        return total / max(loss_rows.shape[0], 1)
+    return total / count.clamp(min=1).to(total.dtype)
+
+
+def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, *,
+                 row_mask: Optional[torch.Tensor] = None, reduction: str = "mean",
+                 temperature: float = 1.0, backend: Optional[str] = None) -> torch.Tensor:
+    """Bidirectional KL 1/2 [KL(p||q) + KL(q||p)] between softmax(logits_p / T) and
+    softmax(logits_q / T), summed over the last (vocabulary) dimension; both inputs get
+    gradients.
+
+    Args:
+        logits_p, logits_q: (..., V) raw logits, same shape and dtype (fp32/bf16/fp16/fp64),
+            any strides. Never modified.
+        row_mask: optional bool (...) selecting rows; unselected rows give loss 0, zero
+            gradient, and are not read.
+        reduction: "mean" (over selected rows; 0 when none is selected), "sum", or "none"
+            (per-row losses of shape (...), 0 for unselected rows).
+        temperature: T > 0; no T^2 factor is applied.
+        backend: "cpp", "triton" or "reference" (default: ``default_loss_backend``).
+
+    Returns:
+        float32 loss (float64 for float64 logits). See the module docstring for -inf rules.
+    """
+    who = "symmetric_kl"
+    x, y = _as_rows(logits_p, "logits_p", who), _as_rows(logits_q, "logits_q", who)
+    if logits_p.shape != logits_q.shape:
+        raise ValueError(f"{who}: logits_p and logits_q must have the same shape, got "
+                         f"{tuple(logits_p.shape)} and {tuple(logits_q.shape)}")
+    if logits_p.dtype != logits_q.dtype:
+        raise TypeError(f"{who}: logits_p and logits_q must share a dtype, got "
+                        f"{logits_p.dtype} and {logits_q.dtype}")
+    if logits_p.device != logits_q.device:
+        raise ValueError(f"{who}: logits_p and logits_q must be on one device")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{who}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0
+            and temperature != float("inf")):
+        raise ValueError(f"{who}: temperature must be a positive finite number, got "
+                         f"{temperature!r}")
+    lead = logits_p.shape[:-1]
+    mask, count = None, None
+    if row_mask is not None:
+        if not isinstance(row_mask, torch.Tensor) or row_mask.dtype != torch.bool:
+            raise TypeError(f"{who}: row_mask must be a bool tensor of shape {tuple(lead)}")
+        if row_mask.shape != lead:
+            raise ValueError(f"{who}: row_mask must have shape {tuple(lead)} (the logits "
+                             f"without the vocabulary dim), got {tuple(row_mask.shape)}")
+        mask = row_mask.reshape(-1).to(x.device).contiguous()
+        count = mask.sum()
+    backend = _pick_backend(backend, x.device, who)
+    loss_rows, _ = _kl_fwd_op(x, y, mask, 1.0 / float(temperature), backend)
+    return _reduce(loss_rows, count, reduction, lead)
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0,
+                  ignore_index: int = -100, reduction: str = "mean",
+                  backend: Optional[str] = None) -> torch.Tensor:
+    """JANUS label-smoothed cross entropy:
+    (1 - eps)(-log p_target) + eps * mean_v(-log p_v), p = softmax(logits).
+
+    Args:
+        logits: (..., V) raw logits (fp32/bf16/fp16/fp64), any strides; never modified.
+        target: integer (...) class indices; rows equal to ``ignore_index`` give loss 0 and
+            zero gradient.
+        label_smoothing: eps in [0, 1].
+        reduction: "mean" over non-ignored rows (0 if all are ignored), "sum", or "none".
+        backend: "cpp", "triton" or "reference".
+
+    Returns:
+        float32 loss (float64 for float64 logits); equals ``F.cross_entropy`` (same eps) on
+        non-ignored rows.
+    """
+    who = "cross_entropy"
+    x = _as_rows(logits, "logits", who)
+    lead = logits.shape[:-1]
+    if not isinstance(target, torch.Tensor) or target.dtype.is_floating_point or \
+            target.dtype == torch.bool:
+        raise TypeError(f"{who}: target must be an integer tensor of class indices")
+    if target.shape != lead:
+        raise ValueError(f"{who}: target must have shape {tuple(lead)}, got "
+                         f"{tuple(target.shape)}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"{who}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{who}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    t = target.reshape(-1).to(device=x.device, dtype=torch.int64).contiguous()
+    backend = _pick_backend(backend, x.device, who)
+    loss_rows, _ = _ce_fwd_op(x, t, float(label_smoothing), int(ignore_index), backend)
+    count = (t != ignore_index).sum() if reduction == "mean" else None
+    return _reduce(loss_rows, count, reduction, lead)
+
+
+# ================================================================ JANUS criterion
+@dataclasses.dataclass(frozen=True)
+class JanusLossWeights:
+    """Weights of the JANUS NMT criterion terms. KL weights multiply the *symmetric* KL
+    1/2[KL(p||q) + KL(q||p)].
+
+    Defaults are the released code (janus_spec.md 6.1): CE 1 / 0.5 / 0.5 (AR / NAR / AUX),
+    symmetric KL 1 (AR-NAR) / 3 (AR-AUX) / 1 (NAR-AUX), length 0.1.
+    """
+    ar_ce: float = 1.0
+    nar_ce: float = 0.5
+    aux_ce: float = 0.5
+    kl_ar_nar: float = 1.0
+    kl_ar_aux: float = 3.0
+    kl_nar_aux: float = 1.0
+    length: float = 0.1
+
+    @classmethod
+    def paper(cls) -> "JanusLossWeights":
+        """Paper Eq. 5: unit weights on the three CEs and on each of the four *one-directional*
+        KLs D(AR|AUX), D(AUX|AR), D(NAR|AUX), D(AUX|NAR) (no direct AR-NAR term). In units of
+        the symmetric KL that is weight 2 on AR-AUX and NAR-AUX and 0 on AR-NAR. The paper
+        gives no length-loss weight; the code's 0.1 is kept."""
+        return cls(1.0, 1.0, 1.0, 0.0, 2.0, 2.0, 0.1)
+
+    def as_tuple(self) -> Tuple[float, ...]:
+        return (self.ar_ce, self.nar_ce, self.aux_ce, self.kl_ar_nar, self.kl_ar_aux,
+                self.kl_nar_aux)
+
+
+def _kl_row_index(ar_kl_rows: torch.Tensor, n_ar: int, m: int, device, who: str) -> torch.Tensor:
+    """AR row index per masked row: a LongTensor (M,) as given, or a bool (N_ar,) mask with
+    M True entries (in ascending order; converted without a host sync)."""
+    if not isinstance(ar_kl_rows, torch.Tensor):
+        raise TypeError(f"{who}: ar_kl_rows must be a tensor (int64 indices (M,) or bool (N_ar,))")
+    if ar_kl_rows.dtype == torch.bool:
+        if ar_kl_rows.shape != (n_ar,):
+            raise ValueError(f"{who}: a bool ar_kl_rows must have shape ({n_ar},) (one flag per "
+                             f"AR row), got {tuple(ar_kl_rows.shape)}")
+        return torch.nonzero_static(ar_kl_rows.to(device), size=m).reshape(-1)
+    if ar_kl_rows.dtype.is_floating_point or ar_kl_rows.shape != (m,):
+        raise ValueError(f"{who}: integer ar_kl_rows must have shape ({m},) (one AR row per "
+                         f"masked row), got {ar_kl_rows.dtype} {tuple(ar_kl_rows.shape)}")
+    return ar_kl_rows.to(device=device, dtype=torch.int64)
+
+
+def _check_janus_shapes(who, ar, nar, aux, ar_targets, masked_targets):
+    if nar.shape != aux.shape:
+        raise ValueError(f"{who}: NAR and AUX inputs must have the same shape, got "
+                         f"{tuple(nar.shape)} and {tuple(aux.shape)}")
+    if ar.dim() != 2 or nar.dim() != 2 or ar.shape[1] != nar.shape[1]:
+        raise ValueError(f"{who}: expected 2-D AR (N_ar, D) and NAR/AUX (M, D) inputs with the "
+                         f"same last dim, got {tuple(ar.shape)} and {tuple(nar.shape)}")
+    if ar_targets.shape != (ar.shape[0],):
+        raise ValueError(f"{who}: ar_targets must have shape ({ar.shape[0]},), got "
+                         f"{tuple(ar_targets.shape)}")
+    if masked_targets.shape != (nar.shape[0],):
+        raise ValueError(f"{who}: masked_targets must have shape ({nar.shape[0]},), got "
+                         f"{tuple(masked_targets.shape)}")
+
+
+def _length_term(length_logits, length_targets):
+    if length_logits is None:
+        return None
+    if length_targets is None:
+        raise ValueError("janus_loss: length_logits given without length_targets")
+    return F.cross_entropy(length_logits.float(), length_targets)
+
+
+def janus_loss(ar_logits: torch.Tensor, nar_logits: torch.Tensor, aux_logits: torch.Tensor,
+               ar_targets: torch.Tensor, masked_targets: torch.Tensor,
+               ar_kl_rows: torch.Tensor, *, weights: JanusLossWeights = JanusLossWeights(),
+               label_smoothing: float = 0.1, ignore_index: int = -100,
+               length_logits: Optional[torch.Tensor] = None,
+               length_targets: Optional[torch.Tensor] = None,
+               backend: Optional[str] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The JANUS NMT criterion (janus_spec.md 6.1) from logits::
+
+        total = w.ar_ce  CE_eps(AR, ar_targets)           # all AR rows
+              + w.nar_ce CE_eps(NAR, masked_targets) + w.aux_ce CE_eps(AUX, masked_targets)
+              + w.kl_ar_nar KLs(AR[kl rows], NAR) + w.kl_ar_aux KLs(AR[kl rows], AUX)
+              + w.kl_nar_aux KLs(NAR, AUX) [+ w.length CE(length_logits, length_targets)]
+
+    Every term is a mean over its own rows (rows whose target is ``ignore_index`` are left out,
+    for the KL terms too); an empty row set gives 0.
+
+    Args:
+        ar_logits: (N_ar, V) AR query-stream logits (flattened, non-pad rows).
+        nar_logits, aux_logits: (M, V) content-stream logits at masked rows / AUX query-stream
+            logits, aligned row by row.
+        ar_targets: (N_ar,) int; masked_targets: (M,) int.
+        ar_kl_rows: the AR row of each masked row: int64 (M,), or a bool (N_ar,) mask whose M
+            True entries are in the same (ascending) order as the NAR/AUX rows.
+        weights: ``JanusLossWeights()`` (released code) or ``JanusLossWeights.paper()``.
+        length_logits, length_targets: optional length-prediction term (no smoothing).
+
+    Returns:
+        (total, terms): terms maps each name in ``LOSS_TERMS`` (and "length" when given) to
+        its unweighted value; all are differentiable.
+    """
+    who = "janus_loss"
+    _check_janus_shapes(who, ar_logits, nar_logits, aux_logits, ar_targets, masked_targets)
+    M = nar_logits.shape[0]
+    idx = _kl_row_index(ar_kl_rows, ar_logits.shape[0], M, ar_logits.device, who)
+    eps, kw = label_smoothing, dict(backend=backend)
+    valid = (masked_targets != ignore_index).to(nar_logits.device)
+    ar_sel = ar_logits.index_select(0, idx)
+    terms = {
+        "ar_ce": cross_entropy(ar_logits, ar_targets, label_smoothing=eps,
+                               ignore_index=ignore_index, **kw),
+        "nar_ce": cross_entropy(nar_logits, masked_targets, label_smoothing=eps,
+                                ignore_index=ignore_index, **kw),
+        "aux_ce": cross_entropy(aux_logits, masked_targets, label_smoothing=eps,
+                                ignore_index=ignore_index, **kw),
+        "kl_ar_nar": symmetric_kl(ar_sel, nar_logits, row_mask=valid, **kw),
+        "kl_ar_aux": symmetric_kl(ar_sel, aux_logits, row_mask=valid, **kw),
+        "kl_nar_aux": symmetric_kl(nar_logits, aux_logits, row_mask=valid, **kw),
+    }
+    total = sum(w * terms[k] for k, w in zip(LOSS_TERMS, weights.as_tuple()) if w != 0)
+    if not isinstance(total, torch.Tensor):  # every weight is 0
+        total = terms["ar_ce"] * 0
+    length = _length_term(length_logits, length_targets)
+    if length is not None:
+        terms["length"] = length
+        total = total + weights.length * length.to(total.dtype)
+    return total, terms
+
+
+# ======================================================== fused linear JANUS loss
+def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targets, idx,
+                             w6, eps, ignore_index, chunk_rows, need_grad, backend):
+    """The whole criterion from hidden states, chunk by chunk: logits = h @ weight.T for at
+    most `chunk_rows` rows per input at a time, the loss rows and their logit gradients by the
+    row kernels, then grad_h = dlogits @ weight and grad_weight += dlogits.T @ h. Gradients
+    are computed here, in the forward (Liger's fused-linear idea): no (rows x V) tensor
+    outlives a chunk."""
+    be = _BACKENDS[backend]
+    dev, dt = h_ar.device, h_ar.dtype
+    ct = _acc(dt)
+    N, M, V = h_ar.shape[0], h_nar.shape[0], weight.shape[0]
+    w_ar, w_nar, w_aux, w_an, w_ax, w_nx = w6
+    n_ar = (ar_targets != ignore_index).sum().clamp(min=1).to(ct)
+    valid = masked_targets != ignore_index
+    n_m = valid.sum().clamp(min=1).to(ct)
+    sums = torch.zeros(6, dtype=ct, device=dev)
+    gh_ar = torch.zeros(h_ar.shape, dtype=ct, device=dev) if need_grad else None
+    gh_nar = torch.empty(h_nar.shape, dtype=dt, device=dev) if need_grad else None
+    gh_aux = torch.empty(h_aux.shape, dtype=dt, device=dev) if need_grad else None
+    gw = torch.zeros(weight.shape, dtype=ct, device=dev) if need_grad else None
+
+    def row_grad(w, n, rows):  # per-row upstream gradient w / n as an (rows,) tensor
+        return (w / n).expand(rows).contiguous()
+
+    def acc_weight_grad(dlog, h):
+        gw.add_(torch.mm(dlog.t(), h).to(ct))
+
+    # AR cross entropy over all AR rows.
+    for s in range(0, N, chunk_rows):
+        e = min(N, s + chunk_rows)
+        h, t = h_ar[s:e], ar_targets[s:e]
+        logits = torch.mm(h, weight.t())
+        loss, st = be.ce_fwd(logits, t, eps, ignore_index)
+        sums[0] += loss.sum()
+        if need_grad and w_ar != 0:
+            dlog = be.ce_bwd(row_grad(w_ar, n_ar, e - s), logits, t, st, eps, ignore_index)
+            gh_ar[s:e] += torch.mm(dlog, weight).to(ct)
+            acc_weight_grad(dlog, h)
+    # Masked rows: NAR / AUX cross entropy and the three symmetric KLs, with the AR rows'
+    # logits recomputed for their KL rows (one extra (c x D) @ (D x V) product per chunk).
+    for s in range(0, M, chunk_rows):
+        e = min(M, s + chunk_rows)
+        c = e - s
+        hs = torch.cat([h_ar.index_select(0, idx[s:e]), h_nar[s:e], h_aux[s:e]])
+        logits = torch.mm(hs, weight.t())  # one GEMM for the three streams
+        la, ln, lx = logits[:c], logits[c:2 * c], logits[2 * c:]
+        t, vm = masked_targets[s:e], valid[s:e]
+        l_n, st_n = be.ce_fwd(ln, t, eps, ignore_index)
+        l_x, st_x = be.ce_fwd(lx, t, eps, ignore_index)
+        k_an, st_an = be.kl_fwd(la, ln, vm, 1.0)
+        k_ax, st_ax = be.kl_fwd(la, lx, vm, 1.0)
+        k_nx, st_nx = be.kl_fwd(ln, lx, vm, 1.0)
+        sums[1:] += torch.stack([l_n.sum(), l_x.sum(), k_an.sum(), k_ax.sum(), k_nx.sum()])
+        if not need_grad:
+            continue
+        dlog = torch.zeros_like(logits)
+        da, dn, dx = dlog[:c], dlog[c:2 * c], dlog[2 * c:]
+        if w_nar != 0:
+            dn.add_(be.ce_bwd(row_grad(w_nar, n_m, c), ln, t, st_n, eps, ignore_index))
+        if w_aux != 0:
+            dx.add_(be.ce_bwd(row_grad(w_aux, n_m, c), lx, t, st_x, eps, ignore_index))
+        for w, (l1, l2, st1, d1, d2) in ((w_an, (la, ln, st_an, da, dn)),
+                                         (w_ax, (la, lx, st_ax, da, dx)),
+                                         (w_nx, (ln, lx, st_nx, dn, dx))):
+            if w != 0:
+                g1, g2 = be.kl_bwd(row_grad(w, n_m, c), l1, l2, st1, vm, 1.0)
+                d1.add_(g1)
+                d2.add_(g2)
+        gh = torch.mm(dlog, weight)
+        gh_ar.index_add_(0, idx[s:e], gh[:c].to(ct))
+        gh_nar[s:e] = gh[c:2 * c]
+        gh_aux[s:e] = gh[2 * c:]
+        acc_weight_grad(dlog, hs)
+    terms = sums / torch.stack([n_ar, n_m, n_m, n_m, n_m, n_m])
+    total = (terms * torch.tensor(w6, dtype=ct, device=dev)).sum()
+    if not need_grad:  # four distinct placeholders: custom-op outputs may not alias
+        return (total, terms) + tuple(h_ar.new_zeros(()) for _ in range(4))
+    return total, terms, gh_ar.to(dt), gh_nar, gh_aux, gw.to(weight.dtype)
+
+
+@torch.library.custom_op("janus::fused_linear_janus", mutates_args=())
+def _fused_linear_janus_op(h_ar: torch.Tensor, h_nar: torch.Tensor, h_aux: torch.Tensor,
+                           weight: torch.Tensor, ar_targets: torch.Tensor,
+                           masked_targets: torch.Tensor, kl_rows: torch.Tensor,
+                           weights: Sequence[float], label_smoothing: float, ignore_index: int,
+                           chunk_rows: int, need_grad: bool, backend: str
+                           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                      torch.Tensor, torch.Tensor]:
+    return _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targets,
+                                    kl_rows, tuple(weights), label_smoothing, ignore_index,
+                                    chunk_rows, need_grad, backend)
+
+
+@_fused_linear_janus_op.register_fake
+def _(h_ar, h_nar, h_aux, weight, ar_targets, masked_targets, kl_rows, weights,
+      label_smoothing, ignore_index, chunk_rows, need_grad, backend):
+    ct = _acc(h_ar.dtype)
+    total, terms = h_ar.new_empty((), dtype=ct), h_ar.new_empty((6,), dtype=ct)
+    if not need_grad:
+        return (total, terms) + tuple(h_ar.new_empty(()) for _ in range(4))
+    return (total, terms, h_ar.new_empty(h_ar.shape), h_nar.new_empty(h_nar.shape),
+            h_aux.new_empty(h_aux.shape), weight.new_empty(weight.shape))
+
+
+def _fl_setup(ctx, inputs, output):
+    _, terms, g_ar, g_nar, g_aux, g_w = output
+    ctx.save_for_backward(g_ar, g_nar, g_aux, g_w)
+    ctx.mark_non_differentiable(terms, g_ar, g_nar, g_aux, g_w)
+
+
+def _fl_backward(ctx, g_total, *unused):
+    g_ar, g_nar, g_aux, g_w = ctx.saved_tensors
+    g = g_total.to(g_ar.dtype)  # a 0-d tensor: no host sync, no `g == 1` shortcut
+    return (g_ar * g, g_nar * g, g_aux * g, g_w * g.to(g_w.dtype),
+            None, None, None, None, None, None, None, None, None)
+
+
+_fused_linear_janus_op.register_autograd(_fl_backward, setup_context=_fl_setup)
+
+
+def fused_linear_janus_loss(hidden_ar: torch.Tensor, hidden_nar: torch.Tensor,
+                            hidden_aux: torch.Tensor, weight: torch.Tensor,
+                            ar_targets: torch.Tensor, masked_targets: torch.Tensor,
+                            ar_kl_rows: torch.Tensor, *,
+                            weights: JanusLossWeights = JanusLossWeights(),
+                            label_smoothing: float = 0.1, ignore_index: int = -100,
+                            chunk_rows: Optional[int] = None,
+                            length_logits: Optional[torch.Tensor] = None,
+                            length_targets: Optional[torch.Tensor] = None,
+                            backend: Optional[str] = None
+                            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """:func:`janus_loss` with the output projection fused in: logits = hidden @ weight.T
+    (a tied (V, D) embedding / LM head, no bias) are computed ``chunk_rows`` rows at a time
+    and dropped after their loss and gradients are taken, so no (rows x V) logits exist
+    beyond one chunk (3 x chunk_rows x V for the masked streams).
+
+    Gradients for the hidden states and the weight are computed in the forward pass (when
+    any input requires grad and grad mode is on) and kept until backward, which only scales
+    them by the upstream gradient (a 0-d tensor multiply, no host sync). Only ``total`` is
+    differentiable; the returned terms are detached values. The AR rows used by the KL terms
+    have their logits recomputed in the masked-row pass (an extra (M x D x V) GEMM).
+
+    Args: as :func:`janus_loss`, with hidden_ar (N_ar, D), hidden_nar/hidden_aux (M, D),
+    weight (V, D); chunk_rows defaults to about 2^21 / V rows.
+    """
+    who = "fused_linear_janus_loss"
+    for name, t in (("hidden_ar", hidden_ar), ("hidden_nar", hidden_nar),
+                    ("hidden_aux", hidden_aux), ("weight", weight)):
+        if not isinstance(t, torch.Tensor) or t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{who}: {name} must be a float tensor")
+        if t.dtype != hidden_ar.dtype or t.device != hidden_ar.device:
+            raise TypeError(f"{who}: {name} must match hidden_ar's dtype and device "
+                            f"({hidden_ar.dtype}, {hidden_ar.device}), got {t.dtype}, {t.device}")
+    _check_janus_shapes(who, hidden_ar, hidden_nar, hidden_aux, ar_targets, masked_targets)
+    if weight.dim() != 2 or weight.shape[1] != hidden_ar.shape[1] or weight.shape[0] == 0:
+        raise ValueError(f"{who}: weight must be (V, {hidden_ar.shape[1]}), got "
+                         f"{tuple(weight.shape)}")
+    dev, M, V = hidden_ar.device, hidden_nar.shape[0], weight.shape[0]
+    idx = _kl_row_index(ar_kl_rows, hidden_ar.shape[0], M, dev, who)
+    if chunk_rows is None:
+        chunk_rows = max(1, (1 << 21) // V)
+    if int(chunk_rows) < 1:
+        raise ValueError(f"{who}: chunk_rows must be >= 1, got {chunk_rows}")
+    backend = _pick_backend(backend, dev, who)
+    need_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (hidden_ar, hidden_nar, hidden_aux, weight))
+    tgt = lambda t: t.to(device=dev, dtype=torch.int64).contiguous()  # noqa: E731
+    total, terms_t, *_ = _fused_linear_janus_op(
+        hidden_ar, hidden_nar, hidden_aux, weight, tgt(ar_targets), tgt(masked_targets), idx,
+        [float(w) for w in weights.as_tuple()], float(label_smoothing), int(ignore_index),
+        int(chunk_rows), bool(need_grad), backend)
+    terms = {k: terms_t[i] for i, k in enumerate(LOSS_TERMS)}
+    length = _length_term(length_logits, length_targets)
+    if length is not None:
+        terms["length"] = length
+        total = total + weights.length * length.to(total.dtype)
+    return total, terms

@@ -1,0 +1,161 @@
+"""Transformer building blocks whose attention is a pluggable *core*.
+
+The projections live here; the score/softmax/value part is a callable
+``core(q, k, v) -> out`` on (B, H, rows, d) tensors, so one layer serves every mask style:
+the fused kernel with a mask descriptor (``fused_core``), the dense 3D-mask baseline split
+per stream the way the authors run it (``dense_core``), or a plain full attention for
+incremental decoding.
+
+Two-stream decoder layers take rows ``x = [content rows ; query rows]`` and compute keys and
+values from the first ``n_content`` rows only (query rows are never keys, spec §1); the
+encoder attention and the FFN are row-wise, so running them on the concatenation is exactly
+running them per stream.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import janus_kernels as jk
+from janus_kernels.masks import MaskDescriptor
+from janus_kernels.reference import reference_attention
+
+__all__ = ["AttnCore", "fused_core", "dense_core", "MultiheadAttention", "EncoderLayer",
+           "DecoderLayer", "reorder_cache"]
+
+Tensor = torch.Tensor
+AttnCore = Callable[[Tensor, Tensor, Tensor], Tensor]
+KV = Tuple[Tensor, Tensor]
+
+
+def fused_core(mask: MaskDescriptor, dropout_p: float = 0.0,
+               backend: Optional[str] = None) -> AttnCore:
+    """Attention through ``janus_kernels.attention`` with the mask generated in-kernel."""
+    def core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return jk.attention(q, k, v, mask, dropout_p=dropout_p, backend=backend)
+    return core
+
+
+def dense_core(blocks: Sequence[Tuple[int, Tensor]], dropout_p: float = 0.0) -> AttnCore:
+    """The dense baseline: ``blocks`` = [(n_rows, allowed (B, n_rows, Lk) bool), ...] split the
+    query rows into streams (content, query) that are attended separately with their own
+    materialized 3D mask, as the authors' per-stream calls do (spec §4.1)."""
+    def core(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        outs, r0 = [], 0
+        for n, allowed in blocks:
+            qs = q[:, :, r0:r0 + n]
+            keep = None
+            if dropout_p > 0:
+                keep = torch.rand(qs.shape[:3] + (k.shape[2],), device=q.device) >= dropout_p
+            outs.append(reference_attention(qs, k, v, allowed, keep=keep, dropout_p=dropout_p))
+            r0 += n
+        if r0 != q.shape[2]:
+            raise ValueError(f"dense_core: blocks cover {r0} rows, q has {q.shape[2]}")
+        return torch.cat(outs, 2) if len(outs) > 1 else outs[0]
+    return core
+
+
+class MultiheadAttention(nn.Module):
+    """q/k/v/out projections (with biases, as fairseq) around an attention core."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"heads: dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
+            nn.Linear(dim, dim) for _ in range(4))
+
+    def _split(self, x: Tensor) -> Tensor:
+        B, L, D = x.shape
+        return x.view(B, L, self.heads, D // self.heads).transpose(1, 2)
+
+    def kv(self, x: Tensor) -> KV:
+        """Keys and values (B, H, L, d) of the rows ``x`` (B, L, D)."""
+        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+
+    def forward(self, x: Tensor, kv: KV, core: AttnCore) -> Tensor:
+        q = self._split(self.q_proj(x))
+        o = core(q, kv[0].to(q.dtype), kv[1].to(q.dtype))
+        B, H, L, d = o.shape
+        return self.out_proj(o.transpose(1, 2).reshape(B, L, H * d))
+
+
+class _Block(nn.Module):
+    """Residual wrapper: post-LN ``LN(x + drop(f(x)))`` or pre-LN ``x + drop(f(LN(x)))``."""
+
+    def __init__(self, dim: int, pre_ln: bool, dropout: float):
+        super().__init__()
+        self.ln = nn.LayerNorm(dim)
+        self.pre_ln = pre_ln
+        self.dropout = dropout
+
+    def inp(self, x: Tensor) -> Tensor:
+        return self.ln(x) if self.pre_ln else x
+
+    def out(self, x: Tensor, y: Tensor) -> Tensor:
+        x = x + F.dropout(y, self.dropout, self.training)
+        return x if self.pre_ln else self.ln(x)
+
+
+class _FFN(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int, activation_dropout: float):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, ffn_dim), nn.Linear(ffn_dim, dim)
+        self.activation_dropout = activation_dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.dropout(F.relu(self.fc1(x)), self.activation_dropout, self.training)
+        return self.fc2(h)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn_dim: int, *, pre_ln: bool, dropout: float,
+                 activation_dropout: float):
+        super().__init__()
+        self.self_attn = MultiheadAttention(dim, heads)
+        self.ffn = _FFN(dim, ffn_dim, activation_dropout)
+        self.b_attn, self.b_ffn = _Block(dim, pre_ln, dropout), _Block(dim, pre_ln, dropout)
+
+    def forward(self, x: Tensor, core: AttnCore) -> Tensor:
+        h = self.b_attn.inp(x)
+        x = self.b_attn.out(x, self.self_attn(h, self.self_attn.kv(h), core))
+        return self.b_ffn.out(x, self.ffn(self.b_ffn.inp(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Two-stream decoder layer: self-attention of all rows against the content rows' keys,
+    encoder attention, FFN; every weight shared by both streams."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, *, pre_ln: bool, dropout: float,
+                 activation_dropout: float):
+        super().__init__()
+        self.self_attn = MultiheadAttention(dim, heads)
+        self.enc_attn = MultiheadAttention(dim, heads)
+        self.ffn = _FFN(dim, ffn_dim, activation_dropout)
+        self.b_self, self.b_enc, self.b_ffn = (_Block(dim, pre_ln, dropout) for _ in range(3))
+
+    def forward(self, x: Tensor, n_content: int, self_core: AttnCore, enc_kv: KV,
+                enc_core: AttnCore, cache: Optional[Dict[str, Tensor]] = None) -> Tensor:
+        """x (B, R, D): rows [content (n_content) ; query]. With ``cache`` (incremental
+        decoding) the new content rows' keys/values are appended to ``cache['k'/'v']`` and
+        attention runs over all cached content keys, each key held once (spec §5.5)."""
+        h = self.b_self.inp(x)
+        k, v = self.self_attn.kv(h[:, :n_content])
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            cache["k"], cache["v"] = k, v
+        x = self.b_self.out(x, self.self_attn(h, (k, v), self_core))
+        x = self.b_enc.out(x, self.enc_attn(self.b_enc.inp(x), enc_kv, enc_core))
+        return self.b_ffn.out(x, self.ffn(self.b_ffn.inp(x)))
+
+
+def reorder_cache(caches: List[Dict[str, Tensor]], order: Tensor) -> None:
+    """Beam search: select batch rows ``order`` of every cached key/value in place."""
+    for c in caches:
+        for name in list(c):
+            c[name] = c[name].index_select(0, order)

@@ -1,0 +1,342 @@
+"""A compact JANUS Transformer encoder-decoder (spec §1, §5.3, §7.1).
+
+* Shared token embedding for encoder input, decoder input and the tied output projection;
+  embeddings scaled by sqrt(D); learned positions (one table per side) with id = index + 2
+  and padding_idx = 1; post-LN by default (the authors' IWSLT config), pre-LN optional (with
+  final encoder/decoder LayerNorms); BERT init N(0, 0.02).
+* Length head (spec §5.3): mean-pool the encoder over non-pad source positions, multiply by a
+  (256, D) table -> 256 logits; target L = N + 2 clamped to 255.
+* Two-stream decoder: every layer runs ONE self-attention call over the rows
+  [content ; query] against the content keys (``janus_kernels.attention`` with the JANUS
+  descriptor), then encoder attention and FFN on the same concatenated rows.
+
+Modes of :meth:`JanusTransformer.forward`:
+
+* ``janus``: an AR pass (causal two-stream, spec §1.1) and a NAR/AUX pass (reordered V|M|G
+  content + M queries, spec §1.2). By default the source is encoded once per step and its
+  encoder-attention keys/values are shared by both passes.
+* ``cmlm``: NAR only: the U+M content rows (V|M) with a bidirectional key-padding mask; no
+  query stream, no G block.
+* ``ar``: the AR pass only.
+
+:class:`ExecOptions` switches the efficiency choices one by one so benchmarks can measure
+each: ``encoder_passes`` (1 or the authors' 2), ``project`` ("used": only the rows a loss
+reads, in one matmul; "all": every content/query row as the authors do), ``attention``
+("fused": mask descriptors; "dense": per-sample dense 3D masks from the authors' builder and
+the eager reference attention, one call per stream). ``ExecOptions.authors()`` is the
+faithful dense reference of the authors' design.
+
+Sources must be right-padded with PAD (the key-padding descriptors assume real keys first).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import janus_kernels as jk
+from janus_kernels.reference import authors_janus_masks
+
+from .layers import KV, AttnCore, DecoderLayer, EncoderLayer, dense_core, fused_core
+from .layout import PAD, ARLayout, JanusBatch, NARLayout, positions_for
+
+__all__ = ["JanusConfig", "ExecOptions", "Encoded", "Outputs", "JanusTransformer"]
+
+Tensor = torch.Tensor
+MODES = ("janus", "cmlm", "ar")
+
+
+@dataclasses.dataclass
+class JanusConfig:
+    """Architecture. Defaults: the authors' ``janus_transformer_iwslt_de_en`` (spec §7.1)."""
+
+    vocab_size: int
+    dim: int = 512
+    heads: int = 4
+    ffn_dim: int = 1024
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    dropout: float = 0.3
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    pre_ln: bool = False
+    max_positions: int = 1024
+    length_classes: int = 256
+    init_std: float = 0.02
+    scale_embedding: bool = True
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 4:
+            raise ValueError(f"vocab_size: need at least the 4 special tokens, got "
+                             f"{self.vocab_size}")
+        if self.dim % self.heads:
+            raise ValueError(f"heads: dim {self.dim} is not divisible by {self.heads}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecOptions:
+    """How a forward is executed (the math is the same; see the module docstring)."""
+
+    encoder_passes: int = 1
+    project: str = "used"
+    attention: str = "fused"
+    backend: Optional[str] = None      # janus_kernels attention backend (None: automatic)
+
+    def __post_init__(self) -> None:
+        if self.encoder_passes not in (1, 2):
+            raise ValueError(f"encoder_passes: expected 1 or 2, got {self.encoder_passes}")
+        if self.project not in ("used", "all"):
+            raise ValueError(f"project: expected 'used' or 'all', got {self.project!r}")
+        if self.attention not in ("fused", "dense"):
+            raise ValueError(f"attention: expected 'fused' or 'dense', got {self.attention!r}")
+
+    @classmethod
+    def authors(cls) -> "ExecOptions":
+        """The authors' design: two encoder passes, dense per-sample 3D masks, every row
+        projected to the vocabulary."""
+        return cls(encoder_passes=2, project="all", attention="dense")
+
+
+@dataclasses.dataclass
+class Encoded:
+    out: Tensor          # (B, S, D)
+    lengths: Tensor      # (B,) real source tokens
+
+
+@dataclasses.dataclass
+class Outputs:
+    """Logits of exactly the rows the losses read (flat, batch-major), plus targets.
+
+    ar: every real AR query row; kl_ar: the AR rows predicting a masked token (aligned with
+    nar/aux); nar: the M-block content rows; aux: the real query rows."""
+
+    ar_logits: Optional[Tensor] = None
+    ar_target: Optional[Tensor] = None
+    kl_ar_logits: Optional[Tensor] = None
+    nar_logits: Optional[Tensor] = None
+    aux_logits: Optional[Tensor] = None
+    masked_target: Optional[Tensor] = None
+    length_logits: Optional[Tensor] = None
+    length_target: Optional[Tensor] = None
+
+
+def _key_padding_allowed(kv_lengths: Tensor, n_rows: int, kv_len: int) -> Tensor:
+    j = torch.arange(kv_len, device=kv_lengths.device)
+    return (j[None, None, :] < kv_lengths[:, None, None]).expand(-1, n_rows, -1)
+
+
+def _causal_allowed(lengths: Tensor, T: int) -> Tensor:
+    """The authors' AR mask: 2-D causal plus key padding (padding rows see a causal
+    prefix, never an empty row)."""
+    i = torch.arange(T, device=lengths.device)
+    return (i[None, None, :] <= i[None, :, None]) & (i[None, None, :] < lengths[:, None, None])
+
+
+class JanusTransformer(nn.Module):
+    def __init__(self, cfg: JanusConfig, exec_options: Optional[ExecOptions] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.exec = exec_options or ExecOptions()
+        D = cfg.dim
+        self.embed = nn.Embedding(cfg.vocab_size, D, padding_idx=PAD)
+        self.enc_pos = nn.Embedding(cfg.max_positions + 2, D, padding_idx=PAD)
+        self.dec_pos = nn.Embedding(cfg.max_positions + 2, D, padding_idx=PAD)
+        kw = dict(pre_ln=cfg.pre_ln, dropout=cfg.dropout,
+                  activation_dropout=cfg.activation_dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(D, cfg.heads, cfg.ffn_dim, **kw)
+                                     for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(D, cfg.heads, cfg.ffn_dim, **kw)
+                                     for _ in range(cfg.decoder_layers))
+        self.enc_ln = nn.LayerNorm(D) if cfg.pre_ln else None
+        self.dec_ln = nn.LayerNorm(D) if cfg.pre_ln else None
+        self.embed_length = nn.Embedding(cfg.length_classes, D)
+        self.embed_scale = math.sqrt(D) if cfg.scale_embedding else 1.0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """BERT init (fairseq ``--apply-bert-init``): Linear/Embedding ~ N(0, init_std),
+        biases and the padding rows zero, LayerNorms (1, 0)."""
+        std = self.cfg.init_std
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, std)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, std)
+                if m.padding_idx is not None:
+                    with torch.no_grad():
+                        m.weight[m.padding_idx].zero_()
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ pieces
+    def _check_positions(self, width: int) -> None:
+        if width > self.cfg.max_positions:
+            raise ValueError(f"sequence of {width} tokens exceeds max_positions="
+                             f"{self.cfg.max_positions}")
+
+    def _embed(self, tokens: Tensor, positions: Tensor, table: nn.Embedding) -> Tensor:
+        x = self.embed_scale * self.embed(tokens) + table(positions)
+        return F.dropout(x, self.cfg.dropout, self.training)
+
+    def _attn_p(self) -> float:
+        return self.cfg.attention_dropout if self.training else 0.0
+
+    def padding_core(self, kv_lengths: Tensor, n_rows: int, kv_len: int,
+                     opts: ExecOptions, q_lengths: Optional[Tensor] = None) -> AttnCore:
+        """Key-padding attention core: rows see keys [0, kv_lengths[b]). Fused: rows
+        >= q_lengths[b] (if given) output zeros; dense: every row sees the real keys (the
+        authors' choice for padding rows; never read either way)."""
+        if opts.attention == "fused":
+            mask = jk.key_padding_mask(kv_lengths, n_rows, kv_len, q_lengths=q_lengths)
+            return fused_core(mask, self._attn_p(), opts.backend)
+        return dense_core([(n_rows, _key_padding_allowed(kv_lengths, n_rows, kv_len))],
+                          self._attn_p())
+
+    def encode(self, src: Tensor, opts: Optional[ExecOptions] = None) -> Encoded:
+        """Encoder over a right-padded source (B, S)."""
+        opts = opts or self.exec
+        if src.dim() != 2:
+            raise ValueError(f"src: expected (B, S) token ids, got shape {tuple(src.shape)}")
+        self._check_positions(src.shape[1])
+        lengths = (src != PAD).sum(1)
+        S = src.shape[1]
+        x = self._embed(src, positions_for(src), self.enc_pos)
+        core = self.padding_core(lengths, S, S, opts)
+        for layer in self.encoder:
+            x = layer(x, core)
+        if self.enc_ln is not None:
+            x = self.enc_ln(x)
+        return Encoded(x, lengths)
+
+    def length_logits(self, enc: Encoded) -> Tensor:
+        """(B, length_classes): mean-pooled encoder states times the length table."""
+        S = enc.out.shape[1]
+        real = (torch.arange(S, device=enc.out.device)[None, :] < enc.lengths[:, None])
+        pooled = (enc.out * real[..., None].to(enc.out.dtype)).sum(1)
+        pooled = pooled / enc.lengths.clamp(min=1)[:, None].to(pooled.dtype)
+        return F.linear(pooled, self.embed_length.weight)
+
+    def encoder_kv(self, enc: Encoded) -> List[KV]:
+        """Per decoder layer, the encoder-attention keys/values: computed once per encoder
+        pass and shared by every decoder pass (and every decoding step) that uses it."""
+        return [layer.enc_attn.kv(enc.out) for layer in self.decoder]
+
+    def decode_rows(self, tokens: Tensor, positions: Tensor, n_content: int,
+                    self_core: AttnCore, enc: Encoded, enc_kv: List[KV],
+                    opts: Optional[ExecOptions] = None,
+                    caches: Optional[List[Dict[str, Tensor]]] = None) -> Tensor:
+        """Decoder over rows [content (n_content) ; query] -> final states (B, R, D)."""
+        opts = opts or self.exec
+        x = self._embed(tokens, positions, self.dec_pos)
+        enc_core = self.padding_core(enc.lengths, tokens.shape[1], enc.out.shape[1], opts)
+        for i, layer in enumerate(self.decoder):
+            x = layer(x, n_content, self_core, enc_kv[i], enc_core,
+                      None if caches is None else caches[i])
+        if self.dec_ln is not None:
+            x = self.dec_ln(x)
+        return x
+
+    def project(self, h: Tensor) -> Tensor:
+        """Tied output projection to vocabulary logits."""
+        return F.linear(h, self.embed.weight)
+
+    # ------------------------------------------------------------ the passes
+    def ar_pass(self, ar: ARLayout, enc: Encoded, enc_kv: List[KV],
+                opts: Optional[ExecOptions] = None) -> Tensor:
+        """AR two-stream pass (spec §1.1, §3.1) -> query-stream states (B, T, D)."""
+        opts = opts or self.exec
+        T = ar.seq_len
+        self._check_positions(T + 1)
+        tokens = torch.cat([ar.content, ar.query], 1)
+        pos = torch.cat([ar.positions, ar.positions], 1)
+        if opts.attention == "fused":
+            core = fused_core(ar.mask(), self._attn_p(), opts.backend)
+        else:
+            allowed = _causal_allowed(ar.lengths, T)
+            core = dense_core([(T, allowed), (T, allowed)], self._attn_p())
+        return self.decode_rows(tokens, pos, T, core, enc, enc_kv, opts)[:, T:]
+
+    def nar_pass(self, nar: NARLayout, enc: Encoded, enc_kv: List[KV],
+                 opts: Optional[ExecOptions] = None) -> Tuple[Tensor, Tensor]:
+        """NAR/AUX two-stream pass (spec §1.2, §3.2) -> (content (B, Lc, D), query (B, Lq, D))."""
+        opts = opts or self.exec
+        Lc, Lq = nar.content_len, nar.query_len
+        self._check_positions(nar.cmlm_len)            # max L: the largest index + 1
+        tokens = torch.cat([nar.content, nar.query], 1)
+        pos = torch.cat([nar.content_positions, nar.query_positions], 1)
+        if opts.attention == "fused":
+            core = fused_core(nar.mask(), self._attn_p(), opts.backend)
+        else:
+            cm, qm = authors_janus_masks(nar.U, nar.M, Lc, Lq)   # float, 1 = blocked
+            blocks = [(Lc, cm < 0.5)] + ([(Lq, qm < 0.5)] if Lq else [])
+            core = dense_core(blocks, self._attn_p())
+        h = self.decode_rows(tokens, pos, Lc, core, enc, enc_kv, opts)
+        return h[:, :Lc], h[:, Lc:]
+
+    def cmlm_pass(self, nar: NARLayout, enc: Encoded, enc_kv: List[KV],
+                  opts: Optional[ExecOptions] = None) -> Tensor:
+        """CMLM pass: the V|M rows only, bidirectional over each sample's U+M entries."""
+        opts = opts or self.exec
+        n = nar.cmlm_len
+        tokens, pos = nar.content[:, :n], nar.content_positions[:, :n]
+        core = self.padding_core(nar.U + nar.M, n, n, opts, q_lengths=nar.U + nar.M)
+        return self.decode_rows(tokens, pos, n, core, enc, enc_kv, opts)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, src: Tensor, batch: JanusBatch, mode: str = "janus",
+                opts: Optional[ExecOptions] = None) -> Outputs:
+        """One training forward; returns the logits of the rows the ``mode``'s loss reads."""
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        opts = opts or self.exec
+        ar, nar = batch.ar, batch.nar
+        enc = self.encode(src, opts)
+        enc_kv = self.encoder_kv(enc)
+        out = Outputs(ar_target=ar.row_target, masked_target=nar.row_target,
+                      length_target=batch.target_lengths.clamp(max=self.cfg.length_classes - 1))
+        if mode == "ar":
+            hq = self.ar_pass(ar, enc, enc_kv, opts)
+            out.ar_logits = self._project_rows([(hq, ar.rows())], opts)[0]
+            return out
+        if mode == "cmlm":
+            h = self.cmlm_pass(nar, enc, enc_kv, opts)
+            out.nar_logits = self._project_rows(
+                [(h, nar.row_sample * nar.cmlm_len + nar.nar_col)], opts)[0]
+            out.length_logits = self.length_logits(enc)
+            return out
+
+        hq_ar = self.ar_pass(ar, enc, enc_kv, opts)
+        if opts.encoder_passes == 2:        # the authors re-encode for the NAR forward
+            enc = self.encode(src, opts)
+            enc_kv = self.encoder_kv(enc)
+        hc, hq = self.nar_pass(nar, enc, enc_kv, opts)
+        ar_logits, nar_logits, aux_logits = self._project_rows([
+            (hq_ar, ar.rows()),
+            (hc, nar.row_sample * nar.content_len + nar.nar_col),
+            (hq, nar.row_sample * nar.query_len + nar.aux_col)], opts)
+        out.ar_logits, out.nar_logits, out.aux_logits = ar_logits, nar_logits, aux_logits
+        # the KL rows are a subset of the real AR rows: index into the compact AR logits
+        ar_off = ar.lengths.cumsum(0) - ar.lengths
+        out.kl_ar_logits = ar_logits.index_select(0, ar_off[nar.row_sample] + nar.ar_col)
+        out.length_logits = self.length_logits(enc)
+        return out
+
+    def _project_rows(self, parts: List[Tuple[Tensor, Tensor]],
+                      opts: ExecOptions) -> List[Tensor]:
+        """Logits of the selected rows of each (states (B, n, D), flat row index) part.
+
+        "used": gather the rows first and project them in ONE matmul; "all": project every
+        row of every part (the authors' way) and gather afterwards."""
+        D = self.cfg.dim
+        if opts.project == "all":
+            return [self.project(h).reshape(-1, self.cfg.vocab_size).index_select(0, idx)
+                    for h, idx in parts]
+        rows = [h.reshape(-1, D).index_select(0, idx) for h, idx in parts]
+        logits = self.project(torch.cat(rows, 0)) if len(rows) > 1 else self.project(rows[0])
+        return list(logits.split([r.shape[0] for r in rows], 0))
