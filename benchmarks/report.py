@@ -227,7 +227,8 @@ def _train_step(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
         return "\n".join(out + ["", "_No measurements (see Skipped)._"])
     table = [{**r, "time": _cell({**r, "vs_ours": None})} for r in rows]
     cols = [("config", "configuration"), ("group", "group"), ("switches", "switches"),
-            ("time", "step ms"), ("spread_pct", "spread %"), ("vs_cmlm", "x CMLM (same opts)"),
+            ("loss", "loss (eval)"), ("time", "step ms"), ("spread_pct", "spread %"),
+            ("vs_cmlm", "x CMLM (same opts)"),
             ("step_gflop", "step GFLOP"), ("gflops", "GFLOP/s"), ("peak_mb", "peak MB"),
             ("cpu_util", "CPU util")]
     out += ["", markdown_table(table, cols, {"config": str, "group": str, "switches": str,

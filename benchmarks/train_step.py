@@ -5,11 +5,15 @@ Modes:
 
     AR                      mode "ar": the AR two-stream pass only, CE_eps
     CMLM                    mode "cmlm": the V|M rows, bidirectional, CE_eps + 0.1 length CE
+    CMLM-dense              CMLM with dense attention masks, every row projected, eager loss
     JANUS-fused             mode "janus" with every efficiency switch on: one encoder pass,
                             only the rows a loss reads projected, descriptor attention, and
-                            the fused loss (janus_kernels.losses.janus_loss) when available
+                            the fused loss ops (janus_kernels.losses through
+                            ``compute_loss(terms_fn=...)``) when available
     JANUS-dense-reference   mode "janus" as the authors run it: two encoder passes, every row
                             projected, per-sample dense 3D masks + eager attention, eager loss
+
+AR and CMLM run with the same switches as JANUS-fused (the fused loss included).
 
 The ratios JANUS / CMLM (the paper reports ~4-5x in training time) are given for both JANUS
 modes, each against CMLM run with the same execution options, next to the ratio of the step's
@@ -31,14 +35,12 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .common import (Settings, SuiteResult, error_line, first_call, optional_import,
                      time_rows)
 
 __all__ = ["ModelSetup", "SETUPS", "StepConfig", "configs", "step_gflop", "run"]
-
-LABEL_SMOOTHING = 0.1
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelSetup:
@@ -82,12 +84,14 @@ FUSED = dict(encoder_passes=1, project="used", attention="fused", fused_loss=Tru
 
 
 def configs(settings: Settings, fused_loss: bool = True) -> List[StepConfig]:
-    """The modes, then the ablations. Without the fused loss (janus_kernels.losses missing)
-    JANUS-fused runs with the eager loss and the leave-one-out "eager loss" row is dropped."""
+    """The modes, then the ablations. AR, CMLM and JANUS-fused use every efficiency switch
+    (fused attention, only the used rows projected, the fused loss ops); CMLM-dense and
+    JANUS-dense-reference use none. Without the fused loss (janus_kernels.losses missing) the
+    fused configurations run with the eager loss and the "eager loss" ablation is dropped."""
     fused = dict(FUSED, fused_loss=fused_loss)
     out = [
-        StepConfig("AR", "ar"),
-        StepConfig("CMLM", "cmlm"),
+        StepConfig("AR", "ar", fused_loss=fused_loss),
+        StepConfig("CMLM", "cmlm", fused_loss=fused_loss),
         StepConfig("CMLM-dense", "cmlm", project="all", attention="dense"),
         StepConfig("JANUS-fused", "janus", **fused),
         StepConfig("JANUS-dense-reference", "janus", **AUTHORS),
@@ -179,25 +183,34 @@ def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad
 
 
 # ================================================================================= run
+def fused_terms(losses) -> Callable[[Any, float], Dict[str, torch.Tensor]]:
+    """``objectives.loss_terms`` computed by janus_kernels' fused ops (same term names, same
+    math): plugs into ``objectives.compute_loss(terms_fn=...)``."""
+    def terms(out, eps: float) -> Dict[str, torch.Tensor]:
+        t: Dict[str, torch.Tensor] = {}
+        ce, kl = losses.cross_entropy, losses.symmetric_kl
+        if out.ar_logits is not None:
+            t["ar"] = ce(out.ar_logits, out.ar_target, label_smoothing=eps)
+        if out.nar_logits is not None:
+            t["nar"] = ce(out.nar_logits, out.masked_target, label_smoothing=eps)
+        if out.aux_logits is not None:
+            t["aux"] = ce(out.aux_logits, out.masked_target, label_smoothing=eps)
+            t["kl_ar_aux"] = kl(out.kl_ar_logits, out.aux_logits)
+            t["kl_nar_aux"] = kl(out.nar_logits, out.aux_logits)
+            t["kl_ar_nar"] = kl(out.kl_ar_logits, out.nar_logits)
+        if out.length_logits is not None:
+            t["length"] = F.cross_entropy(out.length_logits.float(), out.length_target)
+        return t
+    return terms
+
+
 def _loss_fn(cfg: StepConfig, model, src, batch, mods: Dict[str, Any]
              ) -> Callable[[], torch.Tensor]:
-    m_model, objectives, losses = mods["model"], mods["objectives"], mods["losses"]
-    opts = m_model.ExecOptions(encoder_passes=cfg.encoder_passes, project=cfg.project,
-                               attention=cfg.attention)
-    if not cfg.fused_loss:
-        return lambda: objectives.compute_loss(model, src, batch, cfg.mode, opts=opts)[0]
-    ar, nar = batch.ar, batch.nar
-    kl_rows = (ar.lengths.cumsum(0) - ar.lengths)[nar.row_sample] + nar.ar_col
-
-    def fused() -> torch.Tensor:
-        out = model(src, batch, cfg.mode, opts)
-        total, _ = losses.janus_loss(out.ar_logits, out.nar_logits, out.aux_logits,
-                                     out.ar_target, out.masked_target, kl_rows,
-                                     label_smoothing=LABEL_SMOOTHING,
-                                     length_logits=out.length_logits,
-                                     length_targets=out.length_target)
-        return total
-    return fused
+    opts = mods["model"].ExecOptions(encoder_passes=cfg.encoder_passes, project=cfg.project,
+                                     attention=cfg.attention)
+    kw = {"terms_fn": fused_terms(mods["losses"])} if cfg.fused_loss else {}
+    return lambda: mods["objectives"].compute_loss(model, src, batch, cfg.mode, opts=opts,
+                                                   **kw)[0]
 
 
 def _make_step(cfg: StepConfig, model, opt, src, batch, mods: Dict[str, Any]
@@ -252,9 +265,11 @@ def run(settings: Settings, machine: Dict[str, Any],
     if mods["losses"] is None:
         res.skip("fused loss (janus_kernels.losses)",
                  f"not available ({mods['losses_why']}); JANUS-fused runs with the eager loss")
-    # one untimed step first, so Adam's state exists before any memory measurement
-    steps: Dict[str, Callable[[], None]] = {}
-    for cfg in configs(settings, fused_loss=mods["losses"] is not None):
+    cfgs = configs(settings, fused_loss=mods["losses"] is not None)
+    # 1. the loss of every configuration on the same weights, without dropout: the
+    #    configurations of one mode must agree (the switches change the work, not the math)
+    model.eval()
+    for cfg in cfgs:
         row: Dict[str, Any] = {"config": cfg.name, "group": cfg.group, "mode": cfg.mode,
                                "switches": cfg.switches, "status": "ok"}
         res.rows.append(row)
@@ -264,17 +279,28 @@ def run(settings: Settings, machine: Dict[str, Any],
             row["step_gflop"] = None
             res.notes.append(f"FLOP estimate failed for {cfg.name}: {error_line(e)}")
         try:
-            step = _make_step(cfg, model, opt, src, batch, mods)
-            if not steps:
-                step()
-            with torch.no_grad():       # the loss value: finite, and the right order
+            with torch.no_grad():
                 row["loss"] = float(_loss_fn(cfg, model, src, batch, mods)())
-            _, _, row["peak_mb"] = first_call(step, dev, measure_memory=True)
-            steps[cfg.name] = step
         except Exception as e:  # noqa: BLE001 - a failing configuration is a row
             row.update(status="failed", note=f"failed: {error_line(e)}")
             log(f"  {cfg.name}: failed {row['note']}")
-    # every configuration timed in the same rounds: load changes hit them alike
+    model.train()
+    # 2. one untimed step of each (the first also creates Adam's state, so it comes before
+    #    any memory measurement) with its peak memory
+    steps: Dict[str, Callable[[], None]] = {}
+    for cfg, row in zip(cfgs, res.rows):
+        if row["status"] != "ok":
+            continue
+        try:
+            step = _make_step(cfg, model, opt, src, batch, mods)
+            if not steps:
+                step()
+            _, _, row["peak_mb"] = first_call(step, dev, measure_memory=True)
+            steps[cfg.name] = step
+        except Exception as e:  # noqa: BLE001
+            row.update(status="failed", note=f"failed: {error_line(e)}")
+            log(f"  {cfg.name}: failed {row['note']}")
+    # 3. every configuration timed in the same rounds: load changes hit them alike
     time_rows({r["config"]: r for r in res.rows}, steps, settings)
     for row in res.rows:
         if row["status"] == "ok" and row.get("step_gflop"):
@@ -289,8 +315,8 @@ def run(settings: Settings, machine: Dict[str, Any],
     res.notes.append("step_gflop: matmul FLOPs from the shapes (linear layers on the padded rows "
                      "each mode runs, attention on visible entries, projected rows; backward = "
                      "2x forward); gflops = step_gflop / step time.")
-    res.notes.append("The loss column differs between modes (different objectives); within "
-                     "mode janus every configuration computes the same math (dropout aside).")
+    res.notes.append("loss = the loss in eval mode (no dropout) before timing; it differs "
+                     "between modes (different objectives) and must agree within a mode.")
     res.seconds = time.perf_counter() - t_suite
     return res
 

@@ -112,6 +112,10 @@ def test_quick_loss_and_train_step_report_what_is_missing(quick_run):
         assert {"AR", "CMLM", "JANUS-fused", "JANUS-dense-reference"} <= set(names)
         assert all(r["status"] == "ok" and r["ms"] > 0 and r["step_gflop"] > 0
                    for r in ts["rows"]), ts["rows"]
+        # every switch keeps the math: all configurations of a mode give one loss value
+        for mode in ("janus", "cmlm"):
+            vals = [r["loss"] for r in ts["rows"] if r["mode"] == mode]
+            assert len(vals) >= 2 and max(vals) - min(vals) <= 1e-4 * abs(vals[0]), (mode, vals)
         ratios = ts["extra"]["ratios"]
         # JANUS runs more rows than CMLM: its step needs more FLOPs
         assert ratios["JANUS-fused / CMLM FLOPs"] > 1.5
