@@ -47,8 +47,8 @@ from janus_kernels.masks import Field, Kind, MaskDescriptor
 from janus_kernels.reference import (authors_janus_masks, authors_mask_to_allowed,
                                      reference_attention, sdpa_attention)
 
-from .common import (Settings, SuiteResult, dtype_name, error_line, first_call, gemm_peak,
-                     time_fn, time_once, time_rows)
+from .common import (Settings, SuiteResult, case_generator, dtype_name, error_line, first_call,
+                     gemm_peak, time_fn, time_once, time_rows)
 
 __all__ = ["Shape", "SHAPES", "FAMILIES", "Case", "make_case", "plan", "run", "flex_mask_mod"]
 
@@ -395,7 +395,6 @@ def run(settings: Settings, machine: Dict[str, Any],
         log: Callable[[str], None] = print) -> SuiteResult:
     res = SuiteResult("attention")
     t_suite = time.perf_counter()
-    gen = torch.Generator().manual_seed(settings.seed)
     case: Optional[Case] = None          # the plan lists each case's dtypes together
     for family, shape_name, dtype, with_flex in plan(settings):
         if not settings.selected(family, shape_name, dtype_name(dtype)):
@@ -403,8 +402,10 @@ def run(settings: Settings, machine: Dict[str, Any],
         if case is None or (case.family, case.shape.name) != (family, shape_name):
             case = None
             gc.collect()
+            gen = case_generator(settings.seed, f"attention/{family}/{shape_name}")
             case = make_case(family, SHAPES[shape_name], gen, settings.device)
-        tensors = _inputs(case, dtype, gen, settings.device)
+        tensors = _inputs(case, dtype, case_generator(
+            settings.seed, f"attention/{case.label}/{dtype_name(dtype)}"), settings.device)
         contenders = _contenders(case, dtype, settings, with_flex, res)
         ours = next((c for c in contenders if c.name.startswith("ours:")), None)
         for pass_ in PASSES:

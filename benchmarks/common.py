@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -47,7 +48,8 @@ import torch
 __all__ = ["Settings", "Timing", "time_fn", "time_interleaved", "time_rows", "time_once",
            "first_call", "peak_memory_mb", "machine_peaks",
            "environment_info", "SuiteResult", "optional_import", "write_json",
-           "markdown_table", "fmt_num", "bar_chart", "synchronize", "dtype_name"]
+           "markdown_table", "fmt_num", "bar_chart", "synchronize", "dtype_name",
+           "case_generator"]
 
 MB = 1024 * 1024
 
@@ -109,6 +111,12 @@ class Settings:
 def dtype_name(dt: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
             torch.float64: "fp64"}.get(dt, str(dt).replace("torch.", ""))
+
+
+def case_generator(seed: int, label: str) -> torch.Generator:
+    """A generator seeded from the run's seed and the case's name, so a case draws the same
+    lengths and inputs whether it runs alone (filters) or within the whole set."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(label.encode()))
 
 
 def synchronize(device: str) -> None:

@@ -32,8 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .common import (Settings, SuiteResult, dtype_name, error_line, first_call,
-                     optional_import, time_rows)
+from .common import (Settings, SuiteResult, case_generator, dtype_name, error_line,
+                     first_call, optional_import, time_rows)
 
 __all__ = ["eager_symmetric_kl", "eager_cross_entropy", "eager_janus_loss",
            "eager_fused_linear", "plan", "run"]
@@ -237,11 +237,10 @@ def run(settings: Settings, machine: Dict[str, Any],
         log: Callable[[str], None] = print) -> SuiteResult:
     res = SuiteResult("loss")
     t_suite = time.perf_counter()
-    gen = torch.Generator().manual_seed(settings.seed)
     for case in plan(settings):
         if not settings.selected(case.loss, None, dtype_name(case.dtype)):
             continue
-        inp = _inputs(case, gen, settings.device)
+        inp = _inputs(case, case_generator(settings.seed, f"loss/{case.label}"), settings.device)
         contenders = _contenders(case, settings, res)
         # the eager loss value is the reference for the sanity column rel_diff
         try:
