@@ -445,7 +445,9 @@ def run(settings: Settings, machine: Dict[str, Any],
         "measured at the start of this run.")
     res.notes.append(
         "eager_dense includes its dense-mask build on every call (mask_ms shows that part); "
-        "sdpa_dense and flex_compiled get their mask prebuilt (mask_ms, not included).")
+        "sdpa_dense and flex_compiled get their mask prebuilt (mask_ms, not included). "
+        "eager_dense is janus_kernels.reference.reference_attention(upcast=False), which also "
+        "computes the log-sum-exp (one extra pass over the scores).")
     res.seconds = time.perf_counter() - t_suite
     return res
 
