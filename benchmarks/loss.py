@@ -1,0 +1,275 @@
+"""Loss benchmark: the fused JANUS losses (``janus_kernels.losses``) against eager PyTorch
+and ``torch.compile`` of the same formulas, time and peak memory over rows x V.
+
+Losses (released JANUS recipe, spec §6.1; eps = 0.1):
+
+    symmetric_kl     KLs(x, y) = mean_r 1/2 [KL(p||q) + KL(q||p)],  p = softmax(x), q = softmax(y)
+    cross_entropy    CE_eps(x, t) = mean_r (1-eps)(-log p_t) + eps mean_v(-log p_v)
+    janus_loss       CE(AR) + 1 KLs(AR[kl], NAR) + 3 KLs(AR[kl], AUX) + 0.5 CE(NAR)
+                     + 0.5 CE(AUX) + 1 KLs(NAR, AUX), from logits; N_ar = R AR rows and
+                     M = R/2 masked rows
+    fused_linear     the same criterion from hidden states (D) and a tied (V, D) projection:
+                     ours never holds the (rows x V) logits; N_ar = R/2, M = R/4
+
+Contenders: ``ours`` (janus_kernels.losses, default backend; for fused_linear also
+``ours:linear+janus_loss``, the projection done by torch and only the loss fused), ``eager``
+(log_softmax / F.cross_entropy formulas written here), ``compiled`` (torch.compile of the
+eager formula; compile time reported as compile_s). Passes: fwd (inputs without grad) and
+fwd+bwd (``torch.autograd.grad`` of the loss w.r.t. every float input: no .grad
+accumulation). When ``janus_kernels.losses`` is missing its rows are skipped with a line
+saying so, and the baselines still run.
+
+At these sizes fresh (rows x V) outputs cost page faults (first touch), which all contenders
+pay; THP_MEM_ALLOC_ENABLE=1 changes that balance (recorded in the run's metadata).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .common import (Settings, SuiteResult, case_generator, dtype_name, error_line,
+                     first_call, optional_import, time_rows)
+
+__all__ = ["eager_symmetric_kl", "eager_cross_entropy", "eager_janus_loss",
+           "eager_fused_linear", "plan", "run"]
+
+EPS = 0.1
+W_RELEASED = dict(ar=1.0, nar=0.5, aux=0.5, kl_ar_nar=1.0, kl_ar_aux=3.0, kl_nar_aux=1.0)
+LOSSES = ("symmetric_kl", "cross_entropy", "janus_loss", "fused_linear")
+PASSES = ("fwd", "fwd+bwd")
+
+
+# ======================================================================= eager formulas
+def eager_symmetric_kl(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """mean_r 1/2 sum_v (p - q)(log p - log q), float32 softmaxes (the authors' way)."""
+    lx, ly = F.log_softmax(x.float(), -1), F.log_softmax(y.float(), -1)
+    return 0.5 * ((lx.exp() - ly.exp()) * (lx - ly)).sum(-1).mean()
+
+
+def eager_cross_entropy(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(x.float(), t, label_smoothing=EPS)
+
+
+def eager_janus_loss(ar: torch.Tensor, nar: torch.Tensor, aux: torch.Tensor,
+                     ar_t: torch.Tensor, m_t: torch.Tensor, kl_rows: torch.Tensor
+                     ) -> torch.Tensor:
+    """The released JANUS criterion from logits (no length term)."""
+    w = W_RELEASED
+    ar_kl = ar.index_select(0, kl_rows)
+    return (w["ar"] * eager_cross_entropy(ar, ar_t)
+            + w["nar"] * eager_cross_entropy(nar, m_t)
+            + w["aux"] * eager_cross_entropy(aux, m_t)
+            + w["kl_ar_nar"] * eager_symmetric_kl(ar_kl, nar)
+            + w["kl_ar_aux"] * eager_symmetric_kl(ar_kl, aux)
+            + w["kl_nar_aux"] * eager_symmetric_kl(nar, aux))
+
+
+def eager_fused_linear(h_ar, h_nar, h_aux, weight, ar_t, m_t, kl_rows) -> torch.Tensor:
+    """Project every row (logits = h @ W^T) then the eager criterion."""
+    return eager_janus_loss(h_ar @ weight.t(), h_nar @ weight.t(), h_aux @ weight.t(),
+                            ar_t, m_t, kl_rows)
+
+
+# ================================================================================ plan
+@dataclasses.dataclass(frozen=True)
+class LossCase:
+    loss: str
+    rows: int          # R (see the module docstring for how each loss uses it)
+    vocab: int
+    hidden: int = 0    # D, fused_linear only
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def label(self) -> str:
+        d = f" D={self.hidden}" if self.hidden else ""
+        return f"{self.loss} {self.rows}x{self.vocab}{d} {dtype_name(self.dtype)}"
+
+
+def plan(settings: Settings) -> List[LossCase]:
+    if settings.mode == "quick":
+        R, V, D, fl_rows, dts = 64, 1000, 64, 64, (torch.float32,)
+    elif settings.mode == "standard":
+        R, V, D, fl_rows, dts = 1024, 32000, 512, 512, (torch.float32,)
+    else:
+        R, V, D, fl_rows, dts = 4096, 32000, 512, 2048, (torch.float32, torch.bfloat16)
+    out = []
+    for dt in dts:
+        out += [LossCase("symmetric_kl", R, V, dtype=dt), LossCase("cross_entropy", R, V, dtype=dt),
+                LossCase("janus_loss", R, V, dtype=dt),
+                LossCase("fused_linear", fl_rows, V, D, dtype=dt)]
+    return out
+
+
+def _inputs(case: LossCase, gen: torch.Generator, device: str) -> Dict[str, Any]:
+    """Logits with a realistic spread (std 2) and targets; janus rows: N_ar = R, M = R/2
+    (fused_linear: N_ar = R/2, M = R/4 of the given R)."""
+    R, V, dt = case.rows, case.vocab, case.dtype
+
+    def logits(n: int) -> torch.Tensor:
+        return (2.0 * torch.randn(n, V, generator=gen)).to(device, dt)
+
+    def targets(n: int) -> torch.Tensor:
+        return torch.randint(0, V, (n,), generator=gen).to(device)
+
+    if case.loss == "symmetric_kl":
+        return {"x": logits(R), "y": logits(R)}
+    if case.loss == "cross_entropy":
+        return {"x": logits(R), "t": targets(R)}
+    n_ar, m = (R, R // 2) if case.loss == "janus_loss" else (R // 2, R // 4)
+    kl_rows = torch.randperm(n_ar, generator=gen)[:m].sort().values.to(device)
+    common = {"ar_t": targets(n_ar), "m_t": targets(m), "kl_rows": kl_rows}
+    if case.loss == "janus_loss":
+        return dict(ar=logits(n_ar), nar=logits(m), aux=logits(m), **common)
+    D = case.hidden
+
+    def hidden(n: int) -> torch.Tensor:
+        return torch.randn(n, D, generator=gen).to(device, dt)
+    w = (torch.randn(V, D, generator=gen) * D ** -0.5).to(device, dt)
+    return dict(h_ar=hidden(n_ar), h_nar=hidden(m), h_aux=hidden(m), weight=w, **common)
+
+
+def _float_keys(inp: Dict[str, Any]) -> List[str]:
+    return [k for k, v in inp.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+
+
+# ========================================================================= contenders
+def _ours(case: LossCase, losses) -> Dict[str, Callable[..., torch.Tensor]]:
+    if case.loss == "symmetric_kl":
+        return {"ours": lambda x, y: losses.symmetric_kl(x, y)}
+    if case.loss == "cross_entropy":
+        return {"ours": lambda x, t: losses.cross_entropy(x, t, label_smoothing=EPS)}
+    if case.loss == "janus_loss":
+        return {"ours": lambda ar, nar, aux, ar_t, m_t, kl_rows: losses.janus_loss(
+            ar, nar, aux, ar_t, m_t, kl_rows, label_smoothing=EPS)[0]}
+    return {
+        "ours": lambda h_ar, h_nar, h_aux, weight, ar_t, m_t, kl_rows:
+            losses.fused_linear_janus_loss(h_ar, h_nar, h_aux, weight, ar_t, m_t, kl_rows,
+                                           label_smoothing=EPS)[0],
+        "ours:linear+janus_loss": lambda h_ar, h_nar, h_aux, weight, ar_t, m_t, kl_rows:
+            losses.janus_loss(h_ar @ weight.t(), h_nar @ weight.t(), h_aux @ weight.t(),
+                              ar_t, m_t, kl_rows, label_smoothing=EPS)[0],
+    }
+
+
+_EAGER = {"symmetric_kl": eager_symmetric_kl, "cross_entropy": eager_cross_entropy,
+          "janus_loss": eager_janus_loss, "fused_linear": eager_fused_linear}
+_COMPILED: Dict[str, Callable] = {}
+
+
+def _eager_bytes(case: LossCase) -> float:
+    """Rough peak of the eager fwd+bwd: about 10 float32 (rows x V) tensors per input pair."""
+    rows = {"symmetric_kl": 2 * case.rows, "cross_entropy": case.rows,
+            "janus_loss": 2 * case.rows, "fused_linear": case.rows}[case.loss]
+    return 5.0 * rows * case.vocab * 4
+
+
+def _contenders(case: LossCase, settings: Settings, res: SuiteResult
+                ) -> List[Tuple[str, Optional[Callable], Optional[str]]]:
+    """(name, fn or None, skip reason)."""
+    out: List[Tuple[str, Optional[Callable], Optional[str]]] = []
+    losses, why = optional_import("janus_kernels.losses")
+    if losses is None:
+        res.skip("ours (janus_kernels.losses)", f"not available ({why})")
+        names = ["ours"] + (["ours:linear+janus_loss"] if case.loss == "fused_linear" else [])
+        out += [(n, None, "janus_kernels.losses not available") for n in names]
+    else:
+        out += [(n, f, None) for n, f in _ours(case, losses).items()]
+    too_big = _eager_bytes(case) > settings.mem_limit_gb * 1024 ** 3
+    big_why = f"estimated eager memory > --mem-limit-gb {settings.mem_limit_gb:g}"
+    out.append(("eager", _EAGER[case.loss], big_why if too_big else None))
+    if not settings.compile:
+        out.append(("compiled", None, "torch.compile not run in --quick (pass --compile)"))
+    else:
+        if case.loss not in _COMPILED:
+            _COMPILED[case.loss] = torch.compile(_EAGER[case.loss], dynamic=False)
+        out.append(("compiled", _COMPILED[case.loss], big_why if too_big else None))
+    return out
+
+
+def _prepare(name: str, fn: Optional[Callable], why: Optional[str], case: LossCase,
+             pass_: str, inp: Dict[str, Any], ref_loss: Optional[float], settings: Settings
+             ) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
+    """The row of one contender and the call to time (None when skipped or failed); the
+    untimed first call gives the loss value, the compile time and (where it does not
+    compile) the peak memory."""
+    row: Dict[str, Any] = {"case": case.loss, "rows": case.rows, "V": case.vocab,
+                           "D": case.hidden or None, "dtype": dtype_name(case.dtype),
+                           "pass": pass_, "contender": name, "status": "ok",
+                           "logits_mb": _logit_rows(case) * case.vocab * 4 / 2 ** 20}
+    if why is not None or fn is None:
+        row.update(status="skipped", note=why)
+        return row, None
+    if pass_ == "fwd":
+        call = lambda: fn(**inp)               # noqa: E731
+    else:
+        keys = _float_keys(inp)
+        g_inp = {k: (v.detach().requires_grad_(True) if k in keys else v) for k, v in inp.items()}
+        call = lambda: torch.autograd.grad(fn(**g_inp), [g_inp[k] for k in keys])  # noqa: E731
+    try:
+        compiles = name == "compiled"
+        out, t_first, row["peak_mb"] = first_call(call, settings.device,
+                                                  not (compiles or settings.is_cuda))
+        if pass_ == "fwd":
+            row["loss"] = value = float(out)
+            if ref_loss is not None and ref_loss != 0:
+                row["rel_diff"] = abs(value - ref_loss) / abs(ref_loss)
+        del out
+        if compiles:
+            row["compile_s"] = t_first
+    except Exception as e:  # noqa: BLE001 - a failing contender is a row, not a crash
+        row.update(status="failed", note=f"failed: {error_line(e)}")
+        return row, None
+    return row, call
+
+
+def _logit_rows(case: LossCase) -> int:
+    R = case.rows
+    return {"symmetric_kl": 2 * R, "cross_entropy": R, "janus_loss": 2 * R,
+            "fused_linear": R}[case.loss]
+
+
+def run(settings: Settings, machine: Dict[str, Any],
+        log: Callable[[str], None] = print) -> SuiteResult:
+    res = SuiteResult("loss")
+    t_suite = time.perf_counter()
+    for case in plan(settings):
+        if not settings.selected(case.loss, None, dtype_name(case.dtype)):
+            continue
+        inp = _inputs(case, case_generator(settings.seed, f"loss/{case.label}"), settings.device)
+        contenders = _contenders(case, settings, res)
+        # the eager loss value is the reference for the sanity column rel_diff
+        try:
+            with torch.no_grad():
+                ref_loss = float(_EAGER[case.loss](**inp))
+        except Exception:  # noqa: BLE001
+            ref_loss = None
+        for pass_ in PASSES:
+            rows, fns = [], {}
+            for n, f, why in contenders:
+                row, call = _prepare(n, f, why, case, pass_, inp, ref_loss, settings)
+                rows.append(row)
+                if call is not None:
+                    fns[n] = call
+            time_rows({r["contender"]: r for r in rows}, fns, settings)
+            del fns
+            ours = next((r for r in rows if r["contender"] == "ours" and r["status"] == "ok"), None)
+            for r in rows:
+                if ours is not None and r["status"] == "ok":
+                    r["vs_ours"] = r["ms"] / ours["ms"]
+            res.rows.extend(rows)
+            log("  " + f"{case.label} {pass_}: " + ", ".join(
+                f"{r['contender']} {r['ms']:.1f} ms" if r["status"] == "ok"
+                else f"{r['contender']} {r['status']}" for r in rows))
+        del inp
+        gc.collect()
+    res.notes.append("janus_loss: N_ar = R AR rows, M = R/2 masked rows; fused_linear: "
+                     "N_ar = R/2, M = R/4, tied (V, D) projection without bias.")
+    res.notes.append("logits_mb = size of the float32 logits the loss reads (for "
+                     "fused_linear: the logits it avoids materializing).")
+    res.seconds = time.perf_counter() - t_suite
+    return res

@@ -1,0 +1,343 @@
+"""Training-step benchmark: one optimizer step (zero_grad, forward, loss, backward, Adam) of the
+same model on the same batch in each objective and execution mode, via ``janus_model``.
+
+Modes:
+
+    AR                      mode "ar": the AR two-stream pass only, CE_eps
+    CMLM                    mode "cmlm": the V|M rows, bidirectional, CE_eps + 0.1 length CE
+    CMLM-dense              CMLM with dense attention masks, every row projected, eager loss
+    JANUS-fused             mode "janus" with every efficiency switch on: one encoder pass,
+                            only the rows a loss reads projected, descriptor attention, and
+                            the fused loss ops (janus_kernels.losses through
+                            ``compute_loss(terms_fn=...)``) when available
+    JANUS-dense-reference   mode "janus" as the authors run it: two encoder passes, every row
+                            projected, per-sample dense 3D masks + eager attention, eager loss
+
+AR and CMLM run with the same switches as JANUS-fused (the fused loss included).
+
+The ratios JANUS / CMLM (the paper reports ~4-5x in training time) are given for both JANUS
+modes, each against CMLM run with the same execution options, next to the ratio of the step's
+matmul FLOPs computed from the shapes (``step_gflop``: linear layers on the padded rows each
+mode actually runs, attention on the visible score entries only, projection on the projected
+rows; backward = 2x forward).
+
+Ablation: starting from the authors' configuration, the switches are turned on one at a time
+(cumulative), and from the fused configuration each one is turned off alone (leave-one-out;
+not in --quick).
+
+Skipped with a "not available" line when ``janus_model`` (or a part of it) cannot be imported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .common import (Settings, SuiteResult, error_line, first_call, optional_import,
+                     time_rows)
+
+__all__ = ["ModelSetup", "SETUPS", "StepConfig", "configs", "step_gflop", "run"]
+
+@dataclasses.dataclass(frozen=True)
+class ModelSetup:
+    """Model size and batch per benchmark mode."""
+
+    vocab: int
+    dim: int
+    heads: int
+    ffn: int
+    layers: int        # encoder and decoder layers each
+    B: int
+    Nmax: int          # target and source lengths uniform in [Nmax/2, Nmax]
+
+
+SETUPS = {
+    "quick": ModelSetup(vocab=256, dim=64, heads=4, ffn=128, layers=1, B=4, Nmax=12),
+    "standard": ModelSetup(vocab=10000, dim=256, heads=4, ffn=1024, layers=3, B=32, Nmax=30),
+    # the authors' IWSLT14 architecture (transformer_iwslt_de_en) on an IWSLT-like batch
+    "full": ModelSetup(vocab=10000, dim=512, heads=4, ffn=1024, layers=6, B=64, Nmax=30),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    name: str
+    mode: str                    # "janus", "cmlm", "ar"
+    encoder_passes: int = 1
+    project: str = "used"
+    attention: str = "fused"
+    fused_loss: bool = False
+    group: str = "modes"         # "modes", "ablation (cumulative)", "ablation (leave-one-out)"
+
+    @property
+    def switches(self) -> str:
+        return (f"enc={self.encoder_passes} proj={self.project} attn={self.attention} "
+                f"loss={'fused' if self.fused_loss else 'eager'}")
+
+
+AUTHORS = dict(encoder_passes=2, project="all", attention="dense", fused_loss=False)
+FUSED = dict(encoder_passes=1, project="used", attention="fused", fused_loss=True)
+
+
+def configs(settings: Settings, fused_loss: bool = True) -> List[StepConfig]:
+    """The modes, then the ablations. AR, CMLM and JANUS-fused use every efficiency switch
+    (fused attention, only the used rows projected, the fused loss ops); CMLM-dense and
+    JANUS-dense-reference use none. Without the fused loss (janus_kernels.losses missing) the
+    fused configurations run with the eager loss and the "eager loss" ablation is dropped."""
+    fused = dict(FUSED, fused_loss=fused_loss)
+    out = [
+        StepConfig("AR", "ar", fused_loss=fused_loss),
+        StepConfig("CMLM", "cmlm", fused_loss=fused_loss),
+        StepConfig("CMLM-dense", "cmlm", project="all", attention="dense"),
+        StepConfig("JANUS-fused", "janus", **fused),
+        StepConfig("JANUS-dense-reference", "janus", **AUTHORS),
+    ]
+    cum = dict(AUTHORS)
+    for key, val, label in (("encoder_passes", 1, "+ one encoder pass"),
+                            ("project", "used", "+ project used rows only"),
+                            ("attention", "fused", "+ fused attention")):
+        cum[key] = val
+        out.append(StepConfig(f"authors {label}", "janus", group="ablation (cumulative)", **cum))
+    if settings.mode != "quick":
+        for key, val, label in (("encoder_passes", 2, "two encoder passes"),
+                                ("project", "all", "project all rows"),
+                                ("attention", "dense", "dense attention"),
+                                ("fused_loss", False, "eager loss")):
+            if key == "fused_loss" and not fused_loss:
+                continue
+            loo = dict(fused)
+            loo[key] = val
+            out.append(StepConfig(f"fused, but {label}", "janus",
+                                  group="ablation (leave-one-out)", **loo))
+    return out
+
+
+# ================================================================================ data
+def _make_batch(setup: ModelSetup, gen: torch.Generator, layout, masking, device: str):
+    """Random source/target token batch, right-padded, on ``device``; masked set by the
+    model's span masking. Tokens 0..3 are BOS, PAD, EOS, UNK."""
+    B, Nmax, V = setup.B, setup.Nmax, setup.vocab
+    PAD, BOS, EOS = layout.PAD, layout.BOS, layout.EOS
+    n_src = torch.randint(max(Nmax // 2, 1), Nmax + 1, (B,), generator=gen)
+    n_tgt = torch.randint(max(Nmax // 2, 1), Nmax + 1, (B,), generator=gen)
+    S, W = int(n_src.max()), int(n_tgt.max()) + 2
+    src = torch.full((B, S), PAD, dtype=torch.long)
+    tgt = torch.full((B, W), PAD, dtype=torch.long)
+    for b in range(B):
+        src[b, :n_src[b]] = torch.randint(4, V, (int(n_src[b]),), generator=gen)
+        n = int(n_tgt[b])
+        tgt[b, 0] = BOS
+        tgt[b, 1:n + 1] = torch.randint(4, V, (n,), generator=gen)
+        tgt[b, n + 1] = EOS
+    src, tgt = src.to(device), tgt.to(device)
+    masked = masking.span_mask(tgt, generator=gen)
+    return src, tgt, layout.build_batch(tgt, masked)
+
+
+# ======================================================================= FLOP estimate
+def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad: int
+               ) -> float:
+    """Matmul GFLOP of one training step (see the module docstring): forward counted from the
+    shapes, backward = 2x forward."""
+    D, Fd, V, Lyr = setup.dim, setup.ffn, setup.vocab, setup.layers
+    B, S = src.shape
+    s_len = (src != pad).sum(1).double().cpu()
+    mm = 0.0                                                  # multiply-adds
+
+    def encoder() -> float:
+        rows = B * S
+        return (Lyr * rows * (4 * D * D + 2 * D * Fd)       # self-attn projections + FFN
+                + Lyr * 2 * D * float((s_len ** 2).sum())     # QK^T + PV, visible entries
+                + Lyr * rows * 2 * D * D)                     # decoder's encoder K/V
+
+    def decoder(rows_pad: int, content_pad: int, vis: float, real_rows: torch.Tensor) -> float:
+        return Lyr * (B * rows_pad * (4 * D * D + 2 * D * Fd)   # q,o self + q,o enc + FFN
+                      + B * content_pad * 2 * D * D             # k,v of the content rows
+                      + 2 * D * vis                             # self attention
+                      + 2 * D * float((real_rows * s_len).sum()))  # encoder attention
+
+    ar, nar = batch.ar, batch.nar
+    T = ar.lengths.double().cpu()
+    U, M = nar.U.double().cpu(), nar.M.double().cpu()
+    n_enc = cfg.encoder_passes if cfg.mode == "janus" else 1
+    mm += n_enc * encoder()
+    proj_rows = 0.0
+    if cfg.mode in ("ar", "janus"):
+        Tp = ar.content.shape[1]
+        mm += decoder(2 * Tp, Tp, float((T * (T + 1)).sum()), 2 * T)
+        proj_rows += float(T.sum()) if cfg.project == "used" else B * Tp
+    if cfg.mode == "janus":
+        Lc, Lq = nar.content_len, nar.query_len
+        mm += decoder(Lc + Lq, Lc, float(((U + 3 * M) * (U + M)).sum()), U + 3 * M)
+        proj_rows += 2 * float(M.sum()) if cfg.project == "used" else B * (Lc + Lq)
+    if cfg.mode == "cmlm":
+        n = nar.cmlm_len
+        mm += decoder(n, n, float(((U + M) ** 2).sum()), U + M)
+        proj_rows += float(M.sum()) if cfg.project == "used" else B * n
+    mm += proj_rows * D * V
+    return 3 * 2 * mm / 1e9
+
+
+# ================================================================================= run
+def fused_terms(losses) -> Callable[[Any, float], Dict[str, torch.Tensor]]:
+    """``objectives.loss_terms`` computed by janus_kernels' fused ops (same term names, same
+    math): plugs into ``objectives.compute_loss(terms_fn=...)``."""
+    def terms(out, eps: float) -> Dict[str, torch.Tensor]:
+        t: Dict[str, torch.Tensor] = {}
+        ce, kl = losses.cross_entropy, losses.symmetric_kl
+        if out.ar_logits is not None:
+            t["ar"] = ce(out.ar_logits, out.ar_target, label_smoothing=eps)
+        if out.nar_logits is not None:
+            t["nar"] = ce(out.nar_logits, out.masked_target, label_smoothing=eps)
+        if out.aux_logits is not None:
+            t["aux"] = ce(out.aux_logits, out.masked_target, label_smoothing=eps)
+            t["kl_ar_aux"] = kl(out.kl_ar_logits, out.aux_logits)
+            t["kl_nar_aux"] = kl(out.nar_logits, out.aux_logits)
+            t["kl_ar_nar"] = kl(out.kl_ar_logits, out.nar_logits)
+        if out.length_logits is not None:
+            t["length"] = F.cross_entropy(out.length_logits.float(), out.length_target)
+        return t
+    return terms
+
+
+def _loss_fn(cfg: StepConfig, model, src, batch, mods: Dict[str, Any]
+             ) -> Callable[[], torch.Tensor]:
+    opts = mods["model"].ExecOptions(encoder_passes=cfg.encoder_passes, project=cfg.project,
+                                     attention=cfg.attention)
+    kw = {"terms_fn": fused_terms(mods["losses"])} if cfg.fused_loss else {}
+    return lambda: mods["objectives"].compute_loss(model, src, batch, cfg.mode, opts=opts,
+                                                   **kw)[0]
+
+
+def _make_step(cfg: StepConfig, model, opt, src, batch, mods: Dict[str, Any]
+               ) -> Callable[[], None]:
+    loss_fn = _loss_fn(cfg, model, src, batch, mods)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+    return step
+
+
+def _import_model() -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    mods: Dict[str, Any] = {}
+    for key, name in (("model", "janus_model.model"), ("layout", "janus_model.layout"),
+                      ("masking", "janus_model.masking"),
+                      ("objectives", "janus_model.objectives")):
+        mod, why = optional_import(name)
+        if mod is None:
+            return None, f"{name}: {why}"
+        mods[key] = mod
+    mods["losses"], mods["losses_why"] = optional_import("janus_kernels.losses")
+    return mods, None
+
+
+def run(settings: Settings, machine: Dict[str, Any],
+        log: Callable[[str], None] = print) -> SuiteResult:
+    res = SuiteResult("train_step")
+    t_suite = time.perf_counter()
+    mods, why = _import_model()
+    if mods is None:
+        res.skip("train_step (all modes)", f"janus_model not available ({why})")
+        log(f"  train_step skipped: janus_model not available ({why})")
+        res.seconds = time.perf_counter() - t_suite
+        return res
+    setup = SETUPS[settings.mode]
+    gen = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    dev = settings.device
+    src, tgt, batch = _make_batch(setup, gen, mods["layout"], mods["masking"], dev)
+    m = mods["model"]
+    mcfg = m.JanusConfig(vocab_size=setup.vocab, dim=setup.dim, heads=setup.heads,
+                         ffn_dim=setup.ffn, encoder_layers=setup.layers,
+                         decoder_layers=setup.layers)
+    model = m.JanusTransformer(mcfg).to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    res.extra["setup"] = dataclasses.asdict(setup)
+    res.extra["batch"] = {"B": setup.B, "src_len": src.shape[1],
+                          "target_len": tgt.shape[1], "masked_tokens": int(batch.nar.M.sum()),
+                          "target_tokens": int(batch.ar.lengths.sum())}
+    if mods["losses"] is None:
+        res.skip("fused loss (janus_kernels.losses)",
+                 f"not available ({mods['losses_why']}); JANUS-fused runs with the eager loss")
+    cfgs = configs(settings, fused_loss=mods["losses"] is not None)
+    # 1. the loss of every configuration on the same weights, without dropout: the
+    #    configurations of one mode must agree (the switches change the work, not the math)
+    model.eval()
+    for cfg in cfgs:
+        row: Dict[str, Any] = {"config": cfg.name, "group": cfg.group, "mode": cfg.mode,
+                               "switches": cfg.switches, "status": "ok"}
+        res.rows.append(row)
+        try:
+            row["step_gflop"] = step_gflop(setup, src.cpu(), batch, cfg, mods["layout"].PAD)
+        except Exception as e:  # noqa: BLE001
+            row["step_gflop"] = None
+            res.notes.append(f"FLOP estimate failed for {cfg.name}: {error_line(e)}")
+        try:
+            with torch.no_grad():
+                row["loss"] = float(_loss_fn(cfg, model, src, batch, mods)())
+        except Exception as e:  # noqa: BLE001 - a failing configuration is a row
+            row.update(status="failed", note=f"failed: {error_line(e)}")
+            log(f"  {cfg.name}: failed {row['note']}")
+    model.train()
+    # 2. one untimed step of each (the first also creates Adam's state, so it comes before
+    #    any memory measurement) with its peak memory
+    steps: Dict[str, Callable[[], None]] = {}
+    for cfg, row in zip(cfgs, res.rows):
+        if row["status"] != "ok":
+            continue
+        try:
+            step = _make_step(cfg, model, opt, src, batch, mods)
+            if not steps:
+                step()
+            _, _, row["peak_mb"] = first_call(step, dev, measure_memory=True)
+            steps[cfg.name] = step
+        except Exception as e:  # noqa: BLE001
+            row.update(status="failed", note=f"failed: {error_line(e)}")
+            log(f"  {cfg.name}: failed {row['note']}")
+    # 3. every configuration timed in the same rounds: load changes hit them alike
+    time_rows({r["config"]: r for r in res.rows}, steps, settings)
+    for row in res.rows:
+        if row["status"] == "ok" and row.get("step_gflop"):
+            row["gflops"] = row["step_gflop"] / (row["ms"] / 1e3)
+        if row["status"] == "ok":
+            log(f"  {row['config']}: {row['ms']:.1f} ms")
+    del steps
+    gc.collect()
+    _ratios(res)
+    res.notes.append("Model: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(setup).items())
+                     + "; dropout 0.3 (the authors' IWSLT setting); Adam.")
+    res.notes.append("step_gflop: matmul FLOPs from the shapes (linear layers on the padded rows "
+                     "each mode runs, attention on visible entries, projected rows; backward = "
+                     "2x forward); gflops = step_gflop / step time.")
+    res.notes.append("loss = the loss in eval mode (no dropout) before timing; it differs "
+                     "between modes (different objectives) and must agree within a mode.")
+    res.seconds = time.perf_counter() - t_suite
+    return res
+
+
+def _ratios(res: SuiteResult) -> None:
+    """JANUS / CMLM step-time and FLOP ratios, each JANUS mode against the CMLM that runs
+    with the same attention/projection options."""
+    by = {r["config"]: r for r in res.rows}
+    ratios: Dict[str, Any] = {}
+    for janus, cmlm in (("JANUS-fused", "CMLM"), ("JANUS-dense-reference", "CMLM-dense"),
+                        ("JANUS-dense-reference", "CMLM")):
+        j, c = by.get(janus), by.get(cmlm)
+        if not j or not c:
+            continue
+        key = f"{janus} / {cmlm}"
+        if j["status"] == "ok" and c["status"] == "ok":
+            ratios[key + " time"] = j["ms"] / c["ms"]
+        if j.get("step_gflop") and c.get("step_gflop"):
+            ratios[key + " FLOPs"] = j["step_gflop"] / c["step_gflop"]
+    for r in res.rows:
+        base = by.get("CMLM-dense" if "attn=dense" in r.get("switches", "") else "CMLM")
+        if r["status"] == "ok" and base and base["status"] == "ok":
+            r["vs_cmlm"] = r["ms"] / base["ms"]
+    res.extra["ratios"] = ratios

@@ -1,0 +1,200 @@
+"""The benchmark suite runs end to end in --quick mode and writes what it promises (JSON,
+Markdown, plots) with the expected contenders; its helpers measure what they claim. No timing
+assertions: the numbers depend on the machine and its load."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import janus_kernels as jk
+from benchmarks import attention as batt
+from benchmarks import report
+from benchmarks.common import (Settings, fmt_num, markdown_table, peak_memory_mb, time_fn)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:      # the parent package is missing
+        return False
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One `python -m benchmarks --quick` in a subprocess (its thread setting, allocator
+    calls and compile caches stay out of the test process)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--threads", "1",
+                        "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with open(out / "results.json") as f:
+        data = json.load(f)
+    return out, data, r.stdout
+
+
+def test_quick_run_writes_json_markdown_and_plots(quick_run):
+    out, data, stdout = quick_run
+    assert set(data["suites"]) == {"attention", "loss", "train_step"}
+    assert data["meta"]["mode"] == "quick" and data["meta"]["threads"] == 1
+    for key in ("gemm_fp32_gflops", "gemm_bf16_gflops", "tile_qk_fp32_gflops",
+                "exp_gelem_s", "copy_gb_s"):
+        assert data["machine"][key] > 0, key
+    md = (out / "results.md").read_text()
+    for heading in ("# janus-kernels benchmarks", "## Machine peaks", "## Attention",
+                    "## Losses", "## Training step"):
+        assert heading in md
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    if _has("matplotlib"):
+        assert "attention_pct_peak.png" in pngs and any(p.startswith("loss_") for p in pngs)
+    else:
+        assert "matplotlib not available" in stdout
+
+
+def test_quick_attention_contenders_and_sanity(quick_run):
+    _, data, _ = quick_run
+    rows = data["suites"]["attention"]["rows"]
+    names = {r["contender"] for r in rows}
+    expected = {"eager_dense", "sdpa_dense", "flex_compiled"}
+    if jk._ext.available():
+        expected.add("ours:cpp")
+    assert expected <= names
+    assert {r["case"] for r in rows} == set(batt.FAMILIES)
+    assert {r["dtype"] for r in rows} == {"fp32", "bf16"}
+    assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
+    for n in expected - {"flex_compiled"}:
+        ok = [r for r in rows if r["contender"] == n and r["status"] == "ok"]
+        assert len(ok) == len([r for r in rows if r["contender"] == n]), n
+        assert all(r["ms"] > 0 and r["useful_gflop"] > 0 for r in ok)
+    # --quick does not compile: flex is listed as skipped, with the reason
+    flex = [r for r in rows if r["contender"] == "flex_compiled"]
+    assert flex and all(r["status"] == "skipped" and r["note"] for r in flex)
+    # every baseline computes the same attention as ours (fp32: tight; bf16: loose)
+    for r in rows:
+        if r["status"] == "ok" and "max_diff" in r:
+            assert r["max_diff"] < (1e-4 if r["dtype"] == "fp32" else 0.1), r
+    # the speedup column is filled in against ours
+    if jk._ext.available():
+        assert all("vs_ours" in r for r in rows if r["status"] == "ok")
+    md = (quick_run[0] / "results.md").read_text()
+    for n in expected:
+        assert n in md
+
+
+def test_quick_loss_and_train_step_report_what_is_missing(quick_run):
+    _, data, _ = quick_run
+    loss = data["suites"]["loss"]
+    by = {}
+    for r in loss["rows"]:
+        by.setdefault(r["contender"], []).append(r)
+    assert {"ours", "eager", "compiled"} <= set(by)
+    assert {r["case"] for r in loss["rows"]} == {"symmetric_kl", "cross_entropy", "janus_loss",
+                                                 "fused_linear"}
+    assert all(r["status"] == "ok" for r in by["eager"])
+    if _has("janus_kernels.losses"):
+        assert all(r["status"] == "ok" for r in by["ours"])
+        for r in by["ours"]:
+            if r["pass"] == "fwd":
+                assert r["rel_diff"] < 1e-4, r
+    else:
+        assert all(r["status"] == "skipped" for r in by["ours"])
+        assert any("not available" in s for s in loss["skipped"])
+    ts = data["suites"]["train_step"]
+    if _has("janus_model.model"):
+        names = {r["config"]: r for r in ts["rows"]}
+        assert {"AR", "CMLM", "JANUS-fused", "JANUS-dense-reference"} <= set(names)
+        assert all(r["status"] == "ok" and r["ms"] > 0 and r["step_gflop"] > 0
+                   for r in ts["rows"]), ts["rows"]
+        # every switch keeps the math: all configurations of a mode give one loss value
+        for mode in ("janus", "cmlm"):
+            vals = [r["loss"] for r in ts["rows"] if r["mode"] == mode]
+            assert len(vals) >= 2 and max(vals) - min(vals) <= 1e-4 * abs(vals[0]), (mode, vals)
+        ratios = ts["extra"]["ratios"]
+        # JANUS runs more rows than CMLM: its step needs more FLOPs
+        assert ratios["JANUS-fused / CMLM FLOPs"] > 1.5
+    else:
+        assert ts["rows"] == [] and any("not available" in s for s in ts["skipped"])
+    md = (quick_run[0] / "results.md").read_text()
+    assert "not available" in md or ("ours" in md and "JANUS-fused" in md)
+
+
+def test_report_cli_rerenders(quick_run, tmp_path):
+    out, data, _ = quick_run
+    target = tmp_path / "BENCHMARKS.md"
+    report.main([str(out / "results.json"), "-o", str(target)])
+    text = target.read_text()
+    assert text.startswith("# janus-kernels benchmarks")
+    assert "| mask | shape | dtype | pass |" in text
+    rel = os.path.relpath(out, tmp_path)
+    if (out / "attention_pct_peak.png").exists():
+        assert f"]({os.path.join(rel, 'attention_pct_peak.png')})" in text
+
+
+# ================================================================ helpers, no subprocess
+def test_flex_mask_mod_matches_descriptor():
+    """The FlexAttention contender's mask_mod evaluates exactly the descriptor's predicate."""
+    g = torch.Generator().manual_seed(0)
+    for fam in batt.FAMILIES:
+        case = batt.make_case(fam, batt.Shape("t", 3, 13), g, "cpu")
+        d = case.desc
+        mm = batt.flex_mask_mod(d)
+        b = torch.arange(d.batch_size)[:, None, None]
+        i = torch.arange(d.q_len)[None, :, None]
+        j = torch.arange(d.kv_len)[None, None, :]
+        got = mm(b, torch.zeros((), dtype=torch.long), i, j)
+        assert torch.equal(got.expand(d.batch_size, d.q_len, d.kv_len), d.materialize()), fam
+        # the eager baseline's own dense mask agrees on every row that sees a key
+        dense = case.dense_builder()
+        rows = case.real_rows[:, :, None]
+        assert torch.equal(dense & rows, d.materialize()), fam
+
+
+def test_peak_memory_and_timing_helpers():
+    n = 16 * 1024 * 1024                      # 64 MiB of float32, touched
+    mb = peak_memory_mb(lambda: torch.ones(n), "cpu")
+    if mb is not None:                        # None: /proc/self/clear_refs not writable
+        assert 56 <= mb <= 200, mb
+        assert peak_memory_mb(lambda: None, "cpu") < 16
+    s = Settings.for_mode("quick", threads=torch.get_num_threads())
+    t = time_fn(lambda: torch.ones(1000).sum(), s, repeats=3)
+    assert t.repeats >= 1 and 0 < t.ms_min <= t.ms <= t.ms_max
+    assert t.cpu_util is not None and t.cpu_util > 0
+
+
+def test_table_and_number_formatting():
+    assert fmt_num(None) == "—" and fmt_num(1234.5) == "1234" and fmt_num(0.012345) == "0.0123"
+    assert fmt_num(3) == "3" and fmt_num(12.34) == "12.3"
+    t = markdown_table([{"a": 1.0, "b": "x|y"}], [("a", "A"), ("b", "B")], {"b": str})
+    assert t.splitlines() == ["| A | B |", "|---|---|", "| 1.00 | x\\|y |"]
+
+
+def test_cli_rejects_unknown_suite():
+    from benchmarks.__main__ import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "attention,nope"])
+    assert parse_args(["--quick", "--only", "loss"]).only == ["loss"]
+
+
+@pytest.mark.slow
+def test_compiled_contenders_run_on_a_tiny_case(tmp_path):
+    """flex_compiled and the compiled loss baselines (cold torch.compile: slow)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--threads", "1",
+                        "--flex", "--compile", "--only", "attention,loss", "--out",
+                        str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    flex = [x for x in data["suites"]["attention"]["rows"] if x["contender"] == "flex_compiled"]
+    fwd32 = [x for x in flex if x["pass"] == "fwd" and x["dtype"] == "fp32"]
+    assert fwd32 and all(x["status"] == "ok" and x["max_diff"] < 1e-4 for x in fwd32)
+    assert all(x["status"] == "skipped" for x in flex if x["pass"] == "fwd+bwd")
+    comp = [x for x in data["suites"]["loss"]["rows"] if x["contender"] == "compiled"]
+    assert comp and all(x["status"] == "ok" for x in comp)
