@@ -171,7 +171,8 @@ template <typename T>
 void pack_head(const T* kb, const T* vb, int64_t ks_l, int64_t vs_l, int kv_len, int d,
                PackedHead<T>& out) {
   constexpr bool kVnni = std::is_same_v<T, BFloat16>;
-  out.Lkp = round_up(kv_len, 32) + 32;
+  constexpr int kPad = kVnni ? 32 : 16;  // chunk widths are rounded up to this
+  out.Lkp = round_up(kv_len, kPad) + kPad;
   if ((int64_t)out.kt.size() < d * out.Lkp) out.kt.resize(d * out.Lkp);
   T* dst = out.kt.data();
   if constexpr (kVnni) {
@@ -331,8 +332,12 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           if (cls != janus::TILE_FULL) mask_row_chunk(m, it.i0 + r, c0, w, srow, kNegInf);
           for (int t = w; t < wr; ++t) srow[t] = kNegInf;
           // online softmax on scale * s
-          const float cmax = at::vec::reduce_all<float>(
-              [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, srow, wr);
+          // wr is a multiple of the vector width (16 or 32): no tail
+          Vec vm = Vec::loadu(srow);
+          for (int64_t t = Vec::size(); t < wr; t += Vec::size())
+            vm = at::vec::maximum(vm, Vec::loadu(srow + t));
+          const float cmax = at::vec::vec_reduce_all<float>(
+              [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vm);
           const float m_old = mrow[r];
           const float m_new = std::max(m_old, cmax * scale);
           float* arow = acc.data() + (int64_t)r * d;
@@ -367,7 +372,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           const float alpha = (m_old == kNegInf) ? 0.f : std::exp(m_old - m_new);
           lrow[r] = lrow[r] * alpha + sum;
           mrow[r] = m_new;
-          if (alpha != 1.f) {
+          if (alpha != 1.f && m_old != kNegInf) {  // first visible chunk: acc is still 0
             at::vec::map([alpha](Vec x) { return x * Vec(alpha); }, arow, arow, d);
           }
           if (drop.on()) {
