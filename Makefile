@@ -14,7 +14,7 @@ BUILD_STAMP := $(dir $(DEPS_STAMP)).build.stamp
 export OMP_NUM_THREADS ?= $(shell nproc)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all test-fast build bench gpu-report clean
+.PHONY: demo test test-slow test-all build bench gpu-report clean
 
 $(VENV)/.deps.stamp: requirements.txt
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -37,6 +37,9 @@ build: $(BUILD_STAMP)
 
 test: build
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: build
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 test-all: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
