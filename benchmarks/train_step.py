@@ -183,34 +183,12 @@ def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad
 
 
 # ================================================================================= run
-def fused_terms(losses) -> Callable[[Any, float], Dict[str, torch.Tensor]]:
-    """``objectives.loss_terms`` computed by janus_kernels' fused ops (same term names, same
-    math): plugs into ``objectives.compute_loss(terms_fn=...)``."""
-    def terms(out, eps: float) -> Dict[str, torch.Tensor]:
-        t: Dict[str, torch.Tensor] = {}
-        ce, kl = losses.cross_entropy, losses.symmetric_kl
-        if out.ar_logits is not None:
-            t["ar"] = ce(out.ar_logits, out.ar_target, label_smoothing=eps)
-        if out.nar_logits is not None:
-            t["nar"] = ce(out.nar_logits, out.masked_target, label_smoothing=eps)
-        if out.aux_logits is not None:
-            t["aux"] = ce(out.aux_logits, out.masked_target, label_smoothing=eps)
-            t["kl_ar_aux"] = kl(out.kl_ar_logits, out.aux_logits)
-            t["kl_nar_aux"] = kl(out.nar_logits, out.aux_logits)
-            t["kl_ar_nar"] = kl(out.kl_ar_logits, out.nar_logits)
-        if out.length_logits is not None:
-            t["length"] = F.cross_entropy(out.length_logits.float(), out.length_target)
-        return t
-    return terms
-
-
 def _loss_fn(cfg: StepConfig, model, src, batch, mods: Dict[str, Any]
              ) -> Callable[[], torch.Tensor]:
     opts = mods["model"].ExecOptions(encoder_passes=cfg.encoder_passes, project=cfg.project,
-                                     attention=cfg.attention)
-    kw = {"terms_fn": fused_terms(mods["losses"])} if cfg.fused_loss else {}
-    return lambda: mods["objectives"].compute_loss(model, src, batch, cfg.mode, opts=opts,
-                                                   **kw)[0]
+                                     attention=cfg.attention,
+                                     loss="fused" if cfg.fused_loss else "eager")
+    return lambda: mods["objectives"].compute_loss(model, src, batch, cfg.mode, opts=opts)[0]
 
 
 def _make_step(cfg: StepConfig, model, opt, src, batch, mods: Dict[str, Any]

@@ -85,6 +85,7 @@ class ExecOptions:
     project: str = "used"
     attention: str = "fused"
     backend: Optional[str] = None      # janus_kernels attention backend (None: automatic)
+    loss: str = "fused"                # "fused": janus_kernels loss ops; "eager": plain torch
 
     def __post_init__(self) -> None:
         if self.encoder_passes not in (1, 2):
@@ -93,12 +94,14 @@ class ExecOptions:
             raise ValueError(f"project: expected 'used' or 'all', got {self.project!r}")
         if self.attention not in ("fused", "dense"):
             raise ValueError(f"attention: expected 'fused' or 'dense', got {self.attention!r}")
+        if self.loss not in ("fused", "eager"):
+            raise ValueError(f"loss: expected 'fused' or 'eager', got {self.loss!r}")
 
     @classmethod
     def authors(cls) -> "ExecOptions":
         """The authors' design: two encoder passes, dense per-sample 3D masks, every row
-        projected to the vocabulary."""
-        return cls(encoder_passes=2, project="all", attention="dense")
+        projected to the vocabulary, unfused losses."""
+        return cls(encoder_passes=2, project="all", attention="dense", loss="eager")
 
 
 @dataclasses.dataclass

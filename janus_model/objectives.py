@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from .layout import JanusBatch
 from .model import ExecOptions, JanusTransformer, Outputs
 
-__all__ = ["LossWeights", "label_smoothed_ce", "symmetric_kl", "loss_terms", "combine",
-           "compute_loss"]
+__all__ = ["LossWeights", "label_smoothed_ce", "symmetric_kl", "loss_terms", "fused_loss_terms",
+           "combine", "compute_loss"]
 
 Tensor = torch.Tensor
 
@@ -90,21 +90,37 @@ def symmetric_kl(z1: Tensor, z2: Tensor) -> Tensor:
     return 0.5 * ((l1.exp() - l2.exp()) * (l1 - l2)).sum(-1).mean()
 
 
-def loss_terms(out: Outputs, eps: float = 0.1) -> Dict[str, Tensor]:
-    """Unweighted terms for whatever ``out`` holds (a janus, cmlm or ar forward)."""
+def loss_terms(out: Outputs, eps: float = 0.1, *, fused: bool = False) -> Dict[str, Tensor]:
+    """Unweighted terms for whatever ``out`` holds (a janus, cmlm or ar forward).
+
+    fused: compute the CE and KL terms with janus_kernels' fused ops (one pass over each
+    logit row, per-row statistics saved instead of softmaxes) instead of plain torch."""
+    if fused:
+        from janus_kernels import losses as jl
+
+        def ce(z, y, e):
+            return jl.cross_entropy(z, y, label_smoothing=e)
+        kl = jl.symmetric_kl
+    else:
+        ce, kl = label_smoothed_ce, symmetric_kl
     t: Dict[str, Tensor] = {}
     if out.ar_logits is not None:
-        t["ar"] = label_smoothed_ce(out.ar_logits, out.ar_target, eps)
+        t["ar"] = ce(out.ar_logits, out.ar_target, eps)
     if out.nar_logits is not None:
-        t["nar"] = label_smoothed_ce(out.nar_logits, out.masked_target, eps)
+        t["nar"] = ce(out.nar_logits, out.masked_target, eps)
     if out.aux_logits is not None:
-        t["aux"] = label_smoothed_ce(out.aux_logits, out.masked_target, eps)
-        t["kl_ar_aux"] = symmetric_kl(out.kl_ar_logits, out.aux_logits)
-        t["kl_nar_aux"] = symmetric_kl(out.nar_logits, out.aux_logits)
-        t["kl_ar_nar"] = symmetric_kl(out.kl_ar_logits, out.nar_logits)
+        t["aux"] = ce(out.aux_logits, out.masked_target, eps)
+        t["kl_ar_aux"] = kl(out.kl_ar_logits, out.aux_logits)
+        t["kl_nar_aux"] = kl(out.nar_logits, out.aux_logits)
+        t["kl_ar_nar"] = kl(out.kl_ar_logits, out.nar_logits)
     if out.length_logits is not None:
         t["length"] = F.cross_entropy(out.length_logits.float(), out.length_target)
     return t
+
+
+def fused_loss_terms(out: Outputs, eps: float = 0.1) -> Dict[str, Tensor]:
+    """``loss_terms`` through the fused janus_kernels loss ops."""
+    return loss_terms(out, eps, fused=True)
 
 
 def combine(terms: Dict[str, Tensor], weights: LossWeights) -> Tensor:
@@ -121,15 +137,17 @@ def combine(terms: Dict[str, Tensor], weights: LossWeights) -> Tensor:
 
 def compute_loss(model: JanusTransformer, src: Tensor, batch: JanusBatch, mode: str = "janus",
                  weights: Optional[LossWeights] = None, opts: Optional[ExecOptions] = None,
-                 terms_fn: Callable[[Outputs, float], Dict[str, Tensor]] = loss_terms
+                 terms_fn: Optional[Callable[[Outputs, float], Dict[str, Tensor]]] = None
                  ) -> Tuple[Tensor, Dict[str, Tensor]]:
     """Forward + loss for ``mode`` in {"janus", "cmlm", "ar"}: returns (total, terms).
 
     janus: the released weights (or ``weights``); cmlm: CE_ε(NAR) + 0.1·length; ar: CE_ε(AR).
-    ``terms_fn`` computes the unweighted terms (default: the plain-torch ``loss_terms``; a
-    fused implementation with the same signature can be passed instead).
+    ``terms_fn`` computes the unweighted terms (default: the fused ops, or the plain-torch
+    ``loss_terms`` when ``opts.loss == "eager"``, as in ``ExecOptions.authors()``).
     """
     weights = weights or LossWeights.for_mode(mode)
+    if terms_fn is None:
+        terms_fn = loss_terms if (opts is not None and opts.loss == "eager") else fused_loss_terms
     out = model(src, batch, mode, opts)
     terms = terms_fn(out, weights.label_smoothing)
     return combine(terms, weights), terms
