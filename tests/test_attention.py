@@ -62,6 +62,30 @@ def test_bf16_odd_head_dim_and_gqa():
     assert_close_to_reference(run(q, k, v, do, desc), q, k, v, do, desc.materialize())
 
 
+@pytest.mark.parametrize("case,H,Hkv,d", [
+    ("janus_nar_padded", 4, 2, 64),   # GQA, padding rows, odd row-block tails
+    ("janus_nar_padded", 3, 1, 16),
+    ("sliding_window", 2, 2, 2),      # tiny even head dim, odd key-chunk widths
+    ("prefix_lm", 2, 1, 32),
+])
+def test_bf16_native_backward_shapes(case, H, Hkv, d):
+    """Even d in bf16 runs the native bf16 backward (VNNI brgemm); check GQA and odd tiles."""
+    desc = CASES[case]()
+    q, k, v, do = make_qkv(desc, H=H, Hkv=Hkv, d=d, dtype=torch.bfloat16)
+    assert_close_to_reference(run(q, k, v, 3.0 * do, desc), q, k, v, 3.0 * do,
+                              desc.materialize())
+
+
+@pytest.mark.parametrize("case,Hkv", [("janus_nar", 1), ("permutation", 2)])
+def test_bf16_dropout_matches_dense_keep_mask(case, Hkv):
+    desc = CASES[case]()
+    q, k, v, do = make_qkv(desc, H=2, Hkv=Hkv, d=64, dtype=torch.bfloat16)
+    p, seed = 0.25, 99
+    keep = dropout_keep_mask(seed, desc.batch_size, 2, desc.q_len, desc.kv_len, p)
+    ours = run(q, k, v, do, desc, dropout_p=p, seed=seed)
+    assert_close_to_reference(ours, q, k, v, do, desc.materialize(), keep=keep, dropout_p=p)
+
+
 @pytest.mark.parametrize("H,Hkv", [(4, 1), (6, 2), (3, 3)])
 def test_gqa(H, Hkv):
     desc = CASES["janus_nar_padded"]()

@@ -12,6 +12,7 @@
 // brgemm has a plain row-major B operand (cpublas::brgemm cannot transpose B):
 //   S^T = K Q^T, P^T = exp(scale S^T - lse), dV += P^T dO, dP^T = V dO^T,
 //   dS^T = P^T (dP^T - delta), dK += scale dS^T Q, dQ^T += scale K^T dS^T.
+// bf16 (even d) runs the same steps with bf16 VNNI brgemm operands and fp32 accumulators.
 // Work is scheduled dynamically from an atomic counter (lengths are uneven per sample).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -167,6 +168,43 @@ struct PackedHead {
   int b = -1, hk = -1;
 };
 
+// bf16 VNNI packing helpers (brgemm's bf16 B operand is [K/2][N][2]: pairs along K).
+// B = X^T for X (n x d, row stride ld): a 32-bit transpose of X viewed as (n, d/2) pairs,
+// dst [d/2][ld_dst][2]; d must be even.
+inline void vnni_transpose(const BFloat16* src, int64_t n, int64_t d, int64_t ld,
+                           BFloat16* dst, int64_t ld_dst) {
+  const bool pairs_aligned = ld % 2 == 0 && reinterpret_cast<uintptr_t>(src) % 4 == 0;
+  if (pairs_aligned) {
+    at::native::utils::transpose<float>(n, d / 2, reinterpret_cast<const float*>(src), ld / 2,
+                                        reinterpret_cast<float*>(dst), ld_dst);
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      const BFloat16* row = src + j * ld;
+      for (int64_t c = 0; c < d; ++c) dst[((c >> 1) * ld_dst + j) * 2 + (c & 1)] = row[c];
+    }
+  }
+}
+
+// B = X for X (n x d, row stride ld): rows 2t and 2t+1 interleaved, dst [pairs][d][2]; rows
+// at or past n read as zero (pads K to an even count, or further).
+inline void vnni_interleave_rows(const BFloat16* src, int64_t n, int64_t d, int64_t ld,
+                                 int64_t pairs, BFloat16* dst) {
+  uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+  for (int64_t j2 = 0; j2 < pairs; ++j2) {
+    const int64_t j = 2 * j2;
+    const uint16_t* r0 = reinterpret_cast<const uint16_t*>(src + j * ld);
+    const uint16_t* r1 = reinterpret_cast<const uint16_t*>(src + (j + 1) * ld);
+    uint32_t* o = out + j2 * d;
+    if (j + 1 < n) {
+      for (int64_t c = 0; c < d; ++c) o[c] = (uint32_t)r0[c] | ((uint32_t)r1[c] << 16);
+    } else if (j < n) {
+      for (int64_t c = 0; c < d; ++c) o[c] = (uint32_t)r0[c];
+    } else {
+      std::fill_n(o, d, 0u);
+    }
+  }
+}
+
 template <typename T>
 void pack_head(const T* kb, const T* vb, int64_t ks_l, int64_t vs_l, int kv_len, int d,
                PackedHead<T>& out) {
@@ -177,35 +215,12 @@ void pack_head(const T* kb, const T* vb, int64_t ks_l, int64_t vs_l, int kv_len,
   T* dst = out.kt.data();
   if constexpr (kVnni) {
     // K^T VNNI [d/2][Lkp][2] is a 32-bit transpose of K viewed as (kv_len, d/2) pairs.
-    const bool pairs_aligned = d % 2 == 0 && ks_l % 2 == 0 &&
-                               reinterpret_cast<uintptr_t>(kb) % 4 == 0;
-    if (pairs_aligned) {
-      at::native::utils::transpose<float>(kv_len, d / 2, reinterpret_cast<const float*>(kb),
-                                          ks_l / 2, reinterpret_cast<float*>(dst), out.Lkp);
-    } else {
-      for (int64_t j = 0; j < kv_len; ++j) {
-        const T* row = kb + j * ks_l;
-        for (int64_t c = 0; c < d; ++c) dst[((c >> 1) * out.Lkp + j) * 2 + (c & 1)] = row[c];
-      }
-    }
+    vnni_transpose(kb, kv_len, d, ks_l, dst, out.Lkp);
     for (int64_t c2 = 0; c2 < d / 2; ++c2)
       std::fill(dst + (c2 * out.Lkp + kv_len) * 2, dst + (c2 + 1) * out.Lkp * 2, T(0));
     // V VNNI [Lkp/2][d][2]: rows 2t and 2t+1 interleaved (zero past kv_len)
     if ((int64_t)out.v.size() < out.Lkp * d) out.v.resize(out.Lkp * d);
-    uint32_t* vd = reinterpret_cast<uint32_t*>(out.v.data());
-    for (int64_t j2 = 0; j2 < out.Lkp / 2; ++j2) {
-      const int64_t j = 2 * j2;
-      const uint16_t* r0 = reinterpret_cast<const uint16_t*>(vb + j * vs_l);
-      const uint16_t* r1 = reinterpret_cast<const uint16_t*>(vb + (j + 1) * vs_l);
-      uint32_t* o = vd + j2 * d;
-      if (j + 1 < kv_len) {
-        for (int64_t c = 0; c < d; ++c) o[c] = (uint32_t)r0[c] | ((uint32_t)r1[c] << 16);
-      } else if (j < kv_len) {
-        for (int64_t c = 0; c < d; ++c) o[c] = (uint32_t)r0[c];
-      } else {
-        std::fill_n(o, d, 0u);
-      }
-    }
+    vnni_interleave_rows(vb, kv_len, d, vs_l, out.Lkp / 2, out.v.data());
   } else {
     at::native::utils::transpose<float>(kv_len, d, kb, ks_l, dst, out.Lkp);
     for (int64_t c = 0; c < d; ++c)
@@ -417,7 +432,88 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
 }
 
 // ========================================================================== backward
-// fp32 only (bf16/fp16 inputs are upcast by the caller).
+// Shared by the fp32 and the native bf16 backward: work items, per-row statistics of a row
+// block, and the elementwise P / dS step (always fp32).
+
+// One item per (b, kv head): it owns dK/dV of that head and dQ of its query heads.
+struct BwdItem { int b, hk; int64_t cost; };
+
+std::vector<BwdItem> make_bwd_items(const MaskArgs& ma, int B, int Hkv) {
+  std::vector<BwdItem> items;
+  for (int b = 0; b < B; ++b) {
+    const auto m = ma.sample(b);
+    const int64_t cost = (int64_t)m.kv_len() * (m.rows(0) + m.rows(1));
+    for (int hk = 0; hk < Hkv; ++hk) items.push_back({b, hk, cost});
+  }
+  return items;
+}
+
+// Per-row data of a row block: delta = rowsum(dO * O), lse (-inf -> +inf so exp gives 0 for
+// rows that see nothing), and each row's key ranges.
+struct BwdRowStats {
+  std::vector<float> delta, lse;
+  std::vector<int> pre, lo, hi;
+  void resize(int n) { delta.resize(n); lse.resize(n); pre.resize(n); lo.resize(n); hi.resize(n); }
+};
+
+template <typename T>
+void bwd_row_stats(const janus::SampleMask& m, int i0, int rows, int d, const T* gblk,
+                   int64_t gs_l, const T* oblk, int64_t os_l, const float* lrow, int64_t ls_l,
+                   BwdRowStats& st) {
+  for (int r = 0; r < rows; ++r) {
+    float acc = 0.f;
+    for (int c = 0; c < d; ++c) acc += (float)gblk[r * gs_l + c] * (float)oblk[r * os_l + c];
+    st.delta[r] = acc;
+    const float l = lrow[(int64_t)r * ls_l];
+    st.lse[r] = (l == kNegInf) ? std::numeric_limits<float>::infinity() : l;
+    m.row_ranges(i0 + r, &st.pre[r], &st.lo[r], &st.hi[r]);
+  }
+}
+
+// Elementwise step of one (row block, key chunk) tile, in transposed form (w x rows, ld rows):
+// on entry pt = S^T and dpt = dP^T; on exit pt = P^T (dropped when dropout is on: it feeds dV)
+// and dpt = dS^T = P^T (keep dP^T / (1-p) - delta) (unscaled). emit(t, prow, dsrow) is called
+// after key row t is final, while it is still in cache.
+template <class Emit>
+void bwd_p_ds_tile(const janus::SampleMask& m, int i0, int i1, int c0, int w, float scale,
+                   const Dropout& drop, int bh, const BwdRowStats& st, float* pt, float* dpt,
+                   Emit&& emit) {
+  const int rows = i1 - i0 + 1;
+  const bool full = m.tile_class(i0, i1, c0, c0 + w - 1) == janus::TILE_FULL;
+  const Vec vscale(scale);
+  for (int t = 0; t < w; ++t) {
+    const int j = c0 + t;
+    float* prow = pt + (int64_t)t * rows;
+    float* dprow = dpt + (int64_t)t * rows;
+    int64_t r = 0;
+    for (; r + Vec::size() <= rows; r += Vec::size()) {
+      Vec p = (Vec::loadu(prow + r) * vscale - Vec::loadu(st.lse.data() + r)).exp_u20();
+      p.store(prow + r);
+    }
+    for (; r < rows; ++r) prow[r] = std::exp(prow[r] * scale - st.lse[r]);
+    if (!full) {
+      for (int rr = 0; rr < rows; ++rr) {
+        bool ok;
+        if (m.kind == janus::KIND_PERMUTATION) ok = m.allowed(i0 + rr, j);
+        else ok = j < st.pre[rr] || (st.lo[rr] <= j && j < st.hi[rr]);
+        if (!ok) prow[rr] = 0.f;
+      }
+    }
+    if (drop.on()) {
+      for (int rr = 0; rr < rows; ++rr) {
+        const bool keep = janus::dropout_keep(drop.seed, drop.threshold, bh, i0 + rr, j);
+        const float kscale = keep ? drop.inv_keep : 0.f;
+        dprow[rr] = prow[rr] * (dprow[rr] * kscale - st.delta[rr]);
+        prow[rr] *= kscale;   // now P_dropped^T (for dV)
+      }
+    } else {
+      for (int rr = 0; rr < rows; ++rr) dprow[rr] = prow[rr] * (dprow[rr] - st.delta[rr]);
+    }
+    emit(t, prow, dprow);
+  }
+}
+
+// fp32 backward (fp16, fp64 and odd-d bf16 inputs are upcast to fp32 by the caller).
 void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                         const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                         const MaskArgs& ma, float scale, const Dropout& drop,
@@ -437,22 +533,15 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
   const auto qs = q.strides(), ks = k.strides(), vs = v.strides(), os = out.strides(),
              gs = dout.strides(), lss = lse.strides();
 
-  // Items: one per (b, kv head), owning dK/dV of that head and dQ of its query heads.
-  struct Item { int b, hk; int64_t cost; };
-  std::vector<Item> items;
-  for (int b = 0; b < B; ++b) {
-    const auto m = ma.sample(b);
-    const int64_t cost = (int64_t)m.kv_len() * (m.rows(0) + m.rows(1));
-    for (int hk = 0; hk < Hkv; ++hk) items.push_back({b, hk, cost});
-  }
+  std::vector<BwdItem> items = make_bwd_items(ma, B, Hkv);
   const int nthreads = at::get_num_threads();
   struct Scratch {
-    std::vector<float> kt, qt, dot, dqt, pt, dpt, delta, lse_row;
-    std::vector<int> pre, lo, hi;
+    std::vector<float> kt, qt, dot, dqt, pt, dpt;
+    BwdRowStats st;
   };
   std::vector<Scratch> scratch(nthreads);
 
-  run_dynamic(items, [&](const Item& it) {
+  run_dynamic(items, [&](const BwdItem& it) {
     auto& sc = scratch[at::get_thread_num()];
     if (sc.kt.empty()) {
       sc.kt.resize((size_t)d * Lkp);
@@ -461,9 +550,7 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
       sc.dqt.resize((size_t)d * kBlockMBwd);
       sc.pt.resize((size_t)kChunkBwd * kBlockMBwd);
       sc.dpt.resize((size_t)kChunkBwd * kBlockMBwd);
-      sc.delta.resize(kBlockMBwd);
-      sc.lse_row.resize(kBlockMBwd);
-      sc.pre.resize(kBlockMBwd); sc.lo.resize(kBlockMBwd); sc.hi.resize(kBlockMBwd);
+      sc.st.resize(kBlockMBwd);
     }
     const int b = it.b, hk = it.hk;
     const auto m = ma.sample(b);
@@ -476,30 +563,24 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
     // K^T [d][Lkp] for dQ^T += K^T dS^T
     for (int j = 0; j < Lk; ++j)
       for (int c = 0; c < d; ++c) sc.kt[(int64_t)c * Lkp + j] = kb[j * ks[2] + c];
+    const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
 
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
       const int bh = b * H + h;
-      const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
       zero_uncovered_rows<float>(blocks, Lq, d, dqp + ((int64_t)b * H + h) * Lq * d, d, nullptr);
       for (const auto& blk : blocks) {
         const int i0 = blk.i0, rows = blk.i1 - blk.i0 + 1;
         const float* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)i0 * qs[2];
         const float* gblk = gp + b * gs[0] + h * gs[1] + (int64_t)i0 * gs[2];
         const float* oblk = op + b * os[0] + h * os[1] + (int64_t)i0 * os[2];
-        // Q^T, dO^T [d][rows]; delta = rowsum(dO * O); lse (-inf -> +inf so exp gives 0)
-        for (int r = 0; r < rows; ++r) {
-          float acc = 0.f;
+        bwd_row_stats<float>(m, i0, rows, d, gblk, gs[2], oblk, os[2],
+                             lp + b * lss[0] + h * lss[1] + (int64_t)i0 * lss[2], lss[2], sc.st);
+        // Q^T, dO^T [d][rows]
+        for (int r = 0; r < rows; ++r)
           for (int c = 0; c < d; ++c) {
             sc.qt[(int64_t)c * rows + r] = qblk[r * qs[2] + c];
-            const float g = gblk[r * gs[2] + c];
-            sc.dot[(int64_t)c * rows + r] = g;
-            acc += g * oblk[r * os[2] + c];
+            sc.dot[(int64_t)c * rows + r] = gblk[r * gs[2] + c];
           }
-          sc.delta[r] = acc;
-          const float l = lp[b * lss[0] + h * lss[1] + (int64_t)(i0 + r) * lss[2]];
-          sc.lse_row[r] = (l == kNegInf) ? std::numeric_limits<float>::infinity() : l;
-          m.row_ranges(i0 + r, &sc.pre[r], &sc.lo[r], &sc.hi[r]);
-        }
         std::fill(sc.dqt.begin(), sc.dqt.begin() + (size_t)d * rows, 0.f);
         int pre, lo, hi;
         m.block_ranges(i0, blk.i1, &pre, &lo, &hi);
@@ -512,43 +593,14 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
           // dP^T = V_chunk dO^T
           at::native::cpublas::brgemm(w, rows, d, vs[2], rows, rows, false, vb + c0 * vs[2],
                                       sc.dot.data(), dpt);
-          const bool full = m.tile_class(i0, blk.i1, c0, c0 + w - 1) == janus::TILE_FULL;
-          const Vec vscale(scale);
-          for (int t = 0; t < w; ++t) {
-            const int j = c0 + t;
-            float* prow = pt + (int64_t)t * rows;
-            float* dprow = dpt + (int64_t)t * rows;
-            int64_t r = 0;
-            for (; r + Vec::size() <= rows; r += Vec::size()) {
-              Vec p = (Vec::loadu(prow + r) * vscale - Vec::loadu(sc.lse_row.data() + r)).exp_u20();
-              p.store(prow + r);
-            }
-            for (; r < rows; ++r) prow[r] = std::exp(prow[r] * scale - sc.lse_row[r]);
-            if (!full) {
-              for (int rr = 0; rr < rows; ++rr) {
-                bool ok;
-                if (m.kind == janus::KIND_PERMUTATION) ok = m.allowed(i0 + rr, j);
-                else ok = j < sc.pre[rr] || (sc.lo[rr] <= j && j < sc.hi[rr]);
-                if (!ok) prow[rr] = 0.f;
-              }
-            }
-            if (drop.on()) {
-              // dV uses the dropped P; dS uses P * (keep * dP / (1-p) - delta)
-              for (int rr = 0; rr < rows; ++rr) {
-                const bool keep = janus::dropout_keep(drop.seed, drop.threshold, bh, i0 + rr, j);
-                const float kscale = keep ? drop.inv_keep : 0.f;
-                dprow[rr] = prow[rr] * (dprow[rr] * kscale - sc.delta[rr]);
-                prow[rr] *= kscale;   // now P_dropped^T (for dV)
-              }
-            } else {
-              for (int rr = 0; rr < rows; ++rr)
-                dprow[rr] = prow[rr] * (dprow[rr] - sc.delta[rr]);  // dS^T
-            }
-          }
           // dV += P^T dO ; dK += scale dS^T Q ; dQ^T += scale K^T dS^T
+          // (dV uses the unscaled P^T, so dS^T is scaled row by row as it is produced)
+          bwd_p_ds_tile(m, i0, blk.i1, c0, w, scale, drop, bh, sc.st, pt, dpt,
+                        [&](int, float*, float* dsrow) {
+                          for (int r = 0; r < rows; ++r) dsrow[r] *= scale;
+                        });
           at::native::cpublas::brgemm(w, d, rows, rows, gs[2], d, true, pt, gblk,
                                       dvb + (int64_t)c0 * d);
-          for (int64_t e = 0; e < (int64_t)w * rows; ++e) dpt[e] *= scale;
           at::native::cpublas::brgemm(w, d, rows, rows, qs[2], d, true, dpt, qblk,
                                       dkb + (int64_t)c0 * d);
           at::native::cpublas::brgemm(d, rows, w, Lkp, rows, rows, true, sc.kt.data() + c0,
@@ -560,6 +612,125 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
       }
     }
   });
+}
+
+// Native bf16 backward (d even): the same items, blocks, chunks and P/dS step as the fp32 one,
+// with bf16 brgemm operands (B always VNNI [K/2][N][2]) and fp32 accumulation:
+//   S^T  = K_chunk Q^T        A = K rows,  B = Q^T  VNNI (32-bit transpose of the Q block)
+//   dP^T = V_chunk dO^T       A = V rows,  B = dO^T VNNI
+//   dV  += P^T dO             A = bf16 P^T [w][rows2], B = dO VNNI [rows2/2][d][2]
+//   dK  += (scale dS^T) Q     A = bf16 scale dS^T,     B = Q  VNNI
+//   dQ^T += K^T (scale dS^T)  A = plain bf16 K^T [d][Lkp], B = scale dS^T VNNI [w2/2][rows][2]
+// rows2 / w2 are rounded up to even; the extra columns of A / rows of B are zero. dK and dV
+// accumulate in fp32 per item, dQ^T per row block, and are rounded to bf16 at the end.
+void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                             const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                             const MaskArgs& ma, float scale, const Dropout& drop,
+                             at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  using T = BFloat16;
+  using at::native::cpublas::brgemm;
+  const int B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
+  const int Hkv = k.size(1), group = H / Hkv, Lk = k.size(2);
+  TORCH_INTERNAL_ASSERT(d % 2 == 0, "bf16 backward: VNNI needs an even head dim");
+  const int64_t Lkp = round_up(Lk, 16) + 16;   // K^T columns past Lk are zero
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  const T* op = out.data_ptr<T>();
+  const T* gp = dout.data_ptr<T>();
+  const float* lp = lse.data_ptr<float>();
+  T* dqp = dq.data_ptr<T>();
+  T* dkp = dk.data_ptr<T>();
+  T* dvp = dv.data_ptr<T>();
+  const auto qs = q.strides(), ks = k.strides(), vs = v.strides(), os = out.strides(),
+             gs = dout.strides(), lss = lse.strides();
+
+  std::vector<BwdItem> items = make_bwd_items(ma, B, Hkv);
+  const int nthreads = at::get_num_threads();
+  struct Scratch {
+    std::vector<T> kt, qt, dot, qv, gv, p, ds, dsv;
+    std::vector<float> dkacc, dvacc, dqt, pt, dpt;
+    BwdRowStats st;
+  };
+  std::vector<Scratch> scratch(nthreads);
+  constexpr int kM = kBlockMBwd, kC = kChunkBwd;   // both even
+
+  run_dynamic(items, [&](const BwdItem& it) {
+    auto& sc = scratch[at::get_thread_num()];
+    if (sc.kt.empty()) {
+      sc.kt.resize((size_t)d * Lkp);
+      sc.dkacc.resize((size_t)Lk * d);
+      sc.dvacc.resize((size_t)Lk * d);
+      for (auto* buf : {&sc.qt, &sc.dot, &sc.qv, &sc.gv}) buf->resize((size_t)d * kM);
+      for (auto* buf : {&sc.p, &sc.ds, &sc.dsv}) buf->resize((size_t)kC * kM);
+      sc.dqt.resize((size_t)d * kM);
+      sc.pt.resize((size_t)kC * kM);
+      sc.dpt.resize((size_t)kC * kM);
+      sc.st.resize(kM);
+    }
+    const int b = it.b, hk = it.hk;
+    const auto m = ma.sample(b);
+    const T* kb = kp + b * ks[0] + hk * ks[1];
+    const T* vb = vp + b * vs[0] + hk * vs[1];
+    std::fill_n(sc.dkacc.data(), (int64_t)Lk * d, 0.f);
+    std::fill_n(sc.dvacc.data(), (int64_t)Lk * d, 0.f);
+    // plain K^T [d][Lkp] (the A operand of dQ^T += K^T dS^T; zero past Lk)
+    at::native::utils::transpose<uint16_t>(Lk, d, reinterpret_cast<const uint16_t*>(kb), ks[2],
+                                           reinterpret_cast<uint16_t*>(sc.kt.data()), Lkp);
+    for (int64_t c = 0; c < d; ++c)
+      std::fill(sc.kt.data() + c * Lkp + Lk, sc.kt.data() + (c + 1) * Lkp, T(0));
+    const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
+
+    for (int h = hk * group; h < (hk + 1) * group; ++h) {
+      const int bh = b * H + h;
+      zero_uncovered_rows<T>(blocks, Lq, d, dqp + ((int64_t)b * H + h) * Lq * d, d, nullptr);
+      for (const auto& blk : blocks) {
+        const int i0 = blk.i0, rows = blk.i1 - blk.i0 + 1;
+        const int rows2 = (int)round_up(rows, 2);
+        const T* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)i0 * qs[2];
+        const T* gblk = gp + b * gs[0] + h * gs[1] + (int64_t)i0 * gs[2];
+        const T* oblk = op + b * os[0] + h * os[1] + (int64_t)i0 * os[2];
+        bwd_row_stats<T>(m, i0, rows, d, gblk, gs[2], oblk, os[2],
+                         lp + b * lss[0] + h * lss[1] + (int64_t)i0 * lss[2], lss[2], sc.st);
+        vnni_transpose(qblk, rows, d, qs[2], sc.qt.data(), rows);     // [d/2][rows][2]
+        vnni_transpose(gblk, rows, d, gs[2], sc.dot.data(), rows);
+        vnni_interleave_rows(qblk, rows, d, qs[2], rows2 / 2, sc.qv.data());   // [rows2/2][d][2]
+        vnni_interleave_rows(gblk, rows, d, gs[2], rows2 / 2, sc.gv.data());
+        std::fill(sc.dqt.begin(), sc.dqt.begin() + (size_t)d * rows, 0.f);
+        int pre, lo, hi;
+        m.block_ranges(i0, blk.i1, &pre, &lo, &hi);
+        for_each_key_chunk(pre, lo, hi, kChunkBwd, [&](int c0, int w) {
+          float* pt = sc.pt.data();
+          float* dpt = sc.dpt.data();
+          brgemm(w, rows, d, ks[2], rows, rows, false, kb + c0 * ks[2], sc.qt.data(), pt, true);
+          brgemm(w, rows, d, vs[2], rows, rows, false, vb + c0 * vs[2], sc.dot.data(), dpt, true);
+          T* p = sc.p.data();
+          T* ds = sc.ds.data();
+          bwd_p_ds_tile(m, i0, blk.i1, c0, w, scale, drop, bh, sc.st, pt, dpt,
+                        [&](int t, float* prow, float* dsrow) {
+                          T* pb = p + (int64_t)t * rows2;
+                          T* db = ds + (int64_t)t * rows2;
+                          at::vec::convert(prow, pb, rows);
+                          for (int r = 0; r < rows; ++r) db[r] = T(dsrow[r] * scale);
+                          if (rows2 != rows) { pb[rows] = T(0); db[rows] = T(0); }
+                        });
+          const int w2 = (int)round_up(w, 2);
+          vnni_interleave_rows(ds, w, rows, rows2, w2 / 2, sc.dsv.data());  // [w2/2][rows][2]
+          brgemm(w, d, rows2, rows2, d, d, true, p, sc.gv.data(), sc.dvacc.data() + c0 * d, true);
+          brgemm(w, d, rows2, rows2, d, d, true, ds, sc.qv.data(), sc.dkacc.data() + c0 * d, true);
+          brgemm(d, rows, w2, Lkp, rows, rows, true, sc.kt.data() + c0, sc.dsv.data(),
+                 sc.dqt.data(), true);
+        });
+        T* dqblk = dqp + (((int64_t)b * H + h) * Lq + i0) * d;  // dq contiguous
+        for (int r = 0; r < rows; ++r)
+          for (int c = 0; c < d; ++c) dqblk[(int64_t)r * d + c] = T(sc.dqt[(int64_t)c * rows + r]);
+      }
+    }
+    T* dkb = dkp + ((int64_t)b * Hkv + hk) * Lk * d;   // dk, dv contiguous (allocated here)
+    T* dvb = dvp + ((int64_t)b * Hkv + hk) * Lk * d;
+    at::vec::convert(sc.dkacc.data(), dkb, (int64_t)Lk * d);
+    at::vec::convert(sc.dvacc.data(), dvb, (int64_t)Lk * d);
+  }, /*release_amx=*/true);
 }
 
 // ============================================================================ glue
@@ -651,15 +822,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_bwd_cpu(
   const MaskArgs& ma = mt.args;
   const Dropout drop = make_dropout(dropout_p, seed);
   const auto dt = q_.scalar_type();
-  auto f32 = [](const at::Tensor& t) { return last_dim_contiguous(t.to(at::kFloat)); };
-  at::Tensor q = f32(q_), k = f32(k_), v = f32(v_), o = f32(out_), g = f32(dout_);
+  // bf16 runs natively when d is even (VNNI pairs along d); everything else in fp32
+  const bool native_bf16 = dt == at::kBFloat16 && q_.size(3) % 2 == 0;
+  const auto ct = native_bf16 ? dt : at::kFloat;
+  auto cvt = [ct](const at::Tensor& t) { return last_dim_contiguous(t.to(ct)); };
+  at::Tensor q = cvt(q_), k = cvt(k_), v = cvt(v_), o = cvt(out_), g = cvt(dout_);
   at::Tensor lse = lse_.contiguous();
   // written (or zeroed) per work item, in parallel, by the thread that owns them
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(k.sizes(), k.options());
   at::Tensor dv = at::empty(v.sizes(), v.options());
   if (q.numel() > 0 && k.size(2) > 0) {
-    attention_bwd_impl(g, q, k, v, o, lse, ma, (float)scale, drop, dq, dk, dv);
+    if (native_bf16)
+      attention_bwd_impl_bf16(g, q, k, v, o, lse, ma, (float)scale, drop, dq, dk, dv);
+    else
+      attention_bwd_impl(g, q, k, v, o, lse, ma, (float)scale, drop, dq, dk, dv);
   } else {
     dq.zero_(); dk.zero_(); dv.zero_();
   }
