@@ -451,18 +451,43 @@ std::vector<BwdItem> make_bwd_items(const MaskArgs& ma, int B, int Hkv) {
 // Per-row data of a row block: delta = rowsum(dO * O), lse (-inf -> +inf so exp gives 0 for
 // rows that see nothing), and each row's key ranges.
 struct BwdRowStats {
-  std::vector<float> delta, lse;
+  std::vector<float> delta, lse, tmp;
   std::vector<int> pre, lo, hi;
-  void resize(int n) { delta.resize(n); lse.resize(n); pre.resize(n); lo.resize(n); hi.resize(n); }
+  void resize(int n, int d) {
+    delta.resize(n); lse.resize(n); pre.resize(n); lo.resize(n); hi.resize(n); tmp.resize(2 * d);
+  }
 };
+
+// bf16 -> fp32 (at::vec::convert does this element by element)
+inline void widen_row(const BFloat16* src, float* dst, int n) {
+  using VecB = at::vec::Vectorized<BFloat16>;
+  int c = 0;
+  for (; c + VecB::size() <= n; c += VecB::size()) {
+    auto [lo, hi] = at::vec::convert_to_float<BFloat16>(VecB::loadu(src + c));
+    lo.store(dst + c);
+    hi.store(dst + c + Vec::size());
+  }
+  for (; c < n; ++c) dst[c] = (float)src[c];
+}
 
 template <typename T>
 void bwd_row_stats(const janus::SampleMask& m, int i0, int rows, int d, const T* gblk,
                    int64_t gs_l, const T* oblk, int64_t os_l, const float* lrow, int64_t ls_l,
                    BwdRowStats& st) {
   for (int r = 0; r < rows; ++r) {
-    float acc = 0.f;
-    for (int c = 0; c < d; ++c) acc += (float)gblk[r * gs_l + c] * (float)oblk[r * os_l + c];
+    const float* g = reinterpret_cast<const float*>(gblk + r * gs_l);
+    const float* o = reinterpret_cast<const float*>(oblk + r * os_l);
+    if constexpr (!std::is_same_v<T, float>) {   // widen the two rows once (vectorized)
+      widen_row(gblk + r * gs_l, st.tmp.data(), d);
+      widen_row(oblk + r * os_l, st.tmp.data() + d, d);
+      g = st.tmp.data();
+      o = st.tmp.data() + d;
+    }
+    Vec vacc(0.f);
+    int c = 0;
+    for (; c + Vec::size() <= d; c += Vec::size()) vacc += Vec::loadu(g + c) * Vec::loadu(o + c);
+    float acc = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vacc);
+    for (; c < d; ++c) acc += g[c] * o[c];
     st.delta[r] = acc;
     const float l = lrow[(int64_t)r * ls_l];
     st.lse[r] = (l == kNegInf) ? std::numeric_limits<float>::infinity() : l;
@@ -486,17 +511,20 @@ void bwd_p_ds_tile(const janus::SampleMask& m, int i0, int i1, int c0, int w, fl
     float* prow = pt + (int64_t)t * rows;
     float* dprow = dpt + (int64_t)t * rows;
     int64_t r = 0;
-    for (; r + Vec::size() <= rows; r += Vec::size()) {
-      Vec p = (Vec::loadu(prow + r) * vscale - Vec::loadu(st.lse.data() + r)).exp_u20();
-      p.store(prow + r);
+    for (; r < rows; r += Vec::size()) {   // partial load/store on the tail
+      const int n = std::min<int>(Vec::size(), rows - r);
+      Vec p = (Vec::loadu(prow + r, n) * vscale - Vec::loadu(st.lse.data() + r, n)).exp_u20();
+      p.store(prow + r, n);
     }
-    for (; r < rows; ++r) prow[r] = std::exp(prow[r] * scale - st.lse[r]);
-    if (!full) {
+    if (!full && m.kind == janus::KIND_PERMUTATION) {
+      for (int rr = 0; rr < rows; ++rr) if (!m.allowed(i0 + rr, j)) prow[rr] = 0.f;
+    } else if (!full) {   // branch-free so the compiler vectorizes it over rows
+      const int* pre = st.pre.data();
+      const int* lo = st.lo.data();
+      const int* hi = st.hi.data();
       for (int rr = 0; rr < rows; ++rr) {
-        bool ok;
-        if (m.kind == janus::KIND_PERMUTATION) ok = m.allowed(i0 + rr, j);
-        else ok = j < st.pre[rr] || (st.lo[rr] <= j && j < st.hi[rr]);
-        if (!ok) prow[rr] = 0.f;
+        const bool ok = (j < pre[rr]) | ((lo[rr] <= j) & (j < hi[rr]));
+        prow[rr] = ok ? prow[rr] : 0.f;
       }
     }
     if (drop.on()) {
@@ -550,7 +578,7 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
       sc.dqt.resize((size_t)d * kBlockMBwd);
       sc.pt.resize((size_t)kChunkBwd * kBlockMBwd);
       sc.dpt.resize((size_t)kChunkBwd * kBlockMBwd);
-      sc.st.resize(kBlockMBwd);
+      sc.st.resize(kBlockMBwd, d);
     }
     const int b = it.b, hk = it.hk;
     const auto m = ma.sample(b);
@@ -649,7 +677,7 @@ void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const 
   const int nthreads = at::get_num_threads();
   struct Scratch {
     std::vector<T> kt, qt, dot, qv, gv, p, ds, dsv;
-    std::vector<float> dkacc, dvacc, dqt, pt, dpt;
+    std::vector<float> dkacc, dvacc, dqt, dq, pt, dpt;
     BwdRowStats st;
   };
   std::vector<Scratch> scratch(nthreads);
@@ -664,9 +692,10 @@ void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const 
       for (auto* buf : {&sc.qt, &sc.dot, &sc.qv, &sc.gv}) buf->resize((size_t)d * kM);
       for (auto* buf : {&sc.p, &sc.ds, &sc.dsv}) buf->resize((size_t)kC * kM);
       sc.dqt.resize((size_t)d * kM);
+      sc.dq.resize((size_t)d * kM);
       sc.pt.resize((size_t)kC * kM);
       sc.dpt.resize((size_t)kC * kM);
-      sc.st.resize(kM);
+      sc.st.resize(kM, d);
     }
     const int b = it.b, hk = it.hk;
     const auto m = ma.sample(b);
@@ -711,7 +740,8 @@ void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const 
                           T* pb = p + (int64_t)t * rows2;
                           T* db = ds + (int64_t)t * rows2;
                           at::vec::convert(prow, pb, rows);
-                          for (int r = 0; r < rows; ++r) db[r] = T(dsrow[r] * scale);
+                          for (int r = 0; r < rows; ++r) dsrow[r] *= scale;
+                          at::vec::convert(dsrow, db, rows);
                           if (rows2 != rows) { pb[rows] = T(0); db[rows] = T(0); }
                         });
           const int w2 = (int)round_up(w, 2);
@@ -721,9 +751,10 @@ void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const 
           brgemm(d, rows, w2, Lkp, rows, rows, true, sc.kt.data() + c0, sc.dsv.data(),
                  sc.dqt.data(), true);
         });
-        T* dqblk = dqp + (((int64_t)b * H + h) * Lq + i0) * d;  // dq contiguous
-        for (int r = 0; r < rows; ++r)
-          for (int c = 0; c < d; ++c) dqblk[(int64_t)r * d + c] = T(sc.dqt[(int64_t)c * rows + r]);
+        // dQ = (dQ^T)^T, rounded to bf16 (dq contiguous)
+        at::native::utils::transpose<float>(d, rows, sc.dqt.data(), rows, sc.dq.data(), d);
+        at::vec::convert(sc.dq.data(), dqp + (((int64_t)b * H + h) * Lq + i0) * d,
+                         (int64_t)rows * d);
       }
     }
     T* dkb = dkp + ((int64_t)b * Hkv + hk) * Lk * d;   // dk, dv contiguous (allocated here)
