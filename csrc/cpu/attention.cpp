@@ -140,6 +140,27 @@ void run_dynamic(std::vector<Item>& items, F&& fn, bool release_amx = false) {
   });
 }
 
+// max without NaN bookkeeping (at::vec::maximum propagates NaN with two extra instructions
+// per vector; a NaN score still reaches the output through exp).
+inline Vec fast_max(const Vec& a, const Vec& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Vec(_mm512_max_ps(a, b));
+#else
+  return at::vec::maximum(a, b);
+#endif
+}
+
+// Round two fp32 vectors to bf16 (nearest even) and store them: one instruction with
+// AVX512-BF16 (Sapphire Rapids, Zen 4+), else torch's bit-manipulation conversion.
+inline void store_bf16_pair(BFloat16* dst, const Vec& lo, const Vec& hi) {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+  const __m512bh packed = _mm512_cvtne2ps_pbh(hi, lo);
+  _mm512_storeu_si512(reinterpret_cast<void*>(dst), reinterpret_cast<const __m512i&>(packed));
+#else
+  at::vec::convert_from_float<BFloat16>(lo, hi).store(dst);
+#endif
+}
+
 // Per-row visibility inside a key chunk [c0, c0 + w): fill masked entries of row `s` with v.
 inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, float* s, float v) {
   if (m.kind == janus::KIND_PERMUTATION) {
@@ -350,7 +371,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           // wr is a multiple of the vector width (16 or 32): no tail
           Vec vm = Vec::loadu(srow);
           for (int64_t t = Vec::size(); t < wr; t += Vec::size())
-            vm = at::vec::maximum(vm, Vec::loadu(srow + t));
+            vm = fast_max(vm, Vec::loadu(srow + t));
           const float cmax = at::vec::vec_reduce_all<float>(
               [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vm);
           const float m_old = mrow[r];
@@ -371,7 +392,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
               Vec e0 = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
               Vec e1 = (Vec::loadu(srow + t + Vec::size()) * vscale - vmax).exp_u20();
               vsum += e0 + e1;
-              at::vec::convert_from_float<BFloat16>(e0, e1).store(prow + t);
+              store_bf16_pair(prow + t, e0, e1);
             }
             sum = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vsum);
           } else {
