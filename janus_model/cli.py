@@ -296,11 +296,15 @@ COMMANDS = {"train": train_main, "generate": generate_main, "evaluate": evaluate
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m janus_model {train,generate,evaluate,average} [--help] ...\n\n"
-              "  train     train a model (= janus-train)\n"
-              "  generate  translate with a checkpoint (= janus-generate)\n"
-              "  evaluate  analysis tables: BLEU per NAR iteration, repetition, latency\n"
-              "  average   average checkpoints", file=sys.stderr if argv else sys.stdout)
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        ok = not argv or argv[0] in ("-h", "--help")
+        usage = ("usage: python -m janus_model {train,generate,evaluate,average} [--help] ...\n\n"
+                 "  train     train a model (= janus-train)\n"
+                 "  generate  translate with a checkpoint (= janus-generate)\n"
+                 "  evaluate  analysis tables: BLEU per NAR iteration, repetition, latency\n"
+                 "  average   average checkpoints")
+        if not ok:
+            usage = f"unknown command {argv[0]!r}\n" + usage
+        print(usage, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 2
     cmd = argv.pop(0)
     return COMMANDS[cmd](argv)
