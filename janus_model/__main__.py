@@ -1,0 +1,7 @@
+"""``python -m janus_model {train,generate,evaluate,average} ...``"""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,682 @@
+"""JANUS / CMLM / AR trainer (spec §6.1, §7.1) with exact resume and data parallelism.
+
+Optimisation (fairseq's recipe): Adam β = (0.9, 0.98) with decoupled weight decay (fairseq's
+Adam applies ``p -= lr·wd·p``, i.e. torch's AdamW), inverse-square-root schedule with linear
+warm-up from ``warmup_init_lr``::
+
+    lr(n) = init + n·(lr - init)/W      for n < W      (n = updates done before this one)
+          = lr · sqrt(W / n)            for n >= W
+
+label smoothing ε = 0.1 inside the objectives, optional gradient clipping (global L2 norm),
+optional bf16 autocast (CPU or GPU), gradient accumulation over ``update_freq`` micro-batches
+(the loss of each is divided by ``update_freq``; every term is a per-batch mean as in the
+authors' criterion, so gradients are averaged over micro-batches and, through DDP, over ranks).
+
+Exact resume: a checkpoint taken at an update boundary holds the model, the optimiser (Adam
+moments and step counts), the schedule position, the data position (epoch, micro-batches
+consumed in it; each epoch's batch list is a pure function of (seed, epoch)) and every RNG
+state of every rank (torch CPU/CUDA for dropout and attention-dropout seeds, the span-masking
+generator, Python's and NumPy's). Resuming from it reproduces the uninterrupted run bitwise
+(same world size, thread count and hardware). SIGINT/SIGTERM stop training at the next update
+boundary and write ``checkpoint_last.pt``.
+
+Data parallel: launch with ``torchrun --nproc-per-node N -m janus_model train ...``; the
+process group is gloo on CPU and NCCL on GPU; every rank reads the same data, builds the same
+vocabulary (rank 0 trains it and broadcasts it), gets every N-th batch of the epoch, and DDP
+averages gradients.
+
+Outputs in ``out``: ``spm.model``, ``checkpoint_last.pt``, ``checkpoint_<update>.pt`` (the last
+``keep_last``), ``checkpoint_best.pt`` (lowest validation loss), ``log.jsonl`` (one JSON record
+per log interval and per validation).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import math
+import os
+import random
+import re
+import signal
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .data import (ParallelDataset, SubwordVocab, collate, make_batches, read_parallel,
+                   shard_batches)
+from .layout import build_batch
+from .masking import span_mask
+from .model import MODES, ExecOptions, JanusConfig, JanusTransformer
+from .objectives import LossWeights, compute_loss, loss_terms
+
+__all__ = ["TrainConfig", "InverseSqrtSchedule", "Trainer", "average_checkpoints",
+           "last_checkpoints", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "janus-model-checkpoint-1"
+_ARCH_FIELDS = ("dim", "heads", "ffn_dim", "encoder_layers", "decoder_layers", "dropout",
+                "attention_dropout", "activation_dropout", "pre_ln", "max_positions")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs. Architecture defaults: the authors' IWSLT14 model
+    (spec §7.1), except ``max_positions`` (256: longer pairs are dropped)."""
+
+    data: str                                   # directory with {split}.{lang} files
+    out: str                                    # checkpoints, vocabulary, log
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    mode: str = "janus"                         # janus | cmlm | ar
+    # vocabulary
+    vocab_size: int = 8000
+    spm_model: Optional[str] = None             # an existing sentencepiece model instead
+    empty_lines: str = "skip"                   # skip | error
+    # architecture
+    dim: int = 512
+    heads: int = 4
+    ffn_dim: int = 1024
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    dropout: float = 0.3
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    pre_ln: bool = False
+    max_positions: int = 256
+    # optimisation
+    lr: float = 5e-4
+    warmup_updates: int = 10000
+    warmup_init_lr: float = 1e-7
+    adam_betas: Tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-8
+    weight_decay: float = 1e-4
+    clip_norm: float = 0.0                      # 0: no clipping (the authors' setting)
+    label_smoothing: float = 0.1
+    max_tokens: int = 4096                      # padded tokens per micro-batch and rank
+    update_freq: int = 1                        # gradient accumulation
+    max_updates: int = 0                        # 0: unlimited
+    max_epochs: int = 0                         # 0: unlimited
+    max_minutes: float = 0.0                    # wall-clock budget of this invocation; 0: none
+    bf16: bool = False
+    seed: int = 1
+    # evaluation, checkpoints, logging
+    log_every: int = 50
+    valid_every: int = 1000                     # updates; 0: only at the end
+    save_every: int = 1000                      # updates; 0: only at the end
+    keep_last: int = 5
+    valid_bleu_sentences: int = 200             # 0: no BLEU during training
+    valid_beam: int = 1                         # AR beam during validation (1 = greedy)
+    valid_iterations: int = 4                   # mask-predict T during validation
+    valid_length_beam: int = 3
+    progress: bool = True
+    threads: int = 0                            # torch intra-op threads; 0: default
+    device: str = "auto"                        # auto | cpu | cuda
+    backend: Optional[str] = None               # janus_kernels attention backend
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
+        if self.update_freq < 1:
+            raise ValueError(f"update_freq: expected >= 1, got {self.update_freq}")
+        if self.warmup_updates < 1:
+            raise ValueError(f"warmup_updates: expected >= 1, got {self.warmup_updates}")
+        if self.max_tokens < 8:
+            raise ValueError(f"max_tokens: expected >= 8, got {self.max_tokens}")
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)
+
+    def model_config(self, vocab_size: int) -> JanusConfig:
+        return JanusConfig(vocab_size=vocab_size,
+                           **{f: getattr(self, f) for f in _ARCH_FIELDS})
+
+
+class InverseSqrtSchedule:
+    """fairseq's inverse_sqrt (see the module docstring); sets the optimiser's lr."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, warmup: int,
+                 init_lr: float = 1e-7):
+        self.optimizer, self.lr, self.warmup, self.init_lr = optimizer, lr, warmup, init_lr
+        self.num_updates = 0
+
+    def lr_at(self, n: int) -> float:
+        if n < self.warmup:
+            return self.init_lr + n * (self.lr - self.init_lr) / self.warmup
+        return self.lr * math.sqrt(self.warmup / n)
+
+    def apply(self) -> float:
+        """Set the lr for the next update (after ``num_updates`` done)."""
+        lr = self.lr_at(self.num_updates)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def state_dict(self) -> Dict:
+        return {"num_updates": self.num_updates, "lr": self.lr, "warmup": self.warmup,
+                "init_lr": self.init_lr}
+
+    def load_state_dict(self, s: Dict) -> None:
+        self.num_updates = int(s["num_updates"])
+
+
+# ------------------------------------------------------------------------ checkpoint tools
+def last_checkpoints(out_dir: str, n: int) -> List[str]:
+    """The ``n`` most recent ``checkpoint_<update>.pt`` files of a run, oldest first."""
+    found = []
+    for p in glob.glob(os.path.join(out_dir, "checkpoint_*.pt")):
+        m = re.fullmatch(r"checkpoint_(\d+)\.pt", os.path.basename(p))
+        if m:
+            found.append((int(m.group(1)), p))
+    if len(found) < n:
+        raise ValueError(f"last_checkpoints: asked for {n}, found {len(found)} numbered "
+                         f"checkpoints in {out_dir!r}")
+    return [p for _, p in sorted(found)[-n:]]
+
+
+def average_checkpoints(paths: Sequence[str]) -> Dict:
+    """Parameter average of trainer checkpoints (the paper averages the last 5).
+
+    Floating tensors: sum in float64, divide by n, cast back to the stored dtype; other
+    tensors must be identical. Returns the last checkpoint's dict with ``model`` replaced and
+    the training state (optimizer, RNG, data position) removed: it is for inference."""
+    if not paths:
+        raise ValueError("average_checkpoints: no paths")
+    acc: Optional[Dict[str, torch.Tensor]] = None
+    last: Dict = {}
+    for p in paths:
+        ck = torch.load(p, map_location="cpu", weights_only=False)
+        sd = ck["model"] if isinstance(ck, dict) and "model" in ck else None
+        if sd is None:
+            raise ValueError(f"average_checkpoints: {p!r} has no 'model' state")
+        if acc is None:
+            acc = {k: (v.double().clone() if v.is_floating_point() else v.clone())
+                   for k, v in sd.items()}
+            dtypes = {k: v.dtype for k, v in sd.items()}
+        else:
+            if set(sd) != set(acc):
+                raise ValueError(f"average_checkpoints: {p!r} has different parameters "
+                                 f"(differs in {sorted(set(sd) ^ set(acc))[:5]})")
+            for k, v in sd.items():
+                if v.shape != acc[k].shape:
+                    raise ValueError(f"average_checkpoints: {p!r}: {k} has shape "
+                                     f"{tuple(v.shape)}, expected {tuple(acc[k].shape)}")
+                if v.is_floating_point():
+                    acc[k] += v.double()
+                elif not torch.equal(v, acc[k]):
+                    raise ValueError(f"average_checkpoints: non-float tensor {k} differs in "
+                                     f"{p!r}")
+        last = ck
+    avg = {k: (v / len(paths)).to(dtypes[k]) if dtypes[k].is_floating_point else v
+           for k, v in acc.items()}
+    out = {k: v for k, v in last.items()
+           if k not in ("optimizer", "schedule", "rng", "epoch", "batch_in_epoch")}
+    out["model"] = avg
+    out["averaged_from"] = [os.path.abspath(p) for p in paths]
+    return out
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# -------------------------------------------------------------------------------- trainer
+class _Stop:
+    """SIGINT/SIGTERM -> stop at the next update boundary (a second SIGINT aborts)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old: Dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Build everything from a :class:`TrainConfig`, optionally resuming, then :meth:`train`.
+
+    ``resume``: True = continue from ``out/checkpoint_last.pt`` if it exists; False = start
+    fresh; a path = that checkpoint. When resuming, the architecture and vocabulary come from
+    the checkpoint; the optimisation/stopping settings from ``cfg``. ``terms_fn`` computes the
+    unweighted loss terms (a fused implementation can be passed; see objectives)."""
+
+    def __init__(self, cfg: TrainConfig, *, resume=True,
+                 terms_fn: Callable = loss_terms, weights: Optional[LossWeights] = None,
+                 log: Optional[Callable[[str], None]] = None):
+        self.cfg = cfg
+        self.terms_fn = terms_fn
+        self.weights = weights or dataclasses.replace(LossWeights.for_mode(cfg.mode),
+                                                      label_smoothing=cfg.label_smoothing)
+        self._init_distributed()
+        self._log = log if log is not None else (print if self.rank == 0 else (lambda s: None))
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        if self.rank == 0:
+            os.makedirs(cfg.out, exist_ok=True)
+
+        ck = self._find_checkpoint(resume)
+        self.vocab = self._build_vocab(ck)
+        self.train_data = self._dataset("train", cfg.max_tokens)
+        self.valid_data = self._dataset("valid", None, required=False)
+
+        torch.manual_seed(cfg.seed)                 # identical initial weights on every rank
+        mcfg = JanusConfig(**ck["model_config"]) if ck else cfg.model_config(len(self.vocab))
+        if mcfg.vocab_size != len(self.vocab):
+            raise ValueError(f"checkpoint: model vocab_size {mcfg.vocab_size} but the "
+                             f"vocabulary has {len(self.vocab)} pieces")
+        self.model = JanusTransformer(mcfg, ExecOptions(backend=cfg.backend)).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+                                           betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                           weight_decay=cfg.weight_decay)
+        self.schedule = InverseSqrtSchedule(self.optimizer, cfg.lr, cfg.warmup_updates,
+                                            cfg.warmup_init_lr)
+        # per-rank random streams (dropout, span masks), seeded after the shared init
+        torch.manual_seed(cfg.seed * 7919 + 1 + self.rank)
+        self.mask_gen = torch.Generator().manual_seed(cfg.seed * 104729 + 17 + self.rank)
+        random.seed(cfg.seed + self.rank)
+        np.random.seed((cfg.seed + self.rank) % 2 ** 32)
+
+        self.update = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best_valid_loss = float("inf")
+        self.elapsed_total = 0.0
+        self._epoch_cache: Tuple[int, List[List[int]]] = (-1, [])
+        if ck:
+            self._load_state(ck)
+        self.ddp = None
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                else None, find_unused_parameters=cfg.mode == "ar")
+
+    # ------------------------------------------------------------------------- set-up
+    def _init_distributed(self) -> None:
+        cfg = self.cfg
+        want = cfg.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        env_world = int(os.environ.get("WORLD_SIZE", "1"))
+        if env_world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if want == "cuda" else "gloo")
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        if want == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", self.rank % max(torch.cuda.device_count(),
+                                                                     1)))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+            if self.world > 1 and cfg.threads <= 0:
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world))
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def _broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _find_checkpoint(self, resume) -> Optional[Dict]:
+        if resume is False or resume is None:
+            return None
+        path = os.path.join(self.cfg.out, "checkpoint_last.pt") if resume is True else resume
+        if not os.path.isfile(path):
+            if resume is True:
+                return None
+            raise FileNotFoundError(f"resume: checkpoint {path!r} does not exist")
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if ck.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ck:
+            raise ValueError(f"resume: {path!r} is not a full trainer checkpoint "
+                             f"(averaged or foreign checkpoints can not resume training)")
+        self._log(f"resuming from {path} (update {ck['update']})")
+        return ck
+
+    def _build_vocab(self, ck: Optional[Dict]) -> SubwordVocab:
+        cfg = self.cfg
+        if ck:
+            vocab = SubwordVocab(ck["spm"])
+        elif cfg.spm_model:
+            vocab = SubwordVocab.load(cfg.spm_model)
+        else:
+            proto = None
+            if self.rank == 0:
+                text = read_parallel(cfg.data, "train", cfg.src_lang, cfg.tgt_lang,
+                                     empty=cfg.empty_lines)
+                proto = SubwordVocab.train(text.src + text.tgt, cfg.vocab_size).proto
+            vocab = SubwordVocab(self._broadcast(proto))
+        if self.rank == 0:
+            vocab.save(os.path.join(cfg.out, "spm.model"))
+        return vocab
+
+    def _dataset(self, split: str, max_tokens: Optional[int],
+                 required: bool = True) -> Optional[ParallelDataset]:
+        cfg = self.cfg
+        try:
+            text = read_parallel(cfg.data, split, cfg.src_lang, cfg.tgt_lang,
+                                 empty=cfg.empty_lines)
+        except FileNotFoundError:
+            if required:
+                raise
+            self._log(f"no {split} split in {cfg.data}: validation disabled")
+            return None
+        ds = ParallelDataset(text, self.vocab, max_positions=cfg.max_positions,
+                             max_tokens=max_tokens)
+        self._log(f"{split}: {len(ds)} pairs ({ds.skipped_empty} empty skipped, "
+                  f"{ds.dropped_long} too long dropped)")
+        return ds
+
+    @property
+    def raw_model(self) -> JanusTransformer:
+        return self.model
+
+    # ---------------------------------------------------------------------- state
+    def _rng_state(self) -> Dict:
+        s = {"torch": torch.get_rng_state(), "mask": self.mask_gen.get_state(),
+             "python": random.getstate(), "numpy": np.random.get_state()}
+        if self.device.type == "cuda":
+            s["cuda"] = torch.cuda.get_rng_state(self.device)
+        return s
+
+    def _set_rng_state(self, s: Dict) -> None:
+        torch.set_rng_state(s["torch"])
+        self.mask_gen.set_state(s["mask"])
+        random.setstate(s["python"])
+        np.random.set_state(s["numpy"])
+        if self.device.type == "cuda" and "cuda" in s:
+            torch.cuda.set_rng_state(s["cuda"], self.device)
+
+    def _data_fingerprint(self) -> List[int]:
+        d = self.train_data
+        return [len(d), int(d.src_lens.sum()), int(d.tgt_lens.sum())]
+
+    def state_dict(self) -> Dict:
+        """The full training state; collective under DDP (gathers every rank's RNG)."""
+        rng = self._rng_state()
+        if self.world > 1:
+            allr: List = [None] * self.world
+            dist.all_gather_object(allr, rng)
+        else:
+            allr = [rng]
+        return {"format": CHECKPOINT_FORMAT, "model_config": dataclasses.asdict(self.model.cfg),
+                "train_config": dataclasses.asdict(self.cfg), "mode": self.cfg.mode,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "update": self.update,
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": allr,
+                "world_size": self.world, "data": self._data_fingerprint(),
+                "batching": [self.cfg.max_tokens, self.cfg.seed],
+                "spm": self.vocab.proto, "best_valid_loss": self.best_valid_loss,
+                "elapsed_s": self.elapsed_total, "torch_version": torch.__version__}
+
+    def _load_state(self, ck: Dict) -> None:
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.schedule.load_state_dict(ck["schedule"])
+        self.update = int(ck["update"])
+        self.best_valid_loss = float(ck.get("best_valid_loss", float("inf")))
+        self.elapsed_total = float(ck.get("elapsed_s", 0.0))
+        same = (ck["world_size"] == self.world and ck["data"] == self._data_fingerprint()
+                and ck["batching"] == [self.cfg.max_tokens, self.cfg.seed])
+        if same:
+            self.epoch, self.batch_in_epoch = int(ck["epoch"]), int(ck["batch_in_epoch"])
+            self._set_rng_state(ck["rng"][self.rank])
+        else:
+            # the saved data position / RNG streams do not apply: continue from a fresh epoch
+            self.epoch, self.batch_in_epoch = int(ck["epoch"]) + 1, 0
+            self._log("resume: world size, data or batching changed; continuing from the "
+                      "start of the next epoch (not an exact resume)")
+
+    def save(self, name: Optional[str] = None, *, numbered: bool = True) -> Optional[str]:
+        """Write checkpoint_last.pt (+ checkpoint_<update>.pt, or ``name``); collective."""
+        state = self.state_dict()
+        path = None
+        if self.rank == 0:
+            out = self.cfg.out
+            if name is not None:
+                path = os.path.join(out, name)
+                _atomic_save(state, path)
+            else:
+                path = os.path.join(out, "checkpoint_last.pt")
+                _atomic_save(state, path)
+                if numbered and self.cfg.keep_last > 0:
+                    _atomic_save(state, os.path.join(out, f"checkpoint_{self.update}.pt"))
+                    self._prune()
+        self._barrier()
+        return path
+
+    def _prune(self) -> None:
+        keep = self.cfg.keep_last
+        found = sorted(glob.glob(os.path.join(self.cfg.out, "checkpoint_*.pt")))
+        numbered = sorted((int(m.group(1)), p) for p in found
+                          if (m := re.fullmatch(r"checkpoint_(\d+)\.pt", os.path.basename(p))))
+        for _, p in numbered[:max(len(numbered) - keep, 0)]:
+            os.remove(p)
+
+    # ------------------------------------------------------------------------ data
+    def _epoch_batches(self, epoch: int) -> List[List[int]]:
+        if self._epoch_cache[0] != epoch:
+            d = self.train_data
+            b = make_batches(d.src_lens, d.tgt_lens, self.cfg.max_tokens, seed=self.cfg.seed,
+                             epoch=epoch)
+            self._epoch_cache = (epoch, shard_batches(b, self.rank, self.world))
+        return self._epoch_cache[1]
+
+    def _next_batch(self) -> List[int]:
+        batches = self._epoch_batches(self.epoch)
+        if self.batch_in_epoch >= len(batches):
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            batches = self._epoch_batches(self.epoch)
+        self.batch_in_epoch += 1
+        return batches[self.batch_in_epoch - 1]
+
+    def epochs_done(self) -> float:
+        n = len(self._epoch_batches(self.epoch))
+        return self.epoch + self.batch_in_epoch / n
+
+    # --------------------------------------------------------------------- training
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    def _forward_backward(self, idx: List[int], scale: float) -> Tuple[float, Dict, int]:
+        src, tgt = collate(self.train_data, idx)
+        masked = span_mask(tgt, generator=self.mask_gen)
+        batch = build_batch(tgt.to(self.device), masked.to(self.device))
+        model = self.ddp if self.ddp is not None else self.model
+        with self._autocast():
+            loss, terms = compute_loss(model, src.to(self.device), batch, self.cfg.mode,
+                                       self.weights, terms_fn=self.terms_fn)
+        (loss * scale).backward()
+        ntok = int((tgt != 1).sum()) - len(idx)            # target tokens incl. EOS
+        return float(loss.detach()), {k: float(v.detach()) for k, v in terms.items()}, ntok
+
+    def train_step(self) -> Dict:
+        """One optimiser update over ``update_freq`` micro-batches."""
+        cfg = self.cfg
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, terms_sum, ntok = 0.0, {}, 0
+        for k in range(cfg.update_freq):
+            idx = self._next_batch()
+            sync = self.ddp is None or k == cfg.update_freq - 1
+            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            with ctx:
+                loss, terms, n = self._forward_backward(idx, 1.0 / cfg.update_freq)
+            loss_sum += loss / cfg.update_freq
+            for t, v in terms.items():
+                terms_sum[t] = terms_sum.get(t, 0.0) + v / cfg.update_freq
+            ntok += n
+        lr = self.schedule.apply()
+        max_norm = cfg.clip_norm if cfg.clip_norm > 0 else float("inf")
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not math.isfinite(gnorm):
+            raise FloatingPointError(f"update {self.update + 1}: gradient norm is {gnorm} "
+                                     f"(loss {loss_sum}); lower lr or disable bf16")
+        self.optimizer.step()
+        self.update += 1
+        self.schedule.num_updates = self.update
+        return {"loss": loss_sum, **terms_sum, "lr": lr, "gnorm": gnorm, "ntok": ntok}
+
+    def _should_stop(self, t_start: float, stop: _Stop) -> Tuple[bool, str]:
+        cfg = self.cfg
+        timed = cfg.max_minutes > 0 and time.perf_counter() - t_start >= 60 * cfg.max_minutes
+        flag = torch.tensor([float(stop.requested), float(timed)])
+        if self.world > 1:                           # every rank must stop at the same update
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag[0] > 0:
+            return True, "interrupted"
+        if flag[1] > 0:
+            return True, "time budget"
+        if cfg.max_updates and self.update >= cfg.max_updates:
+            return True, "max_updates"
+        if cfg.max_epochs and self.epochs_done() >= cfg.max_epochs:
+            return True, "max_epochs"
+        return False, ""
+
+    def train(self) -> Dict:
+        """Train until a stop condition; returns a summary (last validation included)."""
+        from tqdm import tqdm
+        cfg = self.cfg
+        if not (cfg.max_updates or cfg.max_epochs or cfg.max_minutes):
+            raise ValueError("train: set max_updates, max_epochs or max_minutes")
+        t_start = time.perf_counter()
+        elapsed0 = self.elapsed_total
+        last_valid: Dict = {}
+        window: Dict[str, float] = {}
+        n_win, tok_win, t_win = 0, 0, time.perf_counter()
+        bar = tqdm(total=cfg.max_updates or None, initial=self.update, unit="upd",
+                   disable=not (cfg.progress and self.rank == 0), dynamic_ncols=True,
+                   leave=False)
+        saved_at = valid_at = -1
+        reason = ""
+        with _Stop() as stop:
+            while True:
+                stopping, reason = self._should_stop(t_start, stop)
+                if stopping:
+                    break
+                rec = self.train_step()
+                self.elapsed_total = elapsed0 + time.perf_counter() - t_start
+                for k, v in rec.items():
+                    if k not in ("lr", "ntok"):
+                        window[k] = window.get(k, 0.0) + v
+                n_win += 1
+                tok_win += rec["ntok"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.2e}",
+                                ep=f"{self.epochs_done():.2f}")
+                if cfg.log_every and self.update % cfg.log_every == 0:
+                    dt = time.perf_counter() - t_win
+                    self._record({"update": self.update, "epoch": round(self.epochs_done(), 3),
+                                  "lr": rec["lr"], **{k: v / n_win for k, v in window.items()},
+                                  "tgt_tok_per_s": tok_win * self.world / max(dt, 1e-9),
+                                  "elapsed_s": round(self.elapsed_total, 1)})
+                    window, n_win, tok_win, t_win = {}, 0, 0, time.perf_counter()
+                if cfg.valid_every and self.update % cfg.valid_every == 0:
+                    last_valid = self.validate()
+                    valid_at = self.update
+                if cfg.save_every and self.update % cfg.save_every == 0:
+                    self.save()
+                    saved_at = self.update
+        bar.close()
+        self.elapsed_total = elapsed0 + time.perf_counter() - t_start
+        if valid_at != self.update and self.update > 0:
+            last_valid = self.validate()
+        if saved_at != self.update:
+            self.save()
+        self._log(f"stopped at update {self.update} (epoch {self.epochs_done():.2f}): "
+                  f"{reason}; {self.elapsed_total:.0f} s of training in total")
+        return {"update": self.update, "epoch": self.epochs_done(), "reason": reason,
+                "elapsed_s": self.elapsed_total, **last_valid}
+
+    def _record(self, rec: Dict) -> None:
+        if self.rank != 0:
+            return
+        with open(os.path.join(self.cfg.out, "log.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if not self.cfg.progress or "valid_loss" in rec:
+            keys = [k for k in ("update", "epoch", "loss", "valid_loss", "bleu_ar", "bleu_nar",
+                                "tgt_tok_per_s") if k in rec]
+            self._log(" | ".join(f"{k} {rec[k]:.4g}" if isinstance(rec[k], float)
+                                 else f"{k} {rec[k]}" for k in keys))
+
+    # ------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def valid_loss(self) -> Dict[str, float]:
+        """Sentence-weighted mean of the per-batch losses on the valid split, with span
+        masks from a fixed generator (the same masks at every validation)."""
+        d = self.valid_data
+        model = self.raw_model
+        was = model.training
+        model.eval()
+        g = torch.Generator().manual_seed(self.cfg.seed + 99991)
+        sums: Dict[str, float] = {}
+        n = 0
+        for idx in make_batches(d.src_lens, d.tgt_lens, self.cfg.max_tokens, shuffle=False):
+            src, tgt = collate(d, idx)
+            batch = build_batch(tgt.to(self.device), span_mask(tgt, generator=g).to(self.device))
+            with self._autocast():
+                loss, terms = compute_loss(model, src.to(self.device), batch, self.cfg.mode,
+                                           self.weights, terms_fn=self.terms_fn)
+            for k, v in [("valid_loss", loss)] + [(f"valid_{t}", x) for t, x in terms.items()]:
+                sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            n += len(idx)
+        model.train(was)
+        return {k: v / n for k, v in sums.items()}
+
+    def valid_bleu(self) -> Dict[str, float]:
+        """BLEU of AR (greedy or beam ``valid_beam``) and NAR (mask-predict with
+        ``valid_iterations``) decoding on the first ``valid_bleu_sentences`` valid pairs."""
+        from .generate import bleu, translate
+        cfg, d = self.cfg, self.valid_data
+        n = min(cfg.valid_bleu_sentences, len(d))
+        if n == 0:
+            return {}
+        src, refs = d.text_src[:n], d.text_tgt[:n]
+        out = {}
+        if cfg.mode != "cmlm":
+            hyp = translate(self.raw_model, self.vocab, src, decoder="ar", beam=cfg.valid_beam)
+            out["bleu_ar"] = bleu(hyp.hyps, refs)
+        if cfg.mode != "ar":
+            hyp = translate(self.raw_model, self.vocab, src, decoder="nar",
+                            iterations=cfg.valid_iterations, length_beam=cfg.valid_length_beam)
+            out["bleu_nar"] = bleu(hyp.hyps, refs)
+        return out
+
+    def validate(self) -> Dict[str, float]:
+        """Validation on rank 0 (others wait), under a forked RNG so that training's random
+        streams are untouched; saves checkpoint_best.pt when the loss improves."""
+        res: Dict[str, float] = {}
+        if self.rank == 0 and self.valid_data is not None:
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                res = self.valid_loss()
+                res.update(self.valid_bleu())
+            self._record({"update": self.update, "epoch": round(self.epochs_done(), 3),
+                          **res, "elapsed_s": round(self.elapsed_total, 1)})
+        res = self._broadcast(res)
+        if res and res["valid_loss"] < self.best_valid_loss:
+            self.best_valid_loss = res["valid_loss"]
+            self.save("checkpoint_best.pt")
+        return res

@@ -1,0 +1,123 @@
+"""CLI: --help of every command, the declared console scripts, and a tiny train -> generate
+-> evaluate -> average round trip in a temporary directory."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from janus_model import cli
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+DATA = os.path.join(ROOT, "janus_model", "data", "ddtp_small")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("cmd", ["train", "generate", "evaluate", "average"])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out
+    if cmd == "train":
+        assert "--max-minutes" in out and "--update-freq" in out and "--bf16" in out
+    if cmd == "generate":
+        assert "--report" in out and "--decoder" in out
+
+
+def test_module_entry_point_and_console_scripts(capsys):
+    assert cli.main(["--help"]) == 0 and "evaluate" in capsys.readouterr().out
+    assert cli.main(["bogus"]) == 2
+    r = subprocess.run([sys.executable, "-m", "janus_model", "--help"], capture_output=True,
+                       text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 0 and "train" in r.stdout
+    try:
+        import tomllib
+    except ImportError:                                # Python 3.10
+        pytest.skip("tomllib needs Python 3.11")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts["janus-train"] == "janus_model.cli:train_main"
+    assert scripts["janus-generate"] == "janus_model.cli:generate_main"
+    assert callable(cli.train_main) and callable(cli.generate_main)
+
+
+def test_arch_preset_and_overrides():
+    args = cli.build_train_parser().parse_args(
+        ["--data", "d", "--out", "o", "--arch", "tiny", "--dim", "64", "--adam-betas", "0.8",
+         "0.9", "--bf16"])
+    cfg = cli.config_from_args(args)
+    assert (cfg.dim, cfg.encoder_layers, cfg.ffn_dim) == (64, 2, 512)   # flag beats preset
+    assert cfg.adam_betas == (0.8, 0.9) and cfg.bf16 and cfg.progress
+    assert cfg.lr == 5e-4 and cfg.mode == "janus"
+    with pytest.raises(SystemExit):
+        cli.build_train_parser().parse_args(["--data", "d", "--out", "o", "--mode", "nat"])
+
+
+def _corpus(d, n_train=40, n_test=6):
+    os.makedirs(d)
+    for split, src_split, n in (("train", "train", n_train), ("valid", "valid", 4),
+                                ("test", "test", n_test)):
+        for lang in ("de", "en"):
+            lines = open(os.path.join(DATA, f"{src_split}.{lang}"),
+                         encoding="utf-8").read().splitlines()[:n]
+            with open(os.path.join(d, f"{split}.{lang}"), "w", encoding="utf-8") as f:
+                f.write("".join(x + "\n" for x in lines))
+    return d
+
+
+def test_train_generate_evaluate_round_trip(tmp_path, capsys):
+    data = _corpus(str(tmp_path / "data"))
+    out = str(tmp_path / "run")
+    common = ["--data", data, "--out", out, "--arch", "tiny", "--dim", "32", "--ffn-dim", "64",
+              "--encoder-layers", "1", "--decoder-layers", "1", "--vocab-size", "150",
+              "--max-tokens", "256", "--warmup-updates", "2", "--save-every", "1",
+              "--valid-bleu-sentences", "2", "--no-progress", "--threads", "1",
+              "--device", "cpu", "--log-every", "1"]
+    assert cli.train_main(common + ["--max-updates", "2"]) == 0
+    assert '"update": 2' in capsys.readouterr().out
+    # a second invocation resumes from checkpoint_last.pt and continues
+    assert cli.train_main(common + ["--max-updates", "3"]) == 0
+    o = capsys.readouterr().out
+    assert "resuming from" in o and '"update": 3' in o
+    for f in ("spm.model", "checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_3.pt",
+              "log.jsonl"):
+        assert os.path.isfile(os.path.join(out, f)), f
+    ckpt = os.path.join(out, "checkpoint_last.pt")
+
+    hyp = str(tmp_path / "hyp.en")
+    for decoder in ("ar", "nar"):
+        assert cli.generate_main(["--checkpoint", ckpt, "--input", os.path.join(data, "test.de"),
+                                  "--output", hyp, "--decoder", decoder, "--beam", "2",
+                                  "--iterations", "2", "--reference",
+                                  os.path.join(data, "test.en"), "--max-len-b", "5"]) == 0
+        err = capsys.readouterr().err
+        assert "ms/sample" in err and "BLEU = " in err
+        assert len(open(hyp, encoding="utf-8").read().splitlines()) == 6
+
+    plot = str(tmp_path / "bleu.png")
+    assert cli.evaluate_main(["--checkpoint", ckpt, "--limit", "3", "--latency-sentences", "2",
+                              "--beam", "2", "--max-len-b", "5", "--plot", plot,
+                              "--json", str(tmp_path / "rep.json")]) == 0
+    o = capsys.readouterr().out
+    for s in ("NAR mask-predict, T=0", "NAR mask-predict, T=10", "AR beam 2",
+              "Token repetition ratio", "Latency at batch size 1", "speedup"):
+        assert s in o, s
+    with open(plot, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    avg = str(tmp_path / "avg.pt")
+    assert cli.average_main(["--dir", out, "--last", "2", "--output", avg]) == 0
+    assert cli.generate_main(["--checkpoint", avg, "--input", os.path.join(data, "test.de"),
+                              "--output", hyp, "--decoder", "nar", "--iterations", "1"]) == 0
+    with pytest.raises(SystemExit):
+        cli.generate_main(["--checkpoint", ckpt, "--input", str(tmp_path / "missing.de")])
