@@ -16,8 +16,8 @@ What it does:
    evaluate --checkpoint runs/demo/checkpoint_last.pt``).
 
 A few CPU minutes give a model that is far from converged: expect BLEU in the low single
-digits (it depends on how many updates the machine manages in the budget: about 1,500 on
-an idle core, 9 epochs of the corpus). JANUS's coupled objective also leaves the plateau
+digits (it depends on how many updates the machine manages in the budget: about 950
+updates, 6 epochs of the corpus, on one core of the development machine). JANUS's coupled objective also leaves the plateau
 later than an AR-only model does in the first thousand updates. The point is the whole
 pipeline end to end on real data; a larger ``--minutes`` trains further.
 
@@ -82,8 +82,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     threads = max(1, args.threads)
     torch.set_num_threads(threads)
     cfg = demo_config(args.out, args.minutes, threads)
-    print(f"JANUS demo: {DATA}\n  torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads; training for {args.minutes:g} min, then evaluating on the test set",
+    print(f"JANUS demo: {DATA}\n  torch {torch.__version__}, {threads} thread(s); "
+          f"training for {args.minutes:g} min, then evaluating on the test set",
           flush=True)
     trainer = Trainer(cfg, resume=False)
     n_par = sum(p.numel() for p in trainer.model.parameters())
