@@ -271,6 +271,9 @@ class Trainer:
             os.makedirs(cfg.out, exist_ok=True)
 
         ck = self._find_checkpoint(resume)
+        if not ck and self.rank == 0 and glob.glob(os.path.join(cfg.out, "checkpoint_*.pt")):
+            self._log(f"warning: starting a fresh run in {cfg.out}, which holds checkpoints "
+                      f"of an earlier run (they are overwritten only where names collide)")
         self.vocab = self._build_vocab(ck)
         self.train_data = self._dataset("train", cfg.max_tokens)
         self.valid_data = self._dataset("valid", None, required=False)

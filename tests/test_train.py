@@ -270,3 +270,16 @@ def test_resume_with_changed_batching_restarts_the_epoch(tmp_path):
                 log=msgs.append)
     assert t.update == 2 and (t.epoch, t.batch_in_epoch) == (1, 0)
     assert any("not an exact resume" in m for m in msgs)
+
+
+@pytest.mark.parametrize("mode,terms,bleus", [("cmlm", {"nar", "length"}, {"bleu_nar"}),
+                                              ("ar", {"ar"}, {"bleu_ar"})])
+def test_baseline_modes(tmp_path, mode, terms, bleus):
+    data = write_corpus(str(tmp_path / "data"))
+    t = Trainer(tiny_cfg(data, str(tmp_path / "r"), mode=mode, max_updates=1,
+                         valid_bleu_sentences=2), resume=False, log=_quiet)
+    rec = t.train_step()
+    assert set(rec) - {"loss", "lr", "gnorm", "ntok"} == terms
+    res = t.validate()
+    assert {k for k in res if k.startswith("bleu")} == bleus
+    assert {k[6:] for k in res if k.startswith("valid_")} == terms | {"loss"}
