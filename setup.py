@@ -84,5 +84,5 @@ setup(
     packages=find_packages(include=["janus_kernels*", "janus_model*", "benchmarks*"]),
     ext_modules=extensions(),
     cmdclass={"build_ext": ce.BuildExtension.with_options(use_ninja=True)},
-    package_data={"janus_model": ["data/*"]},
+    package_data={"janus_model": ["data/*", "data/*/*"]},
 )

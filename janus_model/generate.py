@@ -195,7 +195,8 @@ def format_report(rep: Dict) -> str:
         for T, r in sorted(rep["repetition"].items()):
             lines.append(f"  {f'NAR mask-predict, T={T}':<28}{100 * r:7.2f}%")
         if "repetition_ar" in rep:
-            lines.append(f"  {'AR beam ' + str(rep['ar_beam']):<28}{100 * rep['repetition_ar']:7.2f}%")
+            ar_name = f"AR beam {rep['ar_beam']}"
+            lines.append(f"  {ar_name:<28}{100 * rep['repetition_ar']:7.2f}%")
     lat = rep["latency_ms"]
     if lat:
         base = lat.get("ar")

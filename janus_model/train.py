@@ -271,6 +271,9 @@ class Trainer:
             os.makedirs(cfg.out, exist_ok=True)
 
         ck = self._find_checkpoint(resume)
+        if not ck and self.rank == 0 and glob.glob(os.path.join(cfg.out, "checkpoint_*.pt")):
+            self._log(f"warning: starting a fresh run in {cfg.out}, which holds checkpoints "
+                      f"of an earlier run (they are overwritten only where names collide)")
         self.vocab = self._build_vocab(ck)
         self.train_data = self._dataset("train", cfg.max_tokens)
         self.valid_data = self._dataset("valid", None, required=False)
@@ -596,6 +599,7 @@ class Trainer:
                 if cfg.valid_every and self.update % cfg.valid_every == 0:
                     last_valid = self.validate()
                     valid_at = self.update
+                    tok_win, t_win = 0, time.perf_counter()   # throughput excludes validation
                 if cfg.save_every and self.update % cfg.save_every == 0:
                     self.save()
                     saved_at = self.update
@@ -633,7 +637,8 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.seed + 99991)
         sums: Dict[str, float] = {}
         n = 0
-        for idx in make_batches(d.src_lens, d.tgt_lens, self.cfg.max_tokens, shuffle=False):
+        budget = max(self.cfg.max_tokens, int(d.num_tokens().max()))
+        for idx in make_batches(d.src_lens, d.tgt_lens, budget, shuffle=False):
             src, tgt = collate(d, idx)
             batch = build_batch(tgt.to(self.device), span_mask(tgt, generator=g).to(self.device))
             with self._autocast():

@@ -1,5 +1,6 @@
 """CLI: --help of every command, the declared console scripts, and a tiny train -> generate
 -> evaluate -> average round trip in a temporary directory."""
+import io
 import os
 import subprocess
 import sys
@@ -75,7 +76,7 @@ def _corpus(d, n_train=40, n_test=6):
     return d
 
 
-def test_train_generate_evaluate_round_trip(tmp_path, capsys):
+def test_train_generate_evaluate_round_trip(tmp_path, capsys, monkeypatch):
     data = _corpus(str(tmp_path / "data"))
     out = str(tmp_path / "run")
     common = ["--data", data, "--out", out, "--arch", "tiny", "--dim", "32", "--ffn-dim", "64",
@@ -114,6 +115,16 @@ def test_train_generate_evaluate_round_trip(tmp_path, capsys):
         assert s in o, s
     with open(plot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # stdin -> stdout, and the --report flag of janus-generate
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Dieses Paket enthält Dokumentation.\nHallo\n"))
+    assert cli.generate_main(["--checkpoint", ckpt, "--decoder", "nar", "--iterations", "1"]) == 0
+    cap = capsys.readouterr()
+    assert len(cap.out.splitlines()) == 2 and "ms/sample at batch size 64" in cap.err
+    assert cli.generate_main(["--checkpoint", ckpt, "--report", "--limit", "2", "--beam", "2",
+                              "--latency-sentences", "1", "--max-len-b", "3",
+                              "--plot", "none"]) == 0
+    assert "NAR mask-predict, T=4" in capsys.readouterr().out
 
     avg = str(tmp_path / "avg.pt")
     assert cli.average_main(["--dir", out, "--last", "2", "--output", avg]) == 0

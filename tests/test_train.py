@@ -227,3 +227,59 @@ def test_exec_options_dataclass_roundtrip(tmp_path):
     ck = torch.load(str(tmp_path / "r" / "checkpoint_last.pt"), weights_only=False)
     assert ck["model_config"] == dataclasses.asdict(t.model.cfg)
     assert isinstance(ck["spm"], bytes) and ck["update"] == 1
+
+
+def test_gradient_accumulation_averages_micro_batches(tmp_path):
+    """update_freq=2: the gradient the optimiser sees is the mean of the two micro-batch
+    gradients (same masks), and the update consumes two batches."""
+    data = write_corpus(str(tmp_path / "data"))
+    t = Trainer(tiny_cfg(data, str(tmp_path / "r"), update_freq=2, dropout=0.0,
+                         attention_dropout=0.0), resume=False, log=_quiet)
+    mask_state = t.mask_gen.get_state()
+    b0, b1 = t._epoch_batches(0)[:2]
+    p0 = _params(t.model)
+    seen = {}
+    step = t.optimizer.step
+
+    def capture(*a, **k):
+        seen.update({n: p.grad.clone() for n, p in t.model.named_parameters()})
+        return step(*a, **k)
+    t.optimizer.step = capture
+    t.train_step()
+    assert t.batch_in_epoch == 2 and t.update == 1
+    t.model.load_state_dict(p0)
+    t.mask_gen.set_state(mask_state)
+    grads = []
+    for idx in (b0, b1):
+        t.model.zero_grad(set_to_none=True)
+        t._forward_backward(idx, 1.0)
+        grads.append({n: p.grad.clone() for n, p in t.model.named_parameters()})
+    for n, g in seen.items():
+        want = (grads[0][n] + grads[1][n]) / 2
+        assert torch.allclose(g, want, rtol=1e-5, atol=1e-8), n
+    assert any(not torch.allclose(grads[0][n], grads[1][n]) for n in seen)
+
+
+def test_resume_with_changed_batching_restarts_the_epoch(tmp_path):
+    data = write_corpus(str(tmp_path / "data"))
+    out = str(tmp_path / "r")
+    Trainer(tiny_cfg(data, out, max_updates=2, valid_bleu_sentences=0), resume=False,
+            log=_quiet).train()
+    msgs = []
+    t = Trainer(tiny_cfg(data, out, max_tokens=128, max_updates=3), resume=True,
+                log=msgs.append)
+    assert t.update == 2 and (t.epoch, t.batch_in_epoch) == (1, 0)
+    assert any("not an exact resume" in m for m in msgs)
+
+
+@pytest.mark.parametrize("mode,terms,bleus", [("cmlm", {"nar", "length"}, {"bleu_nar"}),
+                                              ("ar", {"ar"}, {"bleu_ar"})])
+def test_baseline_modes(tmp_path, mode, terms, bleus):
+    data = write_corpus(str(tmp_path / "data"))
+    t = Trainer(tiny_cfg(data, str(tmp_path / "r"), mode=mode, max_updates=1,
+                         valid_bleu_sentences=2), resume=False, log=_quiet)
+    rec = t.train_step()
+    assert set(rec) - {"loss", "lr", "gnorm", "ntok"} == terms
+    res = t.validate()
+    assert {k for k in res if k.startswith("bleu")} == bleus
+    assert {k[6:] for k in res if k.startswith("valid_")} == terms | {"loss"}
