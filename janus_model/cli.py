@@ -37,7 +37,7 @@ ARCH_PRESETS: Dict[str, Dict] = {
 }
 
 _CHOICES = {"mode": ("janus", "cmlm", "ar"), "empty_lines": ("skip", "error"),
-            "device": ("auto", "cpu", "cuda")}
+            "device": ("auto", "cpu", "cuda"), "loss": ("fused", "eager")}
 
 _TRAIN_HELP = {
     "data": "directory with {train,valid}.{src,tgt} plain-text files (one sentence per line)",
@@ -74,6 +74,7 @@ _TRAIN_HELP = {
     "valid_length_beam": "NAR length candidates for validation BLEU",
     "progress": "tqdm progress bar", "threads": "torch threads per process (0: default)",
     "device": "auto, cpu or cuda", "backend": "attention backend (cpp, triton, reference)",
+    "loss": "loss terms: fused janus_kernels ops or eager plain torch",
 }
 
 

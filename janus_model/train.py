@@ -53,7 +53,7 @@ from .data import (ParallelDataset, SubwordVocab, collate, make_batches, read_pa
 from .layout import build_batch
 from .masking import span_mask
 from .model import MODES, ExecOptions, JanusConfig, JanusTransformer
-from .objectives import LossWeights, compute_loss, loss_terms
+from .objectives import LossWeights, compute_loss
 
 __all__ = ["TrainConfig", "InverseSqrtSchedule", "Trainer", "average_checkpoints",
            "last_checkpoints", "CHECKPOINT_FORMAT"]
@@ -117,6 +117,7 @@ class TrainConfig:
     threads: int = 0                            # torch intra-op threads; 0: default
     device: str = "auto"                        # auto | cpu | cuda
     backend: Optional[str] = None               # janus_kernels attention backend
+    loss: str = "fused"                         # fused (janus_kernels loss ops) | eager
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -125,6 +126,8 @@ class TrainConfig:
             raise ValueError(f"update_freq: expected >= 1, got {self.update_freq}")
         if self.warmup_updates < 1:
             raise ValueError(f"warmup_updates: expected >= 1, got {self.warmup_updates}")
+        if self.loss not in ("fused", "eager"):
+            raise ValueError(f"loss: expected 'fused' or 'eager', got {self.loss!r}")
         if self.max_tokens < 8:
             raise ValueError(f"max_tokens: expected >= 8, got {self.max_tokens}")
         self.adam_betas = tuple(float(b) for b in self.adam_betas)
@@ -254,10 +257,11 @@ class Trainer:
     ``resume``: True = continue from ``out/checkpoint_last.pt`` if it exists; False = start
     fresh; a path = that checkpoint. When resuming, the architecture and vocabulary come from
     the checkpoint; the optimisation/stopping settings from ``cfg``. ``terms_fn`` computes the
-    unweighted loss terms (a fused implementation can be passed; see objectives)."""
+    unweighted loss terms (default: ``compute_loss``'s choice from ``cfg.loss``: the fused
+    janus_kernels ops, or plain torch for "eager")."""
 
     def __init__(self, cfg: TrainConfig, *, resume=True,
-                 terms_fn: Callable = loss_terms, weights: Optional[LossWeights] = None,
+                 terms_fn: Optional[Callable] = None, weights: Optional[LossWeights] = None,
                  log: Optional[Callable[[str], None]] = None):
         self.cfg = cfg
         self.terms_fn = terms_fn
@@ -283,7 +287,8 @@ class Trainer:
         if mcfg.vocab_size != len(self.vocab):
             raise ValueError(f"checkpoint: model vocab_size {mcfg.vocab_size} but the "
                              f"vocabulary has {len(self.vocab)} pieces")
-        self.model = JanusTransformer(mcfg, ExecOptions(backend=cfg.backend)).to(self.device)
+        self.model = JanusTransformer(mcfg, ExecOptions(backend=cfg.backend, loss=cfg.loss)
+                                      ).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
                                            betas=cfg.adam_betas, eps=cfg.adam_eps,
                                            weight_decay=cfg.weight_decay)
@@ -510,7 +515,8 @@ class Trainer:
         model = self.ddp if self.ddp is not None else self.model
         with self._autocast():
             loss, terms = compute_loss(model, src.to(self.device), batch, self.cfg.mode,
-                                       self.weights, terms_fn=self.terms_fn)
+                                       self.weights, opts=self.model.exec,
+                                       terms_fn=self.terms_fn)
         (loss * scale).backward()
         ntok = int((tgt != 1).sum()) - len(idx)            # target tokens incl. EOS
         return float(loss.detach()), {k: float(v.detach()) for k, v in terms.items()}, ntok
@@ -643,7 +649,8 @@ class Trainer:
             batch = build_batch(tgt.to(self.device), span_mask(tgt, generator=g).to(self.device))
             with self._autocast():
                 loss, terms = compute_loss(model, src.to(self.device), batch, self.cfg.mode,
-                                           self.weights, terms_fn=self.terms_fn)
+                                           self.weights, opts=model.exec,
+                                           terms_fn=self.terms_fn)
             for k, v in [("valid_loss", loss)] + [(f"valid_{t}", x) for t, x in terms.items()]:
                 sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
             n += len(idx)

@@ -283,3 +283,23 @@ def test_baseline_modes(tmp_path, mode, terms, bleus):
     res = t.validate()
     assert {k for k in res if k.startswith("bleu")} == bleus
     assert {k[6:] for k in res if k.startswith("valid_")} == terms | {"loss"}
+
+
+def test_fused_and_eager_loss_paths_agree(tmp_path):
+    """cfg.loss picks compute_loss's terms: the fused janus_kernels ops (default) or plain
+    torch; one update from the same state gives the same loss and nearly the same weights."""
+    data = write_corpus(str(tmp_path / "data"))
+    runs = {}
+    for loss in ("fused", "eager"):
+        t = Trainer(tiny_cfg(data, str(tmp_path / loss), loss=loss, dropout=0.0,
+                             attention_dropout=0.0), resume=False, log=_quiet)
+        assert t.model.exec.loss == loss
+        rec = t.train_step()
+        runs[loss] = (rec, _params(t.model))
+    (rf, pf), (re_, pe) = runs["fused"], runs["eager"]
+    for k in ("loss", "ar", "nar", "aux", "kl_ar_aux", "length"):
+        assert math.isclose(rf[k], re_[k], rel_tol=1e-5, abs_tol=1e-7), k
+    for k in pf:
+        assert torch.allclose(pf[k], pe[k], rtol=1e-4, atol=1e-6), k
+    with pytest.raises(ValueError, match="loss"):
+        tiny_cfg(data, str(tmp_path), loss="fast")
