@@ -6,7 +6,9 @@
   without tokenisation), after a short warm-up.
 * :func:`bleu`: sacreBLEU corpus BLEU on detokenised text (default 13a tokenisation).
 * :func:`repetition_ratio`: the share of output tokens equal to the token right before them
-  (consecutive repeats, the usual symptom of NAR decoding), over subword tokens.
+  (consecutive repeats, the usual symptom of NAR decoding), over the hypotheses' subword
+  tokens (BOS/PAD/EOS that mask-predict may emit inside a hypothesis are removed first,
+  as they are from the text).
 * :func:`analysis_report` / :func:`format_report` / :func:`plot_report`: the paper's §6.2
   analysis for one checkpoint: BLEU per mask-predict iteration count T (T = 0 is a single
   pass; spec §5.4) next to AR beam search, repetition at T = 1/4/10, and latency at batch
@@ -23,7 +25,10 @@ import torch
 
 from .data import SubwordVocab, pad_sequences
 from .decode import ar_beam_search, ar_greedy, mask_predict
+from .layout import BOS, EOS, PAD
 from .model import ExecOptions, JanusConfig, JanusTransformer
+
+_SPECIAL = frozenset((BOS, PAD, EOS))
 
 __all__ = ["load_model", "translate", "Translations", "measure_latency", "bleu",
            "repetition_ratio", "analysis_report", "format_report", "plot_report"]
@@ -44,7 +49,7 @@ def load_model(path: str, device: str = "cpu") -> Tuple[JanusTransformer, Subwor
 @dataclasses.dataclass
 class Translations:
     hyps: List[str]               # detokenised, in input order
-    tokens: List[List[int]]       # subword ids of each hypothesis (no BOS/EOS)
+    tokens: List[List[int]]       # subword ids of each hypothesis (no BOS/PAD/EOS)
     seconds: float                # model time (encode + decode), tokenisation excluded
 
     @property
@@ -66,7 +71,9 @@ def _decode_batch(model: JanusTransformer, src: torch.Tensor, decoder: str, *, b
     else:
         raise ValueError(f"decoder: expected 'ar' or 'nar', got {decoder!r}")
     toks, lens = r.tokens.cpu().tolist(), r.lengths.cpu().tolist()
-    return [t[:n] for t, n in zip(toks, lens)]
+    # mask-predict may write BOS/PAD/EOS inside a hypothesis (argmax over the whole
+    # vocabulary, as fairseq's CMLM); they are not part of the visible output
+    return [[i for i in t[:n] if i not in _SPECIAL] for t, n in zip(toks, lens)]
 
 
 def _source_ids(model: JanusTransformer, vocab: SubwordVocab,

@@ -1,6 +1,7 @@
 """CLI: --help of every command, the declared console scripts, and a tiny train -> generate
 -> evaluate -> average round trip in a temporary directory."""
 import io
+import math
 import os
 import subprocess
 import sys
@@ -64,6 +65,16 @@ def test_arch_preset_and_overrides():
         cli.build_train_parser().parse_args(["--data", "d", "--out", "o", "--mode", "nat"])
 
 
+def test_repetition_ratio_and_bleu():
+    from janus_model.generate import bleu, repetition_ratio
+    assert repetition_ratio([[5, 5, 6, 6, 6], [7], []]) == 3 / 6
+    assert repetition_ratio([[4, 5, 4]]) == 0.0 and repetition_ratio([]) == 0.0
+    assert math.isclose(bleu(["the cat sat on the mat"], ["the cat sat on the mat"]), 100.0)
+    assert bleu(["a b c d"], ["w x y z"]) == 0.0
+    with pytest.raises(ValueError, match="2 hypotheses but 1"):
+        bleu(["a", "b"], ["a"])
+
+
 def _corpus(d, n_train=40, n_test=6):
     os.makedirs(d)
     for split, src_split, n in (("train", "train", n_train), ("valid", "valid", 4),
@@ -104,6 +115,12 @@ def test_train_generate_evaluate_round_trip(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert "ms/sample" in err and "BLEU = " in err
         assert len(open(hyp, encoding="utf-8").read().splitlines()) == 6
+
+    from janus_model.generate import load_model, translate
+    model, vocab, _ = load_model(ckpt)
+    tr = translate(model, vocab, ["Dieses Paket", "Hallo Welt"], decoder="nar", iterations=2)
+    assert len(tr.hyps) == 2 and not {0, 1, 2} & {i for t in tr.tokens for i in t}
+    assert [vocab.decode(t) for t in tr.tokens] == tr.hyps
 
     plot = str(tmp_path / "bleu.png")
     assert cli.evaluate_main(["--checkpoint", ckpt, "--limit", "3", "--latency-sentences", "2",
