@@ -114,8 +114,10 @@ def test_symmetric_kl_reductions_and_row_mask(backend, reduction):
     xs, ys = x[mask].double().requires_grad_(), y[mask].double().requires_grad_()
     ref = reduce_rows(kl_oracle(xs, ys), reduction, int(mask.sum()))
     gx, gy = torch.autograd.grad((ref * 1.7).sum(), (xs, ys))
-    torch.testing.assert_close(xr.grad[mask].double(), gx, rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(yr.grad[mask].double(), gy, rtol=1e-5, atol=1e-8)
+    # atol: fp32 cancellation in p(d - s_p + 1) - q; the generic (non-AVX-512) build of the
+    # kernel lands ~2e-8 off the fp64 oracle on elements of size ~1e-3
+    torch.testing.assert_close(xr.grad[mask].double(), gx, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(yr.grad[mask].double(), gy, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
