@@ -84,6 +84,23 @@ def _row_tile(pid, q_split, Lq, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _program_rows(PARAMS, H, G, Lq, Lk, q_split, BLOCK_M: tl.constexpr):
+    """What a (row tile, b*H + h) program of the forward / dQ grid works on: batch, head, kv
+    head, stream, local rows r0..r1 of the stream segment, and the stream's descriptor ints
+    (kv clamped to Lk, rows to the segment)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // G
+    s_id, r0, seg_start, seg_len = _row_tile(tl.program_id(0), q_split, Lq, BLOCK_M)
+    kv, pre, rows, off, hmin, width = jm.load_stream(PARAMS, b, s_id)
+    kv = tl.minimum(kv, Lk)
+    rows = tl.minimum(rows, seg_len)
+    r1 = tl.minimum(r0 + BLOCK_M, seg_len) - 1
+    return b, h, hk, s_id, r0, r1, seg_start, seg_len, kv, pre, rows, off, hmin, width
+
+
+@triton.jit
 def _load_tile(base, offs, n_valid, stride_n, offs_d, stride_d, D: tl.constexpr):
     """(len(offs), D_PAD) tile of rows ``offs`` (< n_valid) of a (rows, D) matrix at
     ``base``, zero-padded in both directions."""
@@ -186,16 +203,9 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
               BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
     # accumulate in float64 for float64 inputs (gradcheck), else float32
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
-    pid = tl.program_id(0)
+    b, h, hk, s_id, r0, r1, seg_start, seg_len, kv, pre, rows, off, hmin, width = \
+        _program_rows(PARAMS, H, G, Lq, Lk, q_split, BLOCK_M)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // G
-    s_id, r0, seg_start, seg_len = _row_tile(pid, q_split, Lq, BLOCK_M)
-    kv, pre, rows, off, hmin, width = jm.load_stream(PARAMS, b, s_id)
-    kv = tl.minimum(kv, Lk)
-    rows = tl.minimum(rows, seg_len)
-    r1 = tl.minimum(r0 + BLOCK_M, seg_len) - 1
     offs_m = tl.arange(0, BLOCK_M)
     offs_r = r0 + offs_m
     offs_i = seg_start + offs_r
@@ -447,16 +457,9 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
                  BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
     """dQ of one (stream row tile, b*H + h): the forward's key-tile loops, recomputing p."""
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
-    pid = tl.program_id(0)
+    b, h, hk, s_id, r0, r1, seg_start, seg_len, kv, pre, rows, off, hmin, width = \
+        _program_rows(PARAMS, H, G, Lq, Lk, q_split, BLOCK_M)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // G
-    s_id, r0, seg_start, seg_len = _row_tile(pid, q_split, Lq, BLOCK_M)
-    kv, pre, rows, off, hmin, width = jm.load_stream(PARAMS, b, s_id)
-    kv = tl.minimum(kv, Lk)
-    rows = tl.minimum(rows, seg_len)
-    r1 = tl.minimum(r0 + BLOCK_M, seg_len) - 1
     offs_m = tl.arange(0, BLOCK_M)
     offs_r = r0 + offs_m
     offs_i = seg_start + offs_r
