@@ -562,25 +562,37 @@ void bwd_p_ds_tile(const janus::SampleMask& m, int i0, int i1, int c0, int w, fl
   }
 }
 
+// Shapes, raw pointers and strides of one backward call, shared by the fp32 and bf16 paths
+// (unpacked with a structured binding so the kernels keep short local names).
+template <typename T>
+struct BwdView {
+  int B, H, Lq, d, Hkv, group, Lk;
+  const T *qp, *kp, *vp, *op, *gp;
+  const float* lp;
+  T *dqp, *dkp, *dvp;
+  c10::IntArrayRef qs, ks, vs, os, gs, lss;
+};
+
+template <typename T>
+BwdView<T> bwd_view(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                    at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  const int H = q.size(1), Hkv = k.size(1);
+  return {(int)q.size(0), H, (int)q.size(2), (int)q.size(3), Hkv, H / Hkv, (int)k.size(2),
+          q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<T>(),
+          dout.data_ptr<T>(), lse.data_ptr<float>(),
+          dq.data_ptr<T>(), dk.data_ptr<T>(), dv.data_ptr<T>(),
+          q.strides(), k.strides(), v.strides(), out.strides(), dout.strides(), lse.strides()};
+}
+
 // fp32 backward (fp16, fp64 and odd-d bf16 inputs are upcast to fp32 by the caller).
 void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                         const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                         const MaskArgs& ma, float scale, const Dropout& drop,
                         at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
-  const int B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
-  const int Hkv = k.size(1), group = H / Hkv, Lk = k.size(2);
+  const auto [B, H, Lq, d, Hkv, group, Lk, qp, kp, vp, op, gp, lp, dqp, dkp, dvp,
+              qs, ks, vs, os, gs, lss] = bwd_view<float>(dout, q, k, v, out, lse, dq, dk, dv);
   const int64_t Lkp = round_up(Lk, 16) + 16;
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  const float* op = out.data_ptr<float>();
-  const float* gp = dout.data_ptr<float>();
-  const float* lp = lse.data_ptr<float>();
-  float* dqp = dq.data_ptr<float>();
-  float* dkp = dk.data_ptr<float>();
-  float* dvp = dv.data_ptr<float>();
-  const auto qs = q.strides(), ks = k.strides(), vs = v.strides(), os = out.strides(),
-             gs = dout.strides(), lss = lse.strides();
 
   std::vector<BwdItem> items = make_bwd_items(ma, B, Hkv);
   const int nthreads = at::get_num_threads();
@@ -678,21 +690,10 @@ void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const 
                              at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
   using T = BFloat16;
   using at::native::cpublas::brgemm;
-  const int B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
-  const int Hkv = k.size(1), group = H / Hkv, Lk = k.size(2);
+  const auto [B, H, Lq, d, Hkv, group, Lk, qp, kp, vp, op, gp, lp, dqp, dkp, dvp,
+              qs, ks, vs, os, gs, lss] = bwd_view<T>(dout, q, k, v, out, lse, dq, dk, dv);
   TORCH_INTERNAL_ASSERT(d % 2 == 0, "bf16 backward: VNNI needs an even head dim");
   const int64_t Lkp = round_up(Lk, 16) + 16;   // K^T columns past Lk are zero
-  const T* qp = q.data_ptr<T>();
-  const T* kp = k.data_ptr<T>();
-  const T* vp = v.data_ptr<T>();
-  const T* op = out.data_ptr<T>();
-  const T* gp = dout.data_ptr<T>();
-  const float* lp = lse.data_ptr<float>();
-  T* dqp = dq.data_ptr<T>();
-  T* dkp = dk.data_ptr<T>();
-  T* dvp = dv.data_ptr<T>();
-  const auto qs = q.strides(), ks = k.strides(), vs = v.strides(), os = out.strides(),
-             gs = dout.strides(), lss = lse.strides();
 
   std::vector<BwdItem> items = make_bwd_items(ma, B, Hkv);
   const int nthreads = at::get_num_threads();
