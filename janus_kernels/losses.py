@@ -47,6 +47,12 @@ Rules for special values (all backends):
   * Losses are float32 (float64 for float64 logits) whatever the logits' dtype; gradients
     have the logits' dtype.
 
+``janus_loss`` on CPU with the "cpp" backend does not compose those ops: one fused row op
+(csrc/cpu/janus_loss.cpp) reads each AR/NAR/AUX logit row once per pass, computes all six
+terms from 3 exps per element triple, and writes each of the three logit gradients once
+(the composed path reads rows up to three times and writes nine gradient tensors that
+autograd then sums). Other backends compose the ops.
+
 CPU performance notes (csrc/cpu/loss.cpp): one streaming pass per row in the forward, 2 exps
 per element pair in forward and backward, gradients written with non-temporal stores. At
 large sizes the fresh gradient buffers dominate (page faults + zeroing); the kernel prefaults
@@ -550,10 +556,34 @@ def janus_loss(ar_logits: torch.Tensor, nar_logits: torch.Tensor, aux_logits: to
     _check_janus_shapes(who, ar_logits, nar_logits, aux_logits, ar_targets, masked_targets)
     M = nar_logits.shape[0]
     idx = _kl_row_index(ar_kl_rows, ar_logits.shape[0], M, ar_logits.device, who)
-    eps, kw = label_smoothing, dict(backend=backend)
+    if not ar_logits.dtype == nar_logits.dtype == aux_logits.dtype:
+        raise TypeError(f"{who}: ar_logits, nar_logits and aux_logits must share a dtype, got "
+                        f"{ar_logits.dtype}, {nar_logits.dtype} and {aux_logits.dtype}")
+    if not ar_logits.device == nar_logits.device == aux_logits.device:
+        raise ValueError(f"{who}: ar_logits, nar_logits and aux_logits must be on one device")
+    backend = _pick_backend(backend, ar_logits.device, who)
+    fused = backend == "cpp" and ar_logits.device.type == "cpu"
+    terms_of = _janus_terms_fused if fused else _janus_terms_composed
+    terms = terms_of(ar_logits, nar_logits, aux_logits, ar_targets, masked_targets, idx,
+                     float(label_smoothing), int(ignore_index), backend)
+    total = sum(w * terms[k] for k, w in zip(LOSS_TERMS, weights.as_tuple()) if w != 0)
+    if not isinstance(total, torch.Tensor):  # every weight is 0
+        total = terms["ar_ce"] * 0
+    length = _length_term(length_logits, length_targets)
+    if length is not None:
+        terms["length"] = length
+        total = total + weights.length * length.to(total.dtype)
+    return total, terms
+
+
+def _janus_terms_composed(ar_logits, nar_logits, aux_logits, ar_targets, masked_targets, idx,
+                          eps, ignore_index, backend) -> Dict[str, torch.Tensor]:
+    """The six JANUS terms from the separate ops (any backend): each logit row is read by
+    up to three ops and each term writes its own gradient tensors."""
+    kw = dict(backend=backend)
     valid = (masked_targets != ignore_index).to(nar_logits.device)
     ar_sel = ar_logits.index_select(0, idx)
-    terms = {
+    return {
         "ar_ce": cross_entropy(ar_logits, ar_targets, label_smoothing=eps,
                                ignore_index=ignore_index, **kw),
         "nar_ce": cross_entropy(nar_logits, masked_targets, label_smoothing=eps,
@@ -564,14 +594,81 @@ def janus_loss(ar_logits: torch.Tensor, nar_logits: torch.Tensor, aux_logits: to
         "kl_ar_aux": symmetric_kl(ar_sel, aux_logits, row_mask=valid, **kw),
         "kl_nar_aux": symmetric_kl(nar_logits, aux_logits, row_mask=valid, **kw),
     }
-    total = sum(w * terms[k] for k, w in zip(LOSS_TERMS, weights.as_tuple()) if w != 0)
-    if not isinstance(total, torch.Tensor):  # every weight is 0
-        total = terms["ar_ce"] * 0
-    length = _length_term(length_logits, length_targets)
-    if length is not None:
-        terms["length"] = length
-        total = total + weights.length * length.to(total.dtype)
-    return total, terms
+
+
+def _janus_terms_fused(ar_logits, nar_logits, aux_logits, ar_targets, masked_targets, idx,
+                       eps, ignore_index, backend) -> Dict[str, torch.Tensor]:
+    """The six JANUS terms from one fused row op (csrc/cpu/janus_loss.cpp): each logit row is
+    read once per pass (3 exps per element triple instead of 9) and the backward writes the
+    three logit gradients once each."""
+    who = "janus_loss"
+    ar = _as_rows(ar_logits, "ar_logits", who)
+    nar = _as_rows(nar_logits, "nar_logits", who)
+    aux = _as_rows(aux_logits, "aux_logits", who)
+    for name, t in (("ar_targets", ar_targets), ("masked_targets", masked_targets)):
+        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise TypeError(f"{who}: {name} must be an integer tensor of class indices")
+    ar_t = ar_targets.to(device=ar.device, dtype=torch.int64).contiguous()
+    m_t = masked_targets.to(device=ar.device, dtype=torch.int64).contiguous()
+    ar_loss, m_loss, _, _ = _janus_rows_op(ar, nar, aux, ar_t, m_t, idx.contiguous(), eps,
+                                           ignore_index)
+    n_ar = (ar_t != ignore_index).sum().clamp(min=1).to(ar_loss.dtype)
+    n_m = (m_t != ignore_index).sum().clamp(min=1).to(ar_loss.dtype)
+    sums = m_loss.sum(0)
+    return {"ar_ce": ar_loss.sum() / n_ar, "nar_ce": sums[0] / n_m, "aux_ce": sums[1] / n_m,
+            "kl_ar_nar": sums[2] / n_m, "kl_ar_aux": sums[3] / n_m, "kl_nar_aux": sums[4] / n_m}
+
+
+@torch.library.custom_op("janus::janus_rows", mutates_args=())
+def _janus_rows_op(ar: torch.Tensor, nar: torch.Tensor, aux: torch.Tensor, ar_t: torch.Tensor,
+                   m_t: torch.Tensor, idx: torch.Tensor, label_smoothing: float,
+                   ignore_index: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                               torch.Tensor]:
+    _ext.require("janus_loss (fused CPU rows)")
+    return tuple(torch.ops.janus.janus_rows_fwd(ar, nar, aux, ar_t, m_t, idx, label_smoothing,
+                                                ignore_index))
+
+
+@_janus_rows_op.register_fake
+def _(ar, nar, aux, ar_t, m_t, idx, label_smoothing, ignore_index):
+    ct = _acc(ar.dtype)
+    N, M = ar.shape[0], nar.shape[0]
+    return (ar.new_empty((N,), dtype=ct), ar.new_empty((M, 5), dtype=ct),
+            ar.new_empty((N, 2), dtype=ct), ar.new_empty((M, 12), dtype=ct))
+
+
+@torch.library.custom_op("janus::janus_rows_backward", mutates_args=())
+def _janus_rows_bwd_op(g_ar: torch.Tensor, g_m: torch.Tensor, ar: torch.Tensor,
+                       nar: torch.Tensor, aux: torch.Tensor, ar_t: torch.Tensor,
+                       m_t: torch.Tensor, idx: torch.Tensor, ar_st: torch.Tensor,
+                       m_st: torch.Tensor, label_smoothing: float, ignore_index: int
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.ops.janus.janus_rows_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st,
+                                                m_st, label_smoothing, ignore_index))
+
+
+@_janus_rows_bwd_op.register_fake
+def _(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st, label_smoothing, ignore_index):
+    return ar.new_empty(ar.shape), nar.new_empty(nar.shape), aux.new_empty(aux.shape)
+
+
+def _janus_rows_setup(ctx, inputs, output):
+    ar, nar, aux, ar_t, m_t, idx, eps, ignore_index = inputs
+    ctx.save_for_backward(ar, nar, aux, ar_t, m_t, idx, output[2], output[3])
+    ctx.eps, ctx.ignore_index = eps, ignore_index
+    ctx.mark_non_differentiable(output[2], output[3])
+
+
+def _janus_rows_backward(ctx, g_ar, g_m, g_ar_st, g_m_st):
+    ar, nar, aux, ar_t, m_t, idx, ar_st, m_st = ctx.saved_tensors
+    g_ar = torch.zeros_like(ar_st[:, 0]) if g_ar is None else g_ar.contiguous()
+    g_m = torch.zeros_like(m_st[:, :5]) if g_m is None else g_m.contiguous()
+    da, dn, dx = _janus_rows_bwd_op(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st,
+                                    ctx.eps, ctx.ignore_index)
+    return da, dn, dx, None, None, None, None, None
+
+
+_janus_rows_op.register_autograd(_janus_rows_backward, setup_context=_janus_rows_setup)
 
 
 # ======================================================== fused linear JANUS loss
