@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import (Settings, SuiteResult, case_generator, dtype_name, error_line,
-                     first_call, optional_import, time_rows)
+                     first_call, optional_import, peak_memory_mb, time_rows)
 
 __all__ = ["eager_symmetric_kl", "eager_cross_entropy", "eager_janus_loss",
            "eager_fused_linear", "plan", "run"]
@@ -233,6 +233,42 @@ def _logit_rows(case: LossCase) -> int:
             "fused_linear": R}[case.loss]
 
 
+def _fused_linear_memory_note(settings: Settings, log: Callable[[str], None],
+                              rows: int = 8192, V: int = 32000, D: int = 512) -> str:
+    """The issue's memory check: peak memory of one fp32 fwd+bwd of fused_linear_janus_loss
+    vs the same criterion on materialized logits (projection + janus_loss), at rows = 8192
+    (N_ar = R/2, M = R/4), V = 32000, D = 512. One call each (no timing)."""
+    losses, why = optional_import("janus_kernels.losses")
+    if losses is None:
+        return f"fused_linear memory check skipped: janus_kernels.losses not available ({why})"
+    case = LossCase("fused_linear", rows, V, D)
+    inp = _inputs(case, case_generator(settings.seed, "loss/fused_linear_memory"),
+                  settings.device)
+    small = _inputs(LossCase("fused_linear", 256, V, D), case_generator(settings.seed, "warm"),
+                    settings.device)
+    keys = _float_keys(inp)
+    peaks = {}
+    for name, fn in _ours(case, losses).items():
+        for data, measure in ((small, False), (inp, True)):  # warm-up: one-time buffers
+            g_inp = {k: (v.detach().requires_grad_(True) if k in keys else v)
+                     for k, v in data.items()}
+            call = lambda: torch.autograd.grad(fn(**g_inp), [g_inp[k] for k in keys])  # noqa
+            gc.collect()
+            if measure:
+                peaks[name] = peak_memory_mb(call, settings.device)
+            else:
+                call()
+            del g_inp
+    a, b = peaks["ours"], peaks["ours:linear+janus_loss"]
+    if a is None or b is None:
+        return "fused_linear memory check: peak memory not measurable on this platform"
+    msg = (f"fused_linear memory (rows={rows}, V={V}, D={D}, fp32, fwd+bwd, one call each): "
+           f"peak {a:.0f} MB vs {b:.0f} MB with materialized logits (projection + "
+           f"janus_loss) = {a / b:.2f}x (target <= 0.3x).")
+    log("  " + msg)
+    return msg
+
+
 def run(settings: Settings, machine: Dict[str, Any],
         log: Callable[[str], None] = print) -> SuiteResult:
     res = SuiteResult("loss")
@@ -267,6 +303,8 @@ def run(settings: Settings, machine: Dict[str, Any],
                 else f"{r['contender']} {r['status']}" for r in rows))
         del inp
         gc.collect()
+    if settings.mode != "quick" and settings.selected("fused_linear", None, "fp32"):
+        res.notes.append(_fused_linear_memory_note(settings, log))
     res.notes.append("janus_loss: N_ar = R AR rows, M = R/2 masked rows; fused_linear: "
                      "N_ar = R/2, M = R/4, tied (V, D) projection without bias.")
     res.notes.append("logits_mb = size of the float32 logits the loss reads (for "

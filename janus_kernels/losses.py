@@ -679,11 +679,10 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
     row kernels, then grad_h = dlogits @ weight and grad_weight += dlogits.T @ h. Gradients
     are computed here, in the forward (Liger's fused-linear idea): no (rows x V) tensor
     outlives a chunk."""
-    be = _BACKENDS[backend]
     dev, dt = h_ar.device, h_ar.dtype
     ct = _acc(dt)
-    N, M, V = h_ar.shape[0], h_nar.shape[0], weight.shape[0]
-    w_ar, w_nar, w_aux, w_an, w_ax, w_nx = w6
+    N, M = h_ar.shape[0], h_nar.shape[0]
+    w_ar = w6[0]
     n_ar = (ar_targets != ignore_index).sum().clamp(min=1).to(ct)
     valid = masked_targets != ignore_index
     n_m = valid.sum().clamp(min=1).to(ct)
@@ -693,13 +692,14 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
     gh_aux = torch.empty(h_aux.shape, dtype=dt, device=dev) if need_grad else None
     gw = torch.zeros(weight.shape, dtype=ct, device=dev) if need_grad else None
 
-    def row_grad(w, n, rows):  # per-row upstream gradient w / n as an (rows,) tensor
-        return (w / n).expand(rows).contiguous()
-
-    def acc_weight_grad(dlog, h):
-        gw.add_(torch.mm(dlog.t(), h).to(ct))
+    def acc_weight_grad(dlog, h):  # gw += dlog.T @ h, in place when the dtypes allow
+        if dlog.dtype == ct:
+            gw.addmm_(dlog.t(), h)
+        else:
+            gw.add_(torch.mm(dlog.t(), h).to(ct))
 
     # AR cross entropy over all AR rows.
+    be = _BACKENDS[backend]
     for s in range(0, N, chunk_rows):
         e = min(N, s + chunk_rows)
         h, t = h_ar[s:e], ar_targets[s:e]
@@ -707,49 +707,86 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
         loss, st = be.ce_fwd(logits, t, eps, ignore_index)
         sums[0] += loss.sum()
         if need_grad and w_ar != 0:
-            dlog = be.ce_bwd(row_grad(w_ar, n_ar, e - s), logits, t, st, eps, ignore_index)
-            gh_ar[s:e] += torch.mm(dlog, weight).to(ct)
+            g = (w_ar / n_ar).expand(e - s).contiguous()
+            dlog = be.ce_bwd(g, logits, t, st, eps, ignore_index)
+            if dlog.dtype == ct:
+                gh_ar[s:e].addmm_(dlog, weight)
+            else:
+                gh_ar[s:e] += torch.mm(dlog, weight).to(ct)
             acc_weight_grad(dlog, h)
     # Masked rows: NAR / AUX cross entropy and the three symmetric KLs, with the AR rows'
     # logits recomputed for their KL rows (one extra (c x D) @ (D x V) product per chunk).
+    masked_rows = _masked_rows_fused if backend == "cpp" and dev.type == "cpu" \
+        else _masked_rows_composed
     for s in range(0, M, chunk_rows):
         e = min(M, s + chunk_rows)
         c = e - s
         hs = torch.cat([h_ar.index_select(0, idx[s:e]), h_nar[s:e], h_aux[s:e]])
         logits = torch.mm(hs, weight.t())  # one GEMM for the three streams
-        la, ln, lx = logits[:c], logits[c:2 * c], logits[2 * c:]
         t, vm = masked_targets[s:e], valid[s:e]
-        l_n, st_n = be.ce_fwd(ln, t, eps, ignore_index)
-        l_x, st_x = be.ce_fwd(lx, t, eps, ignore_index)
-        k_an, st_an = be.kl_fwd(la, ln, vm, 1.0)
-        k_ax, st_ax = be.kl_fwd(la, lx, vm, 1.0)
-        k_nx, st_nx = be.kl_fwd(ln, lx, vm, 1.0)
-        sums[1:] += torch.stack([l_n.sum(), l_x.sum(), k_an.sum(), k_ax.sum(), k_nx.sum()])
+        g5 = torch.tensor(w6[1:], dtype=ct, device=dev) / n_m
+        loss5, grads = masked_rows(logits[:c], logits[c:2 * c], logits[2 * c:], t, vm, g5,
+                                   w6[1:], eps, ignore_index, need_grad, backend)
+        sums[1:] += loss5
         if not need_grad:
             continue
-        dlog = torch.zeros_like(logits)
-        da, dn, dx = dlog[:c], dlog[c:2 * c], dlog[2 * c:]
-        if w_nar != 0:
-            dn.add_(be.ce_bwd(row_grad(w_nar, n_m, c), ln, t, st_n, eps, ignore_index))
-        if w_aux != 0:
-            dx.add_(be.ce_bwd(row_grad(w_aux, n_m, c), lx, t, st_x, eps, ignore_index))
-        for w, (l1, l2, st1, d1, d2) in ((w_an, (la, ln, st_an, da, dn)),
-                                         (w_ax, (la, lx, st_ax, da, dx)),
-                                         (w_nx, (ln, lx, st_nx, dn, dx))):
-            if w != 0:
-                g1, g2 = be.kl_bwd(row_grad(w, n_m, c), l1, l2, st1, vm, 1.0)
-                d1.add_(g1)
-                d2.add_(g2)
-        gh = torch.mm(dlog, weight)
-        gh_ar.index_add_(0, idx[s:e], gh[:c].to(ct))
-        gh_nar[s:e] = gh[c:2 * c]
-        gh_aux[s:e] = gh[2 * c:]
-        acc_weight_grad(dlog, hs)
+        for dlog, h, part in zip(grads, (hs[:c], hs[c:2 * c], hs[2 * c:]), range(3)):
+            gh = torch.mm(dlog, weight)
+            if part == 0:
+                gh_ar.index_add_(0, idx[s:e], gh.to(ct))
+            else:
+                (gh_nar if part == 1 else gh_aux)[s:e] = gh
+            acc_weight_grad(dlog, h)
     terms = sums / torch.stack([n_ar, n_m, n_m, n_m, n_m, n_m])
     total = (terms * torch.tensor(w6, dtype=ct, device=dev)).sum()
     if not need_grad:  # four distinct placeholders: custom-op outputs may not alias
         return (total, terms) + tuple(h_ar.new_zeros(()) for _ in range(4))
     return total, terms, gh_ar.to(dt), gh_nar, gh_aux, gw.to(weight.dtype)
+
+
+def _masked_rows_fused(la, ln, lx, t, valid, g5, w5, eps, ignore_index, need_grad, backend):
+    """Loss sums of [CE(n), CE(x), KLs(a,n), KLs(a,x), KLs(n,x)] over c aligned masked rows
+    and (with need_grad) the three logit gradients for the per-term upstream gradients g5
+    (a tensor; w5 are the python weights), by the fused CPU rows op (each logit row read once
+    per pass; a zero g5 entry drops its term)."""
+    c = la.shape[0]
+    no_ar = torch.full((c,), ignore_index, dtype=torch.int64, device=la.device)
+    own = torch.arange(c, device=la.device)
+    ar_loss, m_loss, ar_st, m_st = torch.ops.janus.janus_rows_fwd(la, ln, lx, no_ar, t, own,
+                                                                  eps, ignore_index)
+    if not need_grad:
+        return m_loss.sum(0), None
+    g_m = (g5.to(m_loss.dtype) * valid.unsqueeze(1)).contiguous()
+    grads = torch.ops.janus.janus_rows_bwd(torch.zeros_like(ar_loss), g_m, la, ln, lx, no_ar,
+                                           t, own, ar_st, m_st, eps, ignore_index)
+    return m_loss.sum(0), grads
+
+
+def _masked_rows_composed(la, ln, lx, t, valid, g5, w5, eps, ignore_index, need_grad, backend):
+    """As _masked_rows_fused, from the separate row kernels of any backend."""
+    be = _BACKENDS[backend]
+    c = la.shape[0]
+    l_n, st_n = be.ce_fwd(ln, t, eps, ignore_index)
+    l_x, st_x = be.ce_fwd(lx, t, eps, ignore_index)
+    k_an, st_an = be.kl_fwd(la, ln, valid, 1.0)
+    k_ax, st_ax = be.kl_fwd(la, lx, valid, 1.0)
+    k_nx, st_nx = be.kl_fwd(ln, lx, valid, 1.0)
+    loss5 = torch.stack([l_n.sum(), l_x.sum(), k_an.sum(), k_ax.sum(), k_nx.sum()])
+    if not need_grad:
+        return loss5, None
+    da, dn, dx = (torch.zeros_like(la) for _ in range(3))
+    row = lambda j: g5[j].expand(c).contiguous()  # noqa: E731
+    if w5[0] != 0:
+        dn.add_(be.ce_bwd(row(0), ln, t, st_n, eps, ignore_index))
+    if w5[1] != 0:
+        dx.add_(be.ce_bwd(row(1), lx, t, st_x, eps, ignore_index))
+    for j, (l1, l2, st1, d1, d2) in ((2, (la, ln, st_an, da, dn)), (3, (la, lx, st_ax, da, dx)),
+                                     (4, (ln, lx, st_nx, dn, dx))):
+        if w5[j] != 0:
+            g1, g2 = be.kl_bwd(row(j), l1, l2, st1, valid, 1.0)
+            d1.add_(g1)
+            d2.add_(g2)
+    return loss5, (da, dn, dx)
 
 
 @torch.library.custom_op("janus::fused_linear_janus", mutates_args=())
@@ -815,7 +852,9 @@ def fused_linear_janus_loss(hidden_ar: torch.Tensor, hidden_nar: torch.Tensor,
     have their logits recomputed in the masked-row pass (an extra (M x D x V) GEMM).
 
     Args: as :func:`janus_loss`, with hidden_ar (N_ar, D), hidden_nar/hidden_aux (M, D),
-    weight (V, D); chunk_rows defaults to about 2^21 / V rows.
+    weight (V, D); chunk_rows defaults to about 2^22 / V rows (131 at V = 32000: 50 MB of
+    fp32 logits per masked-row chunk, large enough for the weight-gradient GEMMs to run
+    near the machine's GEMM rate).
     """
     who = "fused_linear_janus_loss"
     for name, t in (("hidden_ar", hidden_ar), ("hidden_nar", hidden_nar),
@@ -832,7 +871,7 @@ def fused_linear_janus_loss(hidden_ar: torch.Tensor, hidden_nar: torch.Tensor,
     dev, M, V = hidden_ar.device, hidden_nar.shape[0], weight.shape[0]
     idx = _kl_row_index(ar_kl_rows, hidden_ar.shape[0], M, dev, who)
     if chunk_rows is None:
-        chunk_rows = max(1, (1 << 21) // V)
+        chunk_rows = max(1, (1 << 22) // V)
     if int(chunk_rows) < 1:
         raise ValueError(f"{who}: chunk_rows must be >= 1, got {chunk_rows}")
     backend = _pick_backend(backend, dev, who)

@@ -475,15 +475,17 @@ def test_janus_loss_empty_masked_set(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("chunk_rows", [2, 1000])
-def test_fused_linear_janus_loss(backend, chunk_rows):
+@pytest.mark.parametrize("weights", [L.JanusLossWeights(), L.JanusLossWeights.paper()],
+                         ids=["released", "paper"])
+def test_fused_linear_janus_loss(backend, chunk_rows, weights):
     (ha, hn, hx), W, ar_t, m_t, idx = janus_inputs(N=11, M=5, V=67)
     leaves = [t.clone().requires_grad_() for t in (ha, hn, hx, W)]
     total, terms = L.fused_linear_janus_loss(*leaves, ar_t, m_t, idx, chunk_rows=chunk_rows,
-                                             backend=backend)
+                                             weights=weights, backend=backend)
     (total * 0.7).backward()
     refs = [t.double().requires_grad_() for t in (ha, hn, hx, W)]
     rtotal, rterms = janus_oracle(*[h @ refs[3].t() for h in refs[:3]], ar_t, m_t, idx,
-                                  L.JanusLossWeights())
+                                  weights)
     (rtotal * 0.7).backward()
     torch.testing.assert_close(total.double(), rtotal, rtol=1e-5, atol=1e-6)
     for k in L.LOSS_TERMS:
@@ -491,7 +493,8 @@ def test_fused_linear_janus_loss(backend, chunk_rows):
     for a, r in zip(leaves, refs):
         torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-4, atol=1e-6)
     with torch.no_grad():  # forward only: no gradient work, same value
-        t2, _ = L.fused_linear_janus_loss(ha, hn, hx, W, ar_t, m_t, idx, backend=backend)
+        t2, _ = L.fused_linear_janus_loss(ha, hn, hx, W, ar_t, m_t, idx, weights=weights,
+                                          backend=backend)
     torch.testing.assert_close(t2, total.detach())
 
 
