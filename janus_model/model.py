@@ -114,17 +114,25 @@ class Encoded:
 class Outputs:
     """Logits of exactly the rows the losses read (flat, batch-major), plus targets.
 
-    ar: every real AR query row; kl_ar: the AR rows predicting a masked token (aligned with
-    nar/aux); nar: the M-block content rows; aux: the real query rows."""
+    ar: every real AR query row; kl_ar_rows: the index of the AR row predicting each masked
+    token (aligned with nar/aux; ``kl_ar_logits`` gathers them); nar: the M-block content
+    rows; aux: the real query rows."""
 
     ar_logits: Optional[Tensor] = None
     ar_target: Optional[Tensor] = None
-    kl_ar_logits: Optional[Tensor] = None
+    kl_ar_rows: Optional[Tensor] = None
     nar_logits: Optional[Tensor] = None
     aux_logits: Optional[Tensor] = None
     masked_target: Optional[Tensor] = None
     length_logits: Optional[Tensor] = None
     length_target: Optional[Tensor] = None
+
+    @property
+    def kl_ar_logits(self) -> Optional[Tensor]:
+        """AR logits of the KL rows (a gathered copy; the fused loss reads them in place)."""
+        if self.kl_ar_rows is None or self.ar_logits is None:
+            return None
+        return self.ar_logits.index_select(0, self.kl_ar_rows)
 
 
 def _key_padding_allowed(kv_lengths: Tensor, n_rows: int, kv_len: int) -> Tensor:
@@ -326,7 +334,7 @@ class JanusTransformer(nn.Module):
         out.ar_logits, out.nar_logits, out.aux_logits = ar_logits, nar_logits, aux_logits
         # the KL rows are a subset of the real AR rows: index into the compact AR logits
         ar_off = ar.lengths.cumsum(0) - ar.lengths
-        out.kl_ar_logits = ar_logits.index_select(0, ar_off[nar.row_sample] + nar.ar_col)
+        out.kl_ar_rows = ar_off[nar.row_sample] + nar.ar_col
         out.length_logits = self.length_logits(enc)
         return out
 

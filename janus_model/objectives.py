@@ -104,6 +104,16 @@ def loss_terms(out: Outputs, eps: float = 0.1, *, fused: bool = False) -> Dict[s
     else:
         ce, kl = label_smoothed_ce, symmetric_kl
     t: Dict[str, Tensor] = {}
+    if fused and out.aux_logits is not None and out.ar_logits is not None:
+        # the whole JANUS row criterion in one fused op: each logit row read once per pass
+        _, jt = jl.janus_loss(out.ar_logits, out.nar_logits, out.aux_logits, out.ar_target,
+                              out.masked_target, out.kl_ar_rows, label_smoothing=eps)
+        t.update(ar=jt["ar_ce"], nar=jt["nar_ce"], aux=jt["aux_ce"],
+                 kl_ar_aux=jt["kl_ar_aux"], kl_nar_aux=jt["kl_nar_aux"],
+                 kl_ar_nar=jt["kl_ar_nar"])
+        if out.length_logits is not None:
+            t["length"] = F.cross_entropy(out.length_logits.float(), out.length_target)
+        return t
     if out.ar_logits is not None:
         t["ar"] = ce(out.ar_logits, out.ar_target, eps)
     if out.nar_logits is not None:
