@@ -191,6 +191,22 @@ class _Cpp:
         _ext.require("loss backend 'cpp'")
         return torch.ops.janus.ce_rows_bwd(grad, x, target, stats, eps, ignore_index)
 
+    @staticmethod
+    def has_janus_rows(device: torch.device) -> bool:
+        return device.type == "cpu"  # the CUDA C++ build has no fused criterion kernel yet
+
+    @staticmethod
+    def janus_fwd(ar, nar, aux, ar_t, m_t, idx, eps, ignore_index):
+        _ext.require("loss backend 'cpp'")
+        return tuple(torch.ops.janus.janus_rows_fwd(ar, nar, aux, ar_t, m_t, idx, eps,
+                                                    ignore_index))
+
+    @staticmethod
+    def janus_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st, eps, ignore_index):
+        _ext.require("loss backend 'cpp'")
+        return tuple(torch.ops.janus.janus_rows_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx,
+                                                    ar_st, m_st, eps, ignore_index))
+
 
 def _triton_module():
     from .triton import loss as tri  # imported lazily: triton is optional
@@ -562,8 +578,8 @@ def janus_loss(ar_logits: torch.Tensor, nar_logits: torch.Tensor, aux_logits: to
     if not ar_logits.device == nar_logits.device == aux_logits.device:
         raise ValueError(f"{who}: ar_logits, nar_logits and aux_logits must be on one device")
     backend = _pick_backend(backend, ar_logits.device, who)
-    fused = backend == "cpp" and ar_logits.device.type == "cpu"
-    terms_of = _janus_terms_fused if fused else _janus_terms_composed
+    terms_of = _janus_terms_fused if _has_janus_rows(backend, ar_logits.device) \
+        else _janus_terms_composed
     terms = terms_of(ar_logits, nar_logits, aux_logits, ar_targets, masked_targets, idx,
                      float(label_smoothing), int(ignore_index), backend)
     total = sum(w * terms[k] for k, w in zip(LOSS_TERMS, weights.as_tuple()) if w != 0)
@@ -596,11 +612,26 @@ def _janus_terms_composed(ar_logits, nar_logits, aux_logits, ar_targets, masked_
     }
 
 
+def _has_janus_rows(backend: str, device: torch.device) -> bool:
+    """Whether `backend` has the fused criterion row kernels (janus_fwd / janus_bwd) for
+    tensors on `device`."""
+    be = _BACKENDS[backend]
+    return hasattr(be, "janus_fwd") and be.has_janus_rows(device)
+
+
 def _janus_terms_fused(ar_logits, nar_logits, aux_logits, ar_targets, masked_targets, idx,
                        eps, ignore_index, backend) -> Dict[str, torch.Tensor]:
-    """The six JANUS terms from one fused row op (csrc/cpu/janus_loss.cpp): each logit row is
-    read once per pass (3 exps per element triple instead of 9) and the backward writes the
-    three logit gradients once each."""
+    """The six JANUS terms from one fused row op (CPU: csrc/cpu/janus_loss.cpp, which states
+    the math): each logit row is read once per pass (3 exps per element triple instead of 9)
+    and the backward writes the three logit gradients once each. Backend raw functions::
+
+        janus_fwd(ar, nar, aux, ar_t, m_t, idx, eps, ignore_index)
+            -> (ar_loss (N,), masked_loss (M, 5), ar_stats (N, 2), masked_stats (M, 12))
+        janus_bwd(g_ar (N,), g_masked (M, 5), ar, nar, aux, ar_t, m_t, idx, ar_stats,
+                  masked_stats, eps, ignore_index) -> (d_ar, d_nar, d_aux)
+
+    masked_loss columns: CE(NAR), CE(AUX), KLs(AR, NAR), KLs(AR, AUX), KLs(NAR, AUX); a zero
+    upstream gradient drops its term from the backward."""
     who = "janus_loss"
     ar = _as_rows(ar_logits, "ar_logits", who)
     nar = _as_rows(nar_logits, "nar_logits", who)
@@ -611,7 +642,7 @@ def _janus_terms_fused(ar_logits, nar_logits, aux_logits, ar_targets, masked_tar
     ar_t = ar_targets.to(device=ar.device, dtype=torch.int64).contiguous()
     m_t = masked_targets.to(device=ar.device, dtype=torch.int64).contiguous()
     ar_loss, m_loss, _, _ = _janus_rows_op(ar, nar, aux, ar_t, m_t, idx.contiguous(), eps,
-                                           ignore_index)
+                                           ignore_index, backend)
     n_ar = (ar_t != ignore_index).sum().clamp(min=1).to(ar_loss.dtype)
     n_m = (m_t != ignore_index).sum().clamp(min=1).to(ar_loss.dtype)
     sums = m_loss.sum(0)
@@ -622,15 +653,14 @@ def _janus_terms_fused(ar_logits, nar_logits, aux_logits, ar_targets, masked_tar
 @torch.library.custom_op("janus::janus_rows", mutates_args=())
 def _janus_rows_op(ar: torch.Tensor, nar: torch.Tensor, aux: torch.Tensor, ar_t: torch.Tensor,
                    m_t: torch.Tensor, idx: torch.Tensor, label_smoothing: float,
-                   ignore_index: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                               torch.Tensor]:
-    _ext.require("janus_loss (fused CPU rows)")
-    return tuple(torch.ops.janus.janus_rows_fwd(ar, nar, aux, ar_t, m_t, idx, label_smoothing,
-                                                ignore_index))
+                   ignore_index: int, backend: str
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _BACKENDS[backend].janus_fwd(ar, nar, aux, ar_t, m_t, idx, label_smoothing,
+                                        ignore_index)
 
 
 @_janus_rows_op.register_fake
-def _(ar, nar, aux, ar_t, m_t, idx, label_smoothing, ignore_index):
+def _(ar, nar, aux, ar_t, m_t, idx, label_smoothing, ignore_index, backend):
     ct = _acc(ar.dtype)
     N, M = ar.shape[0], nar.shape[0]
     return (ar.new_empty((N,), dtype=ct), ar.new_empty((M, 5), dtype=ct),
@@ -641,21 +671,22 @@ def _(ar, nar, aux, ar_t, m_t, idx, label_smoothing, ignore_index):
 def _janus_rows_bwd_op(g_ar: torch.Tensor, g_m: torch.Tensor, ar: torch.Tensor,
                        nar: torch.Tensor, aux: torch.Tensor, ar_t: torch.Tensor,
                        m_t: torch.Tensor, idx: torch.Tensor, ar_st: torch.Tensor,
-                       m_st: torch.Tensor, label_smoothing: float, ignore_index: int
-                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(torch.ops.janus.janus_rows_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st,
-                                                m_st, label_smoothing, ignore_index))
+                       m_st: torch.Tensor, label_smoothing: float, ignore_index: int,
+                       backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _BACKENDS[backend].janus_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st,
+                                        label_smoothing, ignore_index)
 
 
 @_janus_rows_bwd_op.register_fake
-def _(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st, label_smoothing, ignore_index):
+def _(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st, label_smoothing, ignore_index,
+      backend):
     return ar.new_empty(ar.shape), nar.new_empty(nar.shape), aux.new_empty(aux.shape)
 
 
 def _janus_rows_setup(ctx, inputs, output):
-    ar, nar, aux, ar_t, m_t, idx, eps, ignore_index = inputs
+    ar, nar, aux, ar_t, m_t, idx, eps, ignore_index, backend = inputs
     ctx.save_for_backward(ar, nar, aux, ar_t, m_t, idx, output[2], output[3])
-    ctx.eps, ctx.ignore_index = eps, ignore_index
+    ctx.eps, ctx.ignore_index, ctx.backend = eps, ignore_index, backend
     ctx.mark_non_differentiable(output[2], output[3])
 
 
@@ -664,8 +695,8 @@ def _janus_rows_backward(ctx, g_ar, g_m, g_ar_st, g_m_st):
     g_ar = torch.zeros_like(ar_st[:, 0]) if g_ar is None else g_ar.contiguous()
     g_m = torch.zeros_like(m_st[:, :5]) if g_m is None else g_m.contiguous()
     da, dn, dx = _janus_rows_bwd_op(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st,
-                                    ctx.eps, ctx.ignore_index)
-    return da, dn, dx, None, None, None, None, None
+                                    ctx.eps, ctx.ignore_index, ctx.backend)
+    return da, dn, dx, None, None, None, None, None, None
 
 
 _janus_rows_op.register_autograd(_janus_rows_backward, setup_context=_janus_rows_setup)
@@ -716,8 +747,7 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
             acc_weight_grad(dlog, h)
     # Masked rows: NAR / AUX cross entropy and the three symmetric KLs, with the AR rows'
     # logits recomputed for their KL rows (one extra (c x D) @ (D x V) product per chunk).
-    masked_rows = _masked_rows_fused if backend == "cpp" and dev.type == "cpu" \
-        else _masked_rows_composed
+    masked_rows = _masked_rows_fused if _has_janus_rows(backend, dev) else _masked_rows_composed
     for s in range(0, M, chunk_rows):
         e = min(M, s + chunk_rows)
         c = e - s
@@ -749,16 +779,16 @@ def _masked_rows_fused(la, ln, lx, t, valid, g5, w5, eps, ignore_index, need_gra
     and (with need_grad) the three logit gradients for the per-term upstream gradients g5
     (a tensor; w5 are the python weights), by the fused CPU rows op (each logit row read once
     per pass; a zero g5 entry drops its term)."""
+    be = _BACKENDS[backend]
     c = la.shape[0]
     no_ar = torch.full((c,), ignore_index, dtype=torch.int64, device=la.device)
     own = torch.arange(c, device=la.device)
-    ar_loss, m_loss, ar_st, m_st = torch.ops.janus.janus_rows_fwd(la, ln, lx, no_ar, t, own,
-                                                                  eps, ignore_index)
+    ar_loss, m_loss, ar_st, m_st = be.janus_fwd(la, ln, lx, no_ar, t, own, eps, ignore_index)
     if not need_grad:
         return m_loss.sum(0), None
     g_m = (g5.to(m_loss.dtype) * valid.unsqueeze(1)).contiguous()
-    grads = torch.ops.janus.janus_rows_bwd(torch.zeros_like(ar_loss), g_m, la, ln, lx, no_ar,
-                                           t, own, ar_st, m_st, eps, ignore_index)
+    grads = be.janus_bwd(torch.zeros_like(ar_loss), g_m, la, ln, lx, no_ar, t, own, ar_st,
+                         m_st, eps, ignore_index)
     return m_loss.sum(0), grads
 
 

@@ -180,7 +180,7 @@ def test_bad_arguments_name_the_argument():
 def test_opcheck_and_compile():
     logits, ar_t, m_t, idx = make_case(7, 3, 37, ignore=(1,), dup=True)
     xs = tuple(z.clone().requires_grad_() for z in logits)
-    torch.library.opcheck(torch.ops.janus.janus_rows, xs + (ar_t, m_t, idx, 0.1, -100))
+    torch.library.opcheck(torch.ops.janus.janus_rows, xs + (ar_t, m_t, idx, 0.1, -100, "cpp"))
     f = torch.compile(lambda a, b, c: L.janus_loss(a, b, c, ar_t, m_t, idx, backend="cpp")[0],
                       fullgraph=True)
     out = f(*xs)
