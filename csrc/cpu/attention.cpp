@@ -621,9 +621,9 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
     float* dvb = dvp + ((int64_t)b * Hkv + hk) * Lk * d;
     std::fill_n(dkb, (int64_t)Lk * d, 0.f);
     std::fill_n(dvb, (int64_t)Lk * d, 0.f);
-    // K^T [d][Lkp] for dQ^T += K^T dS^T
-    for (int j = 0; j < Lk; ++j)
-      for (int c = 0; c < d; ++c) sc.kt[(int64_t)c * Lkp + j] = kb[j * ks[2] + c];
+    // K^T [d][Lkp] for dQ^T += K^T dS^T (SIMD transposes: at small shapes scalar ones cost
+    // as much as the GEMMs)
+    at::native::utils::transpose<float>(Lk, d, kb, ks[2], sc.kt.data(), Lkp);
     const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
 
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
@@ -637,11 +637,8 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
         bwd_row_stats<float>(m, i0, rows, d, gblk, gs[2], oblk, os[2],
                              lp + b * lss[0] + h * lss[1] + (int64_t)i0 * lss[2], lss[2], sc.st);
         // Q^T, dO^T [d][rows]
-        for (int r = 0; r < rows; ++r)
-          for (int c = 0; c < d; ++c) {
-            sc.qt[(int64_t)c * rows + r] = qblk[r * qs[2] + c];
-            sc.dot[(int64_t)c * rows + r] = gblk[r * gs[2] + c];
-          }
+        at::native::utils::transpose<float>(rows, d, qblk, qs[2], sc.qt.data(), rows);
+        at::native::utils::transpose<float>(rows, d, gblk, gs[2], sc.dot.data(), rows);
         std::fill(sc.dqt.begin(), sc.dqt.begin() + (size_t)d * rows, 0.f);
         int pre, lo, hi;
         m.block_ranges(i0, blk.i1, &pre, &lo, &hi);
@@ -668,8 +665,7 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
                                       dpt, sc.dqt.data());
         });
         float* dqblk = dqp + (((int64_t)b * H + h) * Lq + i0) * d;  // dq contiguous
-        for (int r = 0; r < rows; ++r)
-          for (int c = 0; c < d; ++c) dqblk[(int64_t)r * d + c] = sc.dqt[(int64_t)c * rows + r];
+        at::native::utils::transpose<float>(d, rows, sc.dqt.data(), rows, dqblk, d);
       }
     }
   });
