@@ -1,4 +1,4 @@
-"""``python -m janus_model {train,generate,evaluate,average} ...``"""
+"""``python -m janus_model {train,generate,evaluate,average,compare} ...``"""
 import sys
 
 from .cli import main

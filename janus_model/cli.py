@@ -1,5 +1,5 @@
 """Command line: ``janus-train``, ``janus-generate`` and ``python -m janus_model
-{train,generate,evaluate,average}``.
+{train,generate,evaluate,average,compare}``.
 
 Examples::
 
@@ -290,19 +290,47 @@ def average_main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def compare_main(argv: Optional[List[str]] = None) -> int:
+    """``python -m janus_model compare``: several ``evaluate --json`` reports side by side."""
+    from .compare import format_comparison, load_report, plot_comparison
+    p = argparse.ArgumentParser(prog="python -m janus_model compare",
+                                description="The analysis tables of several models side by "
+                                "side (e.g. JANUS vs CMLM vs AR) from `evaluate --json` "
+                                "reports, and one BLEU-per-iteration plot.")
+    p.add_argument("reports", nargs="+", metavar="LABEL=REPORT.json",
+                   help="a column label and the JSON report of `evaluate --json`")
+    p.add_argument("--plot", default=None, help="write the combined BLEU plot (PNG) here")
+    args = p.parse_args(argv)
+    reports = {}
+    for item in args.reports:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            p.error(f"expected LABEL=REPORT.json, got {item!r}")
+        if not os.path.isfile(path):
+            p.error(f"report {path!r} does not exist")
+        reports[label] = load_report(path)
+    print(format_comparison(reports), end="")
+    if args.plot:
+        plot_comparison(reports, args.plot)
+        print(f"plot -> {args.plot}")
+    return 0
+
+
 COMMANDS = {"train": train_main, "generate": generate_main, "evaluate": evaluate_main,
-            "average": average_main}
+            "average": average_main, "compare": compare_main}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         ok = not argv or argv[0] in ("-h", "--help")
-        usage = ("usage: python -m janus_model {train,generate,evaluate,average} [--help] ...\n\n"
+        usage = ("usage: python -m janus_model {train,generate,evaluate,average,compare} "
+                 "[--help] ...\n\n"
                  "  train     train a model (= janus-train)\n"
                  "  generate  translate with a checkpoint (= janus-generate)\n"
                  "  evaluate  analysis tables: BLEU per NAR iteration, repetition, latency\n"
-                 "  average   average checkpoints")
+                 "  average   average checkpoints\n"
+                 "  compare   several evaluate --json reports side by side")
         if not ok:
             usage = f"unknown command {argv[0]!r}\n" + usage
         print(usage, file=sys.stdout if ok else sys.stderr)

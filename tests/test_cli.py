@@ -1,6 +1,7 @@
 """CLI: --help of every command, the declared console scripts, and a tiny train -> generate
 -> evaluate -> average round trip in a temporary directory."""
 import io
+import json
 import math
 import os
 import subprocess
@@ -23,7 +24,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("cmd", ["train", "generate", "evaluate", "average"])
+@pytest.mark.parametrize("cmd", ["train", "generate", "evaluate", "average", "compare"])
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([cmd, "--help"])
@@ -132,6 +133,27 @@ def test_train_generate_evaluate_round_trip(tmp_path, capsys, monkeypatch):
         assert s in o, s
     with open(plot, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # compare: two reports side by side (one stripped to a CMLM-like report without AR)
+    rep = json.load(open(tmp_path / "rep.json"))
+    for k in ("bleu_ar", "repetition_ar"):
+        rep.pop(k)
+    rep["latency_ms"].pop("ar")
+    json.dump(rep, open(tmp_path / "nar_only.json", "w"))
+    cplot = str(tmp_path / "cmp.png")
+    assert cli.main(["compare", f"janus={tmp_path / 'rep.json'}",
+                     f"cmlm={tmp_path / 'nar_only.json'}", "--plot", cplot]) == 0
+    o = capsys.readouterr().out
+    lines = o.splitlines()
+    assert "janus" in lines[1] and "cmlm" in lines[1]
+    ar_row = next(line for line in lines if line.strip().startswith("AR beam 2"))
+    assert ar_row.split()[-1] == "-"                      # the NAR-only model has no AR BLEU
+    for s in ("NAR mask-predict, T=10", "Token repetition ratio (%)",
+              "Latency at batch size 1 (ms/sample)", "Speed-up of NAR"):
+        assert s in o, s
+    with open(cplot, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "no-label-here.json"])
 
     # stdin -> stdout, and the --report flag of janus-generate
     monkeypatch.setattr(sys, "stdin", io.StringIO("Dieses Paket enthält Dokumentation.\nHallo\n"))
