@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from .common import (Settings, SuiteResult, case_generator, dtype_name, error_line,
-                     first_call, optional_import, peak_memory_mb, time_rows)
+                     first_call, optional_import, peak_memory_mb, time_interleaved,
+                     time_rows)
 
 __all__ = ["eager_symmetric_kl", "eager_cross_entropy", "eager_janus_loss",
            "eager_fused_linear", "plan", "run"]
@@ -269,6 +270,41 @@ def _fused_linear_memory_note(settings: Settings, log: Callable[[str], None],
     return msg
 
 
+def _symkl_dram_note(settings: Settings, machine: Dict[str, Any], log: Callable[[str], None],
+                     R: int = 4096, V: int = 32000) -> str:
+    """The issue's kernel-efficiency check for symmetric_kl fwd+bwd at R x V fp32: the kernel
+    alone (gradients written into buffers whose pages are already mapped, through the
+    benchmark-only op janus::symkl_rows_bwd_into) against the DRAM bound, i.e. its traffic
+    (forward reads x, y; backward reads x, y and writes dx, dy: 6 R V 4 bytes) at the copy
+    bandwidth measured at the start of this run."""
+    losses, why = optional_import("janus_kernels.losses")
+    bw = machine.get("copy_gb_s")
+    if losses is None or not hasattr(torch.ops.janus, "symkl_rows_bwd_into") or not bw:
+        return f"symmetric_kl DRAM check skipped ({why or 'extension or copy bandwidth missing'})"
+    gen = case_generator(settings.seed, "loss/symkl_dram")
+    x, y = (2.0 * torch.randn(R, V, generator=gen) for _ in range(2))
+    dx, dy = torch.zeros_like(x), torch.zeros_like(y)          # touched once, reused
+    grad = torch.full((R,), 1.0 / R)
+
+    def kernel():
+        loss, st = torch.ops.janus.symkl_rows_fwd(x, y, None, 1.0)
+        torch.ops.janus.symkl_rows_bwd_into(grad, x, y, st, None, 1.0, dx, dy)
+
+    def op():
+        torch.ops.janus.symkl_rows_bwd(grad, x, y, torch.ops.janus.symkl_rows_fwd(
+            x, y, None, 1.0)[1], None, 1.0)
+    t = time_interleaved({"kernel": kernel, "op": op}, settings)
+    bound_ms = 6.0 * R * V * 4 / (bw * 1e9) * 1e3
+    msg = (f"symmetric_kl fwd+bwd kernel alone at {R}x{V} fp32 (gradients into already-mapped "
+           f"buffers): {t['kernel'].ms:.0f} ms vs the DRAM bound {bound_ms:.0f} ms "
+           f"(6 R V 4 bytes at the measured {bw:.1f} GB/s copy rate) = "
+           f"{100 * bound_ms / t['kernel'].ms:.0f}% of the bound (target >= 80%); the op with "
+           f"fresh gradient tensors: {t['op'].ms:.0f} ms (CPU util "
+           f"{t['kernel'].cpu_util or float('nan'):.2f}).")
+    log("  " + msg)
+    return msg
+
+
 def run(settings: Settings, machine: Dict[str, Any],
         log: Callable[[str], None] = print) -> SuiteResult:
     res = SuiteResult("loss")
@@ -305,6 +341,9 @@ def run(settings: Settings, machine: Dict[str, Any],
         gc.collect()
     if settings.mode != "quick" and settings.selected("fused_linear", None, "fp32"):
         res.notes.append(_fused_linear_memory_note(settings, log))
+    if settings.mode != "quick" and not settings.is_cuda and \
+            settings.selected("symmetric_kl", None, "fp32"):
+        res.notes.append(_symkl_dram_note(settings, machine, log))
     res.notes.append("janus_loss: N_ar = R AR rows, M = R/2 masked rows; fused_linear: "
                      "N_ar = R/2, M = R/4, tied (V, D) projection without bias.")
     res.notes.append("logits_mb = size of the float32 logits the loss reads (for "

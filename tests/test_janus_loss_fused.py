@@ -212,3 +212,17 @@ def test_fuzz_fused_vs_composed(N, frac, V, scale, seed, dup, p_ign):
     torch.testing.assert_close(a[0], b[0], **tol)
     for ga, gb in zip(a[2], b[2]):
         torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+def test_symkl_bwd_into_matches_allocating_op():
+    """The benchmark-only raw op that writes into caller buffers gives the same gradients."""
+    x, y = torch.randn(5, 1031), torch.randn(5, 1031)
+    mask = torch.tensor([True, False, True, True, True])
+    loss, st = torch.ops.janus.symkl_rows_fwd(x, y, mask, 1.0)
+    g = torch.rand(5)
+    dx, dy = torch.ops.janus.symkl_rows_bwd(g, x, y, st, mask, 1.0)
+    ox, oy = torch.full_like(x, 7.0), torch.full_like(y, 7.0)
+    torch.ops.janus.symkl_rows_bwd_into(g, x, y, st, mask, 1.0, ox, oy)
+    assert torch.equal(ox, dx) and torch.equal(oy, dy)
+    with pytest.raises(RuntimeError, match="grad_p_out"):
+        torch.ops.janus.symkl_rows_bwd_into(g, x, y, st, mask, 1.0, ox[:, :5], oy)

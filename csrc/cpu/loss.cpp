@@ -237,10 +237,11 @@ std::tuple<at::Tensor, at::Tensor> symkl_rows_fwd(const at::Tensor& x_, const at
   return {loss, stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> symkl_rows_bwd(const at::Tensor& grad_, const at::Tensor& x_,
-                                                  const at::Tensor& y_, const at::Tensor& stats_,
-                                                  const c10::optional<at::Tensor>& row_mask_,
-                                                  double inv_temperature) {
+// Writes the gradients into dx, dy ((R, V) contiguous, the logits' dtype); `fresh` says they
+// were just allocated (then they are prefaulted in parallel by the row loop).
+void symkl_rows_bwd_impl(const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& y_,
+                         const at::Tensor& stats_, const c10::optional<at::Tensor>& row_mask_,
+                         double inv_temperature, at::Tensor& dx, at::Tensor& dy, bool fresh) {
   check_logits(x_, "logits_p");
   check_logits(y_, "logits_q");
   TORCH_CHECK(x_.sizes() == y_.sizes() && x_.scalar_type() == y_.scalar_type(),
@@ -259,7 +260,6 @@ std::tuple<at::Tensor, at::Tensor> symkl_rows_bwd(const at::Tensor& grad_, const
     check_rowvec(*row_mask_, R, "row_mask", at::kBool);
     mask = row_mask_->contiguous();
   }
-  at::Tensor dx = empty_rows(R, V, x.options()), dy = empty_rows(R, V, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "symkl_rows_bwd", [&] {
     using A = typename Tr<scalar_t>::Acc;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -272,8 +272,10 @@ std::tuple<at::Tensor, at::Tensor> symkl_rows_bwd(const at::Tensor& grad_, const
     const A* stp = stats.const_data_ptr<A>();
     const A it = static_cast<A>(inv_temperature);
     at::parallel_for(0, R, grain_for(V), [&](int64_t r0, int64_t r1) {
-      prefault(dxp + r0 * V, size_t(r1 - r0) * V * sizeof(scalar_t));
-      prefault(dyp + r0 * V, size_t(r1 - r0) * V * sizeof(scalar_t));
+      if (fresh) {
+        prefault(dxp + r0 * V, size_t(r1 - r0) * V * sizeof(scalar_t));
+        prefault(dyp + r0 * V, size_t(r1 - r0) * V * sizeof(scalar_t));
+      }
       for (int64_t r = r0; r < r1; ++r) {
         if (mp && !mp[r]) {
           fill_row(dxp + r * V, V, 0.0);
@@ -286,7 +288,30 @@ std::tuple<at::Tensor, at::Tensor> symkl_rows_bwd(const at::Tensor& grad_, const
       store_fence();
     });
   });
+}
+
+std::tuple<at::Tensor, at::Tensor> symkl_rows_bwd(const at::Tensor& grad, const at::Tensor& x,
+                                                  const at::Tensor& y, const at::Tensor& stats,
+                                                  const c10::optional<at::Tensor>& row_mask,
+                                                  double inv_temperature) {
+  const int64_t R = x.dim() == 2 ? x.size(0) : 0, V = x.dim() == 2 ? x.size(1) : 0;
+  at::Tensor dx = empty_rows(R, V, x.options()), dy = empty_rows(R, V, x.options());
+  symkl_rows_bwd_impl(grad, x, y, stats, row_mask, inv_temperature, dx, dy, true);
   return {dx, dy};
+}
+
+// The same into caller-owned gradient buffers: lets a benchmark time the kernel alone, with
+// outputs whose pages are already mapped (fresh multi-MiB outputs cost page faults).
+void symkl_rows_bwd_into(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
+                         const at::Tensor& stats, const c10::optional<at::Tensor>& row_mask,
+                         double inv_temperature, at::Tensor dx, at::Tensor dy) {
+  for (const auto* t : {&dx, &dy})
+    TORCH_CHECK(t->is_contiguous() && t->sizes() == x.sizes() &&
+                    t->scalar_type() == x.scalar_type() && t->device() == x.device(),
+                "grad_p_out / grad_q_out: expected contiguous tensors shaped and typed like "
+                "logits_p (", x.sizes(), " ", x.scalar_type(), ")");
+  at::Tensor dx_ = dx, dy_ = dy;
+  symkl_rows_bwd_impl(grad, x, y, stats, row_mask, inv_temperature, dx_, dy_, false);
 }
 
 std::tuple<at::Tensor, at::Tensor> ce_rows_fwd(const at::Tensor& x_, const at::Tensor& target_,
@@ -369,6 +394,9 @@ TORCH_LIBRARY_FRAGMENT(janus, m) {
         "float inv_temperature) -> (Tensor loss, Tensor stats)");
   m.def("symkl_rows_bwd(Tensor grad, Tensor logits_p, Tensor logits_q, Tensor stats, "
         "Tensor? row_mask, float inv_temperature) -> (Tensor grad_p, Tensor grad_q)");
+  m.def("symkl_rows_bwd_into(Tensor grad, Tensor logits_p, Tensor logits_q, Tensor stats, "
+        "Tensor? row_mask, float inv_temperature, Tensor(a!) grad_p_out, "
+        "Tensor(b!) grad_q_out) -> ()");
   m.def("ce_rows_fwd(Tensor logits, Tensor target, float label_smoothing, int ignore_index) "
         "-> (Tensor loss, Tensor stats)");
   m.def("ce_rows_bwd(Tensor grad, Tensor logits, Tensor target, Tensor stats, "
@@ -378,6 +406,7 @@ TORCH_LIBRARY_FRAGMENT(janus, m) {
 TORCH_LIBRARY_IMPL(janus, CPU, m) {
   m.impl("symkl_rows_fwd", &symkl_rows_fwd);
   m.impl("symkl_rows_bwd", &symkl_rows_bwd);
+  m.impl("symkl_rows_bwd_into", &symkl_rows_bwd_into);
   m.impl("ce_rows_fwd", &ce_rows_fwd);
   m.impl("ce_rows_bwd", &ce_rows_bwd);
 }
