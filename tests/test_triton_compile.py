@@ -3,7 +3,8 @@
 Runs ``python -m janus_kernels.triton.aot`` in a subprocess with TRITON_INTERPRET=0 (the
 interpreter and the compiler cannot share a process) and checks every shipped config:
 a cubin exists, shared memory fits the architecture, no register spills (stack frame 0),
-and the 16-bit kernels use tensor cores (mma.sync on sm_80, wgmma on sm_90)."""
+the 16-bit kernels use tensor cores (mma.sync on sm_80, wgmma on sm_90) and the fp32 ones do
+not (IEEE fp32 products, not TF32)."""
 import json
 import os
 import subprocess
@@ -16,9 +17,9 @@ pytestmark = pytest.mark.compile_check
 triton = pytest.importorskip("triton")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the fast GPU dtypes; fp32 (IEEE FMA path) compiles too but a few of its configs spill a
-# few bytes: `python -m janus_kernels.triton.aot --dtypes fp32` reports them.
-DTYPES = ("fp16", "bf16")
+# the fast GPU dtypes and the accurate fp32 one (IEEE dots on the FMA units, FP32_CONFIGS):
+# all are held to the same no-spill rule.
+DTYPES = ("fp16", "bf16", "fp32")
 HEAD_DIMS = (64, 128)
 ARCHS = (80, 90)
 
@@ -63,3 +64,5 @@ def test_tensor_cores_used(rows):
             continue
         if r["dtype"] in ("fp16", "bf16"):
             assert r["mma"] == ("wgmma" if r["arch"] >= 90 else "mma.sync"), r
+        else:  # fp32 dots are IEEE on the FMA units: a TF32 MMA would lose fp32 accuracy
+            assert r["mma"] == "none", r
