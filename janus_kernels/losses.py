@@ -230,6 +230,21 @@ class _Triton:
     def ce_bwd(*a):
         return _triton_module().ce_bwd(*a)
 
+    @staticmethod
+    def has_janus_rows(device: torch.device) -> bool:
+        return device.type == "cuda" or (device.type == "cpu"
+                                         and os.environ.get("TRITON_INTERPRET") == "1")
+
+    @staticmethod
+    def janus_fwd(*a):
+        from .triton import janus_loss  # imported lazily: triton is optional
+        return janus_loss.janus_rows_fwd(*a)
+
+    @staticmethod
+    def janus_bwd(*a):
+        from .triton import janus_loss
+        return janus_loss.janus_rows_bwd(*a)
+
 
 _BACKENDS = {"cpp": _Cpp, "triton": _Triton, "reference": _Reference}
 
