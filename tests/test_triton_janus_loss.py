@@ -181,6 +181,15 @@ def test_fp64_gradcheck_with_duplicates():
     assert torch.autograd.gradcheck(f, xs, fast_mode=True)
 
 
+@needs_interp
+def test_opcheck_triton_backend():
+    """Schema, fake (meta) implementation and autograd registration of janus::janus_rows
+    agree with the Triton implementation (duplicates and an ignored masked row included)."""
+    logits, ar_t, m_t, idx = case(7, 3, 37, ign=(1,), dup=True)
+    xs = tuple(z.clone().requires_grad_() for z in logits)
+    torch.library.opcheck(torch.ops.janus.janus_rows, xs + (ar_t, m_t, idx, 0.1, -100, "triton"))
+
+
 # ------------------------------------------------------------------ special values
 @needs_interp
 @needs_ext
