@@ -47,11 +47,12 @@ Rules for special values (all backends):
   * Losses are float32 (float64 for float64 logits) whatever the logits' dtype; gradients
     have the logits' dtype.
 
-``janus_loss`` on CPU with the "cpp" backend does not compose those ops: one fused row op
-(csrc/cpu/janus_loss.cpp) reads each AR/NAR/AUX logit row once per pass, computes all six
-terms from 3 exps per element triple, and writes each of the three logit gradients once
-(the composed path reads rows up to three times and writes nine gradient tensors that
-autograd then sums). Other backends compose the ops.
+``janus_loss`` with the "cpp" backend on CPU and with the "triton" backend does not compose
+those ops: one fused row op (csrc/cpu/janus_loss.cpp, janus_kernels/triton/janus_loss.py)
+reads each AR/NAR/AUX logit row once per pass, computes all six terms from 3 exps per
+element triple, and writes each of the three logit gradients once (the composed path reads
+rows up to three times and writes nine gradient tensors that autograd then sums). The other
+cases compose the ops.
 
 CPU performance notes (csrc/cpu/loss.cpp): one streaming pass per row in the forward, 2 exps
 per element pair in forward and backward, gradients written with non-temporal stores. At
@@ -229,6 +230,21 @@ class _Triton:
     @staticmethod
     def ce_bwd(*a):
         return _triton_module().ce_bwd(*a)
+
+    @staticmethod
+    def has_janus_rows(device: torch.device) -> bool:
+        return device.type == "cuda" or (device.type == "cpu"
+                                         and os.environ.get("TRITON_INTERPRET") == "1")
+
+    @staticmethod
+    def janus_fwd(*a):
+        from .triton import janus_loss  # imported lazily: triton is optional
+        return janus_loss.janus_rows_fwd(*a)
+
+    @staticmethod
+    def janus_bwd(*a):
+        from .triton import janus_loss
+        return janus_loss.janus_rows_bwd(*a)
 
 
 _BACKENDS = {"cpp": _Cpp, "triton": _Triton, "reference": _Reference}
@@ -622,8 +638,9 @@ def _has_janus_rows(backend: str, device: torch.device) -> bool:
 def _janus_terms_fused(ar_logits, nar_logits, aux_logits, ar_targets, masked_targets, idx,
                        eps, ignore_index, backend) -> Dict[str, torch.Tensor]:
     """The six JANUS terms from one fused row op (CPU: csrc/cpu/janus_loss.cpp, which states
-    the math): each logit row is read once per pass (3 exps per element triple instead of 9)
-    and the backward writes the three logit gradients once each. Backend raw functions::
+    the math; Triton: janus_kernels/triton/janus_loss.py): each logit row is read once per
+    pass (3 exps per element triple instead of 9) and the backward writes the three logit
+    gradients once each. Backend raw functions::
 
         janus_fwd(ar, nar, aux, ar_t, m_t, idx, eps, ignore_index)
             -> (ar_loss (N,), masked_loss (M, 5), ar_stats (N, 2), masked_stats (M, 12))
@@ -777,8 +794,8 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
 def _masked_rows_fused(la, ln, lx, t, valid, g5, w5, eps, ignore_index, need_grad, backend):
     """Loss sums of [CE(n), CE(x), KLs(a,n), KLs(a,x), KLs(n,x)] over c aligned masked rows
     and (with need_grad) the three logit gradients for the per-term upstream gradients g5
-    (a tensor; w5 are the python weights), by the fused CPU rows op (each logit row read once
-    per pass; a zero g5 entry drops its term)."""
+    (a tensor; w5 are the python weights), by the backend's fused rows op (each logit row
+    read once per pass; a zero g5 entry drops its term)."""
     be = _BACKENDS[backend]
     c = la.shape[0]
     no_ar = torch.full((c,), ignore_index, dtype=torch.int64, device=la.device)

@@ -125,16 +125,11 @@ def _symkl_bwd_kernel(G, X, Y, STATS, MASK, DX, DY, stride_x, stride_y, V, PARAM
 
 
 @triton.jit
-def _ce_fwd_kernel(X, T, LOSS, STATS, stride_x, V, PARAM, ignore_index,
-                   SMOOTH: tl.constexpr, IS_F64: tl.constexpr, BLOCK: tl.constexpr):
+def _ce_row_stats(xr, n, V, SMOOTH: tl.constexpr, IS_F64: tl.constexpr, BLOCK: tl.constexpr):
+    """Online pass over the first n (0 or V) entries of the row at xr: the safe max m (0 while
+    every value seen is -inf), z = sum e^{x-m} and (SMOOTH) u = sum (x - m). Shared with the
+    fused JANUS rows kernel (janus_loss.py)."""
     ACC = tl.float64 if IS_F64 else tl.float32
-    eps = tl.load(PARAM)
-    row = tl.program_id(0)
-    t = tl.load(T + row)
-    valid = t != ignore_index
-    bad = valid & ((t < 0) | (t >= V))  # out-of-range target: NaN loss (no device assert)
-    n = tl.where(valid & (~bad), V, 0)
-    xr = X + row.to(tl.int64) * stride_x
     offs = tl.arange(0, BLOCK)
     ninf = float("-inf")
     m_raw = tl.full([], ninf, ACC)
@@ -155,6 +150,21 @@ def _ce_fwd_kernel(X, T, LOSS, STATS, stride_x, V, PARAM, ignore_index,
         z += tl.sum(tl.exp(tt), 0)
         if SMOOTH:
             u += tl.sum(tl.where(inb, tt, 0.0), 0)
+    return m, z, u
+
+
+@triton.jit
+def _ce_fwd_kernel(X, T, LOSS, STATS, stride_x, V, PARAM, ignore_index,
+                   SMOOTH: tl.constexpr, IS_F64: tl.constexpr, BLOCK: tl.constexpr):
+    ACC = tl.float64 if IS_F64 else tl.float32
+    eps = tl.load(PARAM)
+    row = tl.program_id(0)
+    t = tl.load(T + row)
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= V))  # out-of-range target: NaN loss (no device assert)
+    n = tl.where(valid & (~bad), V, 0)
+    xr = X + row.to(tl.int64) * stride_x
+    m, z, u = _ce_row_stats(xr, n, V, SMOOTH, IS_F64, BLOCK)
     logz = tl.log(z)
     ts = tl.where(valid & (~bad), t, 0)
     ut = tl.load(xr + ts).to(ACC) - m
