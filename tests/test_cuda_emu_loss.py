@@ -1,0 +1,244 @@
+"""The CUDA loss kernels (csrc/cuda/loss.cu, janus_loss.cu), compiled UNCHANGED by g++ against
+the CPU emulation (csrc/cuda_emu/), run through their raw launchers (ctypes) under two
+schedules of the emulated threads, and compared with
+
+  * the CPU C++ ops torch.ops.janus.symkl_rows_* / ce_rows_* / janus_rows_* (the tested
+    same-precision reference: same math, same saved statistics, same special-value rules), and
+  * a float64 torch oracle written from the formulas (csrc/cpu/loss.cpp, janus_loss.cpp),
+
+with the COMMON tolerance rule: kernel error vs the oracle <= 2x the CPU op's own error (3x for
+gradients) plus a small floor where the reference error is ~0 (fp32 accumulation). Special
+values (inf losses, NaN gradient rows, zero rows of masked / ignored rows) must match the CPU
+op exactly.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Optional
+
+import pytest
+import torch
+
+import _cuda_emu_lib as emu_lib
+import janus_kernels  # noqa: F401  (loads the C++ ops)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None or emu_lib.cuda_include_dir() is None,
+    reason="needs g++ and the CUDA headers (toolkit or nvidia-cuda-runtime wheels)")
+
+OPS = torch.ops.janus
+NEG = float("-inf")
+# Thread orders of the emulation: 0 forward, 1 reverse (a missing barrier before a shared
+# memory read is caught by one of them; cuda_on_cpu.md).
+ORDERS = [0, 1]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+DT_IDS = ["f32", "bf16", "f16", "f64"]
+
+
+@pytest.fixture(scope="module")
+def kern() -> emu_lib.EmuLoss:
+    k = emu_lib.EmuLoss(emu_lib.build(sources=emu_lib.LOSS_SOURCES, name="janus_cuda_emu_loss"))
+    yield k
+    k.configure(-1, -1, 0)
+
+
+# ------------------------------------------------------------------------------ checking
+def _floor(dtype: torch.dtype, scale: float) -> float:
+    """Absolute floor for the rule: the CPU op accumulates partial sums in double, so its own
+    error can be ~0 where float accumulation on the GPU is a few ulp."""
+    rel = 1e-12 if dtype == torch.float64 else 4e-6
+    return rel * max(scale, 1.0)
+
+
+def assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, oracle: torch.Tensor,
+                 factor: float, acc_dtype: torch.dtype) -> None:
+    """Special values identical to the CPU op; finite values: |got - oracle| <= factor *
+    |ref - oracle| + floor (max over the tensor)."""
+    assert got.shape == ref.shape == oracle.shape, (name, got.shape, ref.shape, oracle.shape)
+    g, r, o = got.double(), ref.double(), oracle.double()
+    assert torch.equal(torch.isnan(g), torch.isnan(r)), f"{name}: NaN pattern differs"
+    inf_g, inf_r = torch.isinf(g), torch.isinf(r)
+    assert torch.equal(inf_g, inf_r) and torch.equal(g[inf_g], r[inf_r]), f"{name}: inf differs"
+    fin = torch.isfinite(r)
+    if not fin.any():
+        return
+    assert torch.isfinite(o[fin]).all(), f"{name}: oracle not finite where the CPU op is"
+    err = (g[fin] - o[fin]).abs().max().item()
+    ref_err = (r[fin] - o[fin]).abs().max().item()
+    bound = factor * ref_err + _floor(acc_dtype, o[fin].abs().max().item())
+    assert err <= bound, f"{name}: error {err:.3g} > {bound:.3g} (CPU op error {ref_err:.3g})"
+
+
+def _logits(R: int, V: int, dtype, gen, scale=3.0) -> torch.Tensor:
+    return (torch.randn(R, V, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+# ====================================================================== symmetric KL
+def symkl_oracle(x, y, mask, it, grad):
+    """float64 loss (rows,) and gradients from the formulas of csrc/cpu/loss.cpp."""
+    xs, ys = x.double() * it, y.double() * it
+    p, q = torch.softmax(xs, -1), torch.softmax(ys, -1)
+    d = xs - ys
+    both = (p == 0) & (q == 0)
+    d0 = torch.where(both, torch.zeros_like(d), d)
+    pd = torch.where(p == 0, torch.zeros_like(d), p * d0)
+    qd = torch.where(q == 0, torch.zeros_like(d), q * d0)
+    sp, sq = pd.sum(-1, keepdim=True), qd.sum(-1, keepdim=True)
+    loss = 0.5 * (sp - sq).squeeze(-1)
+    a = 0.5 * it * grad.double()[:, None]
+    dx = a * (torch.where(p == 0, torch.zeros_like(d), p * (d0 - sp + 1)) - q)
+    dy = a * (torch.where(q == 0, torch.zeros_like(d), q * (1 + sq - d0)) - p)
+    if mask is not None:
+        keep = mask[:, None]
+        loss = torch.where(mask, loss, torch.zeros_like(loss))
+        dx = torch.where(keep, dx, torch.zeros_like(dx))
+        dy = torch.where(keep, dy, torch.zeros_like(dy))
+    return loss, dx, dy
+
+
+# (rows, V): empty, single entries, odd widths, more than one backward column block (1024).
+KL_SHAPES = [(0, 7), (1, 1), (5, 7), (5, 113), (3, 1271), (2, 2051)]
+
+
+def _symkl_inputs(R, V, dtype, seed, special: bool):
+    gen = torch.Generator().manual_seed(seed)
+    x, y = _logits(R, V, dtype, gen), _logits(R, V, dtype, gen)
+    mask = None
+    if special and R >= 5:
+        x[0, :: 3] = NEG                       # both -inf where both are: finite loss
+        y[0, :: 3] = NEG
+        y[1, 1] = NEG                          # one side only: +inf loss, NaN gradients
+        x[2] += 1e4                            # large logits
+        y[2] += 1e4
+        mask = torch.ones(R, dtype=torch.bool)
+        mask[3] = False                        # skipped row: loss 0, zero gradients
+        x[3] = float("nan")                    # ... and never read
+    if special and R >= 1 and V == 1:
+        x[0, 0] = 2.0
+    return x, y, mask
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("shape", KL_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_symkl_matches_cpu_and_oracle(kern, shape, dtype, order):
+    R, V = shape
+    kern.configure(order=order, workers=2)
+    it = 1.0 / 1.7
+    x, y, mask = _symkl_inputs(R, V, dtype, seed=R * 7919 + V, special=True)
+    acc = emu_lib._acc(dtype)
+    loss, st = kern.symkl_fwd(x, y, mask, it)
+    loss_r, st_r = OPS.symkl_rows_fwd(x, y, mask, it)
+    grad = torch.randn(R, dtype=torch.float64).to(acc) * 3
+    o_loss, o_dx, o_dy = symkl_oracle(x, y, mask, it, grad)
+    assert_close("loss", loss, loss_r, o_loss, 2.0, acc)
+    torch.testing.assert_close(st, st_r, rtol=1e-5 if acc == torch.float32 else 1e-12,
+                               atol=1e-5 if acc == torch.float32 else 1e-12, equal_nan=True)
+    dx, dy = kern.symkl_bwd(grad, x, y, st, mask, it)
+    dx_r, dy_r = OPS.symkl_rows_bwd(grad, x, y, st_r, mask, it)
+    assert dx.dtype == dtype and dy.dtype == dtype
+    assert_close("dx", dx, dx_r, o_dx, 3.0, acc)
+    assert_close("dy", dy, dy_r, o_dy, 3.0, acc)
+    if mask is not None:
+        assert loss[3] == 0 and (dx[3] == 0).all() and (dy[3] == 0).all()
+        assert loss[1] == float("inf") and dx[1].isnan().all() and dy[1].isnan().all()
+
+
+def test_symkl_random_thread_order_and_strided_rows(kern):
+    """Random interleaving of the emulated threads, and row-strided (non-contiguous) logits."""
+    kern.configure(order=2, workers=2, seed=3)
+    gen = torch.Generator().manual_seed(5)
+    big = _logits(6, 2 * 1300, torch.bfloat16, gen)
+    x, y = big[:, :1271], big[:, 1300:1300 + 1271]
+    assert not x.is_contiguous()
+    loss, st = kern.symkl_fwd(x, y, None, 1.0)
+    loss_r, st_r = OPS.symkl_rows_fwd(x, y, None, 1.0)
+    grad = torch.rand(6)
+    o_loss, o_dx, o_dy = symkl_oracle(x, y, None, 1.0, grad)
+    assert_close("loss", loss, loss_r, o_loss, 2.0, torch.float32)
+    dx, dy = kern.symkl_bwd(grad, x, y, st, None, 1.0)
+    dx_r, dy_r = OPS.symkl_rows_bwd(grad, x, y, st_r, None, 1.0)
+    assert_close("dx", dx, dx_r, o_dx, 3.0, torch.float32)
+    assert_close("dy", dy, dy_r, o_dy, 3.0, torch.float32)
+
+
+# ====================================================================== cross entropy
+def ce_oracle(x, target, eps, ignore_index, grad):
+    xd = x.double()
+    R, V = xd.shape
+    valid = target != ignore_index
+    t = torch.where(valid, target, torch.zeros_like(target))
+    lse = torch.logsumexp(xd, -1)
+    xt = xd.gather(1, t[:, None]).squeeze(1) if R else lse
+    loss = (1 - eps) * (lse - xt)
+    if eps > 0:
+        loss = loss + eps * (lse - xd.mean(-1))
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    p = torch.softmax(xd, -1)
+    onehot = torch.zeros_like(p)
+    if R:
+        onehot.scatter_(1, t[:, None], 1.0)
+    dx = grad.double()[:, None] * (p - eps / V - (1 - eps) * onehot)
+    dx = torch.where(valid[:, None], dx, torch.zeros_like(dx))
+    return loss, dx
+
+
+CE_SHAPES = [(0, 7), (1, 1), (5, 7), (5, 113), (4, 1271), (3, 2051)]
+
+
+def _ce_inputs(R, V, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = _logits(R, V, dtype, gen)
+    target = torch.randint(0, V, (R,), generator=gen)
+    if R >= 3:
+        target[1] = -100                        # ignored: loss 0, zero gradients, not read
+        x[1] = float("nan")
+        if V > 1:
+            x[2, (target[2] + 1) % V] = NEG      # a -inf logit: +inf loss when eps > 0
+        x[0] += 5e3                             # large logits
+    return x, target
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("shape", CE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_ce_matches_cpu_and_oracle(kern, shape, dtype, eps, order):
+    R, V = shape
+    kern.configure(order=order, workers=2)
+    x, target = _ce_inputs(R, V, dtype, seed=R * 131 + V)
+    acc = emu_lib._acc(dtype)
+    loss, st = kern.ce_fwd(x, target, eps, -100)
+    loss_r, st_r = OPS.ce_rows_fwd(x, target, eps, -100)
+    grad = torch.randn(R, dtype=torch.float64).to(acc) * 2
+    o_loss, o_dx = ce_oracle(x, target, eps, -100, grad)
+    assert_close("loss", loss, loss_r, o_loss, 2.0, acc)
+    torch.testing.assert_close(st, st_r, rtol=1e-5 if acc == torch.float32 else 1e-12,
+                               atol=0.0, equal_nan=True)
+    dx = kern.ce_bwd(grad, x, target, st, eps, -100)
+    dx_r = OPS.ce_rows_bwd(grad, x, target, st_r, eps, -100)
+    assert dx.dtype == dtype
+    assert_close("dx", dx, dx_r, o_dx, 3.0, acc)
+    if R >= 3:
+        assert loss[1] == 0 and (dx[1] == 0).all()
+        if eps > 0 and V > 1:
+            assert loss[2] == float("inf")
+
+
+def test_ce_out_of_range_target_gives_nan(kern):
+    """The CPU op raises; the CUDA kernel cannot without a host sync: NaN loss, zero grads."""
+    kern.configure(order=0, workers=2)
+    x = torch.randn(3, 9)
+    target = torch.tensor([2, 9, -1])
+    with pytest.raises(RuntimeError, match="target"):
+        OPS.ce_rows_fwd(x, target, 0.1, -100)
+    loss, st = kern.ce_fwd(x, target, 0.1, -100)
+    assert torch.isfinite(loss[0]) and loss[1:].isnan().all()
+    dx = kern.ce_bwd(torch.ones(3), x, target, st, 0.1, -100)
+    assert torch.isfinite(dx).all() and (dx[1:] == 0).all()
+
+
+def test_launchers_reject_bad_sizes(kern):
+    with pytest.raises(emu_lib.EmuError, match="cudaError 1"):
+        kern.ce_fwd(torch.randn(2, 3)[:, :0], torch.zeros(2, dtype=torch.long), 0.0, -100)
