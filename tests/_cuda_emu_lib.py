@@ -240,7 +240,7 @@ class EmuKernels:
 
 
 # ============================================================================ loss kernels
-LOSS_SOURCES = [CUDA_DIR / "loss.cu"]
+LOSS_SOURCES = [CUDA_DIR / "loss.cu", CUDA_DIR / "janus_loss.cu"]
 
 _LOSS_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
@@ -264,6 +264,29 @@ class CEArgs(ctypes.Structure):
                 ("label_smoothing", ctypes.c_double), ("dtype", ctypes.c_int32)]
 
 
+class JanusRowsArgs(ctypes.Structure):
+    """Mirror of JanusRowsArgs (csrc/cuda/loss_launch.h)."""
+    _fields_ = [(n, ctypes.c_void_p) for n in (
+        "ar", "nar", "aux", "ar_target", "masked_target", "ar_kl_rows", "first", "grad_ar",
+        "grad_masked", "ar_loss", "masked_loss", "ar_stats", "masked_stats", "d_ar", "d_nar",
+        "d_aux")] + [(n, ctypes.c_int64) for n in (
+            "n_ar", "n_masked", "vocab", "stride_ar", "stride_nar", "stride_aux",
+            "ignore_index")] + [("label_smoothing", ctypes.c_double), ("dtype", ctypes.c_int32)]
+
+
+def janus_first(idx: torch.Tensor, n_ar: int) -> torch.Tensor:
+    """The plan of janus_rows_*: the smallest masked row m with idx[m] == r, or -1 (N,), the
+    way the CUDA glue computes it on the device (scatter_reduce amin; out-of-range idx values
+    go to a spare slot)."""
+    M = idx.numel()
+    ok = (idx >= 0) & (idx < n_ar)
+    slot = torch.where(ok, idx, torch.full_like(idx, n_ar))
+    first = torch.full((n_ar + 1,), M, dtype=torch.long)
+    first.scatter_reduce_(0, slot, torch.arange(M, dtype=torch.long), "amin")
+    first = first[:n_ar]
+    return torch.where(first == M, torch.full_like(first, -1), first)
+
+
 def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -279,15 +302,16 @@ def _rows_arg(t: torch.Tensor, name: str) -> torch.Tensor:
 
 
 class EmuLoss:
-    """The CUDA loss launchers (loss.cu) on the CPU emulation, with the signatures of the
-    torch ops janus::symkl_rows_* / ce_rows_* (outputs are NaN-poisoned before the launch, so
+    """The CUDA loss launchers (loss.cu, janus_loss.cu) on the CPU emulation, with the
+    signatures of the torch ops janus::symkl_rows_* / ce_rows_* / janus_rows_* (outputs are NaN-poisoned before the launch, so
     an element a kernel forgets to write shows up)."""
 
     def __init__(self, lib_path: Path):
         self.path = lib_path
         self.lib = ctypes.CDLL(str(lib_path))
         for name, st in (("janus_symkl_fwd", SymKLArgs), ("janus_symkl_bwd", SymKLArgs),
-                         ("janus_ce_fwd", CEArgs), ("janus_ce_bwd", CEArgs)):
+                         ("janus_ce_fwd", CEArgs), ("janus_ce_bwd", CEArgs),
+                         ("janus_rows_fwd", JanusRowsArgs), ("janus_rows_bwd", JanusRowsArgs)):
             fn = getattr(self.lib, name)
             fn.argtypes = [ctypes.POINTER(st), ctypes.c_void_p]
             fn.restype = ctypes.c_int
@@ -359,3 +383,42 @@ class EmuLoss:
                    label_smoothing=label_smoothing, dtype=_LOSS_DTYPES[x.dtype])
         self._call("janus_ce_bwd", a)
         return dx
+
+    # ------------------------------------------------------------------ JANUS criterion rows
+    def _janus_args(self, ar, nar, aux, ar_t, m_t, idx, eps, ignore_index):
+        ar, nar, aux = (_rows_arg(t, n) for t, n in ((ar, "ar_logits"), (nar, "nar_logits"),
+                                                      (aux, "aux_logits")))
+        keep = [ar_t.contiguous(), m_t.contiguous(), idx.contiguous(),
+                janus_first(idx, ar.shape[0])]
+        a = JanusRowsArgs(ar=_ptr_or_none(ar), nar=_ptr_or_none(nar), aux=_ptr_or_none(aux),
+                          ar_target=_ptr_or_none(keep[0]), masked_target=_ptr_or_none(keep[1]),
+                          ar_kl_rows=_ptr_or_none(keep[2]), first=_ptr_or_none(keep[3]),
+                          n_ar=ar.shape[0], n_masked=nar.shape[0], vocab=ar.shape[1],
+                          stride_ar=ar.stride(0), stride_nar=nar.stride(0),
+                          stride_aux=aux.stride(0), ignore_index=ignore_index,
+                          label_smoothing=eps, dtype=_LOSS_DTYPES[ar.dtype])
+        return a, keep
+
+    def janus_fwd(self, ar, nar, aux, ar_t, m_t, idx, eps: float, ignore_index: int):
+        """Same signature and outputs as torch.ops.janus.janus_rows_fwd."""
+        a, keep = self._janus_args(ar, nar, aux, ar_t, m_t, idx, eps, ignore_index)
+        N, M, acc = ar.shape[0], nar.shape[0], _acc(ar.dtype)
+        out = (self._nan((N,), acc), self._nan((M, 5), acc), self._nan((N, 2), acc),
+               self._nan((M, 12), acc))
+        a.ar_loss, a.masked_loss, a.ar_stats, a.masked_stats = (_ptr_or_none(t) for t in out)
+        self._call("janus_rows_fwd", a)
+        return out
+
+    def janus_bwd(self, g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st, eps: float,
+                  ignore_index: int):
+        """Same signature and outputs as torch.ops.janus.janus_rows_bwd."""
+        a, keep = self._janus_args(ar, nar, aux, ar_t, m_t, idx, eps, ignore_index)
+        N, M, V = ar.shape[0], nar.shape[0], ar.shape[1]
+        keep += [t.contiguous() for t in (g_ar, g_m, ar_st, m_st)]
+        a.grad_ar, a.grad_masked, a.ar_stats, a.masked_stats = (_ptr_or_none(t)
+                                                                for t in keep[4:])
+        out = (self._nan((N, V), ar.dtype), self._nan((M, V), ar.dtype),
+               self._nan((M, V), ar.dtype))
+        a.d_ar, a.d_nar, a.d_aux = (_ptr_or_none(t) for t in out)
+        self._call("janus_rows_bwd", a)
+        return out

@@ -242,3 +242,154 @@ def test_ce_out_of_range_target_gives_nan(kern):
 def test_launchers_reject_bad_sizes(kern):
     with pytest.raises(emu_lib.EmuError, match="cudaError 1"):
         kern.ce_fwd(torch.randn(2, 3)[:, :0], torch.zeros(2, dtype=torch.long), 0.0, -100)
+
+
+# ================================================================ fused JANUS criterion rows
+IGN = -100
+
+
+def janus_oracle(ar, nar, aux, ar_t, m_t, idx, eps, g_ar, g_m):
+    """float64 losses (N,), (M, 5) and gradients from the separate-term formulas
+    (csrc/cpu/janus_loss.cpp): CE per AR row; per masked row with a target CE(n), CE(x),
+    KLs(a_idx, n), KLs(a_idx, x), KLs(n, x); a zero upstream gradient drops its term."""
+    N, V = ar.shape
+    M = nar.shape[0]
+    ar_loss, d_ar = ce_oracle(ar, ar_t, eps, IGN, g_ar)
+    valid = m_t != IGN
+    a_rows = ar.double()[idx] if M else ar.double()[:0]
+    ce_n, d_n = ce_oracle(nar, m_t, eps, IGN, g_m[:, 0])
+    ce_x, d_x = ce_oracle(aux, m_t, eps, IGN, g_m[:, 1])
+    m_loss = [ce_n, ce_x]
+    d_a_extra = torch.zeros(M, V, dtype=torch.float64)
+    for col, (p, q, dp_acc, dq_acc) in zip((2, 3, 4), (
+            (a_rows, nar, "a", "n"), (a_rows, aux, "a", "x"), (nar, aux, "n", "x"))):
+        g = g_m[:, col]
+        loss, dp, dq = symkl_oracle(p, q, valid, 1.0, g)
+        drop = (g == 0)[:, None]
+        dp = torch.where(drop, torch.zeros_like(dp), dp)
+        dq = torch.where(drop, torch.zeros_like(dq), dq)
+        m_loss.append(loss)
+        for acc_name, dv in ((dp_acc, dp), (dq_acc, dq)):
+            if acc_name == "a":
+                d_a_extra = d_a_extra + dv
+            elif acc_name == "n":
+                d_n = d_n + dv
+            else:
+                d_x = d_x + dv
+    m_loss = torch.stack(m_loss, 1) if M else torch.zeros(0, 5, dtype=torch.float64)
+    m_loss = torch.where(valid[:, None], m_loss, torch.zeros_like(m_loss))
+    d_n = torch.where(valid[:, None], d_n, torch.zeros_like(d_n))
+    d_x = torch.where(valid[:, None], d_x, torch.zeros_like(d_x))
+    if M:
+        d_ar = d_ar.index_add(0, idx[valid], d_a_extra[valid])
+    return ar_loss, m_loss, d_ar, d_n, d_x
+
+
+def _janus_case(name: str, dtype, seed: int = 0):
+    """(ar, nar, aux, ar_t, m_t, idx, eps, g_ar, g_m) for a named awkward case."""
+    gen = torch.Generator().manual_seed(seed)
+    spec = {"basic": (5, 4, 113), "wide": (3, 3, 2051), "v1": (2, 2, 1), "one": (1, 1, 7),
+            "m0": (3, 0, 113), "dups": (4, 7, 1271), "inf": (4, 4, 113),
+            "zero_weight": (4, 4, 113), "eps0": (4, 3, 7)}[name]
+    N, M, V = spec
+    ar, nar, aux = (_logits(R, V, dtype, gen) for R in (N, M, M))
+    ar_t = torch.randint(0, V, (N,), generator=gen)
+    m_t = torch.randint(0, V, (M,), generator=gen)
+    idx = torch.randperm(N, generator=gen)[:M] if M <= N else torch.randint(0, N, (M,),
+                                                                           generator=gen)
+    eps = 0.0 if name == "eps0" else 0.1
+    acc = emu_lib._acc(dtype)
+    g_ar = (torch.rand(N, generator=gen, dtype=torch.float64) + 0.5).to(acc)
+    g_m = (torch.randn(M, 5, generator=gen, dtype=torch.float64)).to(acc)
+    if name == "basic":
+        ar_t[1] = IGN                  # AR CE ignored (its row still feeds the KLs)
+        m_t[2] = IGN                   # masked row ignored: 5 zeros, zero gradient rows
+        nar[2] = float("nan")          # ... and never read
+        ar[idx[0]] += 3e3              # large logits on one triple
+        nar[0] += 3e3
+        aux[0] -= 3e3
+    if name == "wide":
+        ar_t[0] = IGN
+    if name == "dups":
+        idx = torch.tensor([0, 2, 0, 3, 2, 0, 1])   # AR row 0 claimed 3x, row 2 2x
+        m_t[0] = IGN                   # the primary of row 0 is ignored: extras still count
+        m_t[4] = IGN                   # an ignored extra
+        ar_t[2] = IGN
+    if name == "inf":
+        for t in (ar, nar, aux):       # -inf in all three rows at the same columns: finite
+            t[:, ::5] = NEG
+        ar_t[:] = 1
+        m_t[:] = 2
+        nar[1, 3] = NEG                # one side only: KLs(a,n), KLs(n,x) of row 1 infinite
+        g_m[1, 2] = 0.0                # KLs(a,n) weight 0: dropped, d_ar stays finite
+        aux[2, 4] = NEG                # KLs(a,x), KLs(n,x) of row 2 infinite, non-zero grads:
+                                       # NaN d_ar (its AR row), d_nar, d_aux
+    if name == "zero_weight":
+        g_m[0] = 0.0
+        g_m[1, 2:] = 0.0
+        g_ar[2] = 0.0
+    return ar, nar, aux, ar_t, m_t, idx, eps, g_ar, g_m
+
+
+JANUS_CASES = ["basic", "wide", "v1", "one", "m0", "dups", "inf", "zero_weight", "eps0"]
+
+
+def _run_janus(kern, case, dtype, order):
+    kern.configure(order=order, workers=2)
+    ar, nar, aux, ar_t, m_t, idx, eps, g_ar, g_m = _janus_case(case, dtype)
+    acc = emu_lib._acc(dtype)
+    fwd = kern.janus_fwd(ar, nar, aux, ar_t, m_t, idx, eps, IGN)
+    fwd_r = OPS.janus_rows_fwd(ar, nar, aux, ar_t, m_t, idx, eps, IGN)
+    o_ar, o_m, o_da, o_dn, o_dx = janus_oracle(ar, nar, aux, ar_t, m_t, idx, eps, g_ar, g_m)
+    assert_close("ar_loss", fwd[0], fwd_r[0], o_ar, 2.0, acc)
+    assert_close("masked_loss", fwd[1], fwd_r[1], o_m, 2.0, acc)
+    tol = 2e-5 if acc == torch.float32 else 1e-12
+    for name, st, st_r in (("ar_stats", fwd[2], fwd_r[2]), ("masked_stats", fwd[3], fwd_r[3])):
+        torch.testing.assert_close(st, st_r, rtol=tol, atol=tol, equal_nan=True, msg=name)
+    grads = kern.janus_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, fwd[2], fwd[3], eps, IGN)
+    grads_r = OPS.janus_rows_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, fwd_r[2], fwd_r[3],
+                                 eps, IGN)
+    for name, g, g_r, o in zip(("d_ar", "d_nar", "d_aux"), grads, grads_r, (o_da, o_dn, o_dx)):
+        assert g.dtype == dtype
+        assert_close(name, g, g_r, o, 3.0, acc)
+    return fwd, grads
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("case", JANUS_CASES)
+def test_janus_rows_match_cpu_and_oracle(kern, case, dtype, order):
+    fwd, grads = _run_janus(kern, case, dtype, order)
+    if case == "inf":
+        assert fwd[1][1, 2] == float("inf") and fwd[1][2, 3] == float("inf")
+        assert torch.isfinite(grads[1][0]).all() and grads[1][1].isnan().all()
+        assert grads[2][2].isnan().all()
+    if case == "basic":
+        assert (fwd[1][2] == 0).all() and (grads[1][2] == 0).all() and (grads[2][2] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=["f16", "f64"])
+@pytest.mark.parametrize("case", ["basic", "dups"])
+def test_janus_rows_other_dtypes(kern, case, dtype):
+    _run_janus(kern, case, dtype, order=0)
+
+
+def test_janus_rows_random_thread_order(kern):
+    _run_janus(kern, "dups", torch.bfloat16, order=2)
+
+
+def test_janus_rows_out_of_range_gives_nan(kern):
+    """The CPU op raises on a bad target / idx value; the kernels (no host sync) give NaN for
+    the terms that use it and NaN gradient rows, and leave the other rows intact."""
+    kern.configure(order=0, workers=2)
+    ar, nar, aux, ar_t, m_t, idx, eps, g_ar, g_m = _janus_case("basic", torch.float32)
+    ar_t[3], m_t[1], idx[0] = 500, -7, 9
+    with pytest.raises(RuntimeError):
+        OPS.janus_rows_fwd(ar, nar, aux, ar_t, m_t, idx, eps, IGN)
+    ar_loss, m_loss, ar_st, m_st = kern.janus_fwd(ar, nar, aux, ar_t, m_t, idx, eps, IGN)
+    assert ar_loss[3].isnan() and m_loss[0].isnan().all() and m_loss[1].isnan().all()
+    assert torch.isfinite(m_loss[3]).all() and torch.isfinite(ar_loss[[0, 1, 2, 4]]).all()
+    d_ar, d_n, d_x = kern.janus_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st, eps,
+                                    IGN)
+    assert d_ar[3].isnan().all() and d_n[:2].isnan().all() and d_x[:2].isnan().all()
+    assert torch.isfinite(d_n[3]).all() and torch.isfinite(d_ar[[0, 1, 2, 4]]).all()
