@@ -290,9 +290,11 @@ def _janus_case(name: str, dtype, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     spec = {"basic": (5, 4, 113), "wide": (3, 3, 2051), "v1": (2, 2, 1), "one": (1, 1, 7),
             "m0": (3, 0, 113), "dups": (4, 7, 1271), "inf": (4, 4, 113),
-            "zero_weight": (4, 4, 113), "eps0": (4, 3, 7)}[name]
+            "zero_weight": (4, 4, 113), "eps0": (4, 3, 7), "strided": (3, 3, 113)}[name]
     N, M, V = spec
     ar, nar, aux = (_logits(R, V, dtype, gen) for R in (N, M, M))
+    if name == "strided":            # row-strided views (a row stride != V)
+        ar, nar, aux = (_logits(R, V + 9, dtype, gen)[:, 4:4 + V] for R in (N, M, M))
     ar_t = torch.randint(0, V, (N,), generator=gen)
     m_t = torch.randint(0, V, (M,), generator=gen)
     idx = torch.randperm(N, generator=gen)[:M] if M <= N else torch.randint(0, N, (M,),
@@ -331,7 +333,8 @@ def _janus_case(name: str, dtype, seed: int = 0):
     return ar, nar, aux, ar_t, m_t, idx, eps, g_ar, g_m
 
 
-JANUS_CASES = ["basic", "wide", "v1", "one", "m0", "dups", "inf", "zero_weight", "eps0"]
+JANUS_CASES = ["basic", "wide", "v1", "one", "m0", "dups", "inf", "zero_weight", "eps0",
+               "strided"]
 
 
 def _run_janus(kern, case, dtype, order):
