@@ -1,6 +1,6 @@
-"""Build the torch-free CUDA kernels (csrc/cuda/*.cu, unchanged) with g++ against the CPU
-emulation headers (csrc/cuda_emu/) into a shared library, and call their raw launchers through
-ctypes on CPU torch tensors.
+"""Build the torch-free CUDA kernels (csrc/cuda/*.cu, unchanged: attention, losses) with g++
+against the CPU emulation headers (csrc/cuda_emu/) into a shared library, and call their raw
+launchers through ctypes on CPU torch tensors.
 
 The library is cached under build/cuda_emu/<hash>/, keyed by the sources, headers, flags and
 compiler version; the two .cu files compile in parallel (a few seconds each).
@@ -237,3 +237,188 @@ class EmuKernels:
         a.scale, a.dropout_p, a.seed = scale, dropout_p, seed & (2 ** 64 - 1)
         self._check(self.lib.janus_cuda_attention_bwd(ctypes.byref(a), None), "bwd")
         return dq, dk, dv
+
+
+# ============================================================================ loss kernels
+LOSS_SOURCES = [CUDA_DIR / "loss.cu", CUDA_DIR / "janus_loss.cu"]
+
+_LOSS_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+
+
+class SymKLArgs(ctypes.Structure):
+    """Mirror of JanusSymKLArgs (csrc/cuda/loss_launch.h)."""
+    _fields_ = [("x", ctypes.c_void_p), ("y", ctypes.c_void_p), ("row_mask", ctypes.c_void_p),
+                ("grad", ctypes.c_void_p), ("loss", ctypes.c_void_p), ("stats", ctypes.c_void_p),
+                ("dx", ctypes.c_void_p), ("dy", ctypes.c_void_p),
+                ("rows", ctypes.c_int64), ("vocab", ctypes.c_int64),
+                ("stride_x", ctypes.c_int64), ("stride_y", ctypes.c_int64),
+                ("inv_temperature", ctypes.c_double), ("dtype", ctypes.c_int32)]
+
+
+class CEArgs(ctypes.Structure):
+    """Mirror of JanusCEArgs (csrc/cuda/loss_launch.h)."""
+    _fields_ = [("x", ctypes.c_void_p), ("target", ctypes.c_void_p), ("grad", ctypes.c_void_p),
+                ("loss", ctypes.c_void_p), ("stats", ctypes.c_void_p), ("dx", ctypes.c_void_p),
+                ("rows", ctypes.c_int64), ("vocab", ctypes.c_int64),
+                ("stride_x", ctypes.c_int64), ("ignore_index", ctypes.c_int64),
+                ("label_smoothing", ctypes.c_double), ("dtype", ctypes.c_int32)]
+
+
+class JanusRowsArgs(ctypes.Structure):
+    """Mirror of JanusRowsArgs (csrc/cuda/loss_launch.h)."""
+    _fields_ = [(n, ctypes.c_void_p) for n in (
+        "ar", "nar", "aux", "ar_target", "masked_target", "ar_kl_rows", "first", "grad_ar",
+        "grad_masked", "ar_loss", "masked_loss", "ar_stats", "masked_stats", "d_ar", "d_nar",
+        "d_aux")] + [(n, ctypes.c_int64) for n in (
+            "n_ar", "n_masked", "vocab", "stride_ar", "stride_nar", "stride_aux",
+            "ignore_index")] + [("label_smoothing", ctypes.c_double), ("dtype", ctypes.c_int32)]
+
+
+def janus_first(idx: torch.Tensor, n_ar: int) -> torch.Tensor:
+    """The plan of janus_rows_*: the smallest masked row m with idx[m] == r, or -1 (N,), the
+    way the CUDA glue computes it on the device (scatter_reduce amin; out-of-range idx values
+    go to a spare slot)."""
+    M = idx.numel()
+    ok = (idx >= 0) & (idx < n_ar)
+    slot = torch.where(ok, idx, torch.full_like(idx, n_ar))
+    first = torch.full((n_ar + 1,), M, dtype=torch.long)
+    first.scatter_reduce_(0, slot, torch.arange(M, dtype=torch.long), "amin")
+    first = first[:n_ar]
+    return torch.where(first == M, torch.full_like(first, -1), first)
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _ptr_or_none(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _rows_arg(t: torch.Tensor, name: str) -> torch.Tensor:
+    if t.dim() != 2 or (t.size(1) > 1 and t.stride(1) != 1):
+        raise ValueError(f"{name}: expected (rows, vocab) with a unit column stride")
+    return t
+
+
+class EmuLoss:
+    """The CUDA loss launchers (loss.cu, janus_loss.cu) on the CPU emulation, with the
+    signatures of the torch ops janus::symkl_rows_* / ce_rows_* / janus_rows_* (outputs are NaN-poisoned before the launch, so
+    an element a kernel forgets to write shows up)."""
+
+    def __init__(self, lib_path: Path):
+        self.path = lib_path
+        self.lib = ctypes.CDLL(str(lib_path))
+        for name, st in (("janus_symkl_fwd", SymKLArgs), ("janus_symkl_bwd", SymKLArgs),
+                         ("janus_ce_fwd", CEArgs), ("janus_ce_bwd", CEArgs),
+                         ("janus_rows_fwd", JanusRowsArgs), ("janus_rows_bwd", JanusRowsArgs)):
+            fn = getattr(self.lib, name)
+            fn.argtypes = [ctypes.POINTER(st), ctypes.c_void_p]
+            fn.restype = ctypes.c_int
+        self.lib.janus_emu_last_message.restype = ctypes.c_char_p
+        self.lib.janus_emu_configure.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint,
+                                                 ctypes.c_int]
+
+    def configure(self, order: int = -1, workers: int = -1, seed: int = 0) -> None:
+        self.lib.janus_emu_configure(order, workers, seed, -1)
+
+    def _call(self, name: str, args) -> None:
+        rc = getattr(self.lib, name)(ctypes.byref(args), None)
+        if rc != 0:
+            raise EmuError(f"{name}: cudaError {rc} {self.lib.janus_emu_last_message().decode()}")
+
+    @staticmethod
+    def _nan(shape, dtype) -> torch.Tensor:
+        return torch.full(shape, float("nan"), dtype=dtype)
+
+    def symkl_fwd(self, x, y, row_mask: Optional[torch.Tensor], inv_temperature: float):
+        x, y = _rows_arg(x, "logits_p"), _rows_arg(y, "logits_q")
+        R, V = x.shape
+        acc = _acc(x.dtype)
+        loss, stats = self._nan((R,), acc), self._nan((R, 6), acc)
+        mask = None if row_mask is None else row_mask.contiguous()
+        a = SymKLArgs(x=_ptr_or_none(x), y=_ptr_or_none(y), row_mask=_ptr_or_none(mask),
+                      loss=_ptr_or_none(loss), stats=_ptr_or_none(stats), rows=R, vocab=V,
+                      stride_x=x.stride(0), stride_y=y.stride(0),
+                      inv_temperature=inv_temperature, dtype=_LOSS_DTYPES[x.dtype])
+        self._call("janus_symkl_fwd", a)
+        return loss, stats
+
+    def symkl_bwd(self, grad, x, y, stats, row_mask: Optional[torch.Tensor],
+                  inv_temperature: float):
+        x, y = _rows_arg(x, "logits_p"), _rows_arg(y, "logits_q")
+        R, V = x.shape
+        dx, dy = self._nan((R, V), x.dtype), self._nan((R, V), x.dtype)
+        g, st = grad.contiguous(), stats.contiguous()
+        mask = None if row_mask is None else row_mask.contiguous()
+        a = SymKLArgs(x=_ptr_or_none(x), y=_ptr_or_none(y), row_mask=_ptr_or_none(mask),
+                      grad=_ptr_or_none(g), stats=_ptr_or_none(st), dx=_ptr_or_none(dx),
+                      dy=_ptr_or_none(dy), rows=R, vocab=V, stride_x=x.stride(0),
+                      stride_y=y.stride(0), inv_temperature=inv_temperature,
+                      dtype=_LOSS_DTYPES[x.dtype])
+        self._call("janus_symkl_bwd", a)
+        return dx, dy
+
+    def ce_fwd(self, x, target, label_smoothing: float, ignore_index: int):
+        x = _rows_arg(x, "logits")
+        R, V = x.shape
+        acc = _acc(x.dtype)
+        loss, stats = self._nan((R,), acc), self._nan((R, 2), acc)
+        t = target.contiguous()
+        a = CEArgs(x=_ptr_or_none(x), target=_ptr_or_none(t), loss=_ptr_or_none(loss),
+                   stats=_ptr_or_none(stats), rows=R, vocab=V, stride_x=x.stride(0),
+                   ignore_index=ignore_index, label_smoothing=label_smoothing,
+                   dtype=_LOSS_DTYPES[x.dtype])
+        self._call("janus_ce_fwd", a)
+        return loss, stats
+
+    def ce_bwd(self, grad, x, target, stats, label_smoothing: float, ignore_index: int):
+        x = _rows_arg(x, "logits")
+        R, V = x.shape
+        dx = self._nan((R, V), x.dtype)
+        g, st, t = grad.contiguous(), stats.contiguous(), target.contiguous()
+        a = CEArgs(x=_ptr_or_none(x), target=_ptr_or_none(t), grad=_ptr_or_none(g),
+                   stats=_ptr_or_none(st), dx=_ptr_or_none(dx), rows=R, vocab=V,
+                   stride_x=x.stride(0), ignore_index=ignore_index,
+                   label_smoothing=label_smoothing, dtype=_LOSS_DTYPES[x.dtype])
+        self._call("janus_ce_bwd", a)
+        return dx
+
+    # ------------------------------------------------------------------ JANUS criterion rows
+    def _janus_args(self, ar, nar, aux, ar_t, m_t, idx, eps, ignore_index):
+        ar, nar, aux = (_rows_arg(t, n) for t, n in ((ar, "ar_logits"), (nar, "nar_logits"),
+                                                      (aux, "aux_logits")))
+        keep = [ar_t.contiguous(), m_t.contiguous(), idx.contiguous(),
+                janus_first(idx, ar.shape[0])]
+        a = JanusRowsArgs(ar=_ptr_or_none(ar), nar=_ptr_or_none(nar), aux=_ptr_or_none(aux),
+                          ar_target=_ptr_or_none(keep[0]), masked_target=_ptr_or_none(keep[1]),
+                          ar_kl_rows=_ptr_or_none(keep[2]), first=_ptr_or_none(keep[3]),
+                          n_ar=ar.shape[0], n_masked=nar.shape[0], vocab=ar.shape[1],
+                          stride_ar=ar.stride(0), stride_nar=nar.stride(0),
+                          stride_aux=aux.stride(0), ignore_index=ignore_index,
+                          label_smoothing=eps, dtype=_LOSS_DTYPES[ar.dtype])
+        return a, keep
+
+    def janus_fwd(self, ar, nar, aux, ar_t, m_t, idx, eps: float, ignore_index: int):
+        """Same signature and outputs as torch.ops.janus.janus_rows_fwd."""
+        a, keep = self._janus_args(ar, nar, aux, ar_t, m_t, idx, eps, ignore_index)
+        N, M, acc = ar.shape[0], nar.shape[0], _acc(ar.dtype)
+        out = (self._nan((N,), acc), self._nan((M, 5), acc), self._nan((N, 2), acc),
+               self._nan((M, 12), acc))
+        a.ar_loss, a.masked_loss, a.ar_stats, a.masked_stats = (_ptr_or_none(t) for t in out)
+        self._call("janus_rows_fwd", a)
+        return out
+
+    def janus_bwd(self, g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st, eps: float,
+                  ignore_index: int):
+        """Same signature and outputs as torch.ops.janus.janus_rows_bwd."""
+        a, keep = self._janus_args(ar, nar, aux, ar_t, m_t, idx, eps, ignore_index)
+        N, M, V = ar.shape[0], nar.shape[0], ar.shape[1]
+        keep += [t.contiguous() for t in (g_ar, g_m, ar_st, m_st)]
+        a.grad_ar, a.grad_masked, a.ar_stats, a.masked_stats = (_ptr_or_none(t)
+                                                                for t in keep[4:])
+        out = (self._nan((N, V), ar.dtype), self._nan((M, V), ar.dtype),
+               self._nan((M, V), ar.dtype))
+        a.d_ar, a.d_nar, a.d_aux = (_ptr_or_none(t) for t in out)
+        self._call("janus_rows_bwd", a)
+        return out

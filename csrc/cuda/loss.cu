@@ -9,49 +9,13 @@
 //   * backward: a (row, column chunk) grid, elementwise, coalesced loads and stores.
 // The CE target is checked on the device: an out-of-range target gives a NaN loss (raising
 // would need a host sync). No torch headers: see loss_launch.h for the entry points.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#include <math.h>
-#include <stdint.h>
-
-#include "loss_launch.h"
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "janus CUDA loss kernels target sm_80 or newer"
-#endif
+// The kernels compile with nvcc and, unchanged, with g++ against the CPU emulation
+// (csrc/cuda_emu/, janus_compat.cuh: launches through JANUS_LAUNCH), which the tests run.
+#include "loss_common.cuh"
 
 namespace {
 
-constexpr int kFwdThreads = 256;  // one row per block
-constexpr int kUnroll = 4;        // elements per thread per step (one rescale per step)
-constexpr int kBwdThreads = 256;
-constexpr int kBwdPerThread = 4;  // a backward block covers 1024 columns of one row
-
-template <typename T> struct AccT { using type = float; };
-template <> struct AccT<double> { using type = double; };
-
-__device__ __forceinline__ float load(const float* p) { return __ldg(p); }
-__device__ __forceinline__ double load(const double* p) { return __ldg(p); }
-__device__ __forceinline__ float load(const __half* p) { return __half2float(__ldg(p)); }
-__device__ __forceinline__ float load(const __nv_bfloat16* p) {
-  return __bfloat162float(__ldg(p));
-}
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(double* p, double v) { *p = v; }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ float dexp(float v) { return expf(v); }
-__device__ __forceinline__ double dexp(double v) { return exp(v); }
-__device__ __forceinline__ float dlog(float v) { return logf(v); }
-__device__ __forceinline__ double dlog(double v) { return log(v); }
-
-// 0 while every value seen is -inf, so exp arguments are -inf (exp -> 0), never NaN.
-template <typename A>
-__device__ __forceinline__ A safe(A m) { return m == -INFINITY ? A(0) : m; }
-template <typename A>
-__device__ __forceinline__ A mul_nz(A e, A v) { return e == A(0) ? A(0) : e * v; }
+using namespace janus_loss_cuda;
 
 // ============================================================ symmetric KL
 template <typename A>
@@ -124,16 +88,17 @@ symkl_fwd_kernel(const T* __restrict__ x, const T* __restrict__ y,
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t i = base + int64_t(u) * kFwdThreads;
-      xv[u] = i < V ? A(load(xr + i)) * it : A(-INFINITY);
-      yv[u] = i < V ? A(load(yr + i)) * it : A(-INFINITY);
+      xv[u] = i < V ? A(load(xr + i)) : A(-INFINITY);  // raw logits: scaled in the fma below
+      yv[u] = i < V ? A(load(yr + i)) : A(-INFINITY);
       cx = fmax(cx, xv[u]);
       cy = fmax(cy, yv[u]);
     }
-    kl_raise(s, fmax(s.mx, cx), fmax(s.my, cy));
+    // max(x) * it == max(x * it) (it > 0, rounding is monotone)
+    kl_raise(s, fmax(s.mx, cx * it), fmax(s.my, cy * it));
     const A mx = safe(s.mx), my = safe(s.my);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const A tx = xv[u] - mx, ty = yv[u] - my;
+      const A tx = dfma(xv[u], it, -mx), ty = dfma(yv[u], it, -my);
       const A ex = dexp(tx), ey = dexp(ty), d = tx - ty;
       s.zx += ex;
       s.zy += ey;
@@ -143,13 +108,13 @@ symkl_fwd_kernel(const T* __restrict__ x, const T* __restrict__ y,
   }
 #pragma unroll
   for (int m = 16; m > 0; m >>= 1) kl_merge(s, kl_shfl(s, m));
-  __shared__ KLState<A> part[kFwdThreads / 32];
+  __shared__ KLState<A> part[kWarps];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) part[warp] = s;
   __syncthreads();
   if (threadIdx.x == 0) {
     KLState<A> t = part[0];
-    for (int w = 1; w < kFwdThreads / 32; ++w) kl_merge(t, part[w]);
+    for (int w = 1; w < kWarps; ++w) kl_merge(t, part[w]);
     const A sp = t.ax / t.zx, sq = t.ay / t.zy;
     loss[row] = A(0.5) * (sp - sq);
     st[0] = safe(t.mx); st[1] = A(1) / t.zx;
@@ -185,8 +150,8 @@ symkl_bwd_kernel(const typename AccT<T>::type* __restrict__ grad, const T* __res
     } else if (!ok) {
       vx = vy = A(NAN);
     } else {
-      const A tx = A(load(x + row * sx + i)) * it - mx;
-      const A ty = A(load(y + row * sy + i)) * it - my;
+      const A tx = dfma(A(load(x + row * sx + i)), it, -mx);
+      const A ty = dfma(A(load(y + row * sy + i)), it, -my);
       const A p = dexp(tx) * izx, q = dexp(ty) * izy, d = tx - ty;
       vx = a * (mul_nz(p, d - sp + A(1)) - q);
       vy = a * (mul_nz(q, A(1) + sq - d) - p);
@@ -197,30 +162,6 @@ symkl_bwd_kernel(const typename AccT<T>::type* __restrict__ grad, const T* __res
 }
 
 // ================================================================ cross entropy
-template <typename A>
-struct CEState {
-  A m;  // raw running max
-  A z;  // sum e^{x - m}
-  A u;  // sum (x - safe(m))
-  A n;  // number of entries in u
-};
-
-template <typename A>
-__device__ __forceinline__ void ce_raise(CEState<A>& s, A nm) {
-  const A o = safe(s.m), n = safe(nm);
-  if (s.z != A(0)) s.z *= dexp(o - n);
-  s.u += s.n * (o - n);
-  s.m = nm;
-}
-
-template <typename A>
-__device__ __forceinline__ void ce_merge(CEState<A>& s, CEState<A> o) {
-  const A nm = fmax(s.m, o.m);
-  ce_raise(s, nm);
-  ce_raise(o, nm);
-  s.z += o.z; s.u += o.u; s.n += o.n;
-}
-
 template <typename T, bool SMOOTH>
 __global__ void __launch_bounds__(kFwdThreads, 1)
 ce_fwd_kernel(const T* __restrict__ x, const int64_t* __restrict__ target,
@@ -236,49 +177,7 @@ ce_fwd_kernel(const T* __restrict__ x, const int64_t* __restrict__ target,
     }
     return;
   }
-  const T* xr = x + row * sx;
-  CEState<A> s{-INFINITY, 0, 0, 0};
-  for (int64_t base = threadIdx.x; base < V; base += int64_t(kFwdThreads) * kUnroll) {
-    A xv[kUnroll];
-    A c = -INFINITY;
-    int cnt = 0;
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t i = base + int64_t(u) * kFwdThreads;
-      xv[u] = i < V ? A(load(xr + i)) : A(-INFINITY);
-      cnt += i < V;
-      c = fmax(c, xv[u]);
-    }
-    ce_raise(s, fmax(s.m, c));
-    const A m = safe(s.m);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const A tt = xv[u] - m;
-      s.z += dexp(tt);
-      if (SMOOTH && base + int64_t(u) * kFwdThreads < V) s.u += tt;
-    }
-    s.n += A(cnt);
-  }
-#pragma unroll
-  for (int msk = 16; msk > 0; msk >>= 1) {
-    CEState<A> o{__shfl_xor_sync(0xffffffffu, s.m, msk), __shfl_xor_sync(0xffffffffu, s.z, msk),
-                 __shfl_xor_sync(0xffffffffu, s.u, msk), __shfl_xor_sync(0xffffffffu, s.n, msk)};
-    ce_merge(s, o);
-  }
-  __shared__ CEState<A> part[kFwdThreads / 32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) part[warp] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    CEState<A> r = part[0];
-    for (int w = 1; w < kFwdThreads / 32; ++w) ce_merge(r, part[w]);
-    const A logz = dlog(r.z), m = safe(r.m);
-    A l = (A(1) - eps) * (logz - (A(load(xr + t)) - m));
-    if (SMOOTH) l += eps * (logz - r.u / A(V));
-    loss[row] = l;
-    stats[2 * row] = m;
-    stats[2 * row + 1] = A(1) / r.z;
-  }
+  ce_row_fwd_block<T, SMOOTH>(x + row * sx, V, t, eps, loss + row, stats + 2 * row);
 }
 
 template <typename T>
@@ -298,39 +197,20 @@ ce_bwd_kernel(const typename AccT<T>::type* __restrict__ grad, const T* __restri
   for (int u = 0; u < kBwdPerThread; ++u) {
     const int64_t i = c0 + int64_t(u) * kBwdThreads;
     if (i >= V) break;
-    A v = A(0);
-    if (valid) {  // the target entry is formed in A before the final rounding
-      const A p = dexp(A(load(x + row * sx + i)) - m) * iz;
-      v = g * (p - off - (i == t ? hit : A(0)));
-    }
+    const A v = valid ? ce_grad(A(load(x + row * sx + i)), i, t, m, iz, g, off, hit) : A(0);
     store(dx + row * V + i, v);
   }
 }
 
-// ---------------------------------------------------------------- dispatch helpers
-template <template <typename> class F, typename... Args>
-cudaError_t dispatch(int32_t dtype, Args&&... args) {
-  switch (dtype) {
-    case JANUS_LOSS_F32: return F<float>::run(args...);
-    case JANUS_LOSS_F16: return F<__half>::run(args...);
-    case JANUS_LOSS_BF16: return F<__nv_bfloat16>::run(args...);
-    case JANUS_LOSS_F64: return F<double>::run(args...);
-    default: return cudaErrorInvalidValue;
-  }
-}
-
-unsigned bwd_col_blocks(int64_t V) {
-  return unsigned((V + kBwdThreads * kBwdPerThread - 1) / (kBwdThreads * kBwdPerThread));
-}
-
+// ---------------------------------------------------------------- launchers
 template <typename T>
 struct SymKLFwd {
   static cudaError_t run(const JanusSymKLArgs* a, cudaStream_t s) {
     using A = typename AccT<T>::type;
-    symkl_fwd_kernel<T><<<unsigned(a->rows), kFwdThreads, 0, s>>>(
-        static_cast<const T*>(a->x), static_cast<const T*>(a->y), a->row_mask,
-        static_cast<A*>(a->loss), static_cast<A*>(a->stats), a->vocab, a->stride_x,
-        a->stride_y, A(a->inv_temperature));
+    JANUS_LAUNCH(symkl_fwd_kernel<T>, dim3(unsigned(a->rows)), dim3(kFwdThreads), 0, s,
+                 static_cast<const T*>(a->x), static_cast<const T*>(a->y), a->row_mask,
+                 static_cast<A*>(a->loss), static_cast<A*>(a->stats), a->vocab, a->stride_x,
+                 a->stride_y, A(a->inv_temperature));
     return cudaGetLastError();
   }
 };
@@ -339,11 +219,12 @@ template <typename T>
 struct SymKLBwd {
   static cudaError_t run(const JanusSymKLArgs* a, cudaStream_t s) {
     using A = typename AccT<T>::type;
-    symkl_bwd_kernel<T><<<dim3(unsigned(a->rows), bwd_col_blocks(a->vocab)), kBwdThreads, 0, s>>>(
-        static_cast<const A*>(a->grad), static_cast<const T*>(a->x),
-        static_cast<const T*>(a->y), static_cast<const A*>(a->stats), a->row_mask,
-        static_cast<T*>(a->dx), static_cast<T*>(a->dy), a->vocab, a->stride_x, a->stride_y,
-        A(a->inv_temperature));
+    JANUS_LAUNCH(symkl_bwd_kernel<T>, dim3(unsigned(a->rows), bwd_col_blocks(a->vocab)),
+                 dim3(kBwdThreads), 0, s, static_cast<const A*>(a->grad),
+                 static_cast<const T*>(a->x), static_cast<const T*>(a->y),
+                 static_cast<const A*>(a->stats), a->row_mask, static_cast<T*>(a->dx),
+                 static_cast<T*>(a->dy), a->vocab, a->stride_x, a->stride_y,
+                 A(a->inv_temperature));
     return cudaGetLastError();
   }
 };
@@ -352,15 +233,12 @@ template <typename T>
 struct CEFwd {
   static cudaError_t run(const JanusCEArgs* a, cudaStream_t s) {
     using A = typename AccT<T>::type;
-    if (a->label_smoothing > 0)
-      ce_fwd_kernel<T, true><<<unsigned(a->rows), kFwdThreads, 0, s>>>(
-          static_cast<const T*>(a->x), a->target, static_cast<A*>(a->loss),
-          static_cast<A*>(a->stats), a->vocab, a->stride_x, a->ignore_index,
-          A(a->label_smoothing));
-    else
-      ce_fwd_kernel<T, false><<<unsigned(a->rows), kFwdThreads, 0, s>>>(
-          static_cast<const T*>(a->x), a->target, static_cast<A*>(a->loss),
-          static_cast<A*>(a->stats), a->vocab, a->stride_x, a->ignore_index, A(0));
+    const bool smooth = a->label_smoothing > 0;
+    auto k = smooth ? ce_fwd_kernel<T, true> : ce_fwd_kernel<T, false>;
+    JANUS_LAUNCH(k, dim3(unsigned(a->rows)), dim3(kFwdThreads), 0, s,
+                 static_cast<const T*>(a->x), a->target, static_cast<A*>(a->loss),
+                 static_cast<A*>(a->stats), a->vocab, a->stride_x, a->ignore_index,
+                 A(smooth ? a->label_smoothing : 0.0));
     return cudaGetLastError();
   }
 };
@@ -369,18 +247,14 @@ template <typename T>
 struct CEBwd {
   static cudaError_t run(const JanusCEArgs* a, cudaStream_t s) {
     using A = typename AccT<T>::type;
-    ce_bwd_kernel<T><<<dim3(unsigned(a->rows), bwd_col_blocks(a->vocab)), kBwdThreads, 0, s>>>(
-        static_cast<const A*>(a->grad), static_cast<const T*>(a->x), a->target,
-        static_cast<const A*>(a->stats), static_cast<T*>(a->dx), a->vocab, a->stride_x,
-        a->ignore_index, A(a->label_smoothing));
+    JANUS_LAUNCH(ce_bwd_kernel<T>, dim3(unsigned(a->rows), bwd_col_blocks(a->vocab)),
+                 dim3(kBwdThreads), 0, s, static_cast<const A*>(a->grad),
+                 static_cast<const T*>(a->x), a->target, static_cast<const A*>(a->stats),
+                 static_cast<T*>(a->dx), a->vocab, a->stride_x, a->ignore_index,
+                 A(a->label_smoothing));
     return cudaGetLastError();
   }
 };
-
-bool launchable(int64_t rows, int64_t vocab) {
-  return rows >= 0 && rows < (int64_t(1) << 31) && vocab > 0 &&
-         (vocab + kBwdThreads * kBwdPerThread - 1) / (kBwdThreads * kBwdPerThread) < 65536;
-}
 
 }  // namespace
 

@@ -1,7 +1,9 @@
-// Torch glue for the CUDA loss kernels (loss.cu): CUDA implementations of the janus::symkl_rows_*
-// and janus::ce_rows_* ops whose schemas are in csrc/cpu/loss.cpp. Compiled only in a CUDA
-// build (setup.py, JANUS_WITH_CUDA). Out-of-range CE targets give a NaN loss here (checking
-// them on the host would need a device sync); the CPU implementation raises instead.
+// Torch glue for the CUDA loss kernels (loss.cu, janus_loss.cu): CUDA implementations of the
+// janus::symkl_rows_*, janus::ce_rows_* ops (schemas in csrc/cpu/loss.cpp) and janus_rows_*
+// (schemas in csrc/cpu/janus_loss.cpp). Compiled only in a CUDA build (setup.py,
+// JANUS_WITH_CUDA). Out-of-range CE targets and ar_kl_rows values give NaN losses / gradient
+// rows here (checking them on the host would need a device sync); the CPU ops raise instead.
+// Nothing here synchronises with the device.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -162,9 +164,133 @@ at::Tensor ce_bwd(const at::Tensor& grad, const at::Tensor& x_, const at::Tensor
   return dx;
 }
 
+// ------------------------------------------------------------------ fused JANUS criterion rows
+// The argument checks of csrc/cpu/janus_loss.cpp, minus the value checks of targets and
+// ar_kl_rows (a device sync).
+void check_logits(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got ", t.device());
+  TORCH_CHECK(t.dim() == 2, name, ": expected a 2-D (rows, vocab) tensor, got shape ",
+              t.sizes());
+  dtype_code(t.scalar_type());
+  TORCH_CHECK(t.size(1) > 0, name, ": the vocabulary (last) dimension must be non-empty");
+  TORCH_CHECK(t.size(0) <= 1 || t.stride(1) == 1 || t.size(1) == 1, name,
+              ": the last dimension must be contiguous (stride 1), got strides ", t.strides());
+}
+
+struct RowsIn {
+  at::Tensor ar_t, m_t, idx, first;
+  int64_t N, M, V;
+};
+
+// The plan: first[r] = the smallest masked row m with idx[m] == r, or -1; computed on the
+// device (out-of-range idx values go to a spare slot N, the kernels give them NaN).
+at::Tensor plan_first(const at::Tensor& idx, int64_t N) {
+  const int64_t M = idx.size(0);
+  const at::Tensor ok = idx.ge(0).logical_and(idx.lt(N));
+  const at::Tensor slot = at::where(ok, idx, at::Scalar(N));
+  at::Tensor first = at::full({N + 1}, M, idx.options());
+  first.scatter_reduce_(0, slot, at::arange(M, idx.options()), "amin", /*include_self=*/true);
+  first = first.narrow(0, 0, N);
+  return at::where(first.eq(M), at::Scalar(int64_t(-1)), first).contiguous();
+}
+
+RowsIn check_rows(const at::Tensor& ar, const at::Tensor& nar, const at::Tensor& aux,
+                  const at::Tensor& ar_t, const at::Tensor& m_t, const at::Tensor& idx) {
+  check_logits(ar, "ar_logits");
+  check_logits(nar, "nar_logits");
+  check_logits(aux, "aux_logits");
+  TORCH_CHECK(nar.sizes() == aux.sizes(), "nar_logits and aux_logits must have the same shape, "
+              "got ", nar.sizes(), " and ", aux.sizes());
+  TORCH_CHECK(ar.size(1) == nar.size(1), "ar_logits and nar_logits must have the same "
+              "vocabulary size, got ", ar.size(1), " and ", nar.size(1));
+  TORCH_CHECK(ar.scalar_type() == nar.scalar_type() && ar.scalar_type() == aux.scalar_type(),
+              "ar_logits, nar_logits and aux_logits must share a dtype, got ", ar.scalar_type(),
+              ", ", nar.scalar_type(), ", ", aux.scalar_type());
+  TORCH_CHECK(ar.device() == nar.device() && ar.device() == aux.device(),
+              "ar_logits, nar_logits and aux_logits must be on one device");
+  const int64_t N = ar.size(0), M = nar.size(0);
+  check_vec(ar_t, N, "target", at::kLong, ar);
+  check_vec(m_t, M, "target", at::kLong, ar);
+  check_vec(idx, M, "ar_kl_rows", at::kLong, ar);
+  const at::Tensor ic = idx.contiguous();
+  return RowsIn{ar_t.contiguous(), m_t.contiguous(), ic, plan_first(ic, N), N, M, ar.size(1)};
+}
+
+JanusRowsArgs rows_args(const at::Tensor& ar, const at::Tensor& nar, const at::Tensor& aux,
+                        const RowsIn& in, double eps, int64_t ignore_index) {
+  JanusRowsArgs a{};
+  a.ar = ar.const_data_ptr();
+  a.nar = nar.const_data_ptr();
+  a.aux = aux.const_data_ptr();
+  a.ar_target = in.ar_t.const_data_ptr<int64_t>();
+  a.masked_target = in.m_t.const_data_ptr<int64_t>();
+  a.ar_kl_rows = in.idx.const_data_ptr<int64_t>();
+  a.first = in.first.const_data_ptr<int64_t>();
+  a.n_ar = in.N; a.n_masked = in.M; a.vocab = in.V;
+  a.stride_ar = ar.stride(0); a.stride_nar = nar.stride(0); a.stride_aux = aux.stride(0);
+  a.ignore_index = ignore_index;
+  a.label_smoothing = eps;
+  a.dtype = dtype_code(ar.scalar_type());
+  return a;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rows_fwd(
+    const at::Tensor& ar, const at::Tensor& nar, const at::Tensor& aux, const at::Tensor& ar_t,
+    const at::Tensor& m_t, const at::Tensor& idx, double eps, int64_t ignore_index) {
+  TORCH_CHECK(eps >= 0 && eps <= 1, "label_smoothing: must be in [0, 1], got ", eps);
+  const c10::cuda::CUDAGuard guard(ar.device());
+  const RowsIn in = check_rows(ar, nar, aux, ar_t, m_t, idx);
+  const auto opt = ar.options().dtype(acc_type(ar.scalar_type()));
+  at::Tensor ar_loss = at::empty({in.N}, opt), m_loss = at::empty({in.M, 5}, opt);
+  at::Tensor ar_st = at::empty({in.N, 2}, opt), m_st = at::empty({in.M, 12}, opt);
+  JanusRowsArgs a = rows_args(ar, nar, aux, in, eps, ignore_index);
+  a.ar_loss = ar_loss.data_ptr();
+  a.masked_loss = m_loss.data_ptr();
+  a.ar_stats = ar_st.data_ptr();
+  a.masked_stats = m_st.data_ptr();
+  check(janus_rows_fwd(&a, c10::cuda::getCurrentCUDAStream()), "janus_rows_fwd");
+  return {ar_loss, m_loss, ar_st, m_st};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rows_bwd(
+    const at::Tensor& g_ar, const at::Tensor& g_m, const at::Tensor& ar, const at::Tensor& nar,
+    const at::Tensor& aux, const at::Tensor& ar_t, const at::Tensor& m_t, const at::Tensor& idx,
+    const at::Tensor& ar_st, const at::Tensor& m_st, double eps, int64_t ignore_index) {
+  const c10::cuda::CUDAGuard guard(ar.device());
+  const RowsIn in = check_rows(ar, nar, aux, ar_t, m_t, idx);
+  const auto acc = acc_type(ar.scalar_type());
+  check_vec(g_ar, in.N, "grad_ar", acc, ar);
+  auto check_2d = [&](const at::Tensor& t, int64_t R, int64_t C, const char* name) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == R && t.size(1) == C && t.scalar_type() == acc &&
+                    t.device() == ar.device(),
+                name, ": expected (", R, ", ", C, ") ", acc, " on ", ar.device(), ", got ",
+                t.sizes(), " ", t.scalar_type(), " on ", t.device());
+  };
+  check_2d(g_m, in.M, 5, "grad_masked");
+  check_2d(ar_st, in.N, 2, "ar_stats");
+  check_2d(m_st, in.M, 12, "masked_stats");
+  const at::Tensor ga = g_ar.contiguous(), gm = g_m.contiguous();
+  const at::Tensor sa = ar_st.contiguous(), sm = m_st.contiguous();
+  at::Tensor d_ar = at::empty({in.N, in.V}, ar.options());
+  at::Tensor d_nar = at::empty({in.M, in.V}, ar.options());
+  at::Tensor d_aux = at::empty({in.M, in.V}, ar.options());
+  JanusRowsArgs a = rows_args(ar, nar, aux, in, eps, ignore_index);
+  a.grad_ar = ga.const_data_ptr();
+  a.grad_masked = gm.const_data_ptr();
+  a.ar_stats = const_cast<void*>(sa.const_data_ptr());  // read-only in the backward
+  a.masked_stats = const_cast<void*>(sm.const_data_ptr());
+  a.d_ar = d_ar.data_ptr();
+  a.d_nar = d_nar.data_ptr();
+  a.d_aux = d_aux.data_ptr();
+  check(janus_rows_bwd(&a, c10::cuda::getCurrentCUDAStream()), "janus_rows_bwd");
+  return {d_ar, d_nar, d_aux};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(janus, CUDA, m) {
+  m.impl("janus_rows_fwd", &rows_fwd);
+  m.impl("janus_rows_bwd", &rows_bwd);
   m.impl("symkl_rows_fwd", &symkl_fwd);
   m.impl("symkl_rows_bwd", &symkl_bwd);
   m.impl("ce_rows_fwd", &ce_fwd);
