@@ -194,7 +194,8 @@ class _Cpp:
 
     @staticmethod
     def has_janus_rows(device: torch.device) -> bool:
-        return device.type == "cpu"  # the CUDA C++ build has no fused criterion kernel yet
+        # csrc/cpu/janus_loss.cpp; on CUDA csrc/cuda/janus_loss.cu when built with CUDA
+        return device.type == "cpu" or (device.type == "cuda" and _ext.has_cuda_kernels())
 
     @staticmethod
     def janus_fwd(ar, nar, aux, ar_t, m_t, idx, eps, ignore_index):
