@@ -30,8 +30,8 @@ def load_report(path: str) -> Dict:
     return rep
 
 
-def _fmt(v: Optional[float], spec: str) -> str:
-    return format(v, spec) if v is not None else "-"
+def _fmt(v: Optional[float], spec: str, unit: str = "") -> str:
+    return format(v, spec) + unit if v is not None else "-"
 
 
 def _table(title: str, labels: Sequence[str], rows: List[tuple], spec: str, unit: str = ""
@@ -39,7 +39,7 @@ def _table(title: str, labels: Sequence[str], rows: List[tuple], spec: str, unit
     w = max(10, *(len(n) + 2 for n in labels))
     out = [title, f"  {'':<26}" + "".join(f"{n:>{w}}" for n in labels)]
     for name, vals in rows:
-        out.append(f"  {name:<26}" + "".join(f"{_fmt(v, spec) + unit:>{w}}" for v in vals))
+        out.append(f"  {name:<26}" + "".join(f"{_fmt(v, spec, unit):>{w}}" for v in vals))
     return out + [""]
 
 
