@@ -298,8 +298,8 @@ def _symkl_dram_note(settings: Settings, machine: Dict[str, Any], log: Callable[
     msg = (f"symmetric_kl fwd+bwd kernel alone at {R}x{V} fp32 (gradients into already-mapped "
            f"buffers): {t['kernel'].ms:.0f} ms vs the DRAM bound {bound_ms:.0f} ms "
            f"(6 R V 4 bytes at the measured {bw:.1f} GB/s copy rate) = "
-           f"{100 * bound_ms / t['kernel'].ms:.0f}% of the bound (target >= 80%); the op with "
-           f"fresh gradient tensors: {t['op'].ms:.0f} ms (CPU util "
+           f"{100 * bound_ms / t['kernel'].ms:.0f}% of the bound (target >= 80%); the op as "
+           f"called (gradients from its output pool): {t['op'].ms:.0f} ms (CPU util "
            f"{t['kernel'].cpu_util or float('nan'):.2f}).")
     log("  " + msg)
     return msg
