@@ -54,6 +54,7 @@ def test_loss_glue_compiles(tmp_path):
     ti = os.path.join(os.path.dirname(torch.__file__), "include")
     cmd = ["g++", "-std=c++20", "-fsyntax-only", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
            f"-I{ti}", f"-I{ti}/torch/csrc/api/include", f"-I{inc}",
-           f"-I{os.path.join(ROOT, 'csrc/cuda')}", os.path.join(ROOT, "csrc/cuda/loss_glue.cpp")]
+           f"-I{os.path.join(ROOT, 'csrc/cuda')}", f"-I{os.path.join(ROOT, 'csrc/include')}",
+           os.path.join(ROOT, "csrc/cuda/loss_glue.cpp")]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]

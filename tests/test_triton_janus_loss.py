@@ -5,10 +5,7 @@ F.cross_entropy / F.kl_div oracle (COMMON.md rule: error <= 2x the same-precisio
 error, 3x for gradients), the -inf / zero-weight / ignored / duplicate-row rules,
 ``fused_linear_janus_loss(backend="triton")``, and an AOT compile of both kernels for sm_80 /
 sm_90 without spills (compile_check)."""
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,6 +16,7 @@ from janus_kernels import _ext  # noqa: E402
 from janus_kernels import losses as L  # noqa: E402
 from test_janus_loss_fused import (ONLY_KL, PAPER, RELEASED, make_case,  # noqa: E402
                                    oracle_and_grads)
+from _triton_aot_utils import run_aot_script  # noqa: E402
 from test_losses import check, janus_inputs  # noqa: E402
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
@@ -349,14 +347,4 @@ def test_triton_janus_rows_aot_compiles_without_spills():
     from janus_kernels.triton import aot
     if aot._cuobjdump() is None:
         pytest.skip("no cuobjdump (bundled with triton's NVIDIA backend or on PATH)")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=root)
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True,
-                          env=env, cwd=root, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert len(res) == 16
-    print("\n".join(json.dumps(r) for r in res))
-    for r in res:
-        assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"
-        assert 0 < r["reg"] <= 255 and r["shared"] <= 160 * 1024, r
+    run_aot_script(_AOT_SCRIPT, expected_rows=16)

@@ -1,11 +1,8 @@
 """Triton loss kernels (janus_kernels/triton/loss.py): numerics under TRITON_INTERPRET=1 on CPU
 (small shapes; block sizes shrunk so the online loops run several iterations), and an AOT
 compile for sm_80 / sm_90 in a subprocess checking registers and spills (compile_check)."""
-import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +10,7 @@ import torch
 pytest.importorskip("triton")
 
 from janus_kernels import losses as L  # noqa: E402
+from _triton_aot_utils import run_aot_script  # noqa: E402
 from test_losses import ce_oracle, check, kl_oracle, oracle_grads  # noqa: E402
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
@@ -190,14 +188,4 @@ print("RESULT" + json.dumps(res))
 @pytest.mark.compile_check
 def test_triton_loss_aot_compiles_without_spills():
     pytest.importorskip("triton.compiler")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=root)
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True,
-                          env=env, cwd=root, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert len(res) == 24
-    print("\n".join(json.dumps(r) for r in res))
-    for r in res:
-        assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"
-        assert r["reg"] <= 255 and r["shared"] <= 160 * 1024, r
+    run_aot_script(_AOT_SCRIPT, expected_rows=24)

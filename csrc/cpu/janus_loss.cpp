@@ -36,6 +36,7 @@
 // into the AR gradient row.
 #include <vector>
 
+#include "janus/loss_args.h"
 #include "loss_rows.h"
 
 namespace {
@@ -255,13 +256,7 @@ Args check_args(const at::Tensor& ar, const at::Tensor& nar, const at::Tensor& a
   check_logits(ar, "ar_logits");
   check_logits(nar, "nar_logits");
   check_logits(aux, "aux_logits");
-  TORCH_CHECK(nar.sizes() == aux.sizes(), "nar_logits and aux_logits must have the same shape, "
-              "got ", nar.sizes(), " and ", aux.sizes());
-  TORCH_CHECK(ar.size(1) == nar.size(1), "ar_logits and nar_logits must have the same "
-              "vocabulary size, got ", ar.size(1), " and ", nar.size(1));
-  TORCH_CHECK(ar.scalar_type() == nar.scalar_type() && ar.scalar_type() == aux.scalar_type(),
-              "ar_logits, nar_logits and aux_logits must share a dtype, got ", ar.scalar_type(),
-              ", ", nar.scalar_type(), ", ", aux.scalar_type());
+  janus::check_janus_logits(ar, nar, aux);
   Args r{rows_contig(ar), rows_contig(nar), rows_contig(aux), ar_t.contiguous(),
          m_t.contiguous(), idx.contiguous(), ar.size(0), nar.size(0), ar.size(1)};
   check_targets(r.ta, r.N, r.V, ignore_index);

@@ -11,6 +11,7 @@
 
 #include <cmath>
 
+#include "janus/loss_args.h"
 #include "loss_launch.h"
 
 namespace {
@@ -199,15 +200,7 @@ RowsIn check_rows(const at::Tensor& ar, const at::Tensor& nar, const at::Tensor&
   check_logits(ar, "ar_logits");
   check_logits(nar, "nar_logits");
   check_logits(aux, "aux_logits");
-  TORCH_CHECK(nar.sizes() == aux.sizes(), "nar_logits and aux_logits must have the same shape, "
-              "got ", nar.sizes(), " and ", aux.sizes());
-  TORCH_CHECK(ar.size(1) == nar.size(1), "ar_logits and nar_logits must have the same "
-              "vocabulary size, got ", ar.size(1), " and ", nar.size(1));
-  TORCH_CHECK(ar.scalar_type() == nar.scalar_type() && ar.scalar_type() == aux.scalar_type(),
-              "ar_logits, nar_logits and aux_logits must share a dtype, got ", ar.scalar_type(),
-              ", ", nar.scalar_type(), ", ", aux.scalar_type());
-  TORCH_CHECK(ar.device() == nar.device() && ar.device() == aux.device(),
-              "ar_logits, nar_logits and aux_logits must be on one device");
+  janus::check_janus_logits(ar, nar, aux);
   const int64_t N = ar.size(0), M = nar.size(0);
   check_vec(ar_t, N, "target", at::kLong, ar);
   check_vec(m_t, M, "target", at::kLong, ar);
