@@ -778,13 +778,13 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
     # Masked rows: NAR / AUX cross entropy and the three symmetric KLs, with the AR rows'
     # logits recomputed for their KL rows (one extra (c x D) @ (D x V) product per chunk).
     masked_rows = _masked_rows_fused if _has_janus_rows(backend, dev) else _masked_rows_composed
+    g5 = torch.tensor(w6[1:], dtype=ct, device=dev) / n_m  # per-term upstream gradients
     for s in range(0, M, chunk_rows):
         e = min(M, s + chunk_rows)
         c = e - s
         hs = torch.cat([h_ar.index_select(0, idx[s:e]), h_nar[s:e], h_aux[s:e]])
         logits = torch.mm(hs, weight.t())  # one GEMM for the three streams
         t, vm = masked_targets[s:e], valid[s:e]
-        g5 = torch.tensor(w6[1:], dtype=ct, device=dev) / n_m
         loss5, grads = masked_rows(logits[:c], logits[c:2 * c], logits[2 * c:], t, vm, g5,
                                    w6[1:], eps, ignore_index, need_grad, backend)
         sums[1:] += loss5

@@ -57,16 +57,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .loss import _acc, _block, _ce_row_stats, _param, _rows, _warps
+from .loss import _acc, _block, _ce_row_stats, _finite, _param, _rows, _warps
 
 __all__ = ["janus_rows_fwd", "janus_rows_bwd", "KERNELS"]
 
 _M_TERMS, _M_STATS = 5, 12
-
-
-@triton.jit
-def _finite(v):
-    return (v == v) & (v != float("inf")) & (v != float("-inf"))
 
 
 @triton.jit

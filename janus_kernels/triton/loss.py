@@ -23,6 +23,11 @@ __all__ = ["symkl_fwd", "symkl_bwd", "ce_fwd", "ce_bwd", "KERNELS"]
 
 
 @triton.jit
+def _finite(v):
+    return (v == v) & (v != float("inf")) & (v != float("-inf"))
+
+
+@triton.jit
 def _symkl_fwd_kernel(X, Y, MASK, LOSS, STATS, stride_x, stride_y, V, PARAM,
                       HAS_MASK: tl.constexpr, IS_F64: tl.constexpr, BLOCK: tl.constexpr):
     ACC = tl.float64 if IS_F64 else tl.float32
@@ -113,8 +118,7 @@ def _symkl_bwd_kernel(G, X, Y, STATS, MASK, DX, DY, stride_x, stride_y, V, PARAM
     gx = a * (tl.where(p == 0, 0.0, p * (d - sp + 1.0)) - q)
     gy = a * (tl.where(q == 0, 0.0, q * (1.0 + sq - d)) - p)
     # infinite / undefined loss rows: the gradient is undefined -> NaN
-    ok = (sp - sq == sp - sq) & (sp - sq != float("inf")) & (sp - sq != float("-inf")) & \
-        (izx != float("inf")) & (izy != float("inf")) & (izx == izx) & (izy == izy)
+    ok = _finite(sp - sq) & _finite(izx) & _finite(izy)  # 1/Z >= 0: never -inf
     gx = tl.where(ok, gx, float("nan"))
     gy = tl.where(ok, gy, float("nan"))
     gx = tl.where(keep, gx, 0.0)
