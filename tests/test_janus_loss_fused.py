@@ -87,7 +87,7 @@ def test_fused_rows_match_oracle(dtype, N, M, V, ign, ign_ar, dup, weights):
             assert got.double().abs().max() <= 1e-12
             continue
         floor = 1e-6 if dtype in (torch.float32, torch.float64) else 1e-2
-        check(got, acc, ref.double(), 3, floor=floor)
+        check(got, acc, ref.double(), 3, floor=floor(acc))
 
 
 @pytest.mark.parametrize("dup", [False, True])
@@ -199,19 +199,33 @@ st = hypothesis.strategies
 @hypothesis.given(N=st.integers(1, 9), frac=st.floats(0, 1), V=st.integers(1, 90),
                   scale=st.floats(0.01, 40.0), seed=st.integers(0, 2 ** 16),
                   dup=st.booleans(), p_ign=st.floats(0, 0.6))
-def test_fuzz_fused_vs_composed(N, frac, V, scale, seed, dup, p_ign):
+def test_fuzz_fused_against_oracle(N, frac, V, scale, seed, dup, p_ign):
     M = int(round(frac * N))
     g = torch.Generator().manual_seed(seed)
     ign = [i for i in range(M) if torch.rand(1, generator=g).item() < p_ign]
     ign_ar = [i for i in range(N) if torch.rand(1, generator=g).item() < p_ign]
     logits, ar_t, m_t, idx = make_case(N, M, V, scale=scale, seed=seed, ignore=ign,
                                        ignore_ar=ign_ar, dup=dup)
-    a = fused_and_grads(logits, ar_t, m_t, idx, RELEASED)
-    b = fused_and_grads(logits, ar_t, m_t, idx, RELEASED, composed=True)
-    tol = dict(rtol=2e-5, atol=2e-5 * (1 + scale))
-    torch.testing.assert_close(a[0], b[0], **tol)
-    for ga, gb in zip(a[2], b[2]):
-        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+    # Against the float64 oracle, the fp32 oracle's own error as the yardstick, plus an
+    # absolute floor from the kernels' fast exp (~2e-7 relative): every gradient entry is a
+    # sum of terms bounded by (sum of weights = 7) x (1 + |d|), d = t_p - t_q up to the logit
+    # spread (at spread ~175 the kernel is ~4e-6 off where log_softmax in fp32 is ~3e-8 off).
+    spread = max([float(z.max() - z.min()) for z in logits if z.numel()] + [0.0])
+    abs_floor = 2e-7 * 7 * (1.0 + spread)
+
+    def floor(acc):  # check() scales its floor by the reference's magnitude
+        return abs_floor / max(float(acc.abs().max()) if acc.numel() else 0.0, 1e-30)
+    total, _, grads = fused_and_grads(logits, ar_t, m_t, idx, RELEASED)
+    acc_total, _, acc_grads = oracle_and_grads(logits, ar_t, m_t, idx, RELEASED, torch.float64)
+    same_total, _, same_grads = oracle_and_grads(logits, ar_t, m_t, idx, RELEASED,
+                                                 torch.float32)
+    check(total.reshape(1), acc_total.reshape(1), same_total.reshape(1).double(), 2,
+          floor=floor(acc_total.reshape(1)))
+    for got, acc, ref in zip(grads, acc_grads, same_grads):
+        if acc.numel() and acc.abs().max() == 0:
+            assert got.double().abs().max() <= 1e-12
+            continue
+        check(got, acc, ref.double(), 3, floor=floor(acc))
 
 
 def test_symkl_bwd_into_matches_allocating_op():
