@@ -87,7 +87,7 @@ def test_fused_rows_match_oracle(dtype, N, M, V, ign, ign_ar, dup, weights):
             assert got.double().abs().max() <= 1e-12
             continue
         floor = 1e-6 if dtype in (torch.float32, torch.float64) else 1e-2
-        check(got, acc, ref.double(), 3, floor=floor(acc))
+        check(got, acc, ref.double(), 3, floor=floor)
 
 
 @pytest.mark.parametrize("dup", [False, True])
