@@ -12,7 +12,7 @@ from .attention import attention, available_backends, default_backend  # noqa: F
 from .masks import (MaskDescriptor, causal_mask, full_mask, janus_ar_mask,  # noqa: F401
                     janus_nar_mask, key_padding_mask, permutation_mask, prefix_lm_mask,
                     sliding_window_mask)
-from .losses import (JanusLossWeights, cross_entropy, fused_linear_janus_loss,  # noqa: F401
-                     janus_loss, symmetric_kl)
+from .losses import (JanusLossWeights, cross_entropy, empty_cache,  # noqa: F401
+                     fused_linear_janus_loss, janus_loss, symmetric_kl)
 
 __version__ = "0.1.0"

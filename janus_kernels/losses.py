@@ -59,9 +59,10 @@ per element pair in forward and backward, gradients written with non-temporal st
 large sizes fresh gradient buffers would dominate (page faults + zeroing: 138 of 258 ms for a
 4096 x 32000 symmetric KL fwd+bwd here), so gradients of >= 8 MiB come from a small pool of
 already-mapped blocks that freed outputs return to (like CUDA's caching allocator; at most
-JANUS_LOSS_POOL_MB MiB cached, default 2048, 0 = off; ``empty_cache()`` releases it). New
-blocks are prefaulted in parallel (MADV_POPULATE_WRITE; JANUS_LOSS_PREFAULT=0 turns it off)
-and can use transparent huge pages (JANUS_LOSS_THP=1; opt-in because THP defrag can stall).
+JANUS_POOL_MB MiB cached, default 2048, 0 = off; ``empty_cache()`` releases it; the attention
+kernels share it). New blocks are prefaulted in parallel (MADV_POPULATE_WRITE;
+JANUS_LOSS_PREFAULT=0 turns it off) and can use transparent huge pages (JANUS_POOL_THP=1;
+opt-in because THP defrag can stall).
 """
 from __future__ import annotations
 
@@ -83,12 +84,12 @@ LOSS_TERMS = ("ar_ce", "nar_ce", "aux_ce", "kl_ar_nar", "kl_ar_aux", "kl_nar_aux
 
 
 def empty_cache() -> int:
-    """Unmap the gradient blocks the CPU loss kernels keep for reuse (their output pool, capped
-    by the JANUS_LOSS_POOL_MB environment variable, default 2048; 0 disables it). Returns the
-    bytes released (0 without the compiled extension)."""
+    """Unmap the output blocks the CPU loss and attention kernels keep for reuse (their output
+    pool, capped by the JANUS_POOL_MB environment variable, default 2048; 0 disables it).
+    Returns the bytes released (0 without the compiled extension)."""
     if not _ext.available():
         return 0
-    return int(torch.ops.janus.loss_pool_clear())
+    return int(torch.ops.janus.pool_clear())
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:

@@ -270,3 +270,25 @@ def test_torch_compile_fullgraph():
     ref = run(q, k, v, 2 * do, desc)
     assert (out.detach() - 2 * ref[0]).abs().max() < 1e-5
     assert (qr.grad - ref[1]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pooled_output_blocks_are_fully_rewritten(dtype):
+    """Outputs and gradients of >= 2 MiB come from the output pool, whose reused blocks hold
+    whatever the previous owner left: poison them with NaN and check that every element,
+    padding rows and keys past a sample's length included, is written again."""
+    desc = jk.janus_nar_mask([20, 3, 60], [15, 1, 50], 180, 60)   # padded rows and keys
+    q, k, v, do = make_qkv(desc, H=32, d=64, dtype=dtype)   # bf16: o, dq 2.9 MB, dk, dv 2.2 MB
+    expect = None
+    for _ in range(3):
+        got = run(q, k, v, do, desc)
+        if expect is None:
+            expect = [t.clone() for t in got]
+        else:
+            for a, b in zip(got, expect):
+                assert torch.equal(a, b)
+        for t in got:                      # back to the pool holding NaN
+            t.fill_(float("nan"))
+        del got
+    assert_close_to_reference(expect, q, k, v, do, desc.materialize())
+    assert jk.empty_cache() > 0

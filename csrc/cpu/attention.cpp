@@ -30,6 +30,8 @@
 
 #include "janus/mask.h"
 #include "janus/philox.h"
+#include "output_pool.h"
+#include "transpose.h"
 
 namespace {
 
@@ -45,10 +47,40 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 #endif
 constexpr int kBlockM = JANUS_FWD_BLOCK_M;   // rows per work item (forward)
 constexpr int kChunkFwd = JANUS_FWD_CHUNK;   // keys per forward chunk
+constexpr size_t kPoolMinBytes = size_t(2) << 20;   // outputs this large use the pool
 constexpr int kBlockMBwd = 64;     // rows per block (backward)
 constexpr int kChunkBwd = 128;     // keys per backward chunk
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Per-thread scratch kept across calls: grow-only, 64-byte aligned, NOT initialised (callers
+// write before they read). Per-call std::vectors cost a malloc, a zero fill and first-touch
+// page faults on every call, which at small shapes (IWSLT batches) rivalled the GEMMs.
+// OpenMP's worker threads persist, so each keeps its buffers.
+enum ScratchSlot : int {
+  kS, kAcc, kRowMax, kRowSum, kP, kKt, kV,              // forward
+  kQt, kDot, kDqt, kDq, kPt, kDpt, kQv, kGv, kPb, kDs, kDsv, kDkAcc, kDvAcc,   // backward
+  kNumSlots
+};
+
+template <typename T>
+T* scratch(ScratchSlot slot, int64_t n) {
+  struct Buf {
+    void* p = nullptr;
+    size_t bytes = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf bufs[kNumSlots];
+  Buf& b = bufs[slot];
+  const size_t need = (size_t)round_up(std::max<int64_t>(n, 1) * (int64_t)sizeof(T), 64);
+  if (b.bytes < need) {
+    std::free(b.p);
+    b.p = std::aligned_alloc(64, need);
+    TORCH_CHECK(b.p != nullptr, "attention: out of memory for ", need, " bytes of scratch");
+    b.bytes = need;
+  }
+  return static_cast<T*>(b.p);
+}
 
 // ------------------------------------------------------------------------ arguments
 struct MaskArgs {
@@ -90,23 +122,24 @@ std::vector<RowBlock> make_row_blocks(const MaskArgs& ma, int b_begin, int b_end
   std::vector<RowBlock> items;
   for (int b = b_begin; b < b_end; ++b) {
     const auto m = ma.sample(b);
+    auto add = [&](int i0, int i1) {
+      int pre, lo, hi;
+      m.block_ranges(i0, i1, &pre, &lo, &hi);
+      const int64_t keys = (lo < pre) ? std::max(pre, hi) : pre + (hi - lo);
+      if (keys <= 0) return;  // rows that see nothing: output stays 0, lse -inf
+      const int64_t cost = keys * (i1 - i0 + 1);
+      for (int h = 0; h < (per_head ? H : 1); ++h) items.push_back({b, h, i0, i1, cost});
+    };
+    // rows [a, e) in near-equal blocks of at most `block` rows
+    auto cut = [&](int a, int e) {
+      const int nblk = (e - a + block - 1) / block;
+      for (int x = 0; x < nblk; ++x)
+        add(a + (int)((int64_t)(e - a) * x / nblk), a + (int)((int64_t)(e - a) * (x + 1) / nblk) - 1);
+    };
     for (int s = 0; s < 2; ++s) {
       const int start = s == 0 ? 0 : ma.q_split;
       const int stop = s == 0 ? ma.q_split : Lq;
-      const int valid_end = std::min(stop, start + std::max(0, m.rows(s)));
-      for (int i0 = start; i0 < valid_end; i0 += block) {
-        const int i1 = std::min(i0 + block, valid_end) - 1;
-        int pre, lo, hi;
-        m.block_ranges(i0, i1, &pre, &lo, &hi);
-        const int64_t keys = (lo < pre) ? std::max(pre, hi) : pre + (hi - lo);
-        if (keys <= 0) continue;  // rows that see nothing: output stays 0, lse -inf
-        const int64_t cost = keys * (i1 - i0 + 1);
-        if (per_head) {
-          for (int h = 0; h < H; ++h) items.push_back({b, h, i0, i1, cost});
-        } else {
-          items.push_back({b, 0, i0, i1, cost});
-        }
-      }
+      cut(start, std::min(stop, start + std::max(0, m.rows(s))));
     }
   }
   return items;
@@ -184,7 +217,8 @@ inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, flo
 // past the sample's kv_len are zero so rounded-up chunk widths read defined memory.
 template <typename T>
 struct PackedHead {
-  std::vector<T> kt, v;
+  T* kt = nullptr;   // thread scratch
+  T* v = nullptr;
   int64_t Lkp = 0;
   int b = -1, hk = -1;
 };
@@ -196,8 +230,8 @@ inline void vnni_transpose(const BFloat16* src, int64_t n, int64_t d, int64_t ld
                            BFloat16* dst, int64_t ld_dst) {
   const bool pairs_aligned = ld % 2 == 0 && reinterpret_cast<uintptr_t>(src) % 4 == 0;
   if (pairs_aligned) {
-    at::native::utils::transpose<float>(n, d / 2, reinterpret_cast<const float*>(src), ld / 2,
-                                        reinterpret_cast<float*>(dst), ld_dst);
+    janus_cpu::transpose32(n, d / 2, reinterpret_cast<const uint32_t*>(src), ld / 2,
+                           reinterpret_cast<uint32_t*>(dst), ld_dst);
   } else {
     for (int64_t j = 0; j < n; ++j) {
       const BFloat16* row = src + j * ld;
@@ -232,18 +266,17 @@ void pack_head(const T* kb, const T* vb, int64_t ks_l, int64_t vs_l, int kv_len,
   constexpr bool kVnni = std::is_same_v<T, BFloat16>;
   constexpr int kPad = kVnni ? 32 : 16;  // chunk widths are rounded up to this
   out.Lkp = round_up(kv_len, kPad) + kPad;
-  if ((int64_t)out.kt.size() < d * out.Lkp) out.kt.resize(d * out.Lkp);
-  T* dst = out.kt.data();
+  T* dst = out.kt = scratch<T>(kKt, d * out.Lkp);
   if constexpr (kVnni) {
     // K^T VNNI [d/2][Lkp][2] is a 32-bit transpose of K viewed as (kv_len, d/2) pairs.
     vnni_transpose(kb, kv_len, d, ks_l, dst, out.Lkp);
     for (int64_t c2 = 0; c2 < d / 2; ++c2)
       std::fill(dst + (c2 * out.Lkp + kv_len) * 2, dst + (c2 + 1) * out.Lkp * 2, T(0));
     // V VNNI [Lkp/2][d][2]: rows 2t and 2t+1 interleaved (zero past kv_len)
-    if ((int64_t)out.v.size() < out.Lkp * d) out.v.resize(out.Lkp * d);
-    vnni_interleave_rows(vb, kv_len, d, vs_l, out.Lkp / 2, out.v.data());
+    out.v = scratch<T>(kV, out.Lkp * d);
+    vnni_interleave_rows(vb, kv_len, d, vs_l, out.Lkp / 2, out.v);
   } else {
-    at::native::utils::transpose<float>(kv_len, d, kb, ks_l, dst, out.Lkp);
+    janus_cpu::transpose32(kv_len, d, kb, ks_l, dst, out.Lkp);
     for (int64_t c = 0; c < d; ++c)
       std::fill(dst + c * out.Lkp + kv_len, dst + (c + 1) * out.Lkp, 0.f);
   }
@@ -306,10 +339,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
         items.push_back({b, h, s0, s1, cost});
       }
   }
-  // per-thread scratch
-  std::vector<std::vector<float>> S_buf(nthreads), acc_buf(nthreads), m_buf(nthreads),
-      l_buf(nthreads);
-  std::vector<std::vector<T>> P_buf(nthreads);
+  // which (b, kv head) each thread has packed in this call
   std::vector<PackedHead<T>> heads(nthreads);
 
   run_dynamic(items, [&](const FwdItem& item) {
@@ -324,29 +354,22 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
       ph.hk = hk;
     }
     const int64_t Lkp = ph.Lkp;
-    const T* kt = ph.kt.data();
+    const T* kt = ph.kt;
     if (item.blk_begin == 0)
       zero_uncovered_rows<T>(blocks[b], Lq, d, op + b * os_b + h * os_h, os_l,
                              lp + b * ls_b + h * ls_h);
     for (int x = item.blk_begin; x < item.blk_end; ++x) {
       const RowBlock& it = blocks[b][x];
-      const int tid = at::get_thread_num();
-      auto& S = S_buf[tid];
-      auto& acc = acc_buf[tid];
-      auto& mrow = m_buf[tid];
-      auto& lrow = l_buf[tid];
-      if (S.empty()) {
-        S.resize((size_t)kBlockM * kChunkFwd);
-        acc.resize((size_t)kBlockM * d);
-        mrow.resize(kBlockM);
-        lrow.resize(kBlockM);
-        if (kBf16) P_buf[tid].resize((size_t)kBlockM * kChunkFwd);
-      }
+      float* S = scratch<float>(kS, (int64_t)kBlockM * kChunkFwd);
+      float* acc = scratch<float>(kAcc, (int64_t)kBlockM * d);
+      float* mrow = scratch<float>(kRowMax, kBlockM);
+      float* lrow = scratch<float>(kRowSum, kBlockM);
+      T* P = kBf16 ? scratch<T>(kP, (int64_t)kBlockM * kChunkFwd) : nullptr;
       const int rows = it.i1 - it.i0 + 1;
       const T* qblk = qp + b * qs[0] + h * qs[1] + (int64_t)it.i0 * qs[2];
-      std::fill(acc.begin(), acc.begin() + (size_t)rows * d, 0.f);
-      std::fill(mrow.begin(), mrow.begin() + rows, kNegInf);
-      std::fill(lrow.begin(), lrow.begin() + rows, 0.f);
+      std::fill_n(acc, (int64_t)rows * d, 0.f);
+      std::fill_n(mrow, rows, kNegInf);
+      std::fill_n(lrow, rows, 0.f);
       int pre, lo, hi;
       m.block_ranges(it.i0, it.i1, &pre, &lo, &hi);
       if (kBf16 && hi > lo) lo &= ~1;  // VNNI pairs keys (2t, 2t+1): chunks start at even keys
@@ -354,17 +377,17 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
 
       for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
         const int wr = std::min<int>(round_up(w, width_round), kChunkFwd);
-        // S = Q K^T over the rounded-up width; the extra columns are always masked below.
+        // S = Q K^T over the rounded-up width (brgemm runs N tails far slower than whole
+        // vectors; K^T is zero past kv_len); columns [w, wr) are masked below.
         if constexpr (kBf16) {
-          at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0 * 2,
-                                      S.data(), true);
+          at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0 * 2, S,
+                                      true);
         } else {
-          at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0,
-                                      S.data());
+          at::native::cpublas::brgemm(rows, wr, d, qs[2], Lkp, wr, false, qblk, kt + c0, S);
         }
         const int cls = m.tile_class(it.i0, it.i1, c0, c0 + w - 1);
         for (int r = 0; r < rows; ++r) {
-          float* srow = S.data() + (int64_t)r * wr;
+          float* srow = S + (int64_t)r * wr;
           if (cls != janus::TILE_FULL) mask_row_chunk(m, it.i0 + r, c0, w, srow, kNegInf);
           for (int t = w; t < wr; ++t) srow[t] = kNegInf;
           // online softmax on scale * s
@@ -376,9 +399,9 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
               [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vm);
           const float m_old = mrow[r];
           const float m_new = std::max(m_old, cmax * scale);
-          float* arow = acc.data() + (int64_t)r * d;
+          float* arow = acc + (int64_t)r * d;
           if (m_new == kNegInf) {  // row sees nothing in this chunk (and before): P = 0
-            if constexpr (kBf16) std::fill_n(P_buf[tid].data() + (int64_t)r * wr, wr, T(0));
+            if constexpr (kBf16) std::fill_n(P + (int64_t)r * wr, wr, T(0));
             else std::fill_n(srow, wr, 0.f);
             continue;
           }
@@ -387,7 +410,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           float sum;
           if (kBf16 && !drop.on()) {
             // exp, row sum and the bf16 store of P in one pass (wr is a multiple of 32)
-            BFloat16* prow = reinterpret_cast<BFloat16*>(P_buf[tid].data()) + (int64_t)r * wr;
+            BFloat16* prow = reinterpret_cast<BFloat16*>(P) + (int64_t)r * wr;
             for (int64_t t = 0; t < wr; t += 2 * Vec::size()) {
               Vec e0 = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
               Vec e1 = (Vec::loadu(srow + t + Vec::size()) * vscale - vmax).exp_u20();
@@ -417,19 +440,17 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
               if (!janus::dropout_keep(drop.seed, drop.threshold, bh, i, c0 + tt)) srow[tt] = 0.f;
               else srow[tt] *= drop.inv_keep;
             }
-            if constexpr (kBf16) at::vec::convert(srow, P_buf[tid].data() + (int64_t)r * wr, wr);
+            if constexpr (kBf16) at::vec::convert(srow, P + (int64_t)r * wr, wr);
           }
         }
         // O_acc += P V_chunk
         if constexpr (kBf16) {
-          const T* vchunk = ph.v.data() + (int64_t)c0 * d;
-          at::native::cpublas::brgemm(rows, d, wr, wr, d, d, true, P_buf[tid].data(), vchunk,
-                                      acc.data(), true);
+          const T* vchunk = ph.v + (int64_t)c0 * d;
+          at::native::cpublas::brgemm(rows, d, wr, wr, d, d, true, P, vchunk, acc, true);
         } else {
           const T* vchunk = vp + b * vs[0] + hk * vs[1] + (int64_t)c0 * vs[2];
           // only the w real keys: V has no padded rows to read beyond Lk
-          at::native::cpublas::brgemm(rows, d, w, wr, vs[2], d, true, S.data(), vchunk,
-                                      acc.data());
+          at::native::cpublas::brgemm(rows, d, w, wr, vs[2], d, true, S, vchunk, acc);
         }
       });
 
@@ -439,7 +460,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
         const float l = lrow[r];
         if (l > 0.f) {
           const float inv = 1.f / l;
-          const float* arow = acc.data() + (int64_t)r * d;
+          const float* arow = acc + (int64_t)r * d;
           for (int c = 0; c < d; ++c) orow[c] = T(arow[c] * inv);
           lp[b * ls_b + h * ls_h + i] = mrow[r] + std::log(l);
         } else {  // a valid row that sees no key
@@ -596,34 +617,31 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
 
   std::vector<BwdItem> items = make_bwd_items(ma, B, Hkv);
   const int nthreads = at::get_num_threads();
-  struct Scratch {
-    std::vector<float> kt, qt, dot, dqt, pt, dpt;
-    BwdRowStats st;
-  };
-  std::vector<Scratch> scratch(nthreads);
+  std::vector<BwdRowStats> stats(nthreads);
 
   run_dynamic(items, [&](const BwdItem& it) {
-    auto& sc = scratch[at::get_thread_num()];
-    if (sc.kt.empty()) {
-      sc.kt.resize((size_t)d * Lkp);
-      sc.qt.resize((size_t)d * kBlockMBwd);
-      sc.dot.resize((size_t)d * kBlockMBwd);
-      sc.dqt.resize((size_t)d * kBlockMBwd);
-      sc.pt.resize((size_t)kChunkBwd * kBlockMBwd);
-      sc.dpt.resize((size_t)kChunkBwd * kBlockMBwd);
-      sc.st.resize(kBlockMBwd, d);
-    }
+    BwdRowStats& st = stats[at::get_thread_num()];
+    st.resize(kBlockMBwd, d);
+    float* kt = scratch<float>(kKt, d * Lkp);
+    float* qt = scratch<float>(kQt, d * kBlockMBwd);
+    float* dot = scratch<float>(kDot, d * kBlockMBwd);
+    float* dqt = scratch<float>(kDqt, d * kBlockMBwd);
+    float* pt = scratch<float>(kPt, kChunkBwd * kBlockMBwd);
+    float* dpt = scratch<float>(kDpt, kChunkBwd * kBlockMBwd);
     const int b = it.b, hk = it.hk;
     const auto m = ma.sample(b);
+    const int kv = std::min(m.kv_len(), Lk);   // key chunks never reach past kv_len
     const float* kb = kp + b * ks[0] + hk * ks[1];
     const float* vb = vp + b * vs[0] + hk * vs[1];
-    float* dkb = dkp + ((int64_t)b * Hkv + hk) * Lk * d;   // dk, dv contiguous (allocated here)
-    float* dvb = dvp + ((int64_t)b * Hkv + hk) * Lk * d;
-    std::fill_n(dkb, (int64_t)Lk * d, 0.f);
-    std::fill_n(dvb, (int64_t)Lk * d, 0.f);
+    // dK, dV accumulate in cache-resident scratch and are written to the (fresh) outputs
+    // once at the end, instead of zero-filling the outputs and accumulating into them
+    float* dkacc = scratch<float>(kDkAcc, (int64_t)Lk * d);
+    float* dvacc = scratch<float>(kDvAcc, (int64_t)Lk * d);
+    std::fill_n(dkacc, (int64_t)kv * d, 0.f);
+    std::fill_n(dvacc, (int64_t)kv * d, 0.f);
     // K^T [d][Lkp] for dQ^T += K^T dS^T (SIMD transposes: at small shapes scalar ones cost
     // as much as the GEMMs)
-    at::native::utils::transpose<float>(Lk, d, kb, ks[2], sc.kt.data(), Lkp);
+    janus_cpu::transpose32(Lk, d, kb, ks[2], kt, Lkp);
     const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
 
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
@@ -635,39 +653,42 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
         const float* gblk = gp + b * gs[0] + h * gs[1] + (int64_t)i0 * gs[2];
         const float* oblk = op + b * os[0] + h * os[1] + (int64_t)i0 * os[2];
         bwd_row_stats<float>(m, i0, rows, d, gblk, gs[2], oblk, os[2],
-                             lp + b * lss[0] + h * lss[1] + (int64_t)i0 * lss[2], lss[2], sc.st);
+                             lp + b * lss[0] + h * lss[1] + (int64_t)i0 * lss[2], lss[2], st);
         // Q^T, dO^T [d][rows]
-        at::native::utils::transpose<float>(rows, d, qblk, qs[2], sc.qt.data(), rows);
-        at::native::utils::transpose<float>(rows, d, gblk, gs[2], sc.dot.data(), rows);
-        std::fill(sc.dqt.begin(), sc.dqt.begin() + (size_t)d * rows, 0.f);
+        janus_cpu::transpose32(rows, d, qblk, qs[2], qt, rows);
+        janus_cpu::transpose32(rows, d, gblk, gs[2], dot, rows);
+        std::fill_n(dqt, (int64_t)d * rows, 0.f);
         int pre, lo, hi;
         m.block_ranges(i0, blk.i1, &pre, &lo, &hi);
         for_each_key_chunk(pre, lo, hi, kChunkBwd, [&](int c0, int w) {
-          float* pt = sc.pt.data();
-          float* dpt = sc.dpt.data();
           // S^T = K_chunk Q^T  (w x rows)
           at::native::cpublas::brgemm(w, rows, d, ks[2], rows, rows, false, kb + c0 * ks[2],
-                                      sc.qt.data(), pt);
+                                      qt, pt);
           // dP^T = V_chunk dO^T
           at::native::cpublas::brgemm(w, rows, d, vs[2], rows, rows, false, vb + c0 * vs[2],
-                                      sc.dot.data(), dpt);
+                                      dot, dpt);
           // dV += P^T dO ; dK += scale dS^T Q ; dQ^T += scale K^T dS^T
           // (dV uses the unscaled P^T, so dS^T is scaled row by row as it is produced)
-          bwd_p_ds_tile(m, i0, blk.i1, c0, w, scale, drop, bh, sc.st, pt, dpt,
+          bwd_p_ds_tile(m, i0, blk.i1, c0, w, scale, drop, bh, st, pt, dpt,
                         [&](int, float*, float* dsrow) {
                           for (int r = 0; r < rows; ++r) dsrow[r] *= scale;
                         });
           at::native::cpublas::brgemm(w, d, rows, rows, gs[2], d, true, pt, gblk,
-                                      dvb + (int64_t)c0 * d);
+                                      dvacc + (int64_t)c0 * d);
           at::native::cpublas::brgemm(w, d, rows, rows, qs[2], d, true, dpt, qblk,
-                                      dkb + (int64_t)c0 * d);
-          at::native::cpublas::brgemm(d, rows, w, Lkp, rows, rows, true, sc.kt.data() + c0,
-                                      dpt, sc.dqt.data());
+                                      dkacc + (int64_t)c0 * d);
+          at::native::cpublas::brgemm(d, rows, w, Lkp, rows, rows, true, kt + c0, dpt, dqt);
         });
         float* dqblk = dqp + (((int64_t)b * H + h) * Lq + i0) * d;  // dq contiguous
-        at::native::utils::transpose<float>(d, rows, sc.dqt.data(), rows, dqblk, d);
+        janus_cpu::transpose32(d, rows, dqt, rows, dqblk, d);
       }
     }
+    float* dkb = dkp + ((int64_t)b * Hkv + hk) * Lk * d;   // dk, dv contiguous (allocated here)
+    float* dvb = dvp + ((int64_t)b * Hkv + hk) * Lk * d;
+    std::copy_n(dkacc, (int64_t)kv * d, dkb);
+    std::copy_n(dvacc, (int64_t)kv * d, dvb);
+    std::fill_n(dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, 0.f);
+    std::fill_n(dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, 0.f);
   });
 }
 
@@ -693,39 +714,37 @@ void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const 
 
   std::vector<BwdItem> items = make_bwd_items(ma, B, Hkv);
   const int nthreads = at::get_num_threads();
-  struct Scratch {
-    std::vector<T> kt, qt, dot, qv, gv, p, ds, dsv;
-    std::vector<float> dkacc, dvacc, dqt, dq, pt, dpt;
-    BwdRowStats st;
-  };
-  std::vector<Scratch> scratch(nthreads);
+  std::vector<BwdRowStats> stats(nthreads);
   constexpr int kM = kBlockMBwd, kC = kChunkBwd;   // both even
 
   run_dynamic(items, [&](const BwdItem& it) {
-    auto& sc = scratch[at::get_thread_num()];
-    if (sc.kt.empty()) {
-      sc.kt.resize((size_t)d * Lkp);
-      sc.dkacc.resize((size_t)Lk * d);
-      sc.dvacc.resize((size_t)Lk * d);
-      for (auto* buf : {&sc.qt, &sc.dot, &sc.qv, &sc.gv}) buf->resize((size_t)d * kM);
-      for (auto* buf : {&sc.p, &sc.ds, &sc.dsv}) buf->resize((size_t)kC * kM);
-      sc.dqt.resize((size_t)d * kM);
-      sc.dq.resize((size_t)d * kM);
-      sc.pt.resize((size_t)kC * kM);
-      sc.dpt.resize((size_t)kC * kM);
-      sc.st.resize(kM, d);
-    }
+    BwdRowStats& st = stats[at::get_thread_num()];
+    st.resize(kM, d);
+    T* kt = scratch<T>(kKt, d * Lkp);
+    T* qt = scratch<T>(kQt, d * kM);
+    T* dot = scratch<T>(kDot, d * kM);
+    T* qv = scratch<T>(kQv, d * kM);
+    T* gv = scratch<T>(kGv, d * kM);
+    T* p = scratch<T>(kPb, kC * kM);
+    T* ds = scratch<T>(kDs, kC * kM);
+    T* dsv = scratch<T>(kDsv, kC * kM);
+    float* dqt = scratch<float>(kDqt, d * kM);
+    float* dqf = scratch<float>(kDq, d * kM);
+    float* pt = scratch<float>(kPt, kC * kM);
+    float* dpt = scratch<float>(kDpt, kC * kM);
     const int b = it.b, hk = it.hk;
     const auto m = ma.sample(b);
+    const int kv = std::min(m.kv_len(), Lk);   // key chunks never reach past kv_len
     const T* kb = kp + b * ks[0] + hk * ks[1];
     const T* vb = vp + b * vs[0] + hk * vs[1];
-    std::fill_n(sc.dkacc.data(), (int64_t)Lk * d, 0.f);
-    std::fill_n(sc.dvacc.data(), (int64_t)Lk * d, 0.f);
+    float* dkacc = scratch<float>(kDkAcc, (int64_t)Lk * d);
+    float* dvacc = scratch<float>(kDvAcc, (int64_t)Lk * d);
+    std::fill_n(dkacc, (int64_t)kv * d, 0.f);
+    std::fill_n(dvacc, (int64_t)kv * d, 0.f);
     // plain K^T [d][Lkp] (the A operand of dQ^T += K^T dS^T; zero past Lk)
     at::native::utils::transpose<uint16_t>(Lk, d, reinterpret_cast<const uint16_t*>(kb), ks[2],
-                                           reinterpret_cast<uint16_t*>(sc.kt.data()), Lkp);
-    for (int64_t c = 0; c < d; ++c)
-      std::fill(sc.kt.data() + c * Lkp + Lk, sc.kt.data() + (c + 1) * Lkp, T(0));
+                                           reinterpret_cast<uint16_t*>(kt), Lkp);
+    for (int64_t c = 0; c < d; ++c) std::fill(kt + c * Lkp + Lk, kt + (c + 1) * Lkp, T(0));
     const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
 
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
@@ -738,22 +757,18 @@ void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const 
         const T* gblk = gp + b * gs[0] + h * gs[1] + (int64_t)i0 * gs[2];
         const T* oblk = op + b * os[0] + h * os[1] + (int64_t)i0 * os[2];
         bwd_row_stats<T>(m, i0, rows, d, gblk, gs[2], oblk, os[2],
-                         lp + b * lss[0] + h * lss[1] + (int64_t)i0 * lss[2], lss[2], sc.st);
-        vnni_transpose(qblk, rows, d, qs[2], sc.qt.data(), rows);     // [d/2][rows][2]
-        vnni_transpose(gblk, rows, d, gs[2], sc.dot.data(), rows);
-        vnni_interleave_rows(qblk, rows, d, qs[2], rows2 / 2, sc.qv.data());   // [rows2/2][d][2]
-        vnni_interleave_rows(gblk, rows, d, gs[2], rows2 / 2, sc.gv.data());
-        std::fill(sc.dqt.begin(), sc.dqt.begin() + (size_t)d * rows, 0.f);
+                         lp + b * lss[0] + h * lss[1] + (int64_t)i0 * lss[2], lss[2], st);
+        vnni_transpose(qblk, rows, d, qs[2], qt, rows);     // [d/2][rows][2]
+        vnni_transpose(gblk, rows, d, gs[2], dot, rows);
+        vnni_interleave_rows(qblk, rows, d, qs[2], rows2 / 2, qv);   // [rows2/2][d][2]
+        vnni_interleave_rows(gblk, rows, d, gs[2], rows2 / 2, gv);
+        std::fill_n(dqt, (int64_t)d * rows, 0.f);
         int pre, lo, hi;
         m.block_ranges(i0, blk.i1, &pre, &lo, &hi);
         for_each_key_chunk(pre, lo, hi, kChunkBwd, [&](int c0, int w) {
-          float* pt = sc.pt.data();
-          float* dpt = sc.dpt.data();
-          brgemm(w, rows, d, ks[2], rows, rows, false, kb + c0 * ks[2], sc.qt.data(), pt, true);
-          brgemm(w, rows, d, vs[2], rows, rows, false, vb + c0 * vs[2], sc.dot.data(), dpt, true);
-          T* p = sc.p.data();
-          T* ds = sc.ds.data();
-          bwd_p_ds_tile(m, i0, blk.i1, c0, w, scale, drop, bh, sc.st, pt, dpt,
+          brgemm(w, rows, d, ks[2], rows, rows, false, kb + c0 * ks[2], qt, pt, true);
+          brgemm(w, rows, d, vs[2], rows, rows, false, vb + c0 * vs[2], dot, dpt, true);
+          bwd_p_ds_tile(m, i0, blk.i1, c0, w, scale, drop, bh, st, pt, dpt,
                         [&](int t, float* prow, float* dsrow) {
                           T* pb = p + (int64_t)t * rows2;
                           T* db = ds + (int64_t)t * rows2;
@@ -763,22 +778,22 @@ void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const 
                           if (rows2 != rows) { pb[rows] = T(0); db[rows] = T(0); }
                         });
           const int w2 = (int)round_up(w, 2);
-          vnni_interleave_rows(ds, w, rows, rows2, w2 / 2, sc.dsv.data());  // [w2/2][rows][2]
-          brgemm(w, d, rows2, rows2, d, d, true, p, sc.gv.data(), sc.dvacc.data() + c0 * d, true);
-          brgemm(w, d, rows2, rows2, d, d, true, ds, sc.qv.data(), sc.dkacc.data() + c0 * d, true);
-          brgemm(d, rows, w2, Lkp, rows, rows, true, sc.kt.data() + c0, sc.dsv.data(),
-                 sc.dqt.data(), true);
+          vnni_interleave_rows(ds, w, rows, rows2, w2 / 2, dsv);  // [w2/2][rows][2]
+          brgemm(w, d, rows2, rows2, d, d, true, p, gv, dvacc + c0 * d, true);
+          brgemm(w, d, rows2, rows2, d, d, true, ds, qv, dkacc + c0 * d, true);
+          brgemm(d, rows, w2, Lkp, rows, rows, true, kt + c0, dsv, dqt, true);
         });
         // dQ = (dQ^T)^T, rounded to bf16 (dq contiguous)
-        at::native::utils::transpose<float>(d, rows, sc.dqt.data(), rows, sc.dq.data(), d);
-        at::vec::convert(sc.dq.data(), dqp + (((int64_t)b * H + h) * Lq + i0) * d,
-                         (int64_t)rows * d);
+        janus_cpu::transpose32(d, rows, dqt, rows, dqf, d);
+        at::vec::convert(dqf, dqp + (((int64_t)b * H + h) * Lq + i0) * d, (int64_t)rows * d);
       }
     }
     T* dkb = dkp + ((int64_t)b * Hkv + hk) * Lk * d;   // dk, dv contiguous (allocated here)
     T* dvb = dvp + ((int64_t)b * Hkv + hk) * Lk * d;
-    at::vec::convert(sc.dkacc.data(), dkb, (int64_t)Lk * d);
-    at::vec::convert(sc.dvacc.data(), dvb, (int64_t)Lk * d);
+    at::vec::convert(dkacc, dkb, (int64_t)kv * d);
+    at::vec::convert(dvacc, dvb, (int64_t)kv * d);
+    std::fill_n(dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, T(0));
+    std::fill_n(dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, T(0));
   }, /*release_amx=*/true);
 }
 
@@ -841,8 +856,10 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_fwd_cpu(
   const auto ct = (dt == at::kFloat || native_bf16) ? dt : at::kFloat;
   at::Tensor q = last_dim_contiguous(q_.to(ct)), k = last_dim_contiguous(k_.to(ct)),
              v = last_dim_contiguous(v_.to(ct));
-  // every row is written by the kernel (computed, or zeroed as uncovered)
-  at::Tensor out = at::empty(q.sizes(), q.options());
+  // every row is written by the kernel (computed, or zeroed as uncovered); large outputs
+  // come from the pool of mapped blocks (first-touch page faults cost as much as the kernel
+  // at IWSLT-sized batches)
+  at::Tensor out = janus_cpu::pooled_empty(q.sizes(), q.options(), kPoolMinBytes);
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   if (q.numel() > 0 && k.size(2) > 0) {
     if (native_bf16)
@@ -878,9 +895,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attention_bwd_cpu(
   at::Tensor q = cvt(q_), k = cvt(k_), v = cvt(v_), o = cvt(out_), g = cvt(dout_);
   at::Tensor lse = lse_.contiguous();
   // written (or zeroed) per work item, in parallel, by the thread that owns them
-  at::Tensor dq = at::empty(q.sizes(), q.options());
-  at::Tensor dk = at::empty(k.sizes(), k.options());
-  at::Tensor dv = at::empty(v.sizes(), v.options());
+  at::Tensor dq = janus_cpu::pooled_empty(q.sizes(), q.options(), kPoolMinBytes);
+  at::Tensor dk = janus_cpu::pooled_empty(k.sizes(), k.options(), kPoolMinBytes);
+  at::Tensor dv = janus_cpu::pooled_empty(v.sizes(), v.options(), kPoolMinBytes);
   if (q.numel() > 0 && k.size(2) > 0) {
     if (native_bf16)
       attention_bwd_impl_bf16(g, q, k, v, o, lse, ma, (float)scale, drop, dq, dk, dv);

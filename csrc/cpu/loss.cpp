@@ -39,7 +39,7 @@
 // computes the max of chunk k+1 while the exp loop runs on chunk k (chunk in L1), gradients
 // are written with non-temporal stores (no read-for-ownership), and fresh gradient memory is
 // prefaulted in parallel by the row loop (see prefault) or reused already mapped from a small
-// output pool (see OutputPool in loss_rows.h; huge pages opt-in).
+// output pool (see OutputPool in output_pool.h; huge pages opt-in).
 #include "loss_rows.h"
 
 namespace {
@@ -398,8 +398,9 @@ TORCH_LIBRARY_FRAGMENT(janus, m) {
   m.def("symkl_rows_bwd_into(Tensor grad, Tensor logits_p, Tensor logits_q, Tensor stats, "
         "Tensor? row_mask, float inv_temperature, Tensor(a!) grad_p_out, "
         "Tensor(b!) grad_q_out) -> ()");
-  // unmaps the gradient blocks cached by the output pool (loss_rows.h); returns their bytes
-  m.def("loss_pool_clear() -> int", +[]() -> int64_t { return int64_t(OutputPool::get().clear()); });
+  // unmaps the blocks cached by the output pool (output_pool.h); returns their bytes
+  m.def("pool_clear() -> int",
+        +[]() -> int64_t { return int64_t(janus_cpu::OutputPool::get().clear()); });
   m.def("ce_rows_fwd(Tensor logits, Tensor target, float label_smoothing, int ignore_index) "
         "-> (Tensor loss, Tensor stats)");
   m.def("ce_rows_bwd(Tensor grad, Tensor logits, Tensor target, Tensor stats, "

@@ -10,6 +10,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include "output_pool.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -162,123 +164,9 @@ inline typename Tr<T>::Acc row_max(const T* x, int64_t n) {
   return m;
 }
 
-// ----------------------------------------------------------------- huge-page outputs
-// Fresh multi-MiB outputs come from mmap; with 4 KiB pages their first touch (page faults +
-// kernel zeroing) can cost as much as the kernel itself (the rows are first touched by the
-// parallel loop, so both threads fault). With JANUS_LOSS_THP=1 the 2 MiB-aligned interior is
-// advised to use transparent huge pages, which cut that cost ~4x on a quiet machine. It is
-// opt-in because with THP defrag=madvise (a common default) the first faults may stall in
-// direct compaction: measured 4-6 s for 1 GB on a fragmented, busy host.
-inline bool use_thp() {
-  static const bool on = [] {
-    const char* e = std::getenv("JANUS_LOSS_THP");
-    return e && e[0] == '1';
-  }();
-  return on;
-}
-
-// Output pool. A fresh multi-MiB gradient output costs page faults plus kernel zeroing on its
-// first touch, about as much as the kernel itself (4096 x 32000 fp32 symmetric KL fwd+bwd
-// measured here: 120 ms kernel, 258 ms with two fresh gradient tensors). Outputs of >= 8 MiB
-// therefore come from a small cache of mapped blocks: when such an output is freed its block
-// is kept (its pages stay mapped) and handed to the next request of a similar size, as CUDA's
-// caching allocator does for device memory. The cache holds at most JANUS_LOSS_POOL_MB MiB
-// (default 2048; 0 turns it off); janus_kernels.losses.empty_cache() unmaps what it holds.
-class OutputPool {
- public:
-  static OutputPool& get() {
-    static OutputPool* pool = new OutputPool();  // never destroyed: deleters may run at exit
-    return *pool;
-  }
-  // A block of at least `bytes` (its capacity in *cap); nullptr when mapping fails.
-  void* take(size_t bytes, size_t* cap) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = free_.lower_bound(bytes);
-      if (it != free_.end() && it->first <= bytes + bytes / 4) {  // <= 25% slack
-        void* p = it->second;
-        *cap = it->first;
-        cached_ -= it->first;
-        free_.erase(it);
-        return p;
-      }
-    }
-#if defined(__linux__)
-    constexpr size_t kHuge = size_t(2) << 20;
-    *cap = (bytes + kHuge - 1) / kHuge * kHuge;
-    void* p = mmap(nullptr, *cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return nullptr;
-#if defined(MADV_HUGEPAGE)
-    if (use_thp()) madvise(p, *cap, MADV_HUGEPAGE);
-#endif
-    return p;
-#else
-    (void)bytes; (void)cap;
-    return nullptr;
-#endif
-  }
-  void give(void* p, size_t cap) {
-    std::vector<std::pair<size_t, void*>> drop;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (cap <= limit_) {
-        while (cached_ + cap > limit_ && !free_.empty()) {  // evict the largest blocks first
-          auto last = std::prev(free_.end());
-          drop.push_back(*last);
-          cached_ -= last->first;
-          free_.erase(last);
-        }
-        free_.emplace(cap, p);
-        cached_ += cap;
-      } else {
-        drop.emplace_back(cap, p);
-      }
-    }
-    for (auto& [n, q] : drop) unmap(q, n);
-  }
-  size_t clear() {
-    std::vector<std::pair<size_t, void*>> drop;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      drop.assign(free_.begin(), free_.end());
-      free_.clear();
-      cached_ = 0;
-    }
-    size_t n = 0;
-    for (auto& [c, q] : drop) {
-      unmap(q, c);
-      n += c;
-    }
-    return n;
-  }
-  bool enabled() const { return limit_ > 0; }
-
- private:
-  OutputPool() {
-    const char* e = std::getenv("JANUS_LOSS_POOL_MB");
-    limit_ = (e ? size_t(std::max(0L, std::strtol(e, nullptr, 10))) : size_t(2048)) << 20;
-  }
-  static void unmap(void* p, size_t n) {
-#if defined(__linux__)
-    munmap(p, n);
-#else
-    (void)p; (void)n;
-#endif
-  }
-  std::mutex mu_;
-  std::multimap<size_t, void*> free_;
-  size_t cached_ = 0, limit_ = 0;
-};
-
+// Loss gradients of >= 8 MiB come from the shared output pool (output_pool.h).
 inline at::Tensor empty_rows(int64_t R, int64_t V, const at::TensorOptions& opt) {
-  const size_t bytes = size_t(R) * size_t(V) * at::elementSize(at::typeMetaToScalarType(opt.dtype()));
-  OutputPool& pool = OutputPool::get();
-  if (bytes >= (size_t(8) << 20) && pool.enabled() && opt.device().is_cpu()) {
-    size_t cap = 0;
-    if (void* p = pool.take(bytes, &cap))
-      return at::from_blob(p, {R, V}, [cap](void* q) { OutputPool::get().give(q, cap); }, opt);
-  }
-  return at::empty({R, V}, opt);
+  return janus_cpu::pooled_empty({R, V}, opt, size_t(8) << 20);
 }
 
 // Fault in [p, p + n) ahead of the stores with one MADV_POPULATE_WRITE (Linux >= 5.14) instead of
