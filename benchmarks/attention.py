@@ -390,6 +390,35 @@ def _throughput(row: Dict[str, Any], case: Case, peak: Optional[float]) -> None:
         row["pct_peak"] = 100.0 * row["gflops"] / peak
 
 
+def _io_bytes(case: Case, dtype: torch.dtype, pass_: str) -> float:
+    """Bytes any kernel must move for the op: read the q rows that see a key and the k/v
+    rows below each sample's kv_len, write the whole output (padding rows are zeros) and the
+    fp32 lse; the backward reads q, k, v, o, dO (the same rows) and lse and writes dq, dk, dv."""
+    B, d = case.shape.B, case.desc
+    el = torch.finfo(dtype).bits // 8
+    q_rows = float(case.real_rows.sum())
+    kv_rows = float(d.params[:, Field.KV_LEN].clamp(0, d.kv_len).sum())
+    row = H * HEAD_DIM * el
+    full_q, full_kv = B * d.q_len * row, B * d.kv_len * row
+    lse = B * H * d.q_len * 4
+    fwd = (q_rows + 2 * kv_rows) * row + full_q + lse
+    if pass_ == "fwd":
+        return fwd
+    return fwd + (3 * q_rows + 2 * kv_rows) * row + lse + full_q + 2 * full_kv
+
+
+def _floor(row: Dict[str, Any], case: Case, dtype: torch.dtype, machine: Dict[str, Any]) -> None:
+    """A lower bound on any kernel's time for this op on this machine: the useful FLOPs at
+    the measured GEMM rate, or the bytes it must move at the measured copy bandwidth,
+    whichever is larger (they could at best overlap)."""
+    peak, bw = gemm_peak(machine, dtype), machine.get("copy_gb_s")
+    if not peak or not bw:
+        return
+    row["compute_floor_ms"] = 1e3 * row["useful_gflop"] / peak
+    row["memory_floor_ms"] = 1e3 * _io_bytes(case, dtype, row["pass"]) / (bw * 1e9)
+    row["floor_ms"] = max(row["compute_floor_ms"], row["memory_floor_ms"])
+
+
 def run(settings: Settings, machine: Dict[str, Any],
         log: Callable[[str], None] = print) -> SuiteResult:
     res = SuiteResult("attention")
@@ -433,8 +462,12 @@ def run(settings: Settings, machine: Dict[str, Any],
             for r in rows:
                 if r["status"] == "ok":
                     _throughput(r, case, gemm_peak(machine, dtype))
+                    _floor(r, case, dtype, machine)
                     if base is not None:
                         r["vs_ours"] = r["ms"] / base["ms"]
+                    if r.get("floor_ms"):
+                        # the speed-up over this contender that a kernel AT the floor would show
+                        r["vs_floor"] = r["ms"] / r["floor_ms"]
             res.rows.extend(rows)
             del ours_out
             log("  " + _progress_line(case, dtype, pass_, rows))
@@ -448,6 +481,12 @@ def run(settings: Settings, machine: Dict[str, Any],
         "sdpa_dense and flex_compiled get their mask prebuilt (mask_ms, not included). "
         "eager_dense is janus_kernels.reference.reference_attention(upcast=False), which also "
         "computes the log-sum-exp (one extra pass over the scores).")
+    res.notes.append(
+        "floor ms = max(useful FLOPs / GEMM peak, bytes that must move / copy bandwidth), both "
+        "measured at the start of this run; bytes = the q rows that see a key and the k/v rows "
+        "below kv_len read, the whole output and lse written (backward: q, k, v, o, dO read "
+        "again, dq, dk, dv written). No kernel can beat it, so 'sdpa ms / floor ms' is the "
+        "largest speed-up over SDPA that this machine allows.")
     res.seconds = time.perf_counter() - t_suite
     return res
 

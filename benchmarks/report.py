@@ -120,6 +120,18 @@ def _machine(data: Dict[str, Any]) -> str:
     return "## Machine peaks (measured in this run)\n\n" + t
 
 
+def _floor_cell(ours: Optional[Dict[str, Any]], sdpa: Optional[Dict[str, Any]]) -> str:
+    """'floor (sdpa / floor)': the machine's lower bound on the op's time and the largest
+    speed-up over SDPA it permits; the bound's kind is marked m (memory) or c (compute)."""
+    if not ours or not ours.get("floor_ms"):
+        return "-"
+    kind = "m" if ours.get("memory_floor_ms", 0) >= ours.get("compute_floor_ms", 0) else "c"
+    cell = f"{fmt_num(ours['floor_ms'])}{kind}"
+    if sdpa and _ok(sdpa) and sdpa.get("vs_floor"):
+        cell += f" ({fmt_num(sdpa['vs_floor'])}x)"
+    return cell
+
+
 def _attention(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
     rows = suite.get("rows", [])
     ours_names = sorted({r["contender"] for r in rows if r["contender"].startswith("ours")})
@@ -133,6 +145,7 @@ def _attention(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
              "gflops": first_ours.get("gflops") if first_ours else None,
              "pct": first_ours.get("pct_peak") if first_ours else None,
              "mem": _mem(by, [ours_names[0] if ours_names else "", "eager_dense", "sdpa_dense"]),
+             "floor": _floor_cell(first_ours, by.get("sdpa_dense")),
              "util": _util(rs)}
         base = first_ours["contender"] if first_ours else None
         for n in ours_names + list(ATTN_BASELINES):
@@ -143,8 +156,9 @@ def _attention(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
     cols += [(n, f"{n} ms" + (" (x)" if i else "")) for i, n in enumerate(ours_names)]
     cols += [(n, f"{n} ms (x)") for n in ATTN_BASELINES]
     cols += [("gflops", "ours useful GFLOP/s"), ("pct", "% GEMM peak"),
+             ("floor", "floor ms (max x vs sdpa)"),
              ("mem", "peak MB ours / eager / sdpa"), ("util", "CPU util (min)")]
-    fm = {k: str for k in ["mask", "shape", "dtype", "pass", "dims", "mem"] + ours_names
+    fm = {k: str for k in ["mask", "shape", "dtype", "pass", "dims", "mem", "floor"] + ours_names
           + list(ATTN_BASELINES)}
     out = ["## Attention", ""]
     out += [f"* {n}" for n in suite.get("notes", [])]
