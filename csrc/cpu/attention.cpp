@@ -246,7 +246,17 @@ void softmax_chunk(const janus::SampleMask& m, int i0, int rows, int c0, int w, 
         float* srow = S + (int64_t)(g0 + r) * wr;
         if (!full) mask_row_chunk(m, i0 + g0 + r, c0, w, srow, kNegInf);
         for (int t = w; t < wr; ++t) srow[t] = kNegInf;
-        for (int t = 0; t < wr; t += kW) vm = fast_max(vm, Vec::loadu(srow + t));
+        // four independent max chains: one chain is bound by vmaxps latency, not loads
+        Vec v1(kNegInf), v2(kNegInf), v3(kNegInf);
+        int t = 0;
+        for (; t + 4 * kW <= wr; t += 4 * kW) {
+          vm = fast_max(vm, Vec::loadu(srow + t));
+          v1 = fast_max(v1, Vec::loadu(srow + t + kW));
+          v2 = fast_max(v2, Vec::loadu(srow + t + 2 * kW));
+          v3 = fast_max(v3, Vec::loadu(srow + t + 3 * kW));
+        }
+        for (; t < wr; t += kW) vm = fast_max(vm, Vec::loadu(srow + t));
+        vm = fast_max(fast_max(vm, v1), fast_max(v2, v3));
       }
       vm.store(part + r * kW);
     }
@@ -257,7 +267,7 @@ void softmax_chunk(const janus::SampleMask& m, int i0, int rows, int c0, int w, 
     Vec::blendv(m_new, zero, m_new == neg_inf).store(m_use);
     // pass 2: P = exp(scale s - m) and per-row partial sums
     for (int r = 0; r < kW; ++r) {
-      Vec vsum(0.f);
+      Vec vsum(0.f), vsum1(0.f);   // two sum chains (vaddps latency)
       if (r < n) {
         float* srow = S + (int64_t)(g0 + r) * wr;
         const Vec vmax(m_use[r]);
@@ -266,18 +276,28 @@ void softmax_chunk(const janus::SampleMask& m, int i0, int rows, int c0, int w, 
           for (int t = 0; t < wr; t += 2 * kW) {
             const Vec e0 = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
             const Vec e1 = (Vec::loadu(srow + t + kW) * vscale - vmax).exp_u20();
-            vsum += e0 + e1;
+            vsum += e0;
+            vsum1 += e1;
             store_bf16_pair(prow + t, e0, e1);
           }
         } else {
-          for (int t = 0; t < wr; t += kW) {
+          int t = 0;
+          for (; t + 2 * kW <= wr; t += 2 * kW) {
+            const Vec e0 = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
+            const Vec e1 = (Vec::loadu(srow + t + kW) * vscale - vmax).exp_u20();
+            vsum += e0;
+            vsum1 += e1;
+            e0.store(srow + t);
+            e1.store(srow + t + kW);
+          }
+          for (; t < wr; t += kW) {
             const Vec e = (Vec::loadu(srow + t) * vscale - vmax).exp_u20();
             vsum += e;
             e.store(srow + t);
           }
         }
       }
-      vsum.store(part + r * kW);
+      (vsum + vsum1).store(part + r * kW);
     }
     const Vec sums = reduce_rows(part, tmp, [](const Vec& a, const Vec& b) { return a + b; });
     // alpha = exp(m_old - m_new); 0 where m_old = -inf (nothing accumulated yet)
