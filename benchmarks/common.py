@@ -5,7 +5,8 @@ Timing (``time_fn``, ``time_interleaved``)
     warm-up calls, then ``repeats`` timed calls (fewer when a per-measurement time budget
     runs out, never fewer than ``min_repeats``); reports the median, min, max and the spread
     (max - min) / median. The contenders of one comparison are timed interleaved (one call
-    of each per round), so load changes during the comparison hit them alike.
+    of each per round, the order rotated every round), so load changes during the comparison
+    hit them alike and none always runs after the same neighbour (cache state).
     * CPU: ``time.perf_counter`` around each call with the torch thread count fixed; the
       process CPU time of the same calls gives the utilisation
       ``cpu_util = cpu_time / (wall * threads)``: about 1 on a quiet machine, well below 1
@@ -164,8 +165,9 @@ def _one_call(fn: Callable[[], Any], cuda: bool) -> Tuple[float, Optional[float]
 def time_interleaved(fns: Dict[str, Callable[[], Any]], settings: Settings, *,
                      warmup: Optional[int] = None, repeats: Optional[int] = None,
                      budget_s: Optional[float] = None) -> Dict[str, Timing]:
-    """Time several functions in rounds, one call of each per round, so a change of machine
-    load during the measurement hits all of them alike (their ratios stay meaningful). Each
+    """Time several functions in rounds, one call of each per round (in an order rotated
+    every round), so a change of machine load during the measurement hits all of them alike
+    (their ratios stay meaningful). Each
     function leaves the rounds once it has ``repeats`` calls, or once its own calls have
     used ``budget_s`` and it has ``min_repeats``. The garbage collector is off while timing,
     so a collection triggered by one function is not charged to another."""
@@ -186,11 +188,17 @@ def time_interleaved(fns: Dict[str, Callable[[], Any]], settings: Settings, *,
 
     was_enabled = gc.isenabled()
     gc.disable()
+    rnd = 0
     try:
         while True:
             todo = [k for k in fns if active(k)]
             if not todo:
                 break
+            # rotate the order every round: a call runs slower after one that leaves the
+            # caches full of dirty lines (the dense baselines write MBs of scores; measured
+            # +50% for our IWSLT-shaped forward), so no contender may always follow the same one
+            rnd += 1
+            todo = todo[rnd % len(todo):] + todo[:rnd % len(todo)]
             for k in todo:
                 w, c = _one_call(fns[k], cuda)
                 walls[k].append(w)
