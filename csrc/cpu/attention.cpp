@@ -130,11 +130,10 @@ std::vector<RowBlock> make_row_blocks(const MaskArgs& ma, int b_begin, int b_end
       const int64_t cost = keys * (i1 - i0 + 1);
       for (int h = 0; h < (per_head ? H : 1); ++h) items.push_back({b, h, i0, i1, cost});
     };
-    // rows [a, e) in near-equal blocks of at most `block` rows
+    // rows [a, e) in blocks of `block` rows (whole blocks first: the backward's GEMMs have
+    // the rows as their N dimension, which brgemm runs much slower with a tail)
     auto cut = [&](int a, int e) {
-      const int nblk = (e - a + block - 1) / block;
-      for (int x = 0; x < nblk; ++x)
-        add(a + (int)((int64_t)(e - a) * x / nblk), a + (int)((int64_t)(e - a) * (x + 1) / nblk) - 1);
+      for (int i0 = a; i0 < e; i0 += block) add(i0, std::min(i0 + block, e) - 1);
     };
     for (int s = 0; s < 2; ++s) {
       const int start = s == 0 ? 0 : ma.q_split;
