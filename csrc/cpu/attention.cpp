@@ -48,8 +48,14 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int kBlockM = JANUS_FWD_BLOCK_M;   // rows per work item (forward)
 constexpr int kChunkFwd = JANUS_FWD_CHUNK;   // keys per forward chunk
 constexpr size_t kPoolMinBytes = size_t(2) << 20;   // outputs this large use the pool
-constexpr int kBlockMBwd = 64;     // rows per block (backward)
-constexpr int kChunkBwd = 128;     // keys per backward chunk
+#ifndef JANUS_BWD_BLOCK_M
+#define JANUS_BWD_BLOCK_M 64
+#endif
+#ifndef JANUS_BWD_CHUNK
+#define JANUS_BWD_CHUNK 128
+#endif
+constexpr int kBlockMBwd = JANUS_BWD_BLOCK_M;   // rows per block (backward)
+constexpr int kChunkBwd = JANUS_BWD_CHUNK;      // keys per backward chunk
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -663,6 +669,40 @@ BwdView<T> bwd_view(const at::Tensor& dout, const at::Tensor& q, const at::Tenso
           q.strides(), k.strides(), v.strides(), out.strides(), dout.strides(), lse.strides()};
 }
 
+// Per-item state shared by the fp32 and bf16 backward: the thread's scratch blocks, the
+// sample's kv_len, and dK / dV accumulated in fp32 scratch (cache-resident; zeroed only over
+// the keys chunks can reach) and written to the fresh outputs once, padding keys as zeros.
+template <typename T>
+struct BwdItemScratch {
+  BwdRowStats& st;
+  T *kt, *qt, *dot;            // K^T [d][Lkp], Q^T and dO^T of a row block
+  float *dqt, *pt, *dpt;       // dQ^T of a row block, S^T / P^T and dP^T / dS^T of a tile
+  float *dkacc, *dvacc;
+  int kv;
+  BwdItemScratch(std::vector<BwdRowStats>& stats, const janus::SampleMask& m, int d,
+                 int64_t Lkp, int Lk)
+      : st(stats[at::get_thread_num()]),
+        kt(scratch<T>(kKt, d * Lkp)),
+        qt(scratch<T>(kQt, d * kBlockMBwd)),
+        dot(scratch<T>(kDot, d * kBlockMBwd)),
+        dqt(scratch<float>(kDqt, d * kBlockMBwd)),
+        pt(scratch<float>(kPt, kChunkBwd * kBlockMBwd)),
+        dpt(scratch<float>(kDpt, kChunkBwd * kBlockMBwd)),
+        dkacc(scratch<float>(kDkAcc, (int64_t)Lk * d)),
+        dvacc(scratch<float>(kDvAcc, (int64_t)Lk * d)),
+        kv(std::min(m.kv_len(), Lk)) {   // key chunks never reach past kv_len
+    st.resize(kBlockMBwd, d);
+    std::fill_n(dkacc, (int64_t)kv * d, 0.f);
+    std::fill_n(dvacc, (int64_t)kv * d, 0.f);
+  }
+  void write_dkdv(T* dkb, T* dvb, int Lk, int d) const {
+    at::vec::convert(dkacc, dkb, (int64_t)kv * d);
+    at::vec::convert(dvacc, dvb, (int64_t)kv * d);
+    std::fill_n(dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, T(0));
+    std::fill_n(dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, T(0));
+  }
+};
+
 // fp32 backward (fp16, fp64 and odd-d bf16 inputs are upcast to fp32 by the caller).
 void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                         const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
@@ -677,25 +717,12 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
   std::vector<BwdRowStats> stats(nthreads);
 
   run_dynamic(items, [&](const BwdItem& it) {
-    BwdRowStats& st = stats[at::get_thread_num()];
-    st.resize(kBlockMBwd, d);
-    float* kt = scratch<float>(kKt, d * Lkp);
-    float* qt = scratch<float>(kQt, d * kBlockMBwd);
-    float* dot = scratch<float>(kDot, d * kBlockMBwd);
-    float* dqt = scratch<float>(kDqt, d * kBlockMBwd);
-    float* pt = scratch<float>(kPt, kChunkBwd * kBlockMBwd);
-    float* dpt = scratch<float>(kDpt, kChunkBwd * kBlockMBwd);
     const int b = it.b, hk = it.hk;
     const auto m = ma.sample(b);
-    const int kv = std::min(m.kv_len(), Lk);   // key chunks never reach past kv_len
+    const BwdItemScratch<float> sc(stats, m, d, Lkp, Lk);
+    auto [st, kt, qt, dot, dqt, pt, dpt, dkacc, dvacc, kv] = sc;
     const float* kb = kp + b * ks[0] + hk * ks[1];
     const float* vb = vp + b * vs[0] + hk * vs[1];
-    // dK, dV accumulate in cache-resident scratch and are written to the (fresh) outputs
-    // once at the end, instead of zero-filling the outputs and accumulating into them
-    float* dkacc = scratch<float>(kDkAcc, (int64_t)Lk * d);
-    float* dvacc = scratch<float>(kDvAcc, (int64_t)Lk * d);
-    std::fill_n(dkacc, (int64_t)kv * d, 0.f);
-    std::fill_n(dvacc, (int64_t)kv * d, 0.f);
     // K^T [d][Lkp] for dQ^T += K^T dS^T (SIMD transposes: at small shapes scalar ones cost
     // as much as the GEMMs)
     janus_cpu::transpose32(Lk, d, kb, ks[2], kt, Lkp);
@@ -740,12 +767,9 @@ void attention_bwd_impl(const at::Tensor& dout, const at::Tensor& q, const at::T
         janus_cpu::transpose32(d, rows, dqt, rows, dqblk, d);
       }
     }
-    float* dkb = dkp + ((int64_t)b * Hkv + hk) * Lk * d;   // dk, dv contiguous (allocated here)
-    float* dvb = dvp + ((int64_t)b * Hkv + hk) * Lk * d;
-    std::copy_n(dkacc, (int64_t)kv * d, dkb);
-    std::copy_n(dvacc, (int64_t)kv * d, dvb);
-    std::fill_n(dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, 0.f);
-    std::fill_n(dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, 0.f);
+    // dk, dv contiguous (allocated here)
+    sc.write_dkdv(dkp + ((int64_t)b * Hkv + hk) * Lk * d, dvp + ((int64_t)b * Hkv + hk) * Lk * d,
+                  Lk, d);
   });
 }
 
@@ -775,29 +799,18 @@ void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const 
   constexpr int kM = kBlockMBwd, kC = kChunkBwd;   // both even
 
   run_dynamic(items, [&](const BwdItem& it) {
-    BwdRowStats& st = stats[at::get_thread_num()];
-    st.resize(kM, d);
-    T* kt = scratch<T>(kKt, d * Lkp);
-    T* qt = scratch<T>(kQt, d * kM);
-    T* dot = scratch<T>(kDot, d * kM);
+    const int b = it.b, hk = it.hk;
+    const auto m = ma.sample(b);
+    const BwdItemScratch<T> sc(stats, m, d, Lkp, Lk);
+    auto [st, kt, qt, dot, dqt, pt, dpt, dkacc, dvacc, kv] = sc;
     T* qv = scratch<T>(kQv, d * kM);
     T* gv = scratch<T>(kGv, d * kM);
     T* p = scratch<T>(kPb, kC * kM);
     T* ds = scratch<T>(kDs, kC * kM);
     T* dsv = scratch<T>(kDsv, kC * kM);
-    float* dqt = scratch<float>(kDqt, d * kM);
     float* dqf = scratch<float>(kDq, d * kM);
-    float* pt = scratch<float>(kPt, kC * kM);
-    float* dpt = scratch<float>(kDpt, kC * kM);
-    const int b = it.b, hk = it.hk;
-    const auto m = ma.sample(b);
-    const int kv = std::min(m.kv_len(), Lk);   // key chunks never reach past kv_len
     const T* kb = kp + b * ks[0] + hk * ks[1];
     const T* vb = vp + b * vs[0] + hk * vs[1];
-    float* dkacc = scratch<float>(kDkAcc, (int64_t)Lk * d);
-    float* dvacc = scratch<float>(kDvAcc, (int64_t)Lk * d);
-    std::fill_n(dkacc, (int64_t)kv * d, 0.f);
-    std::fill_n(dvacc, (int64_t)kv * d, 0.f);
     // plain K^T [d][Lkp] (the A operand of dQ^T += K^T dS^T; zero past Lk)
     at::native::utils::transpose<uint16_t>(Lk, d, reinterpret_cast<const uint16_t*>(kb), ks[2],
                                            reinterpret_cast<uint16_t*>(kt), Lkp);
@@ -845,12 +858,9 @@ void attention_bwd_impl_bf16(const at::Tensor& dout, const at::Tensor& q, const 
         at::vec::convert(dqf, dqp + (((int64_t)b * H + h) * Lq + i0) * d, (int64_t)rows * d);
       }
     }
-    T* dkb = dkp + ((int64_t)b * Hkv + hk) * Lk * d;   // dk, dv contiguous (allocated here)
-    T* dvb = dvp + ((int64_t)b * Hkv + hk) * Lk * d;
-    at::vec::convert(dkacc, dkb, (int64_t)kv * d);
-    at::vec::convert(dvacc, dvb, (int64_t)kv * d);
-    std::fill_n(dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, T(0));
-    std::fill_n(dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, T(0));
+    // dk, dv contiguous (allocated here)
+    sc.write_dkdv(dkp + ((int64_t)b * Hkv + hk) * Lk * d, dvp + ((int64_t)b * Hkv + hk) * Lk * d,
+                  Lk, d);
   }, /*release_amx=*/true);
 }
 
