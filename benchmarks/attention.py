@@ -485,8 +485,9 @@ def run(settings: Settings, machine: Dict[str, Any],
         "floor ms = max(useful FLOPs / GEMM peak, bytes that must move / copy bandwidth), both "
         "measured at the start of this run; bytes = the q rows that see a key and the k/v rows "
         "below kv_len read, the whole output and lse written (backward: q, k, v, o, dO read "
-        "again, dq, dk, dv written). No kernel can beat it, so 'sdpa ms / floor ms' is the "
-        "largest speed-up over SDPA that this machine allows.")
+        "again, dq, dk, dv written). No kernel can beat it (the memory part assumes the data "
+        "streams from DRAM: true for these 20-200 MB working sets, not for tiny cached ones), "
+        "so 'sdpa ms / floor ms' is the largest speed-up over SDPA this machine allows.")
     res.seconds = time.perf_counter() - t_suite
     return res
 

@@ -83,6 +83,13 @@ def test_quick_attention_contenders_and_sanity(quick_run):
     # the speedup column is filled in against ours
     if jk._ext.available():
         assert all("vs_ours" in r for r in rows if r["status"] == "ok")
+    # the machine floor: positive, the larger of its parts (not asserted <= ms: tiny cases
+    # live in cache, where the DRAM-bandwidth part is no bound)
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["floor_ms"] > 0, r
+            assert r["floor_ms"] == max(r["compute_floor_ms"], r["memory_floor_ms"])
+            assert abs(r["vs_floor"] - r["ms"] / r["floor_ms"]) < 1e-9
     md = (quick_run[0] / "results.md").read_text()
     for n in expected:
         assert n in md
@@ -198,3 +205,18 @@ def test_compiled_contenders_run_on_a_tiny_case(tmp_path):
     assert all(x["status"] == "skipped" for x in flex if x["pass"] == "fwd+bwd")
     comp = [x for x in data["suites"]["loss"]["rows"] if x["contender"] == "compiled"]
     assert comp and all(x["status"] == "ok" for x in comp)
+
+
+def test_io_bytes_counts_real_rows_and_whole_outputs():
+    """The memory floor's byte count, by hand for one sample: q rows that see a key and k/v
+    rows below kv_len are read, the whole (padded) output and the fp32 lse are written."""
+    gen = torch.Generator().manual_seed(0)
+    case = batt.make_case("causal_pad", batt.Shape("t", 1, 8), gen, "cpu")
+    d = case.desc
+    n = int(d.params[0, 0])                      # KV_LEN = N; causal rows 0..N-1 see keys
+    row = batt.H * batt.HEAD_DIM * 4
+    fwd = (n + 2 * n) * row + d.q_len * row + batt.H * d.q_len * 4
+    assert batt._io_bytes(case, torch.float32, "fwd") == fwd
+    bwd = fwd + (3 * n + 2 * n) * row + batt.H * d.q_len * 4 + d.q_len * row + 2 * d.kv_len * row
+    assert batt._io_bytes(case, torch.float32, "fwd+bwd") == bwd
+    assert batt._io_bytes(case, torch.bfloat16, "fwd") < fwd
