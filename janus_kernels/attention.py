@@ -172,12 +172,18 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (q_split, kind, scale, dropout_p, backend)
 
 
-def _backward(ctx, dout, dlse):
+def _grads(bwd, ctx, dout):
+    """(dq, dk, dv) from what setup saved on ctx, through ``bwd`` (the custom op or the raw
+    backend function); the trailing Nones are the non-tensor inputs' gradients."""
     q, k, v, o, lse, params, rank, seed = ctx.saved_tensors
     q_split, kind, scale, dropout_p, backend = ctx.args
-    dq, dk, dv = _attention_bwd(dout.contiguous(), q, k, v, o, lse, params, rank, q_split,
-                                kind, scale, dropout_p, seed, backend)
+    dq, dk, dv = bwd(dout.contiguous(), q, k, v, o, lse, params, rank, q_split, kind, scale,
+                     dropout_p, seed, backend)
     return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+def _backward(ctx, dout, dlse):
+    return _grads(_attention_bwd, ctx, dout)
 
 
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -192,20 +198,15 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend):
-        o, lse = _BACKENDS[backend][0](q, k, v, params, rank, q_split, kind, scale, dropout_p,
-                                       seed)
-        ctx.save_for_backward(q, k, v, o, lse, params, rank, seed)
-        ctx.args = (q_split, kind, scale, dropout_p, backend)
-        ctx.mark_non_differentiable(lse)
-        return o, lse
+        inputs = (q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend)
+        out = _BACKENDS[backend][0](*inputs[:-1])
+        _setup_context(ctx, inputs, out)
+        ctx.mark_non_differentiable(out[1])
+        return out
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        q, k, v, o, lse, params, rank, seed = ctx.saved_tensors
-        q_split, kind, scale, dropout_p, backend = ctx.args
-        dq, dk, dv = _BACKENDS[backend][1](dout.contiguous(), q, k, v, o, lse, params, rank,
-                                           q_split, kind, scale, dropout_p, seed)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+        return _grads(lambda *a: _BACKENDS[a[-1]][1](*a[:-1]), ctx, dout)
 
 
 # ========================================================================== public API
