@@ -62,7 +62,8 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // Per-thread scratch kept across calls: grow-only, 64-byte aligned, NOT initialised (callers
 // write before they read). Per-call std::vectors cost a malloc, a zero fill and first-touch
 // page faults on every call, which at small shapes (IWSLT batches) rivalled the GEMMs.
-// OpenMP's worker threads persist, so each keeps its buffers.
+// OpenMP's worker threads persist, so each keeps its buffers (sized by the largest call so
+// far: a few hundred KB to a few MB per thread) for its lifetime.
 enum ScratchSlot : int {
   kS, kAcc, kRowMax, kRowSum, kP, kKt, kV,              // forward
   kQt, kDot, kDqt, kDq, kPt, kDpt, kQv, kGv, kPb, kDs, kDsv, kDkAcc, kDvAcc,   // backward
@@ -228,7 +229,7 @@ inline Vec reduce_rows(const float* part, float* tmp, Op op) {
 }
 
 // Online-softmax step of one (row block, key chunk) tile of the forward. On entry S (rows x
-// wr, wr a multiple of 32) holds the raw scores of keys [c0, c0 + w); on exit S (fp32) or P
+// wr; wr a multiple of the vector width, of 32 for bf16) holds the raw scores of keys [c0, c0 + w); on exit S (fp32) or P
 // (bf16) holds exp(scale s - m_new) with masked entries 0 (dropped and rescaled when dropout
 // is on), mrow / lrow hold the new running max / sum and the acc rows are rescaled by
 // exp(m_old - m_new). Rows go in groups of Vec::size(): the per-row max and sum are reduced
