@@ -14,16 +14,15 @@ pytest.importorskip("triton")
 
 from janus_kernels import _ext  # noqa: E402
 from janus_kernels import losses as L  # noqa: E402
-from test_janus_loss_fused import (ONLY_KL, PAPER, RELEASED, make_case,  # noqa: E402
-                                   oracle_and_grads)
+from test_janus_loss_fused import (ONLY_KL, PAPER, RELEASED,  # noqa: E402
+                                   assert_matches_oracle, make_case, oracle_and_grads)
 from _triton_aot_utils import run_aot_script  # noqa: E402
-from test_losses import check, janus_inputs  # noqa: E402
+from test_losses import janus_inputs  # noqa: E402
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interp = pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1 (CPU tensors)")
 needs_ext = pytest.mark.skipif(not _ext.available(), reason="extension not built")
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy in the interpreter
-LOW = (torch.bfloat16, torch.float16)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -150,23 +149,7 @@ def test_janus_loss_triton_matches_oracle(small_blocks, monkeypatch, dtype, N, M
     weights = PAPER if dtype == torch.float16 else RELEASED
     logits, ar_t, m_t, idx = case(N, M, V, dtype, ign, ign_ar, dup, dup_ar_ign)
     total, terms, grads = triton_and_grads(logits, ar_t, m_t, idx, weights)
-    acc_total, acc_terms, acc_grads = oracle_and_grads(logits, ar_t, m_t, idx, weights,
-                                                       torch.float64)
-    same = torch.float32 if dtype in LOW else dtype  # losses are fp32 for 16-bit logits
-    same_total, same_terms, _ = oracle_and_grads(logits, ar_t, m_t, idx, weights, same)
-    # fp16 softmax autograd is not available on CPU: its gradient rule uses the floor alone
-    same_grads = oracle_and_grads(logits, ar_t, m_t, idx, weights, dtype)[2] \
-        if dtype != torch.float16 else acc_grads
-    check(total.reshape(1), acc_total.reshape(1), same_total.reshape(1).double(), 2, floor=1e-6)
-    for k in L.LOSS_TERMS:
-        check(terms[k].reshape(1), acc_terms[k].detach().reshape(1),
-              same_terms[k].detach().reshape(1).double(), 2, floor=1e-6)
-    for got, acc, ref in zip(grads, acc_grads, same_grads):
-        assert got.dtype == dtype and got.shape == acc.shape
-        if acc.numel() and acc.abs().max() == 0:  # V = 1: exact zeros up to rounding
-            assert got.double().abs().max() <= 1e-12
-            continue
-        check(got, acc, ref.double(), 3, floor=1e-6 if dtype == torch.float32 else 1e-2)
+    assert_matches_oracle(total, terms, grads, logits, ar_t, m_t, idx, weights, dtype)
 
 
 @needs_interp

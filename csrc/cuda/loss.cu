@@ -106,15 +106,10 @@ symkl_fwd_kernel(const T* __restrict__ x, const T* __restrict__ y,
       s.ay += mul_nz(ey, d);
     }
   }
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) kl_merge(s, kl_shfl(s, m));
-  __shared__ KLState<A> part[kWarps];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) part[warp] = s;
-  __syncthreads();
+  const KLState<A> t = block_merge(
+      s, [](KLState<A>& a, const KLState<A>& b) { kl_merge(a, b); },
+      [](const KLState<A>& a, int m) { return kl_shfl(a, m); });
   if (threadIdx.x == 0) {
-    KLState<A> t = part[0];
-    for (int w = 1; w < kWarps; ++w) kl_merge(t, part[w]);
     const A sp = t.ax / t.zx, sq = t.ay / t.zy;
     loss[row] = A(0.5) * (sp - sq);
     st[0] = safe(t.mx); st[1] = A(1) / t.zx;

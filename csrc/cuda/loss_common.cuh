@@ -84,6 +84,24 @@ __device__ __forceinline__ void block_reduce(A (&v)[K], Op op) {
   __syncthreads();
 }
 
+// A merge-able state (online-softmax statistics) combined over the block: warp shuffles
+// (shfl(s, m) gives lane ^ m's state), then one slot per warp in shared memory, merged by
+// thread 0, the only thread that gets the block's result (the others get their own state).
+template <typename S, typename Merge, typename Shfl>
+__device__ __forceinline__ S block_merge(S s, Merge merge, Shfl shfl) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) merge(s, shfl(s, m));
+  __shared__ S part[kWarps];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) part[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    s = part[0];
+    for (int w = 1; w < kWarps; ++w) merge(s, part[w]);
+  }
+  return s;
+}
+
 struct MaxOp {
   template <typename A>
   __device__ __forceinline__ A operator()(A a, A b) const { return fmax(a, b); }
@@ -149,19 +167,15 @@ __device__ __forceinline__ void ce_row_fwd_block(const T* xr, int64_t V, int64_t
     }
     s.n += A(cnt);
   }
-#pragma unroll
-  for (int msk = 16; msk > 0; msk >>= 1) {
-    CEState<A> o{__shfl_xor_sync(0xffffffffu, s.m, msk), __shfl_xor_sync(0xffffffffu, s.z, msk),
-                 __shfl_xor_sync(0xffffffffu, s.u, msk), __shfl_xor_sync(0xffffffffu, s.n, msk)};
-    ce_merge(s, o);
-  }
-  __shared__ CEState<A> part[kWarps];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) part[warp] = s;
-  __syncthreads();
+  const CEState<A> r = block_merge(
+      s, [](CEState<A>& a, const CEState<A>& b) { ce_merge(a, b); },
+      [](const CEState<A>& a, int msk) {
+        return CEState<A>{__shfl_xor_sync(0xffffffffu, a.m, msk),
+                          __shfl_xor_sync(0xffffffffu, a.z, msk),
+                          __shfl_xor_sync(0xffffffffu, a.u, msk),
+                          __shfl_xor_sync(0xffffffffu, a.n, msk)};
+      });
   if (threadIdx.x == 0) {
-    CEState<A> r = part[0];
-    for (int w = 1; w < kWarps; ++w) ce_merge(r, part[w]);
     const A logz = dlog(r.z), m = safe(r.m);
     A l = (A(1) - eps) * (logz - (A(load(xr + t)) - m));
     if (SMOOTH) l += eps * (logz - r.u / A(V));
