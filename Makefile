@@ -14,7 +14,7 @@ BUILD_STAMP := $(dir $(DEPS_STAMP)).build.stamp
 export OMP_NUM_THREADS ?= $(shell nproc)
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-all build bench gpu-report clean
+.PHONY: demo test test-slow test-all test-avx2 check-portable build bench gpu-report clean
 
 $(VENV)/.deps.stamp: requirements.txt
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -43,6 +43,15 @@ test-slow: build
 
 test-all: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The whole suite with the CPU kernels capped at AVX2 (what an AVX2-only CPU runs).
+test-avx2: build
+	JANUS_CPU_ISA=avx2 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The default build on an AVX2-only CPU: every op and dtype under `qemu-x86_64 -cpu Haswell`
+# (Debian's qemu-user; it traps on AVX-512 instructions).
+check-portable: build
+	$(PY) -m pytest -q tests/test_portable_build.py -m "slow or not slow"
 
 demo: build
 	$(PY) -m janus_model.demo

@@ -1,6 +1,8 @@
 // Op schemas of the `janus` namespace (always compiled) and the Python module entry point.
-// Backends register implementations with TORCH_LIBRARY_IMPL(janus, CPU|CUDA, m) in their own
-// files; other op families add schemas with TORCH_LIBRARY_FRAGMENT(janus, m).
+// The CUDA kernels register with TORCH_LIBRARY_IMPL(janus, CUDA, m) in their own files; the
+// CPU kernels live in the per-ISA modules (csrc/cpu, namespaces janus_avx2 / janus_avx512 /
+// janus_amx) and janus_kernels/backends/cpu.py registers the `janus` CPU entries, which
+// forward to the level in use.
 #include <Python.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -8,20 +10,42 @@
 
 #include <string>
 
+#include <ATen/native/CPUBlas.h>
+
+#include "janus/op_schemas.h"
+
 namespace {
 
+// Compiled without ISA flags (it must load on any x86-64 CPU): the kernels live in the per-ISA
+// modules janus_kernels._cpu_<isa> (csrc/cpu, see setup.py).
 std::string build_info() {
   std::string s = "cpu";
-#if defined(CPU_CAPABILITY_AVX512)
-  s += "+avx512";
-#elif defined(CPU_CAPABILITY_AVX2)
-  s += "+avx2";
-#endif
 #if defined(_OPENMP)
   s += "+openmp";
 #endif
 #if defined(JANUS_WITH_CUDA)
-  s += ";cuda";
+  s += ";cuda[" JANUS_CUDA_ARCHS "]";   // the architectures with a kernel image (setup.py)
+#endif
+  return s;
+}
+
+// What this CPU can run, as torch's cpuinfo / libgcc report it at run time (OS support for
+// the wider register state included): space-separated feature names. "amx_bf16_brgemm"
+// means oneDNN's bf16 brgemm ukernel works here (AMX tiles, enabled by the OS).
+std::string cpu_features() {
+  std::string s;
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  auto add = [&](bool on, const char* name) {
+    if (on) s += std::string(s.empty() ? "" : " ") + name;
+  };
+  add(__builtin_cpu_supports("avx2"), "avx2");
+  add(__builtin_cpu_supports("fma"), "fma");
+  add(__builtin_cpu_supports("avx512f"), "avx512f");
+  add(__builtin_cpu_supports("avx512bw"), "avx512bw");
+  add(__builtin_cpu_supports("avx512vl"), "avx512vl");
+  add(__builtin_cpu_supports("avx512dq"), "avx512dq");
+  add(at::native::cpublas::could_pack(at::kBFloat16), "amx_bf16_brgemm");
 #endif
   return s;
 }
@@ -29,18 +53,9 @@ std::string build_info() {
 }  // namespace
 
 TORCH_LIBRARY(janus, m) {
-  // Structured-mask flash attention. q (B, H, Lq, d), k/v (B, Hkv, Lk, d), mask_params
-  // (B, NUM_FIELDS) int32 (see csrc/include/janus/mask.h), mask_rank (B, Lk) int32 for the
-  // permutation kind. rng_seed: int64 tensor of shape (1,) when dropout_p > 0.
-  // Returns out (B, H, Lq, d) in q's dtype and lse (B, H, Lq) float32 (-inf for rows that
-  // see no key; their output is 0).
-  m.def("flash_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor mask_params, "
-        "Tensor? mask_rank, int q_split, int mask_kind, float scale, float dropout_p, "
-        "Tensor? rng_seed) -> (Tensor, Tensor)");
-  m.def("flash_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
-        "Tensor lse, Tensor mask_params, Tensor? mask_rank, int q_split, int mask_kind, "
-        "float scale, float dropout_p, Tensor? rng_seed) -> (Tensor, Tensor, Tensor)");
+  janus::define_kernel_ops(m);
   m.def("build_info() -> str", &build_info);
+  m.def("cpu_features() -> str", &cpu_features);
 }
 
 // A plain CPython module so `import janus_kernels._C` loads the library (and with it the

@@ -7,8 +7,10 @@
 """
 import torch  # noqa: F401  (must precede the extension import)
 
-from . import _ext, losses, masks  # noqa: F401
-from .attention import attention, available_backends, default_backend  # noqa: F401
+from . import _ext, cpu_isa, losses, masks  # noqa: F401
+from .attention import attention  # noqa: F401
+from .backends import BackendError, available_backends, default_backend  # noqa: F401
+from .cpu_isa import cap_cpu_isa  # noqa: F401
 from .masks import (MaskDescriptor, causal_mask, full_mask, janus_ar_mask,  # noqa: F401
                     janus_nar_mask, key_padding_mask, permutation_mask, prefix_lm_mask,
                     sliding_window_mask)

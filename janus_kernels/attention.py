@@ -10,142 +10,45 @@ work); each backend implements the same two raw functions::
     bwd(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed)
         -> (dq, dk, dv)
 
-Backends: ``"cpp"`` (the compiled CPU kernel; CUDA kernel on CUDA tensors), ``"triton"``
-(GPU, or the interpreter under TRITON_INTERPRET=1), ``"reference"`` (dense eager PyTorch,
-materializes the mask; any device, slow).
+Backends (janus_kernels/backends: each declares what it serves, dispatch follows): ``"cpu"``
+(the compiled CPU kernels at the CPU's ISA level), ``"cuda"`` (CUDA C++), ``"triton"`` (GPU,
+or the interpreter under TRITON_INTERPRET=1), ``"reference"`` (dense eager PyTorch,
+materializes the mask; any device, slow). ``"cpp"`` is an alias of "cpu" / "cuda".
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple, Union
+import math
+from typing import Optional, Tuple
 
 import torch
 
-from . import _ext
-from .dropout import dropout_keep_mask
-from .masks import Kind, MaskDescriptor
-from .reference import reference_attention, reference_attention_backward
+from . import backends as _backends
+from .masks import MaskDescriptor
 
-__all__ = ["attention", "available_backends", "default_backend"]
+__all__ = ["attention"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 MAX_HEAD_DIM = 256
 
 
-# ============================================================================ backends
-def _descriptor(params, rank, q_split, kind, Lq, Lk) -> MaskDescriptor:
-    return MaskDescriptor(params, Lq, Lk, q_split, Kind(kind), rank)
-
-
-def _reference_fwd(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed):
-    B, H, Lq, _ = q.shape
-    allowed = _descriptor(params, rank, q_split, kind, Lq, k.shape[2]).materialize()
-    keep = None
-    if dropout_p > 0:
-        keep = dropout_keep_mask(int(seed[0]), B, H, Lq, k.shape[2], dropout_p, q.device)
-    o, lse = reference_attention(q, k, v, allowed, scale=scale, keep=keep,
-                                 dropout_p=dropout_p, return_lse=True)
-    return o, lse.float()
-
-
-def _reference_bwd(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed):
-    B, H, Lq, _ = q.shape
-    allowed = _descriptor(params, rank, q_split, kind, Lq, k.shape[2]).materialize()
-    keep = None
-    if dropout_p > 0:
-        keep = dropout_keep_mask(int(seed[0]), B, H, Lq, k.shape[2], dropout_p, q.device)
-    return reference_attention_backward(dout, q, k, v, allowed, scale=scale, keep=keep,
-                                        dropout_p=dropout_p)
-
-
-def _cpp_fwd(*args):
-    _ext.require("attention backend 'cpp'")
-    return tuple(torch.ops.janus.flash_attention_fwd(*args))
-
-
-def _cpp_bwd(*args):
-    _ext.require("attention backend 'cpp'")
-    return tuple(torch.ops.janus.flash_attention_bwd(*args))
-
-
-def _triton_fwd(*args):
-    from .triton import attention as tri
-    return tri.attention_fwd(*args)
-
-
-def _triton_bwd(*args):
-    from .triton import attention as tri
-    return tri.attention_bwd(*args)
-
-
-_BACKENDS: Dict[str, Tuple[Callable, Callable]] = {
-    "cpp": (_cpp_fwd, _cpp_bwd),
-    "triton": (_triton_fwd, _triton_bwd),
-    "reference": (_reference_fwd, _reference_bwd),
-}
-
-
-def _triton_usable(device: torch.device) -> bool:
-    import os
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    from . import triton as _tri_pkg  # noqa: F401  (may not exist in minimal installs)
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def default_backend(device: Union[str, torch.device], dtype: torch.dtype = torch.float32,
-                    head_dim: int = 64) -> str:
-    """The backend `attention` uses when none is given: the compiled kernel where it exists
-    (CPU; CUDA when the extension has CUDA kernels), else Triton on GPU, else the dense
-    reference."""
-    device = torch.device(device)
-    if dtype == torch.float64:
-        return "reference"
-    if device.type == "cpu":
-        return "cpp" if _ext.available() else "reference"
-    if device.type == "cuda":
-        # the CUDA C++ kernels cover fp16/bf16 with head dims that are multiples of 8, <= 128
-        if _ext.has_cuda_kernels() and dtype in (torch.float16, torch.bfloat16) \
-                and head_dim % 8 == 0 and head_dim <= 128:
-            return "cpp"
-        try:
-            if _triton_usable(device):
-                return "triton"
-        except ImportError:
-            pass
-    return "reference"
-
-
-def available_backends(device: Union[str, torch.device] = "cpu") -> Dict[str, str]:
-    """Backend name -> 'yes' or the reason it is unavailable on `device`."""
-    device = torch.device(device)
-    out = {"reference": "yes"}
-    if device.type == "cpu":
-        out["cpp"] = "yes" if _ext.available() else "extension not built"
-    else:
-        out["cpp"] = "yes" if _ext.has_cuda_kernels() else "extension built without CUDA"
-    try:
-        out["triton"] = "yes" if _triton_usable(device) else \
-            "needs a CUDA device (or TRITON_INTERPRET=1 on CPU)"
-    except ImportError as e:
-        out["triton"] = f"not importable ({e})"
-    return out
+def _impl(backend: str):
+    return _backends.get(backend)
 
 
 # ========================================================================= custom ops
 @torch.library.custom_op("janus::attention_fwd", mutates_args=())
 def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: torch.Tensor,
                    rank: Optional[torch.Tensor], q_split: int, kind: int, scale: float,
-                   dropout_p: float, seed: Optional[torch.Tensor], backend: str
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    o, lse = _BACKENDS[backend][0](q, k, v, params, rank, q_split, kind, scale, dropout_p, seed)
+                   dropout_p: float, seed: Optional[torch.Tensor], backend: str,
+                   lse_grad: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    o, lse = _impl(backend).attention_fwd(q, k, v, params, rank, q_split, kind, scale,
+                                          dropout_p, seed)
     return o, lse
 
 
 @_attention_fwd.register_fake
-def _(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend):
-    B, H, Lq, _ = q.shape
+def _(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend, lse_grad=False):
+    B, H, Lq, _ = q.shape   # contiguous, like every backend's outputs
     return q.new_empty(q.shape[:-1] + (v.shape[-1],)), q.new_empty((B, H, Lq), dtype=torch.float32)
 
 
@@ -155,35 +58,62 @@ def _attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
                    rank: Optional[torch.Tensor], q_split: int, kind: int, scale: float,
                    dropout_p: float, seed: Optional[torch.Tensor], backend: str
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dq, dk, dv = _BACKENDS[backend][1](dout, q, k, v, out, lse, params, rank, q_split, kind,
-                                       scale, dropout_p, seed)
+    dq, dk, dv = _impl(backend).attention_bwd(dout, q, k, v, out, lse, params, rank, q_split,
+                                              kind, scale, dropout_p, seed)
     return dq, dk, dv
 
 
 @_attention_bwd.register_fake
 def _(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed, backend):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # every backend returns contiguous gradients, whatever the inputs' strides (e.g. the
+    # (B, L, H, d).transpose(1, 2) layout of nn.MultiheadAttention and HF models)
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("janus_kernels.attention: double backward (gradients of gradients) is "
+                       "not supported; use torch.nn.functional.scaled_dot_product_attention "
+                       "with the dense mask (mask.materialize()) for higher-order gradients")
+
+
+_attention_bwd.register_autograd(_no_double_backward)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend = inputs
+    q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend, lse_grad = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse, params, rank, seed)
-    ctx.args = (q_split, kind, scale, dropout_p, backend)
+    ctx.args = (q_split, kind, scale, dropout_p, backend, lse_grad)
 
 
-def _grads(bwd, ctx, dout):
+def _grads(bwd, ctx, dout, dlse):
     """(dq, dk, dv) from what setup saved on ctx, through ``bwd`` (the custom op or the raw
-    backend function); the trailing Nones are the non-tensor inputs' gradients."""
+    backend function); the trailing Nones are the non-tensor inputs' gradients.
+
+    The log-sum-exp is differentiable: d lse_i / d s_ij = P_ij, so its gradient adds
+    dS_ij += dlse_i P_ij. The kernels' backward computes dS = P (dP - delta) with
+    dP_ij = dO_i . v_j and delta_i = dO_i . o_i; a second call with dO' = [dlse, 0, ...],
+    V' = [1, 0, ...] and O' = 0 (so dP'_ij = dlse_i, delta' = 0) and no dropout (lse is
+    taken before dropout) gives exactly that term's dq and dk on every backend."""
     q, k, v, o, lse, params, rank, seed = ctx.saved_tensors
-    q_split, kind, scale, dropout_p, backend = ctx.args
+    q_split, kind, scale, dropout_p, backend, lse_grad = ctx.args
+    if dout is None:
+        dout = torch.zeros_like(o)
     dq, dk, dv = bwd(dout.contiguous(), q, k, v, o, lse, params, rank, q_split, kind, scale,
                      dropout_p, seed, backend)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+    if lse_grad and dlse is not None:   # lse_grad: the caller returned lse (return_lse=True)
+        g = torch.zeros_like(o)
+        g[..., 0] = dlse.to(g.dtype)
+        ones = torch.zeros_like(v)
+        ones[..., 0] = 1
+        dq2, dk2, _ = bwd(g, q, k, ones, torch.zeros_like(o), lse, params, rank, q_split, kind,
+                          scale, 0.0, None, backend)
+        dq, dk = dq + dq2, dk + dk2
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 def _backward(ctx, dout, dlse):
-    return _grads(_attention_bwd, ctx, dout)
+    return _grads(_attention_bwd, ctx, dout, dlse)
 
 
 _attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -197,16 +127,18 @@ class _EagerAttention(torch.autograd.Function):
     registered custom op is used instead, so graphs still see ``janus::attention_fwd``."""
 
     @staticmethod
-    def forward(ctx, q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend):
-        inputs = (q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend)
-        out = _BACKENDS[backend][0](*inputs[:-1])
+    def forward(ctx, q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend,
+                lse_grad):
+        inputs = (q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend, lse_grad)
+        out = _impl(backend).attention_fwd(*inputs[:-2])
         _setup_context(ctx, inputs, out)
-        ctx.mark_non_differentiable(out[1])
+        ctx.set_materialize_grads(False)   # an unused lse gets None: no second pass
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlse):
-        return _grads(lambda *a: _BACKENDS[a[-1]][1](*a[:-1]), ctx, dout)
+        return _grads(lambda *a: _impl(a[-1]).attention_bwd(*a[:-1]), ctx, dout, dlse)
 
 
 # ========================================================================== public API
@@ -260,19 +192,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescr
             ``seed`` and (b, h, i, j), identical on every backend.
         seed: dropout seed (default: drawn from torch's CPU generator).
         return_lse: also return the log-sum-exp (B, H, Lq) float32.
-        backend: "cpp", "triton" or "reference" (default: see ``default_backend``).
+        backend: "cpu", "cuda", "triton" or "reference" (default: the serving backend of
+            highest priority, ``janus_kernels.default_backend("attention", ...)``); one
+            that cannot serve the call raises ``BackendError`` saying why.
 
     Returns:
-        out (B, H, Lq, d) in q's dtype (and lse). Rows that see no key (padding rows, the
-        first query of a permutation) give zeros and lse = -inf, with zero gradients.
+        out (B, H, Lq, d) in q's dtype, contiguous (and lse, differentiable). Rows that see
+        no key (padding rows, the first query of a permutation) give zeros and lse = -inf,
+        with zero gradients.
     """
     _check_inputs(q, k, v, mask, dropout_p)
-    backend = backend or default_backend(q.device, q.dtype, q.shape[-1])
-    if backend not in _BACKENDS:
-        raise ValueError(f"attention: backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
+    backend = _backends.resolve("attention", backend, q.device, q.dtype, q.shape[-1],
+                                "attention")
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    if not scale > 0:
-        raise ValueError(f"attention: scale must be positive, got {scale}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"attention: scale must be a finite positive number, got {scale}")
     seed_t = None
     if dropout_p > 0:
         if seed is None:
@@ -280,5 +214,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescr
         seed_t = torch.tensor([seed], dtype=torch.int64)
     fn = _attention_fwd if torch.compiler.is_compiling() else _EagerAttention.apply
     o, lse = fn(q, k, v, mask.params, mask.rank, mask.q_split, int(mask.kind), scale,
-                float(dropout_p), seed_t, backend)
+                float(dropout_p), seed_t, backend, bool(return_lse))
     return (o, lse) if return_lse else o

@@ -20,18 +20,13 @@ a few per-row statistics, backward recomputes the softmaxes from the logits), so
 read-only, nothing (rows x V)-sized is kept between forward and backward, reductions are
 ordinary torch ops on the per-row vector (no host syncs; ``torch.compile(fullgraph=True)``
 works), and any upstream gradient is folded into the backward's per-row scale for free.
-Backends implement four raw functions::
-
-    kl_fwd(x, y, row_mask, inv_t) -> (loss (R,), stats (R, 6))
-    kl_bwd(grad (R,), x, y, stats, row_mask, inv_t) -> (dx, dy)
-    ce_fwd(x, target, eps, ignore_index) -> (loss (R,), stats (R, 2))
-    ce_bwd(grad (R,), x, target, stats, eps, ignore_index) -> dx
-
-``"cpp"``: the compiled kernels (csrc/cpu/loss.cpp; on CUDA tensors csrc/cuda/loss.cu when
-the extension is built with CUDA - compile-checked only so far, so Triton stays the CUDA
-default); ``"triton"``: Triton kernels (CUDA, or CPU tensors under TRITON_INTERPRET=1);
-``"reference"``: eager PyTorch on log_softmax quantities, any device. Stats are private to a
-backend.
+Backends implement the raw functions of janus_kernels/backends (kl_fwd / kl_bwd, ce_fwd /
+ce_bwd, janus_fwd / janus_bwd) and declare what they serve; dispatch follows from that:
+``"cpu"``: the compiled kernels (csrc/cpu/loss.cpp, at the CPU's ISA level); ``"cuda"``:
+csrc/cuda/loss.cu when the extension is built with CUDA (emulation-tested, not yet timed on a
+GPU, so Triton stays the CUDA default); ``"triton"``: Triton kernels (CUDA, or CPU tensors
+under TRITON_INTERPRET=1); ``"reference"``: eager PyTorch on log_softmax quantities, any
+device. Stats are private to a backend.
 
 Rules for special values (all backends):
   * ``row_mask`` False / ``ignore_index`` rows: loss 0, gradient 0, their logits are never
@@ -43,11 +38,11 @@ Rules for special values (all backends):
     a finite logit on each side; NaN/+inf logits give NaN.
   * CE, -inf logits: with eps > 0, mean_v(-log p_v) is infinite, so the row's loss is +inf
     (its gradient, from the formula above, stays finite); with eps = 0, -inf logits off the
-    target are fine. A target outside [0, V) raises on CPU (cpp, reference backends).
+    target are fine. A target outside [0, V) raises on CPU (cpu, reference backends).
   * Losses are float32 (float64 for float64 logits) whatever the logits' dtype; gradients
     have the logits' dtype.
 
-``janus_loss`` with the "cpp" backend on CPU and with the "triton" backend does not compose
+``janus_loss`` with the "cpu", "cuda" and "triton" backends does not compose
 those ops: one fused row op (csrc/cpu/janus_loss.cpp, janus_kernels/triton/janus_loss.py)
 reads each AR/NAR/AUX logit row once per pass, computes all six terms from 3 exps per
 element triple, and writes each of the three logit gradients once (the composed path reads
@@ -73,10 +68,10 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import _ext
+from . import backends as _backends
 
 __all__ = ["symmetric_kl", "cross_entropy", "janus_loss", "fused_linear_janus_loss",
-           "JanusLossWeights", "default_loss_backend", "empty_cache", "LOSS_TERMS"]
+           "JanusLossWeights", "empty_cache", "LOSS_TERMS"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
@@ -87,217 +82,34 @@ def empty_cache() -> int:
     """Unmap the output blocks the CPU loss and attention kernels keep for reuse (their output
     pool, capped by the JANUS_POOL_MB environment variable, default 2048; 0 disables it).
     Returns the bytes released (0 without the compiled extension)."""
-    if not _ext.available():
-        return 0
-    return int(torch.ops.janus.pool_clear())
+    from .backends import cpu
+    return cpu.empty_cache()
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# ============================================================== reference backend
-def _ref_kl_rows(x, y, row_mask, inv_t):
-    """Eager formula: log_softmax both sides, 1/2 sum (p - q)(log p - log q)."""
-    ct = _acc(x.dtype)
-    xs, ys = x.to(ct) * inv_t, y.to(ct) * inv_t
-    if row_mask is not None:  # masked rows are never read (they may hold NaN padding)
-        keep = row_mask[:, None]
-        xs = torch.where(keep, xs, torch.zeros((), dtype=ct, device=x.device))
-        ys = torch.where(keep, ys, torch.zeros((), dtype=ct, device=x.device))
-    lp, lq = torch.log_softmax(xs, -1), torch.log_softmax(ys, -1)
-    p, q = lp.exp(), lq.exp()
-    both = (p == 0) & (q == 0)  # both -inf (or both underflow): the term is 0
-    d = torch.where(both, torch.zeros((), dtype=ct, device=x.device), lp - lq)
-    loss = 0.5 * ((p - q) * d).sum(-1)
-    if row_mask is not None:
-        loss = torch.where(row_mask, loss, torch.zeros((), dtype=ct, device=x.device))
-    return loss, (xs, ys, p, q, d)
+def _be(backend: str):
+    return _backends.get(backend)
 
 
-def _ref_kl_fwd(x, y, row_mask, inv_t):
-    loss, (xs, ys, p, q, d) = _ref_kl_rows(x, y, row_mask, inv_t)
-    mx, my = xs.amax(-1), ys.amax(-1)
-    zx, zy = (xs - mx[:, None]).exp().sum(-1), (ys - my[:, None]).exp().sum(-1)
-    stats = torch.stack([mx, 1 / zx, my, 1 / zy, (p * d).sum(-1), (q * d).sum(-1)], 1)
-    return loss, stats
+def _pick_backend(backend: Optional[str], op: str, x: torch.Tensor, who: str) -> str:
+    """The requested backend after checking it serves `op` for x's device and dtype, or the
+    default (janus_kernels/backends derives both from the backends' declarations)."""
+    return _backends.resolve(op, backend, x.device, x.dtype, None, who)
 
 
-def _ref_kl_bwd(grad, x, y, stats, row_mask, inv_t):
-    """Eager gradient formulas (module docstring) on log_softmax quantities. Autograd is not
-    available here: custom-op bodies run below the autograd dispatch key."""
-    loss, (xs, ys, p, q, d) = _ref_kl_rows(x, y, row_mask, inv_t)
-    zero = torch.zeros((), dtype=p.dtype, device=p.device)
-    sp = torch.where(p == 0, zero, p * d).sum(-1, keepdim=True)
-    sq = torch.where(q == 0, zero, q * d).sum(-1, keepdim=True)
-    c = (0.5 * inv_t) * grad.to(p.dtype)[:, None]
-    dx = c * (torch.where(p == 0, zero, p * (d - sp + 1)) - q)
-    dy = c * (torch.where(q == 0, zero, q * (1 + sq - d)) - p)
-    keep = torch.isfinite(loss)[:, None]  # infinite KL rows: undefined gradient -> NaN
-    nan = torch.full((), float("nan"), dtype=p.dtype, device=p.device)
-    dx, dy = torch.where(keep, dx, nan), torch.where(keep, dy, nan)
-    if row_mask is not None:
-        dx = torch.where(row_mask[:, None], dx, zero)
-        dy = torch.where(row_mask[:, None], dy, zero)
-    return dx.to(x.dtype), dy.to(y.dtype)
-
-
-def _ref_ce_rows(x, target, eps, ignore_index):
-    ct = _acc(x.dtype)
-    valid = target != ignore_index
-    xs = torch.where(valid[:, None], x.to(ct), torch.zeros((), dtype=ct, device=x.device))
-    lp = torch.log_softmax(xs, -1)
-    t = torch.where(valid, target, torch.zeros_like(target))
-    loss = -(1.0 - eps) * lp.gather(1, t[:, None]).squeeze(1)
-    if eps > 0:
-        loss = loss - eps * lp.mean(-1)
-    return torch.where(valid, loss, torch.zeros((), dtype=ct, device=x.device)), xs
-
-
-def _ref_ce_fwd(x, target, eps, ignore_index):
-    V = x.shape[1]
-    bad = (target != ignore_index) & ((target < 0) | (target >= V))
-    if x.device.type == "cpu" and bool(bad.any()):  # CPU: no device sync involved
-        raise ValueError(f"cross_entropy: target has values outside [0, {V}) that are not "
-                         f"ignore_index ({ignore_index})")
-    loss, xs = _ref_ce_rows(x, target, eps, ignore_index)
-    m = xs.amax(-1)
-    stats = torch.stack([m, 1 / (xs - m[:, None]).exp().sum(-1)], 1)
-    return loss, stats
-
-
-def _ref_ce_bwd(grad, x, target, stats, eps, ignore_index):
-    """g [softmax(x) - eps/V - (1 - eps) onehot(t)], zero on ignored rows."""
-    V = x.shape[1]
-    _, xs = _ref_ce_rows(x, target, eps, ignore_index)
-    valid = target != ignore_index
-    t = torch.where(valid, target, torch.zeros_like(target))
-    dx = torch.softmax(xs, -1) - eps / V
-    dx = dx - (1.0 - eps) * F.one_hot(t, V).to(dx.dtype)
-    dx = dx * torch.where(valid, grad.to(dx.dtype), torch.zeros((), dtype=dx.dtype,
-                                                                 device=dx.device))[:, None]
-    return dx.to(x.dtype)
-
-
-class _Reference:
-    kl_fwd, kl_bwd = staticmethod(_ref_kl_fwd), staticmethod(_ref_kl_bwd)
-    ce_fwd, ce_bwd = staticmethod(_ref_ce_fwd), staticmethod(_ref_ce_bwd)
-
-
-class _Cpp:
-    @staticmethod
-    def kl_fwd(x, y, row_mask, inv_t):
-        _ext.require("loss backend 'cpp'")
-        return tuple(torch.ops.janus.symkl_rows_fwd(x, y, row_mask, inv_t))
-
-    @staticmethod
-    def kl_bwd(grad, x, y, stats, row_mask, inv_t):
-        _ext.require("loss backend 'cpp'")
-        return tuple(torch.ops.janus.symkl_rows_bwd(grad, x, y, stats, row_mask, inv_t))
-
-    @staticmethod
-    def ce_fwd(x, target, eps, ignore_index):
-        _ext.require("loss backend 'cpp'")
-        return tuple(torch.ops.janus.ce_rows_fwd(x, target, eps, ignore_index))
-
-    @staticmethod
-    def ce_bwd(grad, x, target, stats, eps, ignore_index):
-        _ext.require("loss backend 'cpp'")
-        return torch.ops.janus.ce_rows_bwd(grad, x, target, stats, eps, ignore_index)
-
-    @staticmethod
-    def has_janus_rows(device: torch.device) -> bool:
-        # csrc/cpu/janus_loss.cpp; on CUDA csrc/cuda/janus_loss.cu when built with CUDA
-        return device.type == "cpu" or (device.type == "cuda" and _ext.has_cuda_kernels())
-
-    @staticmethod
-    def janus_fwd(ar, nar, aux, ar_t, m_t, idx, eps, ignore_index):
-        _ext.require("loss backend 'cpp'")
-        return tuple(torch.ops.janus.janus_rows_fwd(ar, nar, aux, ar_t, m_t, idx, eps,
-                                                    ignore_index))
-
-    @staticmethod
-    def janus_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st, eps, ignore_index):
-        _ext.require("loss backend 'cpp'")
-        return tuple(torch.ops.janus.janus_rows_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx,
-                                                    ar_st, m_st, eps, ignore_index))
-
-
-def _triton_module():
-    from .triton import loss as tri  # imported lazily: triton is optional
-    return tri
-
-
-class _Triton:
-    @staticmethod
-    def kl_fwd(*a):
-        return _triton_module().symkl_fwd(*a)
-
-    @staticmethod
-    def kl_bwd(*a):
-        return _triton_module().symkl_bwd(*a)
-
-    @staticmethod
-    def ce_fwd(*a):
-        return _triton_module().ce_fwd(*a)
-
-    @staticmethod
-    def ce_bwd(*a):
-        return _triton_module().ce_bwd(*a)
-
-    @staticmethod
-    def has_janus_rows(device: torch.device) -> bool:
-        return device.type == "cuda" or (device.type == "cpu"
-                                         and os.environ.get("TRITON_INTERPRET") == "1")
-
-    @staticmethod
-    def janus_fwd(*a):
-        from .triton import janus_loss  # imported lazily: triton is optional
-        return janus_loss.janus_rows_fwd(*a)
-
-    @staticmethod
-    def janus_bwd(*a):
-        from .triton import janus_loss
-        return janus_loss.janus_rows_bwd(*a)
-
-
-_BACKENDS = {"cpp": _Cpp, "triton": _Triton, "reference": _Reference}
-
-
-def default_loss_backend(device: Union[str, torch.device]) -> str:
-    """"cpp" on CPU when the extension is built, "triton" on CUDA when triton imports,
-    else "reference" (the CUDA C++ kernels are opt-in: backend="cpp")."""
-    device = torch.device(device)
-    if device.type == "cpu":
-        return "cpp" if _ext.available() else "reference"
-    if device.type == "cuda":
-        try:
-            import triton  # noqa: F401
-            return "triton"
-        except ImportError:
-            pass
-    return "reference"
-
-
-def _pick_backend(backend: Optional[str], device: torch.device, who: str) -> str:
-    backend = backend or default_loss_backend(device)
-    if backend not in _BACKENDS:
-        raise ValueError(f"{who}: backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
-    if backend == "cpp" and device.type != "cpu" and not (
-            device.type == "cuda" and _ext.has_cuda_kernels()):
-        raise ValueError(f"{who}: backend 'cpp' needs CPU tensors, or CUDA tensors with an "
-                         f"extension built with CUDA (JANUS_WITH_CUDA=1); got {device}")
-    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"{who}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 "
-                         f"for the CPU interpreter), got tensors on {device}")
-    return backend
+def _has_janus_rows(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `backend` has the fused criterion row kernels (janus_fwd / janus_bwd) here."""
+    return _backends.why_not("janus_rows", backend, device, dtype) is None
 
 
 # ====================================================================== custom ops
 @torch.library.custom_op("janus::symmetric_kl_fwd", mutates_args=())
 def _kl_fwd_op(x: torch.Tensor, y: torch.Tensor, row_mask: Optional[torch.Tensor],
                inv_temperature: float, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    loss, stats = _BACKENDS[backend].kl_fwd(x, y, row_mask, inv_temperature)
+    loss, stats = _be(backend).kl_fwd(x, y, row_mask, inv_temperature)
     return loss, stats
 
 
@@ -311,7 +123,7 @@ def _(x, y, row_mask, inv_temperature, backend):
 def _kl_bwd_op(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, stats: torch.Tensor,
                row_mask: Optional[torch.Tensor], inv_temperature: float, backend: str
                ) -> Tuple[torch.Tensor, torch.Tensor]:
-    dx, dy = _BACKENDS[backend].kl_bwd(grad, x, y, stats, row_mask, inv_temperature)
+    dx, dy = _be(backend).kl_bwd(grad, x, y, stats, row_mask, inv_temperature)
     return dx, dy
 
 
@@ -341,7 +153,7 @@ _kl_fwd_op.register_autograd(_kl_backward, setup_context=_kl_setup)
 @torch.library.custom_op("janus::cross_entropy_fwd", mutates_args=())
 def _ce_fwd_op(x: torch.Tensor, target: torch.Tensor, label_smoothing: float,
                ignore_index: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    loss, stats = _BACKENDS[backend].ce_fwd(x, target, label_smoothing, ignore_index)
+    loss, stats = _be(backend).ce_fwd(x, target, label_smoothing, ignore_index)
     return loss, stats
 
 
@@ -354,7 +166,7 @@ def _(x, target, label_smoothing, ignore_index, backend):
 @torch.library.custom_op("janus::cross_entropy_bwd", mutates_args=())
 def _ce_bwd_op(grad: torch.Tensor, x: torch.Tensor, target: torch.Tensor, stats: torch.Tensor,
                label_smoothing: float, ignore_index: int, backend: str) -> torch.Tensor:
-    return _BACKENDS[backend].ce_bwd(grad, x, target, stats, label_smoothing, ignore_index)
+    return _be(backend).ce_bwd(grad, x, target, stats, label_smoothing, ignore_index)
 
 
 @_ce_bwd_op.register_fake
@@ -424,7 +236,8 @@ def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, *,
         reduction: "mean" (over selected rows; 0 when none is selected), "sum", or "none"
             (per-row losses of shape (...), 0 for unselected rows).
         temperature: T > 0; no T^2 factor is applied.
-        backend: "cpp", "triton" or "reference" (default: ``default_loss_backend``).
+        backend: "cpu", "cuda", "triton" or "reference" (default:
+            ``janus_kernels.default_backend("symmetric_kl", device, dtype)``).
 
     Returns:
         float32 loss (float64 for float64 logits). See the module docstring for -inf rules.
@@ -455,7 +268,7 @@ def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, *,
                              f"without the vocabulary dim), got {tuple(row_mask.shape)}")
         mask = row_mask.reshape(-1).to(x.device).contiguous()
         count = mask.sum()
-    backend = _pick_backend(backend, x.device, who)
+    backend = _pick_backend(backend, "symmetric_kl", x, who)
     loss_rows, _ = _kl_fwd_op(x, y, mask, 1.0 / float(temperature), backend)
     return _reduce(loss_rows, count, reduction, lead)
 
@@ -472,7 +285,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, label_smoothing
             zero gradient.
         label_smoothing: eps in [0, 1].
         reduction: "mean" over non-ignored rows (0 if all are ignored), "sum", or "none".
-        backend: "cpp", "triton" or "reference".
+        backend: "cpu", "cuda", "triton" or "reference" (default: see symmetric_kl).
 
     Returns:
         float32 loss (float64 for float64 logits); equals ``F.cross_entropy`` (same eps) on
@@ -492,7 +305,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, label_smoothing
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{who}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     t = target.reshape(-1).to(device=x.device, dtype=torch.int64).contiguous()
-    backend = _pick_backend(backend, x.device, who)
+    backend = _pick_backend(backend, "cross_entropy", x, who)
     loss_rows, _ = _ce_fwd_op(x, t, float(label_smoothing), int(ignore_index), backend)
     count = (t != ignore_index).sum() if reduction == "mean" else None
     return _reduce(loss_rows, count, reduction, lead)
@@ -537,10 +350,21 @@ def _kl_row_index(ar_kl_rows: torch.Tensor, n_ar: int, m: int, device, who: str)
         if ar_kl_rows.shape != (n_ar,):
             raise ValueError(f"{who}: a bool ar_kl_rows must have shape ({n_ar},) (one flag per "
                              f"AR row), got {tuple(ar_kl_rows.shape)}")
+        # checked where it costs no device sync (eager CPU; the kernels check what they index)
+        if ar_kl_rows.device.type == "cpu" and not torch.compiler.is_compiling():
+            count = int(ar_kl_rows.sum())
+            if count != m:
+                raise ValueError(f"{who}: a bool ar_kl_rows must have exactly M={m} True "
+                                 f"entries (one per masked row), got {count}")
         return torch.nonzero_static(ar_kl_rows.to(device), size=m).reshape(-1)
     if ar_kl_rows.dtype.is_floating_point or ar_kl_rows.shape != (m,):
         raise ValueError(f"{who}: integer ar_kl_rows must have shape ({m},) (one AR row per "
                          f"masked row), got {ar_kl_rows.dtype} {tuple(ar_kl_rows.shape)}")
+    if ar_kl_rows.device.type == "cpu" and m > 0 and not torch.compiler.is_compiling():
+        lo, hi = int(ar_kl_rows.min()), int(ar_kl_rows.max())
+        if lo < 0 or hi >= n_ar:
+            raise ValueError(f"{who}: ar_kl_rows holds AR row indices, which must be in "
+                             f"[0, N_ar={n_ar}); got values in [{lo}, {hi}]")
     return ar_kl_rows.to(device=device, dtype=torch.int64)
 
 
@@ -607,8 +431,8 @@ def janus_loss(ar_logits: torch.Tensor, nar_logits: torch.Tensor, aux_logits: to
                         f"{ar_logits.dtype}, {nar_logits.dtype} and {aux_logits.dtype}")
     if not ar_logits.device == nar_logits.device == aux_logits.device:
         raise ValueError(f"{who}: ar_logits, nar_logits and aux_logits must be on one device")
-    backend = _pick_backend(backend, ar_logits.device, who)
-    terms_of = _janus_terms_fused if _has_janus_rows(backend, ar_logits.device) \
+    backend = _pick_backend(backend, "cross_entropy", ar_logits, who)
+    terms_of = _janus_terms_fused if _has_janus_rows(backend, ar_logits.device, ar_logits.dtype) \
         else _janus_terms_composed
     terms = terms_of(ar_logits, nar_logits, aux_logits, ar_targets, masked_targets, idx,
                      float(label_smoothing), int(ignore_index), backend)
@@ -640,13 +464,6 @@ def _janus_terms_composed(ar_logits, nar_logits, aux_logits, ar_targets, masked_
         "kl_ar_aux": symmetric_kl(ar_sel, aux_logits, row_mask=valid, **kw),
         "kl_nar_aux": symmetric_kl(nar_logits, aux_logits, row_mask=valid, **kw),
     }
-
-
-def _has_janus_rows(backend: str, device: torch.device) -> bool:
-    """Whether `backend` has the fused criterion row kernels (janus_fwd / janus_bwd) for
-    tensors on `device`."""
-    be = _BACKENDS[backend]
-    return hasattr(be, "janus_fwd") and be.has_janus_rows(device)
 
 
 def _janus_terms_fused(ar_logits, nar_logits, aux_logits, ar_targets, masked_targets, idx,
@@ -686,7 +503,7 @@ def _janus_rows_op(ar: torch.Tensor, nar: torch.Tensor, aux: torch.Tensor, ar_t:
                    m_t: torch.Tensor, idx: torch.Tensor, label_smoothing: float,
                    ignore_index: int, backend: str
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _BACKENDS[backend].janus_fwd(ar, nar, aux, ar_t, m_t, idx, label_smoothing,
+    return _be(backend).janus_fwd(ar, nar, aux, ar_t, m_t, idx, label_smoothing,
                                         ignore_index)
 
 
@@ -704,7 +521,7 @@ def _janus_rows_bwd_op(g_ar: torch.Tensor, g_m: torch.Tensor, ar: torch.Tensor,
                        m_t: torch.Tensor, idx: torch.Tensor, ar_st: torch.Tensor,
                        m_st: torch.Tensor, label_smoothing: float, ignore_index: int,
                        backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _BACKENDS[backend].janus_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st,
+    return _be(backend).janus_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_st, m_st,
                                         label_smoothing, ignore_index)
 
 
@@ -761,10 +578,14 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
             gw.add_(torch.mm(dlog.t(), h).to(ct))
 
     # AR cross entropy over all AR rows.
-    be = _BACKENDS[backend]
+    be = _be(backend)
+    # Ignored rows are never read (the documented rule): their hidden states are replaced by
+    # zeros before any GEMM, or a NaN there would reach grad_weight through 0 * NaN.
+    zero = torch.zeros((), dtype=dt, device=dev)
+    ar_valid = (ar_targets != ignore_index)[:, None]
     for s in range(0, N, chunk_rows):
         e = min(N, s + chunk_rows)
-        h, t = h_ar[s:e], ar_targets[s:e]
+        h, t = torch.where(ar_valid[s:e], h_ar[s:e], zero), ar_targets[s:e]
         logits = torch.mm(h, weight.t())
         loss, st = be.ce_fwd(logits, t, eps, ignore_index)
         sums[0] += loss.sum()
@@ -778,12 +599,13 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
             acc_weight_grad(dlog, h)
     # Masked rows: NAR / AUX cross entropy and the three symmetric KLs, with the AR rows'
     # logits recomputed for their KL rows (one extra (c x D) @ (D x V) product per chunk).
-    masked_rows = _masked_rows_fused if _has_janus_rows(backend, dev) else _masked_rows_composed
+    masked_rows = _masked_rows_fused if _has_janus_rows(backend, dev, dt) else _masked_rows_composed
     g5 = torch.tensor(w6[1:], dtype=ct, device=dev) / n_m  # per-term upstream gradients
     for s in range(0, M, chunk_rows):
         e = min(M, s + chunk_rows)
         c = e - s
         hs = torch.cat([h_ar.index_select(0, idx[s:e]), h_nar[s:e], h_aux[s:e]])
+        hs = torch.where(valid[s:e].repeat(3)[:, None], hs, zero)   # ignored rows: zeros
         logits = torch.mm(hs, weight.t())  # one GEMM for the three streams
         t, vm = masked_targets[s:e], valid[s:e]
         loss5, grads = masked_rows(logits[:c], logits[c:2 * c], logits[2 * c:], t, vm, g5,
@@ -810,7 +632,7 @@ def _masked_rows_fused(la, ln, lx, t, valid, g5, w5, eps, ignore_index, need_gra
     and (with need_grad) the three logit gradients for the per-term upstream gradients g5
     (a tensor; w5 are the python weights), by the backend's fused rows op (each logit row
     read once per pass; a zero g5 entry drops its term)."""
-    be = _BACKENDS[backend]
+    be = _be(backend)
     c = la.shape[0]
     no_ar = torch.full((c,), ignore_index, dtype=torch.int64, device=la.device)
     own = torch.arange(c, device=la.device)
@@ -825,7 +647,7 @@ def _masked_rows_fused(la, ln, lx, t, valid, g5, w5, eps, ignore_index, need_gra
 
 def _masked_rows_composed(la, ln, lx, t, valid, g5, w5, eps, ignore_index, need_grad, backend):
     """As _masked_rows_fused, from the separate row kernels of any backend."""
-    be = _BACKENDS[backend]
+    be = _be(backend)
     c = la.shape[0]
     l_n, st_n = be.ce_fwd(ln, t, eps, ignore_index)
     l_x, st_x = be.ce_fwd(lx, t, eps, ignore_index)
@@ -935,7 +757,7 @@ def fused_linear_janus_loss(hidden_ar: torch.Tensor, hidden_nar: torch.Tensor,
         chunk_rows = max(1, (1 << 22) // V)
     if int(chunk_rows) < 1:
         raise ValueError(f"{who}: chunk_rows must be >= 1, got {chunk_rows}")
-    backend = _pick_backend(backend, dev, who)
+    backend = _pick_backend(backend, "cross_entropy", hidden_ar, who)
     need_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (hidden_ar, hidden_nar, hidden_aux, weight))
     tgt = lambda t: t.to(device=dev, dtype=torch.int64).contiguous()  # noqa: E731

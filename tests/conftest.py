@@ -10,7 +10,23 @@ import torch  # noqa: E402
 
 from _triton_interp_fix import apply as _apply_triton_fix  # noqa: E402
 
+from janus_kernels import cpu_isa  # noqa: E402
+
 _apply_triton_fix()
+
+#: every CPU ISA level this machine can run (e.g. avx2, avx512, amx on a Sapphire Rapids);
+#: suites that use the ``cpu_isa_level`` fixture run once per level
+CPU_LEVELS = cpu_isa.available_levels()
+
+
+@pytest.fixture(params=CPU_LEVELS or [None], ids=lambda lv: f"isa={lv or 'none'}")
+def cpu_isa_level(request):
+    """Run the test with the compiled CPU kernels capped at one ISA level."""
+    if request.param is None:
+        yield None
+        return
+    with cpu_isa.cap_cpu_isa(request.param):
+        yield request.param
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,4 @@
-"""janus_kernels.attention on CPU (backend "cpp", the compiled kernel; "reference" where
+"""janus_kernels.attention on CPU (backend "cpu", the compiled kernel; "reference" where
 noted): numerics vs the dense eager reference for every mask family, awkward shapes, GQA,
 bf16/fp16, dropout, non-contiguous inputs, bad input, opcheck, torch.compile."""
 import pytest
@@ -11,7 +11,9 @@ from janus_kernels.dropout import dropout_keep_mask
 
 from attention_utils import assert_close_to_reference, make_qkv
 
-pytestmark = pytest.mark.skipif(not _ext.available(), reason="compiled extension missing")
+# every test runs once per CPU ISA level this machine has (conftest.cpu_isa_level)
+pytestmark = [pytest.mark.skipif(not _ext.available(), reason="compiled extension missing"),
+              pytest.mark.usefixtures("cpu_isa_level")]
 
 
 def run(q, k, v, do, desc, **kw):
@@ -179,7 +181,7 @@ def test_scale_argument():
 def test_reference_backend_agrees():
     desc = CASES["janus_nar"]()
     q, k, v, do = make_qkv(desc)
-    a = run(q, k, v, do, desc, backend="cpp")
+    a = run(q, k, v, do, desc, backend="cpu")
     b = run(q, k, v, do, desc, backend="reference")
     for x, y in zip(a, b):
         assert (x - y).abs().max() < 1e-4
@@ -252,7 +254,7 @@ def test_opcheck():
     desc = jk.janus_nar_mask([3, 4], [2, 1])
     q, k, v, _ = make_qkv(desc, H=2, d=8)
     q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
-    args = (q, k, v, desc.params, None, desc.q_split, 0, 0.35, 0.0, None, "cpp")
+    args = (q, k, v, desc.params, None, desc.q_split, 0, 0.35, 0.0, None, "cpu")
     torch.library.opcheck(torch.ops.janus.attention_fwd.default, args)
 
 

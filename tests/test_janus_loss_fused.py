@@ -1,5 +1,5 @@
 """The fused JANUS criterion rows op (csrc/cpu/janus_loss.cpp, used by ``janus_loss`` on CPU
-with the "cpp" backend) against the float64 F.cross_entropy / F.kl_div oracle (tolerance rule
+with the "cpu" backend) against the float64 F.cross_entropy / F.kl_div oracle (tolerance rule
 of COMMON.md: error <= 2x, gradients 3x, the oracle's own error in the input precision) and
 against the composition of the separate ops (same special-value rules, same NaN pattern)."""
 import pytest
@@ -9,7 +9,8 @@ from janus_kernels import _ext
 from janus_kernels import losses as L
 from test_losses import assert_symkl_ce_cpp_matches_reference, check, janus_oracle
 
-pytestmark = pytest.mark.skipif(not _ext.available(), reason="extension not built")
+pytestmark = [pytest.mark.skipif(not _ext.available(), reason="extension not built"),
+              pytest.mark.usefixtures("cpu_isa_level")]   # once per CPU ISA level
 
 RELEASED, PAPER = L.JanusLossWeights(), L.JanusLossWeights.paper()
 ONLY_KL = L.JanusLossWeights(0.0, 0.0, 0.0, 1.0, 0.0, 0.0)
@@ -38,7 +39,7 @@ def make_case(N, M, V, *, dtype=torch.float32, scale=3.0, seed=0, ignore=(), ign
 def fused_and_grads(logits, ar_t, m_t, idx, weights, scale=1.3, composed=False):
     xs = [z.detach().clone().requires_grad_() for z in logits]
     fn = L._janus_terms_composed if composed else L._janus_terms_fused
-    terms = fn(*xs, ar_t, m_t, idx, 0.1, -100, "cpp")
+    terms = fn(*xs, ar_t, m_t, idx, 0.1, -100, "cpu")
     total = sum(w * terms[k] for k, w in zip(L.LOSS_TERMS, weights.as_tuple()) if w != 0)
     (total * scale).backward()
     return total.detach(), {k: v.detach() for k, v in terms.items()}, [z.grad for z in xs]
@@ -155,7 +156,7 @@ def test_janus_loss_uses_fused_path_and_keeps_inputs(monkeypatch):
     def no_composed(*a):
         raise AssertionError("janus_loss took the composed path")
     monkeypatch.setattr(L, "_janus_terms_composed", no_composed)
-    total, _ = L.janus_loss(*xs, ar_t, m_t, idx, backend="cpp")
+    total, _ = L.janus_loss(*xs, ar_t, m_t, idx, backend="cpu")
     monkeypatch.setattr(L, "_janus_terms_composed", composed)
     total.backward()
     assert all(torch.equal(z, b) for z, b in zip(logits, before))
@@ -164,7 +165,7 @@ def test_janus_loss_uses_fused_path_and_keeps_inputs(monkeypatch):
         torch.testing.assert_close(g, r)
     mixed = [xs[0].detach().double(), xs[1].detach(), xs[2].detach()]
     with pytest.raises(TypeError, match="share a dtype"):
-        L.janus_loss(*mixed, ar_t, m_t, idx, backend="cpp")
+        L.janus_loss(*mixed, ar_t, m_t, idx, backend="cpu")
 
 
 def test_bad_arguments_name_the_argument():
@@ -182,14 +183,14 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(RuntimeError, match="label_smoothing"):
         torch.ops.janus.janus_rows_fwd(ar, nar, aux, ar_t, m_t, idx, 1.5, -100)
     with pytest.raises(ValueError, match="ar_kl_rows"):
-        L.janus_loss(ar, nar, aux, ar_t, m_t, idx[:2], backend="cpp")
+        L.janus_loss(ar, nar, aux, ar_t, m_t, idx[:2], backend="cpu")
 
 
 def test_opcheck_and_compile():
     logits, ar_t, m_t, idx = make_case(7, 3, 37, ignore=(1,), dup=True)
     xs = tuple(z.clone().requires_grad_() for z in logits)
-    torch.library.opcheck(torch.ops.janus.janus_rows, xs + (ar_t, m_t, idx, 0.1, -100, "cpp"))
-    f = torch.compile(lambda a, b, c: L.janus_loss(a, b, c, ar_t, m_t, idx, backend="cpp")[0],
+    torch.library.opcheck(torch.ops.janus.janus_rows, xs + (ar_t, m_t, idx, 0.1, -100, "cpu"))
+    f = torch.compile(lambda a, b, c: L.janus_loss(a, b, c, ar_t, m_t, idx, backend="cpu")[0],
                       fullgraph=True)
     out = f(*xs)
     out.backward()

@@ -1,4 +1,4 @@
-"""Fused losses (janus_kernels.losses) on CPU: the C++ kernels ("cpp") and the eager backend
+"""Fused losses (janus_kernels.losses) on CPU: the C++ kernels ("cpu") and the eager backend
 ("reference") against independent torch oracles (F.kl_div both ways, F.cross_entropy).
 
 Tolerance rule (COMMON.md): error vs the float64 oracle <= 2x (3x for gradients) the error of
@@ -10,9 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from janus_kernels import _ext
+from janus_kernels import backends as jk_backends
 from janus_kernels import losses as L
 
-BACKENDS = [pytest.param("cpp", marks=pytest.mark.skipif(not _ext.available(),
+# the CPU kernels run once per CPU ISA level this machine has (conftest.cpu_isa_level)
+pytestmark = pytest.mark.usefixtures("cpu_isa_level")
+
+BACKENDS = [pytest.param("cpu", marks=pytest.mark.skipif(not _ext.available(),
                                                          reason="extension not built")),
             "reference"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -340,7 +344,7 @@ def test_gradcheck_fp64(backend):
 
 
 def test_opcheck_custom_ops():
-    backend = L.default_loss_backend("cpu")
+    backend = jk_backends.default_backend("symmetric_kl", "cpu")
     x, y = torch.randn(3, 37, requires_grad=True), torch.randn(3, 37, requires_grad=True)
     mask = torch.tensor([True, False, True])
     t = torch.tensor([1, -100, 36])
@@ -357,7 +361,7 @@ def test_opcheck_custom_ops():
 
 
 def test_torch_compile_fullgraph():
-    backend = L.default_loss_backend("cpu")
+    backend = jk_backends.default_backend("symmetric_kl", "cpu")
     f = torch.compile(lambda a, b, m: L.symmetric_kl(a, b, row_mask=m, backend=backend) * 2.0,
                       fullgraph=True)
     x, y = torch.randn(4, 33, requires_grad=True), torch.randn(4, 33, requires_grad=True)
@@ -386,7 +390,7 @@ def test_fuzz_against_oracle(R, V, scale, eps, seed, T):
     y = torch.randn(R, V, generator=g) * scale
     t = torch.randint(-1, V, (R,), generator=g)
     mask = torch.rand(R, generator=g) > 0.3
-    backend = L.default_loss_backend("cpu")
+    backend = jk_backends.default_backend("symmetric_kl", "cpu")
     xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
     kl = L.symmetric_kl(xr, yr, row_mask=mask, temperature=T, reduction="sum", backend=backend)
     ce = L.cross_entropy(xr, t, label_smoothing=eps, ignore_index=-1, reduction="sum",
@@ -530,13 +534,13 @@ def assert_symkl_ce_cpp_matches_reference(x, y, mask, t):
     """symmetric_kl(x, y) + label-smoothed cross_entropy(x, t): the loss and both logit
     gradients of the C++ backend against the reference backend."""
     out = {}
-    for be in ("cpp", "reference"):
+    for be in ("cpu", "reference"):
         xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
         loss = L.symmetric_kl(xr, yr, row_mask=mask, backend=be) + \
             L.cross_entropy(xr, t, label_smoothing=0.1, backend=be)
         loss.backward()
         out[be] = (loss.detach(), xr.grad, yr.grad)
-    for a, b in zip(out["cpp"], out["reference"]):
+    for a, b in zip(out["cpu"], out["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
 
 

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "janus/loss_args.h"
+#include "isa_library.h"
 #include "loss_rows.h"
 
 namespace {
@@ -430,22 +431,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> janus_rows_bwd(
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(janus, m) {
-  // The JANUS criterion's row terms (csrc/cpu/janus_loss.cpp): AR CE per AR row; NAR CE, AUX
-  // CE and the three symmetric KLs per masked row. Losses/stats/grads are float32 (float64
-  // for float64 logits).
-  m.def("janus_rows_fwd(Tensor ar_logits, Tensor nar_logits, Tensor aux_logits, "
-        "Tensor ar_targets, Tensor masked_targets, Tensor ar_kl_rows, float label_smoothing, "
-        "int ignore_index) -> (Tensor ar_loss, Tensor masked_loss, Tensor ar_stats, "
-        "Tensor masked_stats)");
-  m.def("janus_rows_bwd(Tensor grad_ar, Tensor grad_masked, Tensor ar_logits, "
-        "Tensor nar_logits, Tensor aux_logits, Tensor ar_targets, Tensor masked_targets, "
-        "Tensor ar_kl_rows, Tensor ar_stats, Tensor masked_stats, float label_smoothing, "
-        "int ignore_index) -> (Tensor grad_ar_logits, Tensor grad_nar_logits, "
-        "Tensor grad_aux_logits)");
-}
-
-TORCH_LIBRARY_IMPL(janus, CPU, m) {
+namespace {
+void register_janus_rows(torch::Library& m) {
   m.impl("janus_rows_fwd", &janus_rows_fwd);
   m.impl("janus_rows_bwd", &janus_rows_bwd);
 }
+}  // namespace
+
+// schemas: csrc/include/janus/op_schemas.h
+JANUS_CPU_KERNELS(register_janus_rows, register_janus_rows)

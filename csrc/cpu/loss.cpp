@@ -40,6 +40,7 @@
 // are written with non-temporal stores (no read-for-ownership), and fresh gradient memory is
 // prefaulted in parallel by the row loop (see prefault) or reused already mapped from a small
 // output pool (see OutputPool in output_pool.h; huge pages opt-in).
+#include "isa_library.h"
 #include "loss_rows.h"
 
 namespace {
@@ -388,29 +389,15 @@ at::Tensor ce_rows_bwd(const at::Tensor& grad_, const at::Tensor& x_, const at::
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(janus, m) {
-  // Row-wise fused losses (see the math at the top of csrc/cpu/loss.cpp). Logits (R, V) with a
-  // unit last stride; loss/stats/grad are float32 (float64 for float64 logits).
-  m.def("symkl_rows_fwd(Tensor logits_p, Tensor logits_q, Tensor? row_mask, "
-        "float inv_temperature) -> (Tensor loss, Tensor stats)");
-  m.def("symkl_rows_bwd(Tensor grad, Tensor logits_p, Tensor logits_q, Tensor stats, "
-        "Tensor? row_mask, float inv_temperature) -> (Tensor grad_p, Tensor grad_q)");
-  m.def("symkl_rows_bwd_into(Tensor grad, Tensor logits_p, Tensor logits_q, Tensor stats, "
-        "Tensor? row_mask, float inv_temperature, Tensor(a!) grad_p_out, "
-        "Tensor(b!) grad_q_out) -> ()");
-  // unmaps the blocks cached by the output pool (output_pool.h); returns their bytes
-  m.def("pool_clear() -> int",
-        +[]() -> int64_t { return int64_t(janus_cpu::OutputPool::get().clear()); });
-  m.def("ce_rows_fwd(Tensor logits, Tensor target, float label_smoothing, int ignore_index) "
-        "-> (Tensor loss, Tensor stats)");
-  m.def("ce_rows_bwd(Tensor grad, Tensor logits, Tensor target, Tensor stats, "
-        "float label_smoothing, int ignore_index) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(janus, CPU, m) {
+namespace {
+void register_losses(torch::Library& m) {
   m.impl("symkl_rows_fwd", &symkl_rows_fwd);
   m.impl("symkl_rows_bwd", &symkl_rows_bwd);
   m.impl("symkl_rows_bwd_into", &symkl_rows_bwd_into);
   m.impl("ce_rows_fwd", &ce_rows_fwd);
   m.impl("ce_rows_bwd", &ce_rows_bwd);
 }
+}  // namespace
+
+// schemas: csrc/include/janus/op_schemas.h
+JANUS_CPU_KERNELS(register_losses, register_losses)

@@ -1,0 +1,291 @@
+// Pieces shared by the CPU attention forward (attention_fwd.cpp), backward (attention_bwd.cpp)
+// and glue (attention_glue.cpp): tile sizes, per-thread scratch, descriptor / dropout views,
+// work items and their scheduling, and the small data-movement helpers (VNNI packing, dtype
+// widening). Like every file in csrc/cpu it is compiled once per ISA level (setup.py), so the
+// at::vec code below is AVX2 in one module and AVX-512 in the other.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/native/CPUBlas.h>
+#include <ATen/native/cpu/utils.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "janus/mask.h"
+#include "janus/philox.h"
+#include "output_pool.h"
+#include "transpose.h"
+
+
+namespace janus_cpu {
+
+using at::BFloat16;
+using at::Half;
+using at::BFloat16;
+using Vec = at::vec::Vectorized<float>;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+#ifndef JANUS_FWD_BLOCK_M
+#define JANUS_FWD_BLOCK_M 128
+#endif
+#ifndef JANUS_FWD_CHUNK
+#define JANUS_FWD_CHUNK 512
+#endif
+constexpr int kBlockM = JANUS_FWD_BLOCK_M;   // rows per work item (forward)
+constexpr int kChunkFwd = JANUS_FWD_CHUNK;   // keys per forward chunk
+constexpr size_t kPoolMinBytes = size_t(2) << 20;   // outputs this large use the pool
+#ifndef JANUS_BWD_BLOCK_M
+#define JANUS_BWD_BLOCK_M 64
+#endif
+#ifndef JANUS_BWD_CHUNK
+#define JANUS_BWD_CHUNK 128
+#endif
+constexpr int kBlockMBwd = JANUS_BWD_BLOCK_M;   // rows per block (backward)
+constexpr int kChunkBwd = JANUS_BWD_CHUNK;      // keys per backward chunk
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Per-thread scratch kept across calls: grow-only, 64-byte aligned, NOT initialised (callers
+// write before they read). Per-call std::vectors cost a malloc, a zero fill and first-touch
+// page faults on every call, which at small shapes (IWSLT batches) rivalled the GEMMs.
+// OpenMP's worker threads persist, so each keeps its buffers (sized by the largest call so
+// far: a few hundred KB to a few MB per thread) for its lifetime.
+enum ScratchSlot : int {
+  kS, kAcc, kRowMax, kRowSum, kP, kKt, kV,              // forward
+  kQt, kDot, kDqt, kDq, kPt, kDpt, kQv, kGv, kPb, kDs, kDsv, kDkAcc, kDvAcc,   // backward
+  kQf, kKf, kVf, kGf,   // fp32 copies of bf16/fp16 tiles (the widening path)
+  kNumSlots
+};
+
+template <typename T>
+T* scratch(ScratchSlot slot, int64_t n) {
+  struct Buf {
+    void* p = nullptr;
+    size_t bytes = 0;
+    ~Buf() { std::free(p); }
+  };
+  thread_local Buf bufs[kNumSlots];
+  Buf& b = bufs[slot];
+  const size_t need = (size_t)round_up(std::max<int64_t>(n, 1) * (int64_t)sizeof(T), 64);
+  if (b.bytes < need) {
+    std::free(b.p);
+    b.p = std::aligned_alloc(64, need);
+    TORCH_CHECK(b.p != nullptr, "attention: out of memory for ", need, " bytes of scratch");
+    b.bytes = need;
+  }
+  return static_cast<T*>(b.p);
+}
+
+// ------------------------------------------------------------------------ arguments
+struct MaskArgs {
+  const int32_t* params;
+  const int32_t* rank;
+  int64_t rank_stride;
+  int q_split;
+  int kind;
+  janus::SampleMask sample(int b) const {
+    return janus::sample_mask(params, rank, rank_stride, b, q_split, kind);
+  }
+};
+
+struct Dropout {
+  float p = 0.f;
+  uint32_t threshold = 0;
+  uint64_t seed = 0;
+  float inv_keep = 1.f;
+  bool on() const { return p > 0.f; }
+};
+
+inline Dropout make_dropout(double p, const c10::optional<at::Tensor>& seed) {
+  Dropout d;
+  if (p <= 0.0) return d;
+  TORCH_CHECK(seed.has_value() && seed->numel() == 1 && seed->dtype() == at::kLong,
+              "rng_seed: dropout_p > 0 needs an int64 tensor with one element");
+  d.p = (float)p;
+  d.threshold = janus::drop_threshold(d.p);
+  d.seed = (uint64_t)seed->cpu().item<int64_t>();
+  d.inv_keep = 1.f / (1.f - d.p);
+  return d;
+}
+
+// Row blocks of one stream: a work item is (b, h, first row, last row) with only valid rows.
+struct RowBlock { int b, h, i0, i1; int64_t cost; };
+
+inline std::vector<RowBlock> make_row_blocks(const MaskArgs& ma, int b_begin, int b_end, int H, int Lq,
+                                      int block, bool per_head) {
+  std::vector<RowBlock> items;
+  for (int b = b_begin; b < b_end; ++b) {
+    const auto m = ma.sample(b);
+    auto add = [&](int i0, int i1) {
+      int pre, lo, hi;
+      m.block_ranges(i0, i1, &pre, &lo, &hi);
+      const int64_t keys = (lo < pre) ? std::max(pre, hi) : pre + (hi - lo);
+      if (keys <= 0) return;  // rows that see nothing: output stays 0, lse -inf
+      const int64_t cost = keys * (i1 - i0 + 1);
+      for (int h = 0; h < (per_head ? H : 1); ++h) items.push_back({b, h, i0, i1, cost});
+    };
+    // rows [a, e) in blocks of `block` rows (whole blocks first: the backward's GEMMs have
+    // the rows as their N dimension, which brgemm runs much slower with a tail)
+    auto cut = [&](int a, int e) {
+      for (int i0 = a; i0 < e; i0 += block) add(i0, std::min(i0 + block, e) - 1);
+    };
+    for (int s = 0; s < 2; ++s) {
+      const int start = s == 0 ? 0 : ma.q_split;
+      const int stop = s == 0 ? ma.q_split : Lq;
+      cut(start, std::min(stop, start + std::max(0, m.rows(s))));
+    }
+  }
+  return items;
+}
+
+// Key chunks covering [0, pre) U [lo, hi) in pieces of at most `chunk`.
+template <class F>
+void for_each_key_chunk(int pre, int lo, int hi, int chunk, F&& f) {
+  auto walk = [&](int a, int e) {
+    for (int c = a; c < e; c += chunk) f(c, std::min(chunk, e - c));
+  };
+  if (hi <= lo) { walk(0, pre); return; }
+  if (lo <= pre) { walk(0, std::max(pre, hi)); return; }
+  walk(0, pre);
+  walk(lo, hi);
+}
+
+// Run fn(item) for every item on all threads, largest first, pulled from an atomic counter.
+template <class Item, class F>
+void run_dynamic(std::vector<Item>& items, F&& fn, bool release_amx = false) {
+  std::stable_sort(items.begin(), items.end(),
+                   [](const Item& a, const Item& b) { return a.cost > b.cost; });
+  std::atomic<int64_t> next{0};
+  const int64_t n = (int64_t)items.size();
+  const int nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t k = next.fetch_add(1); k < n; k = next.fetch_add(1)) fn(items[k]);
+    }
+    if (release_amx) at::native::cpublas::brgemm_release(true);  // per-thread tile context
+  });
+}
+
+// max without NaN bookkeeping (at::vec::maximum propagates NaN with two extra instructions
+// per vector; a NaN score still reaches the output through exp).
+inline Vec fast_max(const Vec& a, const Vec& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Vec(_mm512_max_ps(a, b));
+#else
+  return at::vec::maximum(a, b);
+#endif
+}
+
+// Round two fp32 vectors to bf16 (nearest even) and store them: one instruction with
+// AVX512-BF16 (Sapphire Rapids, Zen 4+), else torch's bit-manipulation conversion.
+inline void store_bf16_pair(BFloat16* dst, const Vec& lo, const Vec& hi) {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+  const __m512bh packed = _mm512_cvtne2ps_pbh(hi, lo);
+  _mm512_storeu_si512(reinterpret_cast<void*>(dst), reinterpret_cast<const __m512i&>(packed));
+#else
+  at::vec::convert_from_float<BFloat16>(lo, hi).store(dst);
+#endif
+};
+
+// bf16 VNNI packing helpers (brgemm's bf16 B operand is [K/2][N][2]: pairs along K).
+// B = X^T for X (n x d, row stride ld): a 32-bit transpose of X viewed as (n, d/2) pairs,
+// dst [d/2][ld_dst][2]; d must be even.
+inline void vnni_transpose(const BFloat16* src, int64_t n, int64_t d, int64_t ld,
+                           BFloat16* dst, int64_t ld_dst) {
+  const bool pairs_aligned = ld % 2 == 0 && reinterpret_cast<uintptr_t>(src) % 4 == 0;
+  if (pairs_aligned) {
+    janus_cpu::transpose32(n, d / 2, reinterpret_cast<const uint32_t*>(src), ld / 2,
+                           reinterpret_cast<uint32_t*>(dst), ld_dst);
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      const BFloat16* row = src + j * ld;
+      for (int64_t c = 0; c < d; ++c) dst[((c >> 1) * ld_dst + j) * 2 + (c & 1)] = row[c];
+    }
+  }
+}
+
+// B = X for X (n x d, row stride ld): rows 2t and 2t+1 interleaved, dst [pairs][d][2]; rows
+// at or past n read as zero (pads K to an even count, or further).
+inline void vnni_interleave_rows(const BFloat16* src, int64_t n, int64_t d, int64_t ld,
+                                 int64_t pairs, BFloat16* dst) {
+  uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+  for (int64_t j2 = 0; j2 < pairs; ++j2) {
+    const int64_t j = 2 * j2;
+    const uint16_t* r0 = reinterpret_cast<const uint16_t*>(src + j * ld);
+    const uint16_t* r1 = reinterpret_cast<const uint16_t*>(src + (j + 1) * ld);
+    uint32_t* o = out + j2 * d;
+    if (j + 1 < n) {
+      for (int64_t c = 0; c < d; ++c) o[c] = (uint32_t)r0[c] | ((uint32_t)r1[c] << 16);
+    } else if (j < n) {
+      for (int64_t c = 0; c < d; ++c) o[c] = (uint32_t)r0[c];
+    } else {
+      std::fill_n(o, d, 0u);
+    }
+  }
+}
+
+// Rows of (b, h) that no row block covers (padding rows, rows that see no key) are never
+// computed; the first work item of each (b, h) writes them: zero output (and lse = -inf).
+template <typename T>
+void zero_uncovered_rows(const std::vector<RowBlock>& blocks, int Lq, int d, T* base,
+                         int64_t row_stride, float* lse_base) {
+  auto zero = [&](int a, int e) {
+    for (int i = a; i < e; ++i) {
+      std::fill_n(base + (int64_t)i * row_stride, d, T(0));
+      if (lse_base) lse_base[i] = kNegInf;
+    }
+  };
+  int next = 0;
+  for (const auto& blk : blocks) {   // blocks are sorted by first row
+    zero(next, blk.i0);
+    next = blk.i1 + 1;
+  }
+  zero(next, Lq);
+}
+
+// ------------------------------------------------------------------ dtype widening
+// bf16 and fp16 inputs without a native GEMM for them (no AMX; fp16 always) are computed in
+// fp32: each tile is widened into scratch as it is used, so memory never grows by a
+// whole-tensor copy. rows_f32 returns the rows as fp32 with their row stride: the tensor
+// itself for fp32 (no copy), else the widened copy in `slot` (row stride d).
+template <typename T>
+inline void widen_row(const T* src, float* dst, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::copy_n(src, n, dst);
+  } else {
+    at::vec::convert(src, dst, n);   // vectorized for BFloat16 and Half
+  }
+}
+
+template <typename T>
+inline std::pair<const float*, int64_t> rows_f32(const T* src, int64_t n, int64_t d, int64_t ld,
+                                                 ScratchSlot slot) {
+  if constexpr (std::is_same_v<T, float>) {
+    return {src, ld};
+  } else {
+    float* dst = scratch<float>(slot, n * d);
+    for (int64_t r = 0; r < n; ++r) widen_row(src + r * ld, dst + r * d, d);
+    return {dst, d};
+  }
+}
+
+// --------------------------------------------------------------------- entry points
+// out / lse (and dq / dk / dv) are allocated by the caller in the inputs' dtype; every element
+// is written. native_bf16: bf16 inputs with an even head dim run bf16 brgemm (AMX) tiles;
+// otherwise bf16 / fp16 tiles are widened to fp32 as above.
+void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                   const MaskArgs& ma, float scale, const Dropout& drop, bool native_bf16,
+                   at::Tensor& out, at::Tensor& lse);
+void attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                   const MaskArgs& ma, float scale, const Dropout& drop, bool native_bf16,
+                   at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
+
+}  // namespace janus_cpu

@@ -1,0 +1,178 @@
+"""The backend contract: every backend declares what it can serve, and dispatch is derived
+from those declarations alone -- the same way for attention and for the losses.
+
+A backend (one module each: ``cpu``, ``cuda``, ``triton``, ``reference``) is a
+:class:`Backend` with
+
+* ``serves``: :class:`Serves` declarations -- which ops, on which device type, for which
+  dtypes (and attention head dims), at what priority;
+* ``unavailable(device, dtype)``: the run-time requirement (extension built, CPU ISA level, GPU
+  compute capability against the built architectures, Triton importable), as a reason string
+  or None;
+* the raw functions of the ops it serves (one signature per op, shared by all backends)::
+
+    attention_fwd(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed) -> (out, lse)
+    attention_bwd(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p,
+                  seed) -> (dq, dk, dv)
+    kl_fwd(x, y, row_mask, inv_t) -> (loss (R,), stats)
+    kl_bwd(grad (R,), x, y, stats, row_mask, inv_t) -> (dx, dy)
+    ce_fwd(x, target, eps, ignore_index) -> (loss (R,), stats)
+    ce_bwd(grad (R,), x, target, stats, eps, ignore_index) -> dx
+    janus_fwd(ar, nar, aux, ar_t, m_t, idx, eps, ignore_index)
+        -> (ar_loss (N,), masked_loss (M, 5), ar_stats, masked_stats)
+    janus_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_stats, masked_stats, eps,
+              ignore_index) -> (d_ar, d_nar, d_aux)
+
+Ops: ``attention``, ``symmetric_kl``, ``cross_entropy``, ``janus_rows`` (the fused JANUS
+criterion rows). ``default_backend(op, device, dtype, head_dim)`` is the serving backend with
+the highest priority; an explicitly requested backend that cannot serve a call raises a
+:class:`BackendError` naming the op, backend, device and reason. ``"cpp"``, the former name
+of both compiled backends, is accepted as an alias of ``"cpu"`` / ``"cuda"`` by device.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+__all__ = ["OPS", "Serves", "Backend", "BackendError", "register", "get", "names",
+           "default_backend", "available_backends", "resolve", "why_not"]
+
+OPS = ("attention", "symmetric_kl", "cross_entropy", "janus_rows")
+ALIASES = {"cpp": {"cpu": "cpu", "cuda": "cuda"}}
+
+
+class BackendError(ValueError):
+    """An explicitly requested backend cannot serve the call (names op, backend, device, reason)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Serves:
+    """One declaration: the backend serves `ops` for tensors on `device` ("cpu" / "cuda") in
+    `dtypes`, with head dims accepted by `head_dims` (attention only; None: any)."""
+    ops: Tuple[str, ...]
+    device: str
+    dtypes: Tuple[torch.dtype, ...]
+    priority: int
+    head_dims: Optional[Callable[[int], bool]] = None
+    head_dims_text: str = ""
+
+    def reject(self, op: str, device: torch.device, dtype: Optional[torch.dtype],
+               head_dim: Optional[int]) -> Optional[str]:
+        if op not in self.ops or device.type != self.device:
+            return f"does not serve {op} on {device.type}"
+        if dtype is not None and dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            return f"{op} on {device.type} supports dtypes {names}, not {str(dtype).replace('torch.', '')}"
+        if head_dim is not None and self.head_dims is not None and not self.head_dims(head_dim):
+            return f"{op} on {device.type} needs head_dim {self.head_dims_text}, got {head_dim}"
+        return None
+
+
+class Backend:
+    """Base class: subclasses set `name` and `serves` and implement `unavailable` and the raw
+    functions of the ops they serve."""
+    name: str = ""
+    serves: Tuple[Serves, ...] = ()
+
+    def unavailable(self, device: torch.device,
+                    dtype: Optional[torch.dtype] = None) -> Optional[str]:
+        """Why this backend cannot run on `device` (for `dtype`, when given) now; None: it can."""
+        return None
+
+    def detail(self, device: torch.device) -> str:
+        """What it would run on `device` (e.g. the CPU ISA level), for reports."""
+        return ""
+
+
+_REGISTRY: Dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def _ensure_loaded() -> None:
+    # every backend module registers itself on import (importing one alone registers only it)
+    from . import cpu, cuda, reference, triton  # noqa: F401
+
+
+def names() -> Tuple[str, ...]:
+    _ensure_loaded()
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Backend:
+    _ensure_loaded()
+    return _REGISTRY[name]
+
+
+@torch.compiler.assume_constant_result   # see resolve()
+def why_not(op: str, name: str, device: Union[str, torch.device],
+            dtype: Optional[torch.dtype] = None, head_dim: Optional[int] = None) -> Optional[str]:
+    """None when backend `name` can serve `op` for this call, else the reason."""
+    _ensure_loaded()
+    device = torch.device(device)
+    be = _REGISTRY[name]
+    reasons = []
+    for s in be.serves:
+        r = s.reject(op, device, dtype, head_dim)
+        if r is None:
+            return be.unavailable(device, dtype)
+        if op in s.ops and s.device == device.type:   # the declaration that was meant
+            reasons.append(r)
+    return "; ".join(dict.fromkeys(reasons)) or f"does not serve {op} on {device.type}"
+
+
+def _priority(op: str, name: str, device: torch.device, dtype, head_dim) -> int:
+    return max(s.priority for s in _REGISTRY[name].serves
+               if s.reject(op, device, dtype, head_dim) is None)
+
+
+@torch.compiler.assume_constant_result   # see resolve()
+def default_backend(op: str, device: Union[str, torch.device],
+                    dtype: Optional[torch.dtype] = torch.float32,
+                    head_dim: Optional[int] = None) -> str:
+    """The backend `op` uses when none is given: the serving backend of highest priority."""
+    if op not in OPS:
+        raise ValueError(f"default_backend: op must be one of {OPS}, got {op!r}")
+    _ensure_loaded()
+    device = torch.device(device)
+    ok = [n for n in _REGISTRY if why_not(op, n, device, dtype, head_dim) is None]
+    if not ok:   # the reference serves everything; only reachable with a broken registry
+        raise RuntimeError(f"no backend serves {op} on {device} for {dtype}")
+    return max(ok, key=lambda n: _priority(op, n, device, dtype, head_dim))
+
+
+def available_backends(device: Union[str, torch.device] = "cpu", op: str = "attention",
+                       dtype: Optional[torch.dtype] = None,
+                       head_dim: Optional[int] = None) -> Dict[str, str]:
+    """Backend name -> "yes" or the reason it cannot serve `op` on `device` (for `dtype` and
+    `head_dim` when given)."""
+    _ensure_loaded()
+    return {n: why_not(op, n, device, dtype, head_dim) or "yes" for n in _REGISTRY}
+
+
+# torch.compile: the choice depends only on constants (op, names, device, dtype, head dim) and
+# on the machine, so it is made once at trace time (the CPU ISA level is chosen later, per
+# call, inside the op).
+@torch.compiler.assume_constant_result
+def resolve(op: str, backend: Optional[str], device: torch.device, dtype: torch.dtype,
+            head_dim: Optional[int], who: str) -> str:
+    """The backend name to use: the default, or the requested one after checking that it
+    can serve this call (BackendError otherwise)."""
+    _ensure_loaded()
+    if backend is None:
+        return default_backend(op, device, dtype, head_dim)
+    if not isinstance(backend, str):
+        raise TypeError(f"{who}: backend must be a str or None, got {type(backend).__name__}")
+    name = ALIASES.get(backend, {}).get(device.type, backend)
+    if name not in _REGISTRY:
+        raise ValueError(f"{who}: backend must be one of {sorted(_REGISTRY)} (or None for the "
+                         f"default), got {backend!r}")
+    reason = why_not(op, name, device, dtype, head_dim)
+    if reason is not None:
+        raise BackendError(f"{who}: backend {name!r} cannot run {op} on {device}: {reason}")
+    return name

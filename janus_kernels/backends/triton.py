@@ -1,0 +1,102 @@
+"""The Triton kernels (janus_kernels/triton): CUDA devices, or CPU tensors under the Triton
+interpreter (TRITON_INTERPRET=1, for tests; never chosen by default there)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from . import OPS, Backend, Serves, register
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_HEAD_DIMS = dict(head_dims=lambda d: 1 <= d <= 256, head_dims_text="in [1, 256]")
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _importable() -> Optional[str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return f"triton is not importable ({e})"
+    return None
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    serves = (
+        Serves(("attention",), "cuda", _DTYPES, priority=20, **_HEAD_DIMS),
+        Serves(tuple(o for o in OPS if o != "attention"), "cuda", _DTYPES, priority=20),
+        # the interpreter: correct and slow, so below the reference
+        Serves(("attention",), "cpu", _DTYPES, priority=-1, **_HEAD_DIMS),
+        Serves(tuple(o for o in OPS if o != "attention"), "cpu", _DTYPES, priority=-1),
+    )
+
+    def unavailable(self, device: torch.device,
+                    dtype: Optional[torch.dtype] = None) -> Optional[str]:
+        reason = _importable()
+        if reason:
+            return reason
+        if device.type == "cpu":
+            return None if interpreted() else \
+                "needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)"
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                return "torch sees no CUDA device"
+            if interpreted():
+                return "TRITON_INTERPRET=1 is set: the interpreter runs on CPU tensors only"
+            cap = torch.cuda.get_device_capability(device)
+            if cap < (7, 0):
+                return f"Triton needs sm_70 or newer, the device is sm_{cap[0]}{cap[1]}"
+            if dtype == torch.bfloat16 and cap < (8, 0):
+                return f"bfloat16 dots need sm_80 or newer, the device is sm_{cap[0]}{cap[1]}"
+        return None
+
+    def detail(self, device: torch.device) -> str:
+        return "interpreted (TRITON_INTERPRET=1)" if interpreted() else "compiled"
+
+    @staticmethod
+    def attention_fwd(*args):
+        from ..triton import attention
+        return attention.attention_fwd(*args)
+
+    @staticmethod
+    def attention_bwd(*args):
+        from ..triton import attention
+        return attention.attention_bwd(*args)
+
+    @staticmethod
+    def kl_fwd(*args):
+        from ..triton import loss
+        return loss.symkl_fwd(*args)
+
+    @staticmethod
+    def kl_bwd(*args):
+        from ..triton import loss
+        return loss.symkl_bwd(*args)
+
+    @staticmethod
+    def ce_fwd(*args):
+        from ..triton import loss
+        return loss.ce_fwd(*args)
+
+    @staticmethod
+    def ce_bwd(*args):
+        from ..triton import loss
+        return loss.ce_bwd(*args)
+
+    @staticmethod
+    def janus_fwd(*args):
+        from ..triton import janus_loss
+        return janus_loss.janus_rows_fwd(*args)
+
+    @staticmethod
+    def janus_bwd(*args):
+        from ..triton import janus_loss
+        return janus_loss.janus_rows_bwd(*args)
+
+
+register(TritonBackend())
