@@ -64,7 +64,7 @@ def test_quick_attention_contenders_and_sanity(quick_run):
     names = {r["contender"] for r in rows}
     expected = {"eager_dense", "sdpa_dense", "flex_compiled"}
     if jk._ext.available():
-        expected.add("ours:cpp")
+        expected.add("ours:cpu")
     assert expected <= names
     assert {r["case"] for r in rows} == set(batt.FAMILIES)
     assert {r["dtype"] for r in rows} == {"fp32", "bf16"}

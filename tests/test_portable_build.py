@@ -22,8 +22,9 @@ QEMU = shutil.which("qemu-x86_64") or shutil.which("qemu-x86_64-static")
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2", **extra)
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2")
     env.pop(cpu_isa.ENV_CAP, None)
+    env.update(extra)
     return env
 
 
