@@ -19,7 +19,7 @@ from .objectives import LossWeights
 __all__ = ["TrainConfig", "LOSS_TERMS", "MODE_TERMS", "WEIGHT_PRESETS", "ARCH_FIELDS"]
 
 ARCH_FIELDS = ("dim", "heads", "ffn_dim", "encoder_layers", "decoder_layers", "dropout",
-                "attention_dropout", "activation_dropout", "pre_ln", "max_positions")
+               "attention_dropout", "activation_dropout", "pre_ln", "max_positions")
 
 #: Loss terms: name (a field of janus_kernels.losses.JanusLossWeights; the config field is
 #: ``w_<name>``, the flag ``--w-<name>``) -> the objectives.LossWeights field, which is also

@@ -94,8 +94,8 @@ def test_span_count_capped_at_length(N):
     frac = (M > 0).float().mean().item()
     assert frac < 1 - p_zero ** (N + 2) + 0.03, frac
     rng = random.Random(5)
-    ref = sum(_slow_span_mask(N + 2, rng, lam=lam) > 0 for _ in range(4000)) / 4000
-    assert abs(frac - ref) < 0.03, (frac, ref)
+    ref = sum(_slow_span_mask(N + 2, rng, lam=lam) > 0 for _ in range(600)) / 600
+    assert abs(frac - ref) < 0.05, (frac, ref)
 
 
 def test_invariants_and_determinism():
