@@ -35,7 +35,7 @@ def test_presets_match_janus_kernels_weights(preset):
     got = TrainConfig(data="d", out="o", weights=preset).loss_weights()
     for term, field in LOSS_TERMS.items():
         assert getattr(got, field) == getattr(want, term), term
-    assert set(LOSS_TERMS) == {f for f in JanusLossWeights.__dataclass_fields__}
+    assert set(LOSS_TERMS) <= set(JanusLossWeights.__dataclass_fields__)
 
 
 def test_flags_parse_to_weights():
