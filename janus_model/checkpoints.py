@@ -122,8 +122,9 @@ def find_resume_checkpoint(out_dir: str, resume, log: Callable[[str], None]
     """(path, checkpoint) to resume from, or None for a fresh start.
 
     ``resume``: False/None = fresh; a path = exactly that checkpoint (an unreadable one is an
-    error); True = ``out_dir/checkpoint_last.pt``, or, when that file is unreadable, the newest
-    numbered checkpoint that loads (with a warning). True and no checkpoint at all: None."""
+    error); True = ``out_dir/checkpoint_last.pt``, or, when that file is unreadable or
+    missing, the newest numbered checkpoint that loads (with a warning). True and no
+    checkpoint at all: None."""
     if resume is False or resume is None:
         return None
     if resume is not True:
@@ -137,6 +138,9 @@ def find_resume_checkpoint(out_dir: str, resume, log: Callable[[str], None]
         [p for _, p in reversed(numbered_checkpoints(out_dir))]
     if not candidates:
         return None
+    if candidates[0] != last:
+        log(f"warning: {last} is missing; resuming from the newest numbered checkpoint "
+            f"(pass --no-resume to start afresh)")
     broken = []
     for path in candidates:
         try:

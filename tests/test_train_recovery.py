@@ -122,8 +122,9 @@ def test_failed_save_leaves_no_temporary_and_keeps_the_old_file(tmp_path, monkey
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
 def test_unreadable_checkpoint_last_falls_back_to_a_numbered_one(data, tmp_path, damage):
     """A 0-byte / truncated checkpoint_last.pt: resume from the newest numbered checkpoint
-    that loads (here checkpoint_4, then checkpoint_2 when that one is damaged too), and the
-    run still ends bitwise identical to an uninterrupted one."""
+    that loads, and the run still ends bitwise identical to an uninterrupted one; a missing
+    checkpoint_last.pt or a damaged newest numbered one also falls back; nothing readable at
+    all is an error."""
     kw = dict(max_updates=6, save_every=2, valid_every=0, valid_bleu_sentences=0)
     ref = Trainer(tiny_cfg(data, str(tmp_path / "ref"), **kw), resume=False, log=_quiet)
     ref.train()
@@ -142,7 +143,10 @@ def test_unreadable_checkpoint_last_falls_back_to_a_numbered_one(data, tmp_path,
     t.train()
     _assert_bitwise(_params(ref.model), _params(t.model))
 
-    spoil("checkpoint_last.pt")
+    os.remove(os.path.join(out, "checkpoint_last.pt"))
+    msgs.clear()
+    assert Trainer(tiny_cfg(data, out, **kw), resume=True, log=msgs.append).update == 6
+    assert any("checkpoint_last.pt is missing" in m for m in msgs)
     spoil("checkpoint_6.pt")
     assert Trainer(tiny_cfg(data, out, **kw), resume=True, log=_quiet).update == 4
     with pytest.raises(ValueError, match=r"checkpoint_6\.pt.* unreadable"):
