@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 __all__ = ["train_main", "generate_main", "evaluate_main", "average_main", "main",
            "ARCH_PRESETS"]
 
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults in --help, except None / False: there the help text says what happens."""
 
@@ -130,8 +131,9 @@ def build_train_parser(prog: str = "janus-train") -> argparse.ArgumentParser:
                        help="start fresh even if OUT/checkpoint_last.pt exists (the run's "
                        "log.jsonl is restarted too)")
     start.add_argument("--resume-from", default=None, metavar="CHECKPOINT",
-                       help="resume from this checkpoint instead of OUT/checkpoint_last.pt "
-                       "(which, when unreadable, falls back to the newest good numbered one)")
+                       help="resume from this checkpoint (default: OUT/checkpoint_last.pt, or "
+                       "the newest readable OUT/checkpoint_<update>.pt when that one is missing "
+                       "or unreadable)")
     weights = p.add_argument_group(
         "loss weights (ablations, docs/ablations.md)",
         "a preset, then one override per term; a weight of 0 removes the term from the loss "
