@@ -5,6 +5,7 @@ Examples::
 
     janus-train --data janus_model/data/ddtp_small --out runs/ddtp --arch small \\
         --max-minutes 30 --max-tokens 2048
+    janus-train ... --weights paper --w-kl-ar-aux 0     # an ablation (docs/ablations.md)
     torchrun --nproc-per-node 2 -m janus_model train --data DATA --out runs/x ...   # DDP
     janus-generate --checkpoint runs/ddtp/checkpoint_best.pt --decoder nar --iterations 4 \\
         < input.de > output.en
@@ -23,6 +24,16 @@ from typing import Dict, List, Optional
 __all__ = ["train_main", "generate_main", "evaluate_main", "average_main", "main",
            "ARCH_PRESETS"]
 
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except None / False: there the help text says what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 #: Architecture presets; explicit flags override them.
 ARCH_PRESETS: Dict[str, Dict] = {
     # the authors' janus_transformer_iwslt_de_en (spec §7.1)
@@ -36,6 +47,7 @@ ARCH_PRESETS: Dict[str, Dict] = {
                  dropout=0.1),
 }
 
+_ARCH_PRESET_FIELDS = frozenset(k for v in ARCH_PRESETS.values() for k in v)
 _CHOICES = {"mode": ("janus", "cmlm", "ar"), "empty_lines": ("skip", "error"),
             "device": ("auto", "cpu", "cuda"), "loss": ("fused", "eager")}
 
@@ -73,28 +85,78 @@ _TRAIN_HELP = {
     "valid_iterations": "mask-predict iterations for validation BLEU",
     "valid_length_beam": "NAR length candidates for validation BLEU",
     "progress": "tqdm progress bar", "threads": "torch threads per process (0: default)",
-    "device": "auto, cpu or cuda", "backend": "attention backend (cpp, triton, reference)",
+    "device": "auto, cpu or cuda", "backend": "janus_kernels attention backend (default: "
+    "automatic; `python -m janus_kernels` lists them)",
     "loss": "loss terms: fused janus_kernels ops or eager plain torch",
+    "weights": "loss-weight preset: released (the authors' code) or paper (Eq. 5: unit CE "
+               "weights, the four one-way KLs, no AR-NAR KL)",
 }
+
+#: what each loss term is, for the --w-<term> help (the weights come from the presets)
+_TERM_HELP = {
+    "ar_ce": "AR cross-entropy (query stream, every target token)",
+    "nar_ce": "NAR cross-entropy (content stream, masked tokens)",
+    "aux_ce": "AUX cross-entropy (query stream in masked order, masked tokens)",
+    "kl_ar_nar": "symmetric KL AR<->NAR on the masked rows (released code only)",
+    "kl_ar_aux": "symmetric KL AR<->AUX on the masked rows",
+    "kl_nar_aux": "symmetric KL NAR<->AUX",
+    "length": "target-length cross-entropy",
+}
+
+
+def _preset_default(name: str) -> str:
+    """The ``(default ...)`` text of a flag whose default depends on --arch."""
+    per = ", ".join(f"{a} {ARCH_PRESETS[a][name]}" for a in sorted(ARCH_PRESETS))
+    return f"(default by --arch: {per})"
+
+
+def _weight_default(term: str) -> str:
+    from .objectives import LossWeights
+    from .train import LOSS_TERMS
+    field = LOSS_TERMS[term]
+    return (f"(default from --weights: released {getattr(LossWeights.released(), field):g}, "
+            f"paper {getattr(LossWeights.paper(), field):g})")
 
 
 # ----------------------------------------------------------------------------------- train
 def build_train_parser(prog: str = "janus-train") -> argparse.ArgumentParser:
-    from .train import TrainConfig
+    from .train import LOSS_TERMS, WEIGHT_PRESETS, TrainConfig
     p = argparse.ArgumentParser(prog=prog, description="Train a JANUS / CMLM / AR model on "
                                 "plain-text parallel data.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--arch", choices=sorted(ARCH_PRESETS), default="iwslt",
                    help="architecture preset; the flags below override it")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start fresh even if OUT/checkpoint_last.pt exists")
-    p.add_argument("--resume-from", default=None, help="resume from this checkpoint")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--no-resume", action="store_true", default=False,
+                       help="start fresh even if OUT/checkpoint_last.pt exists (the run's "
+                       "log.jsonl is restarted too)")
+    start.add_argument("--resume-from", default=None, metavar="CHECKPOINT",
+                       help="resume from this checkpoint (default: OUT/checkpoint_last.pt, or "
+                       "the newest readable OUT/checkpoint_<update>.pt when that one is missing "
+                       "or unreadable)")
+    weights = p.add_argument_group(
+        "loss weights (ablations, docs/ablations.md)",
+        "a preset, then one override per term; a weight of 0 removes the term from the loss "
+        "(it is still computed and logged). The defaults shown are --mode janus's; cmlm "
+        "trains NAR CE 1 + length 0.1 and ar the AR CE, and only their own terms can be set")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = None if f.default is dataclasses.MISSING else f.default
         hlp = _TRAIN_HELP.get(f.name, "")
-        if f.name in ("data", "out"):
-            p.add_argument(flag, required=True, help=hlp)
+        if f.name.startswith("w_") and f.name[2:] in LOSS_TERMS:
+            term = f.name[2:]
+            weights.add_argument(flag, dest=f.name, type=float, default=argparse.SUPPRESS,
+                                 metavar="W", help=f"weight of the {_TERM_HELP[term]} term "
+                                 f"{_weight_default(term)}")
+        elif f.name == "weights":
+            weights.add_argument(flag, dest=f.name, choices=WEIGHT_PRESETS,
+                                 default=argparse.SUPPRESS, help=f"{hlp} (default {default})")
+        elif f.name in _ARCH_PRESET_FIELDS:
+            typ = type(default)
+            p.add_argument(flag, dest=f.name, type=typ, default=argparse.SUPPRESS,
+                           help=f"{hlp} {_preset_default(f.name)}")
+        elif f.name in ("data", "out"):
+            p.add_argument(flag, required=True, default=argparse.SUPPRESS, help=hlp)
         elif f.name == "progress":
             p.add_argument("--no-progress", dest="progress", action="store_false",
                            default=argparse.SUPPRESS, help="disable the progress bar")
@@ -119,12 +181,22 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(**{**ARCH_PRESETS[args.arch], **given})
 
 
+def _fail(prog: str, err: BaseException) -> int:
+    """Bad settings or data: the message says what is wrong (no traceback); exit status 2."""
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    return 2
+
+
 def train_main(argv: Optional[List[str]] = None) -> int:
     from .train import Trainer
     args = build_train_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    resume = args.resume_from or (not args.no_resume)
-    summary = Trainer(cfg, resume=resume).train()
+    try:
+        cfg = config_from_args(args)
+        cfg.check_stop_condition()
+        trainer = Trainer(cfg, resume=args.resume_from or (not args.no_resume))
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("janus-train", e)
+    summary = trainer.train()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
                           for k, v in summary.items()}))
@@ -140,19 +212,23 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length-beam", type=int, default=3, help="NAR length candidates")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
     p.add_argument("--max-len-a", type=float, default=1.2,
-                   help="AR output length limit a*src_len + b")
-    p.add_argument("--max-len-b", type=int, default=10)
+                   help="AR output length limit a*src_len + b: the a (source tokens with "
+                   "BOS/EOS)")
+    p.add_argument("--max-len-b", type=int, default=10,
+                   help="AR output length limit a*src_len + b: the b (tokens)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
 
 def build_generate_parser(prog: str = "janus-generate") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog, formatter_class=_HelpFormatter,
         description="Translate with a trained checkpoint (AR beam search or NAR "
                     "mask-predict), or with --report print the paper's analysis tables.")
     _add_decode_args(p)
-    p.add_argument("--decoder", choices=("ar", "nar"), default="ar")
+    p.add_argument("--decoder", choices=("ar", "nar"), default="ar",
+                   help="ar: autoregressive beam search (--beam; 1 = greedy); nar: "
+                   "non-autoregressive mask-predict (--iterations, --length-beam)")
     p.add_argument("--input", default="-", help="source sentences, one per line (- = stdin)")
     p.add_argument("--output", default="-", help="translations (- = stdout)")
     p.add_argument("--reference", default=None, help="reference file: also print BLEU")
@@ -168,9 +244,13 @@ def _add_report_args(p: argparse.ArgumentParser, flag: bool) -> None:
                             "latency AR vs NAR (batch size 1) and write a BLEU plot")
     g.add_argument("--data", default=None,
                    help="data directory for the report (default: the checkpoint's)")
-    g.add_argument("--split", default="test")
-    g.add_argument("--src-lang", default=None)
-    g.add_argument("--tgt-lang", default=None)
+    g.add_argument("--split", default="test",
+                   help="which split of the data directory: reads SPLIT.SRC_LANG and "
+                   "SPLIT.TGT_LANG")
+    g.add_argument("--src-lang", default=None,
+                   help="source file suffix (default: the checkpoint's training setting)")
+    g.add_argument("--tgt-lang", default=None,
+                   help="target file suffix (default: the checkpoint's training setting)")
     g.add_argument("--limit", type=int, default=0, help="use the first N pairs (0: all)")
     g.add_argument("--latency-sentences", type=int, default=100,
                    help="sentences timed one at a time")
@@ -192,7 +272,7 @@ def _read_input(path: str) -> List[str]:
     if path == "-":
         return [line.rstrip("\n") for line in sys.stdin]
     if not os.path.isfile(path):
-        raise SystemExit(f"janus-generate: input file {path!r} does not exist")
+        raise FileNotFoundError(f"input file {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
 
@@ -206,7 +286,7 @@ def _run_report(args) -> int:
     src_lang = args.src_lang or tc.get("src_lang", "de")
     tgt_lang = args.tgt_lang or tc.get("tgt_lang", "en")
     if not data:
-        raise SystemExit("report: --data is required (the checkpoint names no data directory)")
+        raise ValueError("report: --data is required (the checkpoint names no data directory)")
     text = read_parallel(data, args.split, src_lang, tgt_lang)
     src, refs = text.src, text.tgt
     if args.limit:
@@ -233,8 +313,13 @@ def _run_report(args) -> int:
 
 def generate_main(argv: Optional[List[str]] = None) -> int:
     args = build_generate_parser().parse_args(argv)
-    if args.report:
-        return _run_report(args)
+    try:
+        return _run_report(args) if args.report else _translate(args)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("janus-generate", e)
+
+
+def _translate(args) -> int:
     from .generate import bleu, translate
     model, vocab, _ = _setup(args)
     sents = _read_input(args.input)
@@ -263,18 +348,22 @@ def generate_main(argv: Optional[List[str]] = None) -> int:
 def evaluate_main(argv: Optional[List[str]] = None) -> int:
     """``python -m janus_model evaluate`` = ``janus-generate --report``."""
     p = argparse.ArgumentParser(prog="python -m janus_model evaluate",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                formatter_class=_HelpFormatter,
                                 description="The paper's analysis tables for a checkpoint: "
                                 "BLEU per NAR iteration and AR beam, NAR token repetition, "
                                 "latency AR vs NAR at batch size 1, BLEU plot.")
     _add_decode_args(p)
     _add_report_args(p, flag=False)
-    return _run_report(p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        return _run_report(args)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("python -m janus_model evaluate", e)
 
 
 def average_main(argv: Optional[List[str]] = None) -> int:
     import torch
-    from .train import average_checkpoints, last_checkpoints
+    from .checkpoints import average_checkpoints, last_checkpoints
     p = argparse.ArgumentParser(prog="python -m janus_model average",
                                 description="Average the parameters of several checkpoints.")
     p.add_argument("--inputs", nargs="+", default=None, help="checkpoints to average")
@@ -284,8 +373,12 @@ def average_main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     if bool(args.inputs) == bool(args.dir):
         p.error("give either --inputs or --dir")
-    paths = args.inputs or last_checkpoints(args.dir, args.last)
-    torch.save(average_checkpoints(paths), args.output)
+    try:
+        paths = args.inputs or last_checkpoints(args.dir, args.last)
+        averaged = average_checkpoints(paths)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail("python -m janus_model average", e)
+    torch.save(averaged, args.output)
     print(f"averaged {len(paths)} checkpoints -> {args.output}")
     return 0
 

@@ -111,13 +111,20 @@ def read_parallel(data_dir: str, split: str, src_lang: str, tgt_lang: str, *,
 class SubwordVocab:
     """A sentencepiece model with the fairseq special ids (BOS=0 PAD=1 EOS=2 UNK=3)."""
 
-    def __init__(self, model_proto: bytes):
+    def __init__(self, model_proto: bytes, *, source: str = "sentencepiece model"):
+        """``source`` names the model in error messages (e.g. its file)."""
         import sentencepiece as spm
         self.proto = bytes(model_proto)
-        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        if not self.proto:
+            raise ValueError(f"{source}: empty (0 bytes), not a sentencepiece model")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        except RuntimeError as e:           # sentencepiece's "INTERNAL: ... ParseFromArray"
+            raise ValueError(f"{source}: not a sentencepiece model ({len(self.proto)} bytes "
+                             f"that do not parse: {str(e).strip()})") from None
         got = (self.sp.bos_id(), self.sp.pad_id(), self.sp.eos_id(), self.sp.unk_id())
         if got != (BOS, PAD, EOS, UNK):
-            raise ValueError(f"sentencepiece model: special ids (bos, pad, eos, unk) = {got}, "
+            raise ValueError(f"{source}: special ids (bos, pad, eos, unk) = {got}, "
                              f"expected {(BOS, PAD, EOS, UNK)}; train it with "
                              f"SubwordVocab.train or --bos_id=0 --pad_id=1 --eos_id=2 --unk_id=3")
 
@@ -140,8 +147,11 @@ class SubwordVocab:
 
     @classmethod
     def load(cls, path: str) -> "SubwordVocab":
+        """A model file written by :meth:`save` or ``spm_train``; errors name the file."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"sentencepiece model {path!r} does not exist")
         with open(path, "rb") as f:
-            return cls(f.read())
+            return cls(f.read(), source=f"sentencepiece model {path!r}")
 
     def save(self, path: str) -> None:
         with open(path, "wb") as f:

@@ -18,11 +18,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .checkpoints import load_checkpoint
 from .data import SubwordVocab, pad_sequences
 from .decode import ar_beam_search, ar_greedy, mask_predict
 from .layout import BOS, EOS, PAD
@@ -30,20 +32,43 @@ from .model import ExecOptions, JanusConfig, JanusTransformer
 
 _SPECIAL = frozenset((BOS, PAD, EOS))
 
-__all__ = ["load_model", "translate", "Translations", "measure_latency", "bleu",
-           "repetition_ratio", "analysis_report", "format_report", "plot_report"]
+__all__ = ["resolve_device", "load_model", "translate", "Translations", "measure_latency",
+           "bleu", "repetition_ratio", "analysis_report", "format_report", "plot_report"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; a CUDA device that this torch
+    can not use is a ValueError (not torch's AttributeError / AssertionError later on)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} was requested but torch {torch.__version__} "
+                             f"sees no CUDA device (CPU-only build or no GPU); use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r}, but only {torch.cuda.device_count()} CUDA "
+                             f"device(s) are visible")
+    return dev
 
 
 def load_model(path: str, device: str = "cpu") -> Tuple[JanusTransformer, SubwordVocab, dict]:
     """(model in eval mode, vocabulary, checkpoint dict) from a trainer checkpoint."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ck, dict) or "model" not in ck or "model_config" not in ck \
-            or "spm" not in ck:
+    dev = resolve_device(device)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    ck = load_checkpoint(path)
+    if "model" not in ck or "model_config" not in ck or "spm" not in ck:
         raise ValueError(f"checkpoint {path!r}: not a janus_model trainer checkpoint "
                          f"(needs model, model_config and spm entries)")
     model = JanusTransformer(JanusConfig(**ck["model_config"]))
     model.load_state_dict(ck["model"])
-    return model.to(device).eval(), SubwordVocab(ck["spm"]), ck
+    return model.to(dev).eval(), SubwordVocab(ck["spm"], source=f"checkpoint {path!r}"), ck
 
 
 @dataclasses.dataclass

@@ -6,6 +6,9 @@ Per sample, on the full item ``[BOS, y1..yN, EOS]`` of length L = N + 2:
 2. span lengths drawn i.i.d. from Poisson(λ) truncated where a probability first falls below
    1e-7 (that last entry included: {0..14} for λ=2) and renormalised; draw until the
    cumulative sum reaches n, cut there and shorten the last span so the total is n exactly;
+   then keep only the first L spans of that list, zero-length ones included ("the number
+   of spans is also capped at L", as the authors' dataset): when more than L draws were
+   needed -- only likely for short targets, N <= 6 or so -- part of the budget is unspent;
 3. zero-length spans mask nothing; the c nonzero spans get c distinct starts drawn uniformly
    from all L indices (c <= n <= L, so a start always exists);
 4. a span that would run past the end (start + length > L) is reset to length 1;
@@ -90,6 +93,8 @@ def span_mask(target: torch.Tensor, ratio: float = 0.7, lam: float = 2.0, *,
         return torch.zeros(B, W, dtype=torch.bool, device=dev)
     n = torch.ceil(L.double() * ratio).long()           # float64 ceil, as Python's math.ceil
     spans = _draw_spans(n, poisson_span_table(lam), generator)
+    # the number of spans (in draw order, zero-length ones included) is capped at L
+    spans = torch.where(torch.arange(spans.shape[1])[None, :] < L[:, None], spans, 0)
 
     # nonzero spans first (stable, keeps the i.i.d. order); c = how many
     order = torch.sort((spans == 0).int(), dim=1, stable=True).indices

@@ -27,114 +27,52 @@ averages gradients.
 
 Outputs in ``out``: ``spm.model``, ``checkpoint_last.pt``, ``checkpoint_<update>.pt`` (the last
 ``keep_last``), ``checkpoint_best.pt`` (lowest validation loss), ``log.jsonl`` (one JSON record
-per log interval and per validation).
+per log interval and per validation). Checkpoint files are crash-safe (see
+:mod:`janus_model.checkpoints`): a run killed at any moment, even mid-save, resumes exactly;
+an unreadable ``checkpoint_last.pt`` falls back to the newest good numbered checkpoint; the
+log keeps only the records of the resumed history. The end of a run validates (unless it
+just did) and then saves, so ``checkpoint_last.pt`` always carries the best validation loss
+so far and a resumed run never replaces ``checkpoint_best.pt`` by a worse model.
+
+Loss weights (ablations, ``docs/ablations.md``): a preset (``weights``: "released", the
+authors' code, or "paper", Eq. 5), then per-term overrides ``w_<term>`` named after
+:class:`janus_kernels.losses.JanusLossWeights`' fields (:data:`LOSS_TERMS`).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import json
 import math
 import os
 import random
-import re
 import signal
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from .checkpoints import (CHECKPOINT_FORMAT, atomic_save, average_checkpoints,
+                          find_resume_checkpoint, last_checkpoints, numbered_checkpoints,
+                          remove_stale_temporaries, truncate_log)
 from .data import (ParallelDataset, SubwordVocab, collate, make_batches, read_parallel,
                    shard_batches)
+from .generate import resolve_device
 from .layout import build_batch
 from .masking import span_mask
-from .model import MODES, ExecOptions, JanusConfig, JanusTransformer
+from .model import ExecOptions, JanusConfig, JanusTransformer
 from .objectives import LossWeights, compute_loss
+from .train_config import LOSS_TERMS, MODE_TERMS, WEIGHT_PRESETS, TrainConfig
 
 __all__ = ["TrainConfig", "InverseSqrtSchedule", "Trainer", "average_checkpoints",
-           "last_checkpoints", "CHECKPOINT_FORMAT"]
+           "last_checkpoints", "CHECKPOINT_FORMAT", "LOSS_TERMS", "MODE_TERMS",
+           "WEIGHT_PRESETS", "DROPPED_WARN_FRACTION"]
 
-CHECKPOINT_FORMAT = "janus-model-checkpoint-1"
-_ARCH_FIELDS = ("dim", "heads", "ffn_dim", "encoder_layers", "decoder_layers", "dropout",
-                "attention_dropout", "activation_dropout", "pre_ln", "max_positions")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run needs. Architecture defaults: the authors' IWSLT14 model
-    (spec §7.1), except ``max_positions`` (256: longer pairs are dropped)."""
-
-    data: str                                   # directory with {split}.{lang} files
-    out: str                                    # checkpoints, vocabulary, log
-    src_lang: str = "de"
-    tgt_lang: str = "en"
-    mode: str = "janus"                         # janus | cmlm | ar
-    # vocabulary
-    vocab_size: int = 8000
-    spm_model: Optional[str] = None             # an existing sentencepiece model instead
-    empty_lines: str = "skip"                   # skip | error
-    # architecture
-    dim: int = 512
-    heads: int = 4
-    ffn_dim: int = 1024
-    encoder_layers: int = 6
-    decoder_layers: int = 6
-    dropout: float = 0.3
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    pre_ln: bool = False
-    max_positions: int = 256
-    # optimisation
-    lr: float = 5e-4
-    warmup_updates: int = 10000
-    warmup_init_lr: float = 1e-7
-    adam_betas: Tuple[float, float] = (0.9, 0.98)
-    adam_eps: float = 1e-8
-    weight_decay: float = 1e-4
-    clip_norm: float = 0.0                      # 0: no clipping (the authors' setting)
-    label_smoothing: float = 0.1
-    max_tokens: int = 4096                      # padded tokens per micro-batch and rank
-    update_freq: int = 1                        # gradient accumulation
-    max_updates: int = 0                        # 0: unlimited
-    max_epochs: int = 0                         # 0: unlimited
-    max_minutes: float = 0.0                    # wall-clock budget of this invocation; 0: none
-    bf16: bool = False
-    seed: int = 1
-    # evaluation, checkpoints, logging
-    log_every: int = 50
-    valid_every: int = 1000                     # updates; 0: only at the end
-    save_every: int = 1000                      # updates; 0: only at the end
-    keep_last: int = 5
-    valid_bleu_sentences: int = 200             # 0: no BLEU during training
-    valid_beam: int = 1                         # AR beam during validation (1 = greedy)
-    valid_iterations: int = 4                   # mask-predict T during validation
-    valid_length_beam: int = 3
-    progress: bool = True
-    threads: int = 0                            # torch intra-op threads; 0: default
-    device: str = "auto"                        # auto | cpu | cuda
-    backend: Optional[str] = None               # janus_kernels attention backend
-    loss: str = "fused"                         # fused (janus_kernels loss ops) | eager
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
-        if self.update_freq < 1:
-            raise ValueError(f"update_freq: expected >= 1, got {self.update_freq}")
-        if self.warmup_updates < 1:
-            raise ValueError(f"warmup_updates: expected >= 1, got {self.warmup_updates}")
-        if self.loss not in ("fused", "eager"):
-            raise ValueError(f"loss: expected 'fused' or 'eager', got {self.loss!r}")
-        if self.max_tokens < 8:
-            raise ValueError(f"max_tokens: expected >= 8, got {self.max_tokens}")
-        self.adam_betas = tuple(float(b) for b in self.adam_betas)
-
-    def model_config(self, vocab_size: int) -> JanusConfig:
-        return JanusConfig(vocab_size=vocab_size,
-                           **{f: getattr(self, f) for f in _ARCH_FIELDS})
+#: Warn when more than this fraction of a split's pairs is dropped as too long.
+DROPPED_WARN_FRACTION = 0.03
 
 
 class InverseSqrtSchedule:
@@ -163,68 +101,6 @@ class InverseSqrtSchedule:
 
     def load_state_dict(self, s: Dict) -> None:
         self.num_updates = int(s["num_updates"])
-
-
-# ------------------------------------------------------------------------ checkpoint tools
-def last_checkpoints(out_dir: str, n: int) -> List[str]:
-    """The ``n`` most recent ``checkpoint_<update>.pt`` files of a run, oldest first."""
-    found = []
-    for p in glob.glob(os.path.join(out_dir, "checkpoint_*.pt")):
-        m = re.fullmatch(r"checkpoint_(\d+)\.pt", os.path.basename(p))
-        if m:
-            found.append((int(m.group(1)), p))
-    if len(found) < n:
-        raise ValueError(f"last_checkpoints: asked for {n}, found {len(found)} numbered "
-                         f"checkpoints in {out_dir!r}")
-    return [p for _, p in sorted(found)[-n:]]
-
-
-def average_checkpoints(paths: Sequence[str]) -> Dict:
-    """Parameter average of trainer checkpoints (the paper averages the last 5).
-
-    Floating tensors: sum in float64, divide by n, cast back to the stored dtype; other
-    tensors must be identical. Returns the last checkpoint's dict with ``model`` replaced and
-    the training state (optimizer, RNG, data position) removed: it is for inference."""
-    if not paths:
-        raise ValueError("average_checkpoints: no paths")
-    acc: Optional[Dict[str, torch.Tensor]] = None
-    last: Dict = {}
-    for p in paths:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
-        sd = ck["model"] if isinstance(ck, dict) and "model" in ck else None
-        if sd is None:
-            raise ValueError(f"average_checkpoints: {p!r} has no 'model' state")
-        if acc is None:
-            acc = {k: (v.double().clone() if v.is_floating_point() else v.clone())
-                   for k, v in sd.items()}
-            dtypes = {k: v.dtype for k, v in sd.items()}
-        else:
-            if set(sd) != set(acc):
-                raise ValueError(f"average_checkpoints: {p!r} has different parameters "
-                                 f"(differs in {sorted(set(sd) ^ set(acc))[:5]})")
-            for k, v in sd.items():
-                if v.shape != acc[k].shape:
-                    raise ValueError(f"average_checkpoints: {p!r}: {k} has shape "
-                                     f"{tuple(v.shape)}, expected {tuple(acc[k].shape)}")
-                if v.is_floating_point():
-                    acc[k] += v.double()
-                elif not torch.equal(v, acc[k]):
-                    raise ValueError(f"average_checkpoints: non-float tensor {k} differs in "
-                                     f"{p!r}")
-        last = ck
-    avg = {k: (v / len(paths)).to(dtypes[k]) if dtypes[k].is_floating_point else v
-           for k, v in acc.items()}
-    out = {k: v for k, v in last.items()
-           if k not in ("optimizer", "schedule", "rng", "epoch", "batch_in_epoch")}
-    out["model"] = avg
-    out["averaged_from"] = [os.path.abspath(p) for p in paths]
-    return out
-
-
-def _atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # -------------------------------------------------------------------------------- trainer
@@ -265,17 +141,21 @@ class Trainer:
                  log: Optional[Callable[[str], None]] = None):
         self.cfg = cfg
         self.terms_fn = terms_fn
-        self.weights = weights or dataclasses.replace(LossWeights.for_mode(cfg.mode),
-                                                      label_smoothing=cfg.label_smoothing)
+        self.weights = weights or cfg.loss_weights()
         self._init_distributed()
         self._log = log if log is not None else (print if self.rank == 0 else (lambda s: None))
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         if self.rank == 0:
             os.makedirs(cfg.out, exist_ok=True)
+            for p in remove_stale_temporaries(cfg.out):
+                self._log(f"removed {p} (left by a process killed while writing it)")
 
-        ck = self._find_checkpoint(resume)
-        if not ck and self.rank == 0 and glob.glob(os.path.join(cfg.out, "checkpoint_*.pt")):
+        found = find_resume_checkpoint(cfg.out, resume, self._log)
+        ck = found[1] if found else None
+        if found:
+            self._log(f"resuming from {found[0]} (update {ck['update']})")
+        elif self.rank == 0 and numbered_checkpoints(cfg.out):
             self._log(f"warning: starting a fresh run in {cfg.out}, which holds checkpoints "
                       f"of an earlier run (they are overwritten only where names collide)")
         self.vocab = self._build_vocab(ck)
@@ -304,10 +184,20 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_valid_loss = float("inf")
+        self.validated_update = -1                  # update of the last validation
+        self.last_valid: Dict[str, float] = {}      # its results
         self.elapsed_total = 0.0
         self._epoch_cache: Tuple[int, List[List[int]]] = (-1, [])
         if ck:
             self._load_state(ck)
+        if self.rank == 0:
+            dropped = truncate_log(os.path.join(cfg.out, "log.jsonl"), self.update)
+            if dropped:
+                self._log(f"log.jsonl: dropped {dropped} records after update {self.update} "
+                          f"(from a discarded run segment)")
+        self._epoch_batches(self.epoch)             # batching errors now, not mid-run
+        self._log("loss weights: " + ", ".join(
+            f"{t} {getattr(self.weights, LOSS_TERMS[t]):g}" for t in MODE_TERMS[cfg.mode]))
         self.ddp = None
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -318,9 +208,7 @@ class Trainer:
     # ------------------------------------------------------------------------- set-up
     def _init_distributed(self) -> None:
         cfg = self.cfg
-        want = cfg.device
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
+        want = resolve_device(cfg.device).type      # a clear error if CUDA is unusable
         env_world = int(os.environ.get("WORLD_SIZE", "1"))
         if env_world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if want == "cuda" else "gloo")
@@ -346,21 +234,6 @@ class Trainer:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
-
-    def _find_checkpoint(self, resume) -> Optional[Dict]:
-        if resume is False or resume is None:
-            return None
-        path = os.path.join(self.cfg.out, "checkpoint_last.pt") if resume is True else resume
-        if not os.path.isfile(path):
-            if resume is True:
-                return None
-            raise FileNotFoundError(f"resume: checkpoint {path!r} does not exist")
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        if ck.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ck:
-            raise ValueError(f"resume: {path!r} is not a full trainer checkpoint "
-                             f"(averaged or foreign checkpoints can not resume training)")
-        self._log(f"resuming from {path} (update {ck['update']})")
-        return ck
 
     def _build_vocab(self, ck: Optional[Dict]) -> SubwordVocab:
         cfg = self.cfg
@@ -394,6 +267,14 @@ class Trainer:
                              max_tokens=max_tokens)
         self._log(f"{split}: {len(ds)} pairs ({ds.skipped_empty} empty skipped, "
                   f"{ds.dropped_long} too long dropped)")
+        total = len(ds) + ds.dropped_long
+        if ds.dropped_long > DROPPED_WARN_FRACTION * total:
+            limits = f"max_positions {cfg.max_positions}" + (
+                f", max_tokens {max_tokens}" if max_tokens is not None else "")
+            self._log(f"warning: {split}: {ds.dropped_long} of {total} pairs "
+                      f"({100 * ds.dropped_long / total:.0f}%) are dropped because a side is "
+                      f"longer than {min(cfg.max_positions, max_tokens or cfg.max_positions)} "
+                      f"tokens with BOS/EOS ({limits}); raise these limits to keep them")
         return ds
 
     @property
@@ -436,6 +317,7 @@ class Trainer:
                 "world_size": self.world, "data": self._data_fingerprint(),
                 "batching": [self.cfg.max_tokens, self.cfg.seed],
                 "spm": self.vocab.proto, "best_valid_loss": self.best_valid_loss,
+                "valid_update": self.validated_update, "last_valid": self.last_valid,
                 "elapsed_s": self.elapsed_total, "torch_version": torch.__version__}
 
     def _load_state(self, ck: Dict) -> None:
@@ -444,6 +326,8 @@ class Trainer:
         self.schedule.load_state_dict(ck["schedule"])
         self.update = int(ck["update"])
         self.best_valid_loss = float(ck.get("best_valid_loss", float("inf")))
+        self.validated_update = int(ck.get("valid_update", -1))
+        self.last_valid = dict(ck.get("last_valid", {}))
         self.elapsed_total = float(ck.get("elapsed_s", 0.0))
         same = (ck["world_size"] == self.world and ck["data"] == self._data_fingerprint()
                 and ck["batching"] == [self.cfg.max_tokens, self.cfg.seed])
@@ -464,22 +348,19 @@ class Trainer:
             out = self.cfg.out
             if name is not None:
                 path = os.path.join(out, name)
-                _atomic_save(state, path)
+                atomic_save(state, path)
             else:
                 path = os.path.join(out, "checkpoint_last.pt")
-                _atomic_save(state, path)
+                atomic_save(state, path)
                 if numbered and self.cfg.keep_last > 0:
-                    _atomic_save(state, os.path.join(out, f"checkpoint_{self.update}.pt"))
+                    atomic_save(state, os.path.join(out, f"checkpoint_{self.update}.pt"))
                     self._prune()
         self._barrier()
         return path
 
     def _prune(self) -> None:
-        keep = self.cfg.keep_last
-        found = sorted(glob.glob(os.path.join(self.cfg.out, "checkpoint_*.pt")))
-        numbered = sorted((int(m.group(1)), p) for p in found
-                          if (m := re.fullmatch(r"checkpoint_(\d+)\.pt", os.path.basename(p))))
-        for _, p in numbered[:max(len(numbered) - keep, 0)]:
+        numbered = numbered_checkpoints(self.cfg.out)
+        for _, p in numbered[:max(len(numbered) - self.cfg.keep_last, 0)]:
             os.remove(p)
 
     # ------------------------------------------------------------------------ data
@@ -568,17 +449,15 @@ class Trainer:
         """Train until a stop condition; returns a summary (last validation included)."""
         from tqdm import tqdm
         cfg = self.cfg
-        if not (cfg.max_updates or cfg.max_epochs or cfg.max_minutes):
-            raise ValueError("train: set max_updates, max_epochs or max_minutes")
+        cfg.check_stop_condition()
         t_start = time.perf_counter()
         elapsed0 = self.elapsed_total
-        last_valid: Dict = {}
         window: Dict[str, float] = {}
         n_win, tok_win, t_win = 0, 0, time.perf_counter()
         bar = tqdm(total=cfg.max_updates or None, initial=self.update, unit="upd",
                    disable=not (cfg.progress and self.rank == 0), dynamic_ncols=True,
                    leave=False)
-        saved_at = valid_at = -1
+        saved_at = -1
         reason = ""
         with _Stop() as stop:
             while True:
@@ -603,22 +482,25 @@ class Trainer:
                                   "elapsed_s": round(self.elapsed_total, 1)})
                     window, n_win, tok_win, t_win = {}, 0, 0, time.perf_counter()
                 if cfg.valid_every and self.update % cfg.valid_every == 0:
-                    last_valid = self.validate()
-                    valid_at = self.update
+                    self.validate()
                     tok_win, t_win = 0, time.perf_counter()   # throughput excludes validation
                 if cfg.save_every and self.update % cfg.save_every == 0:
                     self.save()
                     saved_at = self.update
         bar.close()
         self.elapsed_total = elapsed0 + time.perf_counter() - t_start
-        if valid_at != self.update and self.update > 0:
-            last_valid = self.validate()
-        if saved_at != self.update:
+        # validate first, then save: checkpoint_last must hold the best loss (and the fact
+        # that this update is validated), or a resumed run would re-validate and could
+        # replace checkpoint_best.pt by a worse model
+        final_valid = self.update > 0 and self.validated_update != self.update
+        if final_valid:
+            self.validate()
+        if saved_at != self.update or final_valid:
             self.save()
         self._log(f"stopped at update {self.update} (epoch {self.epochs_done():.2f}): "
                   f"{reason}; {self.elapsed_total:.0f} s of training in total")
         return {"update": self.update, "epoch": self.epochs_done(), "reason": reason,
-                "elapsed_s": self.elapsed_total, **last_valid}
+                "elapsed_s": self.elapsed_total, **self.last_valid}
 
     def _record(self, rec: Dict) -> None:
         if self.rank != 0:
@@ -688,6 +570,7 @@ class Trainer:
             self._record({"update": self.update, "epoch": round(self.epochs_done(), 3),
                           **res, "elapsed_s": round(self.elapsed_total, 1)})
         res = self._broadcast(res)
+        self.validated_update, self.last_valid = self.update, res
         if res and res["valid_loss"] < self.best_valid_loss:
             self.best_valid_loss = res["valid_loss"]
             self.save("checkpoint_best.pt")

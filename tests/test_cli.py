@@ -66,6 +66,63 @@ def test_arch_preset_and_overrides():
         cli.build_train_parser().parse_args(["--data", "d", "--out", "o", "--mode", "nat"])
 
 
+def test_train_help_shows_the_default_of_every_arch(capsys):
+    """The preset-dependent flags show each preset's value, not the iwslt dataclass default
+    whatever --arch says."""
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--arch", "tiny", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag, name in (("--dim", "dim"), ("--encoder-layers", "encoder_layers"),
+                       ("--dropout", "dropout")):
+        per = ", ".join(f"{a} {cli.ARCH_PRESETS[a][name]}" for a in sorted(cli.ARCH_PRESETS))
+        assert f"(default by --arch: {per})" in out, flag
+    assert "(default 512)" not in out and "(default 0.3)" not in out
+    assert "--w-kl-ar-aux W" in out and "released 3, paper 2" in out
+
+
+@pytest.mark.parametrize("build", [cli.build_train_parser, cli.build_generate_parser])
+def test_every_option_is_explained(build):
+    missing = [a.option_strings or a.dest for a in build()._actions
+               if not (a.help and a.help.strip())]
+    assert not missing
+
+
+def _corpus_and_spm(tmp_path):
+    data = _corpus(str(tmp_path / "data"), n_train=8)
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"not a sentencepiece model")
+    return data, str(bad)
+
+
+def test_cli_errors_are_messages_with_status_2(tmp_path, capsys, monkeypatch):
+    """Bad settings and data: one line naming the problem, exit status 2, no traceback."""
+    data, bad_spm = _corpus_and_spm(tmp_path)
+    base = ["--out", str(tmp_path / "o"), "--arch", "tiny", "--no-progress", "--device", "cpu"]
+    cases = [
+        (["--data", str(tmp_path / "nodata"), "--max-updates", "1"], "nodata"),
+        (["--data", data, "--max-updates", "-5"], "max_updates"),
+        (["--data", data], "set max_updates, max_epochs or max_minutes"),
+        (["--data", data, "--max-updates", "1", "--spm-model", bad_spm], "bad.model"),
+        (["--data", data, "--max-updates", "1", "--spm-model", str(tmp_path / "none.model")],
+         "none.model"),
+    ]
+    for argv, needle in cases:
+        assert cli.train_main(argv + base) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("janus-train: error: ") and needle in err, (argv, err)
+        assert "Traceback" not in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.train_main(["--data", data, "--max-updates", "1", "--device", "cuda",
+                           "--out", str(tmp_path / "o")]) == 2
+    assert "'cuda' was requested" in capsys.readouterr().err
+    assert cli.generate_main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt" in capsys.readouterr().err
+    assert cli.generate_main(["--checkpoint", bad_spm, "--device", "cuda"]) == 2
+    assert "'cuda' was requested" in capsys.readouterr().err
+    assert cli.main(["average", "--dir", str(tmp_path), "--output", "x.pt"]) == 2
+    assert "asked for 5" in capsys.readouterr().err
+
+
 def test_repetition_ratio_and_bleu():
     from janus_model.generate import bleu, repetition_ratio
     assert repetition_ratio([[5, 5, 6, 6, 6], [7], []]) == 3 / 6
@@ -169,5 +226,5 @@ def test_train_generate_evaluate_round_trip(tmp_path, capsys, monkeypatch):
     assert cli.average_main(["--dir", out, "--last", "2", "--output", avg]) == 0
     assert cli.generate_main(["--checkpoint", avg, "--input", os.path.join(data, "test.de"),
                               "--output", hyp, "--decoder", "nar", "--iterations", "1"]) == 0
-    with pytest.raises(SystemExit):
-        cli.generate_main(["--checkpoint", ckpt, "--input", str(tmp_path / "missing.de")])
+    assert cli.generate_main(["--checkpoint", ckpt, "--input", str(tmp_path / "missing.de")]) == 2
+    assert "missing.de" in capsys.readouterr().err

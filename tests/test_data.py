@@ -159,3 +159,16 @@ def test_shard_batches():
         shard_batches(b[:1], 0, 2)
     with pytest.raises(ValueError, match="rank"):
         shard_batches(b, 2, 2)
+
+
+@pytest.mark.parametrize("content,match", [(None, "does not exist"),
+                                           (b"", "empty"),
+                                           (b"\x00garbage\xff" * 3, "not a sentencepiece model")])
+def test_vocab_load_errors_name_the_file(tmp_path, content, match):
+    path = tmp_path / "spm.model"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=match) as e:
+        SubwordVocab.load(str(path))
+    assert str(path) in str(e.value)
+

@@ -61,7 +61,7 @@ def _slow_span_mask(L, rng, ratio=0.7, lam=2.0):
         s = rng.choices(range(len(table)), weights=table)[0]
         spans.append(min(s, n - total))
         total += spans[-1]
-    spans = [s for s in spans if s > 0]
+    spans = [s for s in spans[:L] if s > 0]           # at most L spans, zero-length included
     starts = rng.sample(range(L), len(spans))
     covered = set()
     for st, ln in zip(starts, spans):
@@ -80,6 +80,22 @@ def test_distribution_matches_slow_reference(N):
     tv = 0.5 * sum(abs(ref.count(k) / 3000 - (got == k).float().mean().item())
                    for k in range(N + 1))
     assert tv < 0.06, tv
+
+
+@pytest.mark.parametrize("N", [1, 4])
+def test_span_count_capped_at_length(N):
+    """Spec §5.1: at most L spans (zero-length draws count). With a tiny Poisson rate almost
+    every draw is 0, so the budget needs far more than L draws: the cap leaves most rows
+    with nothing masked (P(M > 0) <= 1 - P(0)^L, about 0.14 / 0.26 here), whereas spending
+    the whole budget n = ceil(0.7 L) on length-1 spans would always mask something."""
+    lam = 0.05
+    p_zero = float(poisson_span_table(lam)[0])
+    M = span_mask(_targets(N, 4000), lam=lam, generator=torch.Generator().manual_seed(5)).sum(1)
+    frac = (M > 0).float().mean().item()
+    assert frac < 1 - p_zero ** (N + 2) + 0.03, frac
+    rng = random.Random(5)
+    ref = sum(_slow_span_mask(N + 2, rng, lam=lam) > 0 for _ in range(600)) / 600
+    assert abs(frac - ref) < 0.05, (frac, ref)
 
 
 def test_invariants_and_determinism():
