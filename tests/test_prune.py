@@ -10,9 +10,11 @@ import dataclasses
 import pytest
 import torch
 
+import janus_kernels as jk
 import janus_model.layers as layers_mod
 import janus_model.layout as layout_mod
-from janus_model.layout import build_batch
+from janus_model.layers import fused_core
+from janus_model.layout import BOS, UNK, build_batch
 from janus_model.masking import span_mask
 from janus_model.model import ExecOptions, JanusConfig, JanusTransformer
 from janus_model.objectives import compute_loss
@@ -101,6 +103,45 @@ def test_pruned_equals_unpruned_for_other_depths(decoder_layers):
     model = _model(torch.float64, decoder_layers=decoder_layers)
     src, batch = _batch(11)
     assert _worst_difference(model, src, batch, "janus", ExecOptions()) <= 1e-12
+
+
+@pytest.mark.parametrize("backend", [
+    None, "reference", pytest.param("triton", marks=pytest.mark.slow)])  # triton: interpreted
+def test_pruned_equals_unpruned_on_each_attention_backend(backend):
+    """The pruned passes' descriptors (output rows, no dead G row) on every CPU kernel
+    (None: the default one, the compiled kernel when built)."""
+    model = _model(torch.float32)
+    # interpreted Triton is slow: a smaller batch, janus mode only (it runs the AR and the
+    # NAR/AUX pruned descriptors; CMLM's is a plain key-padding mask)
+    src, batch = _batch(2, B=3, max_n=8) if backend == "triton" else _batch(2)
+    for mode in (("janus",) if backend == "triton" else MODES):
+        opts = ExecOptions(backend=backend, loss="eager")
+        assert _worst_difference(model, src, batch, mode, opts) <= TOL[torch.float32], mode
+
+
+def test_incremental_decoding_can_compute_the_query_row_only():
+    """AR decoding reads only the query row of each step; its content row's keys/values come
+    from the layer inputs (cached), so ``decode_rows(last=...)`` may skip its last-layer row."""
+    model = _model(torch.float64).eval()
+    src = _pad_rows([[5, 6, 7], [8, 9]])
+    enc = model.encode(src)
+    kv = model.encoder_kv(enc)
+    full_caches = [{} for _ in model.decoder]
+    pruned_caches = [{} for _ in model.decoder]
+    query_row = torch.ones(2, 1, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    tok = torch.full((2,), BOS)
+    with torch.no_grad():
+        for t in range(5):
+            rows = torch.stack([tok, torch.full_like(tok, UNK)], 1)
+            pos = torch.full_like(rows, t + 2)
+            core = fused_core(jk.full_mask(2, 2, t + 1))
+            h = model.decode_rows(rows, pos, 1, core, enc, kv, caches=full_caches)[:, 1]
+            last = (query_row, fused_core(jk.full_mask(2, 1, t + 1)))
+            hp = model.decode_rows(rows, pos, 1, core, enc, kv, caches=pruned_caches,
+                                   last=last)[:, 0]
+            assert (h - hp).abs().max().item() <= 1e-12 * h.abs().max().item(), t
+            tok = torch.randint(4, V, (2,), generator=g)
 
 
 def test_pruning_is_on_by_default_and_off_for_the_authors():
