@@ -197,3 +197,16 @@ def test_the_equality_check_catches_a_broken_pruning(monkeypatch, breakage, atte
     assert int(batch.nar.M.max()) >= 2
     opts = ExecOptions(attention=attention, loss="eager")
     assert _worst_difference(model, src, batch, "janus", opts) > 1e-3
+
+
+@pytest.mark.parametrize("attention", ["fused", "dense"])
+def test_pruned_with_no_masked_token_in_the_batch(attention):
+    """M = 0 everywhere: the NAR/CMLM passes have no output rows at all."""
+    model = _model(torch.float64)
+    src = _pad_rows([[5, 6], [7, 8, 9]])
+    tgt = _pad_rows([[], [12, 13]])
+    batch = build_batch(tgt, torch.zeros_like(tgt, dtype=torch.bool))
+    assert batch.nar.decoder_rows().num_out == 0
+    for mode in MODES:
+        opts = ExecOptions(attention=attention, loss="eager")
+        assert _worst_difference(model, src, batch, mode, opts) <= 1e-12, mode
