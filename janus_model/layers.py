@@ -9,7 +9,8 @@ incremental decoding.
 Two-stream decoder layers take rows ``x = [content rows ; query rows]`` and compute keys and
 values from the first ``n_content`` rows only (query rows are never keys, spec §1); the
 encoder attention and the FFN are row-wise, so running them on the concatenation is exactly
-running them per stream.
+running them per stream -- and running them on a subset of the rows (``rows``: the last
+layer, whose other rows' outputs nobody reads) is exactly that subset of the full result.
 """
 from __future__ import annotations
 
@@ -23,12 +24,18 @@ import janus_kernels as jk
 from janus_kernels.masks import MaskDescriptor
 from janus_kernels.reference import reference_attention
 
-__all__ = ["AttnCore", "fused_core", "dense_core", "MultiheadAttention", "EncoderLayer",
-           "DecoderLayer", "reorder_cache"]
+__all__ = ["AttnCore", "fused_core", "dense_core", "gather_rows", "MultiheadAttention",
+           "EncoderLayer", "DecoderLayer", "reorder_cache"]
 
 Tensor = torch.Tensor
 AttnCore = Callable[[Tensor, Tensor, Tensor], Tensor]
 KV = Tuple[Tensor, Tensor]
+
+
+def gather_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """x (B, R, ...) -> (B, R_out, ...): x[b, rows[b, o]] (rows (B, R_out) long)."""
+    idx = rows.reshape(rows.shape + (1,) * (x.dim() - 2)).expand(rows.shape + x.shape[2:])
+    return x.gather(1, idx)
 
 
 def fused_core(mask: MaskDescriptor, dropout_p: float = 0.0,
@@ -139,16 +146,22 @@ class DecoderLayer(nn.Module):
         self.b_self, self.b_enc, self.b_ffn = (_Block(dim, pre_ln, dropout) for _ in range(3))
 
     def forward(self, x: Tensor, n_content: int, self_core: AttnCore, enc_kv: KV,
-                enc_core: AttnCore, cache: Optional[Dict[str, Tensor]] = None) -> Tensor:
+                enc_core: AttnCore, cache: Optional[Dict[str, Tensor]] = None,
+                rows: Optional[Tensor] = None) -> Tensor:
         """x (B, R, D): rows [content (n_content) ; query]. With ``cache`` (incremental
         decoding) the new content rows' keys/values are appended to ``cache['k'/'v']`` and
-        attention runs over all cached content keys, each key held once (spec §5.5)."""
+        attention runs over all cached content keys, each key held once (spec §5.5).
+
+        rows (B, R_out): compute only these rows' outputs -> (B, R_out, D); keys/values still
+        come from every content row of ``x`` (``self_core`` must be built for R_out rows)."""
         h = self.b_self.inp(x)
         k, v = self.self_attn.kv(h[:, :n_content])
         if cache is not None:
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
             cache["k"], cache["v"] = k, v
+        if rows is not None:
+            x, h = gather_rows(x, rows), gather_rows(h, rows)
         x = self.b_self.out(x, self.self_attn(h, (k, v), self_core))
         x = self.b_enc.out(x, self.enc_attn(self.b_enc.inp(x), enc_kv, enc_core))
         return self.b_ffn.out(x, self.ffn(self.b_ffn.inp(x)))

@@ -28,22 +28,83 @@ rank r among the sample's masked indices,
 Everything is vectorised over the batch (scatter with a dump column instead of per-sample
 loops). The padded sizes need exactly one host read per batch (a single ``tolist()`` of a few
 maxima/sums, which also carries the input checks); there are no other syncs.
+
+The role of each decoder row (:class:`DecoderRows`, built by ``ARLayout.decoder_rows``,
+``NARLayout.decoder_rows`` and ``NARLayout.cmlm_rows``): content rows are the keys/values of
+every layer; the *output rows* are the rows whose final states feed the output projection
+(AR: the query rows; NAR/AUX: the M block and the query rows; CMLM: the M block). Nothing
+else reads the last layer, so a pruned decoder computes only the output rows there. In the
+NAR pass the last G row of each sample (ground truth of the last masked token) is *dead*:
+only G row M-1 itself attends to it (spec §3.2: G row r sees G_k for k <= r, query r for
+k < r), so no output row depends on it at any layer and the pruned pass leaves it out.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 import janus_kernels as jk
-from janus_kernels.masks import MaskDescriptor
+from janus_kernels.masks import Field, MaskDescriptor
 
-__all__ = ["BOS", "PAD", "EOS", "UNK", "MASK", "ARLayout", "NARLayout", "JanusBatch",
-           "build_batch", "positions_for"]
+__all__ = ["BOS", "PAD", "EOS", "UNK", "MASK", "DecoderRows", "ARLayout", "NARLayout",
+           "JanusBatch", "build_batch", "positions_for"]
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 MASK = UNK  #: the decoder's MASK token is UNK, as in fairseq CMLM (spec §0)
+
+
+@dataclasses.dataclass
+class DecoderRows:
+    """The rows of one decoder pass and what each row is for (spec §1).
+
+    Rows are ``[content (n_content) ; query (the rest)]``. Content rows are the only keys and
+    values of the self-attention (query rows never are), so every layer needs their states
+    except the last one, whose outputs no later layer reads. The *output rows* are the rows
+    whose final states feed the output projection: output row ``o`` of sample ``b`` is row
+    ``out_rows[b, o]``; ``reads`` names the rows each loss reads, as flat indices into the
+    ``B * R_out`` output rows. A pruned last layer computes only the output rows, with
+    ``out_mask`` (what each output row sees: the same keys as its row in ``mask``; padding
+    output rows see nothing) against keys from every content row of its input.
+    """
+
+    tokens: torch.Tensor           # (B, R) token ids
+    positions: torch.Tensor        # (B, R) position ids
+    n_content: int                 # rows [0, n_content) are the content (key/value) rows
+    mask: MaskDescriptor           # R rows x n_content keys, every layer
+    out_rows: torch.Tensor         # (B, R_out) long, rows in [0, R); padding: any row
+    out_mask: MaskDescriptor       # R_out rows x n_content keys
+    reads: Dict[str, torch.Tensor]  # loss name -> (n,) flat index into B * R_out
+
+    @property
+    def num_rows(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def num_out(self) -> int:
+        return self.out_rows.shape[1]
+
+
+def _with_fields(desc: MaskDescriptor, q_len: int, kv_len: int, q_split: int, family: str,
+                 **fields: torch.Tensor) -> MaskDescriptor:
+    """``desc`` with some per-sample fields replaced (by ``Field`` name) and new sizes: the
+    same predicate on a subset of its rows / keys."""
+    p = desc.params.clone()
+    for name, value in fields.items():
+        p[:, int(Field[name])] = value.to(p.dtype)
+    return dataclasses.replace(desc, params=p, q_len=q_len, kv_len=kv_len, q_split=q_split,
+                               family=family)
+
+
+def _live_content(U: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """Per sample, the NAR content entries some output row depends on: V | M | G_0..G_{M-2}
+    (all U + 2M but the dead last G row)."""
+    return U + 2 * M - (M > 0).long()
+
+
+def _cols(B: int, n: int, device) -> torch.Tensor:
+    return torch.arange(n, device=device)[None, :].expand(B, n)
 
 
 @dataclasses.dataclass
@@ -72,6 +133,18 @@ class ARLayout:
         """The fused two-stream descriptor: rows [content T ; query T], keys = content."""
         return jk.janus_ar_mask(self.lengths, self.seq_len)
 
+    def decoder_rows(self) -> DecoderRows:
+        """Rows [content T ; query T]; the output rows are the T query rows (the content
+        stream's final states are never projected, spec §1.1), causal over the content."""
+        T, B = self.seq_len, self.content.shape[0]
+        return DecoderRows(
+            tokens=torch.cat([self.content, self.query], 1),
+            positions=torch.cat([self.positions, self.positions], 1),
+            n_content=T, mask=self.mask(),
+            out_rows=T + _cols(B, T, self.content.device),
+            out_mask=jk.causal_mask(self.lengths, T),
+            reads={"ar": self.rows()})
+
 
 @dataclasses.dataclass
 class NARLayout:
@@ -94,6 +167,7 @@ class NARLayout:
     ar_col: torch.Tensor            # (R,) the AR row that predicts it (index k - 1)
     row_target: torch.Tensor        # (R,) the masked token y_k
     cmlm_len: int                   # max_b (U_b + M_b): content width without the G block
+    live_len: int                   # max_b (U_b + 2M_b - [M_b > 0]): without the dead G row
 
     @property
     def content_len(self) -> int:
@@ -120,6 +194,47 @@ class NARLayout:
         """CMLM (V|M rows only, bidirectional over the sample's U+M entries)."""
         n = self.U + self.M
         return jk.key_padding_mask(n, self.cmlm_len, self.cmlm_len, q_lengths=n)
+
+    def _mblock_rows(self, n_rows: int) -> torch.Tensor:
+        """(B, Lq) content row of each M-block entry, U_b + r (padding entries clamped to a
+        valid row; they are padding output rows)."""
+        r = _cols(self.U.shape[0], self.query_len, self.U.device)
+        return (self.U[:, None] + r).clamp(max=max(n_rows - 1, 0))
+
+    def decoder_rows(self, drop_dead: bool = True) -> DecoderRows:
+        """Rows [content ; query Lq]; the output rows are ``[M block (Lq) ; query rows (Lq)]``
+        (NAR reads the M block, AUX the queries, spec §1.2). ``drop_dead``: leave out the
+        dead last G row of each sample (module docstring), so the content is
+        ``V | M | G_0..G_{M-2}`` padded to ``live_len``; the other rows' masks do not change.
+        """
+        Lq, B = self.query_len, self.U.shape[0]
+        Lc = self.live_len if drop_dead else self.content_len
+        mask = self.mask()
+        if drop_dead:
+            live = _live_content(self.U, self.M)
+            mask = _with_fields(mask, Lc + Lq, Lc, Lc, "janus_nar_live", KV_LEN=live,
+                                ROWS0=live)
+        # the M rows' window is [U, U+M) (hi = max(r + 1, U + M) = U + M for r < M): the
+        # content stream's predicate restricted to its M rows is ROWS0 = M
+        out_mask = _with_fields(mask, 2 * Lq, Lc, Lq, "janus_nar_out", ROWS0=self.M)
+        k = self.row_sample * (2 * Lq) + self.aux_col
+        return DecoderRows(
+            tokens=torch.cat([self.content[:, :Lc], self.query], 1),
+            positions=torch.cat([self.content_positions[:, :Lc], self.query_positions], 1),
+            n_content=Lc, mask=mask,
+            out_rows=torch.cat([self._mblock_rows(Lc), Lc + _cols(B, Lq, self.U.device)], 1),
+            out_mask=out_mask, reads={"nar": k, "aux": k + Lq})
+
+    def cmlm_rows(self) -> DecoderRows:
+        """CMLM rows: the V|M content only (no query stream, no G block); the output rows
+        are the M block."""
+        n, Lq = self.cmlm_len, self.query_len
+        vm = self.U + self.M
+        return DecoderRows(
+            tokens=self.content[:, :n], positions=self.content_positions[:, :n],
+            n_content=n, mask=self.cmlm_mask(), out_rows=self._mblock_rows(n),
+            out_mask=jk.key_padding_mask(vm, Lq, n, q_lengths=self.M),
+            reads={"nar": self.row_sample * Lq + self.aux_col})
 
 
 @dataclasses.dataclass
@@ -194,9 +309,10 @@ def build_batch(target: torch.Tensor, masked: torch.Tensor) -> JanusBatch:
     bad_frame = ((target[:, 0] != BOS) | (L < 2) |
                  (target.gather(1, (L - 1).clamp(min=0)[:, None])[:, 0] != EOS)).sum()
     bad_pad = (real & (k >= L[:, None])).sum()   # a PAD before the end of a row
+    live = _live_content(U, M)
     stats = torch.stack([(L + M).max(), M.max(), M.sum(), L.max(), T_b.sum(), (U + M).max(),
-                         bad_masked, bad_frame, bad_pad]).tolist()
-    Lc, Lq, R, Lmax, R_ar, Lcm, n_bad_masked, n_bad_frame, n_bad_pad = stats
+                         live.max(), bad_masked, bad_frame, bad_pad]).tolist()
+    Lc, Lq, R, Lmax, R_ar, Lcm, Llive, n_bad_masked, n_bad_frame, n_bad_pad = stats
     if n_bad_frame or n_bad_pad:
         raise ValueError("target: every row must be [BOS(0), y1..yN, EOS(2), PAD(1)...] "
                          "(right-padded, N >= 0)")
@@ -252,5 +368,5 @@ def build_batch(target: torch.Tensor, masked: torch.Tensor) -> JanusBatch:
         nar_col=_scatter_flat(R, flat, msk, dest_m),
         ar_col=_scatter_flat(R, flat, msk, k - 1),
         row_target=_scatter_flat(R, flat, msk, target),
-        cmlm_len=Lcm)
+        cmlm_len=Lcm, live_len=Llive)
     return JanusBatch(ar, nar, L)

@@ -10,6 +10,12 @@
   [content ; query] against the content keys (``janus_kernels.attention`` with the JANUS
   descriptor), then encoder attention and FFN on the same concatenated rows.
 
+Every pass states the role of each of its rows (``layout.DecoderRows``): content rows are the
+keys/values, the *output rows* feed the output projection. With ``ExecOptions.prune`` (the
+default) the last decoder layer computes only the output rows -- their keys/values still come
+from every content row of that layer's input -- and the NAR pass leaves out the dead last G
+row of each sample; the losses and gradients are those of the unpruned network (tests).
+
 Modes of :meth:`JanusTransformer.forward`:
 
 * ``janus``: an AR pass (causal two-stream, spec §1.1) and a NAR/AUX pass (reordered V|M|G
@@ -23,8 +29,9 @@ Modes of :meth:`JanusTransformer.forward`:
 each: ``encoder_passes`` (1 or the authors' 2), ``project`` ("used": only the rows a loss
 reads, in one matmul; "all": every content/query row as the authors do), ``attention``
 ("fused": mask descriptors; "dense": per-sample dense 3D masks from the authors' builder and
-the eager reference attention, one call per stream). ``ExecOptions.authors()`` is the
-faithful dense reference of the authors' design.
+the eager reference attention, one call per stream), ``prune`` (skip the rows nobody reads,
+above; the authors compute every row). ``ExecOptions.authors()`` is the faithful dense
+reference of the authors' design.
 
 Sources must be right-padded with PAD (the key-padding descriptors assume real keys first).
 """
@@ -41,10 +48,11 @@ from torch import nn
 import janus_kernels as jk
 from janus_kernels.reference import authors_janus_masks
 
-from .layers import KV, AttnCore, DecoderLayer, EncoderLayer, dense_core, fused_core
-from .layout import PAD, ARLayout, JanusBatch, NARLayout, positions_for
+from .layers import KV, AttnCore, DecoderLayer, EncoderLayer, dense_core, fused_core, gather_rows
+from .layout import PAD, ARLayout, DecoderRows, JanusBatch, NARLayout, positions_for
 
-__all__ = ["JanusConfig", "ExecOptions", "Encoded", "Outputs", "JanusTransformer"]
+__all__ = ["JanusConfig", "ExecOptions", "Encoded", "DecoderStates", "Outputs",
+           "JanusTransformer"]
 
 Tensor = torch.Tensor
 MODES = ("janus", "cmlm", "ar")
@@ -86,6 +94,7 @@ class ExecOptions:
     attention: str = "fused"
     backend: Optional[str] = None      # janus_kernels attention backend (None: automatic)
     loss: str = "fused"                # "fused": janus_kernels loss ops; "eager": plain torch
+    prune: bool = True                 # skip the rows whose outputs nobody reads
 
     def __post_init__(self) -> None:
         if self.encoder_passes not in (1, 2):
@@ -96,18 +105,42 @@ class ExecOptions:
             raise ValueError(f"attention: expected 'fused' or 'dense', got {self.attention!r}")
         if self.loss not in ("fused", "eager"):
             raise ValueError(f"loss: expected 'fused' or 'eager', got {self.loss!r}")
+        if not isinstance(self.prune, bool):
+            raise ValueError(f"prune: expected a bool, got {self.prune!r}")
 
     @classmethod
     def authors(cls) -> "ExecOptions":
         """The authors' design: two encoder passes, dense per-sample 3D masks, every row
-        projected to the vocabulary, unfused losses."""
-        return cls(encoder_passes=2, project="all", attention="dense", loss="eager")
+        computed and projected to the vocabulary, unfused losses."""
+        return cls(encoder_passes=2, project="all", attention="dense", loss="eager",
+                   prune=False)
 
 
 @dataclasses.dataclass
 class Encoded:
     out: Tensor          # (B, S, D)
     lengths: Tensor      # (B,) real source tokens
+
+
+@dataclasses.dataclass
+class DecoderStates:
+    """Final states of one decoder pass: ``states`` (B, R_h, D) are the rows its last layer
+    computed -- the output rows when pruned (``out_rows`` None), else every row, the output
+    row ``o`` of sample ``b`` being ``states[b, out_rows[b, o]]``."""
+
+    states: Tensor
+    out_rows: Optional[Tensor] = None
+
+    def rows(self, idx: Tensor) -> Tensor:
+        """Flat index into ``states.reshape(-1, D)`` of the flat output rows ``idx``."""
+        if self.out_rows is None or idx.numel() == 0:
+            return idx
+        n_out = self.out_rows.shape[1]
+        return (idx // n_out) * self.states.shape[1] + self.out_rows.reshape(-1)[idx]
+
+    def output(self) -> Tensor:
+        """(B, R_out, D): the output rows' states."""
+        return self.states if self.out_rows is None else gather_rows(self.states, self.out_rows)
 
 
 @dataclasses.dataclass
@@ -241,17 +274,52 @@ class JanusTransformer(nn.Module):
     def decode_rows(self, tokens: Tensor, positions: Tensor, n_content: int,
                     self_core: AttnCore, enc: Encoded, enc_kv: List[KV],
                     opts: Optional[ExecOptions] = None,
-                    caches: Optional[List[Dict[str, Tensor]]] = None) -> Tensor:
-        """Decoder over rows [content (n_content) ; query] -> final states (B, R, D)."""
+                    caches: Optional[List[Dict[str, Tensor]]] = None,
+                    last: Optional[Tuple[Tensor, AttnCore]] = None) -> Tensor:
+        """Decoder over rows [content (n_content) ; query] -> final states (B, R, D).
+
+        last: ``(out_rows (B, R_out), core)``: only these rows' final states are wanted, so
+        the last layer computes only them (self-attention ``core`` for those rows, keys from
+        every content row) -> (B, R_out, D)."""
         opts = opts or self.exec
         x = self._embed(tokens, positions, self.dec_pos)
-        enc_core = self.padding_core(enc.lengths, tokens.shape[1], enc.out.shape[1], opts)
+        S = enc.out.shape[1]
+        enc_core = self.padding_core(enc.lengths, tokens.shape[1], S, opts)
+        n_layers = len(self.decoder)
         for i, layer in enumerate(self.decoder):
-            x = layer(x, n_content, self_core, enc_kv[i], enc_core,
-                      None if caches is None else caches[i])
+            cache = None if caches is None else caches[i]
+            if last is not None and i == n_layers - 1:
+                out_rows, last_core = last
+                x = layer(x, n_content, last_core, enc_kv[i],
+                          self.padding_core(enc.lengths, out_rows.shape[1], S, opts), cache,
+                          rows=out_rows)
+            else:
+                x = layer(x, n_content, self_core, enc_kv[i], enc_core, cache)
+        if last is not None and n_layers == 0:
+            x = gather_rows(x, last[0])
         if self.dec_ln is not None:
             x = self.dec_ln(x)
         return x
+
+    def run_rows(self, rows: DecoderRows, dense_allowed: Optional[List[Tuple[int, Tensor]]],
+                 enc: Encoded, enc_kv: List[KV], opts: ExecOptions) -> DecoderStates:
+        """One training pass over ``rows``. ``dense_allowed``: the dense path's per-stream
+        [(n_rows, allowed (B, n_rows, n_content) bool)] (None with fused attention).
+        Pruned (``opts.prune``): the last layer computes only the output rows."""
+        if opts.attention == "fused":
+            core = fused_core(rows.mask, self._attn_p(), opts.backend)
+        else:
+            core = dense_core(dense_allowed, self._attn_p())
+        args = (rows.tokens, rows.positions, rows.n_content, core, enc, enc_kv, opts)
+        if not opts.prune:
+            return DecoderStates(self.decode_rows(*args), rows.out_rows)
+        if opts.attention == "fused":
+            last_core = fused_core(rows.out_mask, self._attn_p(), opts.backend)
+        else:   # the output rows' rows of the dense masks
+            allowed = torch.cat([a for _, a in dense_allowed], 1)
+            last_core = dense_core([(rows.num_out, gather_rows(allowed, rows.out_rows))],
+                                   self._attn_p())
+        return DecoderStates(self.decode_rows(*args, last=(rows.out_rows, last_core)))
 
     def project(self, h: Tensor) -> Tensor:
         """Tied output projection to vocabulary logits."""
@@ -264,40 +332,36 @@ class JanusTransformer(nn.Module):
         opts = opts or self.exec
         T = ar.seq_len
         self._check_positions(T + 1)
-        tokens = torch.cat([ar.content, ar.query], 1)
-        pos = torch.cat([ar.positions, ar.positions], 1)
-        if opts.attention == "fused":
-            core = fused_core(ar.mask(), self._attn_p(), opts.backend)
-        else:
+        dense = None
+        if opts.attention == "dense":
             allowed = _causal_allowed(ar.lengths, T)
-            core = dense_core([(T, allowed), (T, allowed)], self._attn_p())
-        return self.decode_rows(tokens, pos, T, core, enc, enc_kv, opts)[:, T:]
+            dense = [(T, allowed), (T, allowed)]
+        return self.run_rows(ar.decoder_rows(), dense, enc, enc_kv, opts).output()
 
     def nar_pass(self, nar: NARLayout, enc: Encoded, enc_kv: List[KV],
-                 opts: Optional[ExecOptions] = None) -> Tuple[Tensor, Tensor]:
-        """NAR/AUX two-stream pass (spec §1.2, §3.2) -> (content (B, Lc, D), query (B, Lq, D))."""
+                 opts: Optional[ExecOptions] = None) -> Tuple[DecoderRows, DecoderStates]:
+        """NAR/AUX two-stream pass (spec §1.2, §3.2) -> its rows and final states."""
         opts = opts or self.exec
-        Lc, Lq = nar.content_len, nar.query_len
         self._check_positions(nar.cmlm_len)            # max L: the largest index + 1
-        tokens = torch.cat([nar.content, nar.query], 1)
-        pos = torch.cat([nar.content_positions, nar.query_positions], 1)
-        if opts.attention == "fused":
-            core = fused_core(nar.mask(), self._attn_p(), opts.backend)
-        else:
-            cm, qm = authors_janus_masks(nar.U, nar.M, Lc, Lq)   # float, 1 = blocked
-            blocks = [(Lc, cm < 0.5)] + ([(Lq, qm < 0.5)] if Lq else [])
-            core = dense_core(blocks, self._attn_p())
-        h = self.decode_rows(tokens, pos, Lc, core, enc, enc_kv, opts)
-        return h[:, :Lc], h[:, Lc:]
+        rows = nar.decoder_rows(drop_dead=opts.prune)
+        dense = None
+        if opts.attention == "dense":
+            Lc, Lq = rows.n_content, nar.query_len
+            cm, qm = authors_janus_masks(nar.U, nar.M, nar.content_len, Lq)  # 1 = blocked
+            # pruned: the dead G rows cut off at the padded end are seen by no kept row
+            dense = [(Lc, cm[:, :Lc, :Lc] < 0.5)] + ([(Lq, qm[:, :, :Lc] < 0.5)] if Lq else [])
+        return rows, self.run_rows(rows, dense, enc, enc_kv, opts)
 
     def cmlm_pass(self, nar: NARLayout, enc: Encoded, enc_kv: List[KV],
-                  opts: Optional[ExecOptions] = None) -> Tensor:
+                  opts: Optional[ExecOptions] = None) -> Tuple[DecoderRows, DecoderStates]:
         """CMLM pass: the V|M rows only, bidirectional over each sample's U+M entries."""
         opts = opts or self.exec
-        n = nar.cmlm_len
-        tokens, pos = nar.content[:, :n], nar.content_positions[:, :n]
-        core = self.padding_core(nar.U + nar.M, n, n, opts, q_lengths=nar.U + nar.M)
-        return self.decode_rows(tokens, pos, n, core, enc, enc_kv, opts)
+        rows = nar.cmlm_rows()
+        n = rows.n_content
+        dense = None
+        if opts.attention == "dense":
+            dense = [(n, _key_padding_allowed(nar.U + nar.M, n, n))]
+        return rows, self.run_rows(rows, dense, enc, enc_kv, opts)
 
     # ---------------------------------------------------------------- forward
     def forward(self, src: Tensor, batch: JanusBatch, mode: str = "janus",
@@ -313,12 +377,11 @@ class JanusTransformer(nn.Module):
                       length_target=batch.target_lengths.clamp(max=self.cfg.length_classes - 1))
         if mode == "ar":
             hq = self.ar_pass(ar, enc, enc_kv, opts)
-            out.ar_logits = self._project_rows([(hq, ar.rows())], opts)[0]
+            out.ar_logits, = self._project_rows([(DecoderStates(hq), [ar.rows()])], opts)
             return out
         if mode == "cmlm":
-            h = self.cmlm_pass(nar, enc, enc_kv, opts)
-            out.nar_logits = self._project_rows(
-                [(h, nar.row_sample * nar.cmlm_len + nar.nar_col)], opts)[0]
+            rows, st = self.cmlm_pass(nar, enc, enc_kv, opts)
+            out.nar_logits, = self._project_rows([(st, [rows.reads["nar"]])], opts)
             out.length_logits = self.length_logits(enc)
             return out
 
@@ -326,11 +389,10 @@ class JanusTransformer(nn.Module):
         if opts.encoder_passes == 2:        # the authors re-encode for the NAR forward
             enc = self.encode(src, opts)
             enc_kv = self.encoder_kv(enc)
-        hc, hq = self.nar_pass(nar, enc, enc_kv, opts)
+        rows, st = self.nar_pass(nar, enc, enc_kv, opts)
         ar_logits, nar_logits, aux_logits = self._project_rows([
-            (hq_ar, ar.rows()),
-            (hc, nar.row_sample * nar.content_len + nar.nar_col),
-            (hq, nar.row_sample * nar.query_len + nar.aux_col)], opts)
+            (DecoderStates(hq_ar), [ar.rows()]),
+            (st, [rows.reads["nar"], rows.reads["aux"]])], opts)
         out.ar_logits, out.nar_logits, out.aux_logits = ar_logits, nar_logits, aux_logits
         # the KL rows are a subset of the real AR rows: index into the compact AR logits
         ar_off = ar.lengths.cumsum(0) - ar.lengths
@@ -338,16 +400,21 @@ class JanusTransformer(nn.Module):
         out.length_logits = self.length_logits(enc)
         return out
 
-    def _project_rows(self, parts: List[Tuple[Tensor, Tensor]],
+    def _project_rows(self, parts: List[Tuple[DecoderStates, List[Tensor]]],
                       opts: ExecOptions) -> List[Tensor]:
-        """Logits of the selected rows of each (states (B, n, D), flat row index) part.
+        """Logits of the selected output rows: for each (states, [flat output-row index,
+        ...]) part, one logit tensor per index, in order.
 
         "used": gather the rows first and project them in ONE matmul; "all": project every
-        row of every part (the authors' way) and gather afterwards."""
+        computed row of every part (the authors' way) and gather afterwards."""
         D = self.cfg.dim
         if opts.project == "all":
-            return [self.project(h).reshape(-1, self.cfg.vocab_size).index_select(0, idx)
-                    for h, idx in parts]
-        rows = [h.reshape(-1, D).index_select(0, idx) for h, idx in parts]
+            out = []
+            for st, idxs in parts:
+                logits = self.project(st.states).reshape(-1, self.cfg.vocab_size)
+                out += [logits.index_select(0, st.rows(i)) for i in idxs]
+            return out
+        rows = [st.states.reshape(-1, D).index_select(0, st.rows(i))
+                for st, idxs in parts for i in idxs]
         logits = self.project(torch.cat(rows, 0)) if len(rows) > 1 else self.project(rows[0])
         return list(logits.split([r.shape[0] for r in rows], 0))

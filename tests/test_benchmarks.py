@@ -13,6 +13,7 @@ import torch
 import janus_kernels as jk
 from benchmarks import attention as batt
 from benchmarks import report
+from benchmarks import train_step as bts
 from benchmarks.common import (Settings, fmt_num, markdown_table, peak_memory_mb, time_fn)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,6 +127,12 @@ def test_quick_loss_and_train_step_report_what_is_missing(quick_run):
         ratios = ts["extra"]["ratios"]
         # JANUS runs more rows than CMLM: its step needs more FLOPs
         assert ratios["JANUS-fused / CMLM FLOPs"] > 1.5
+        # each design: its time and FLOP ratio against its CMLM side by side
+        assert all(r["vs_cmlm"] > 0 and r["flops_vs_cmlm"] > 0 for r in ts["rows"])
+        # pruning the rows nobody reads saves FLOPs in every mode
+        for mode in ("AR", "CMLM", "JANUS-fused"):
+            assert 0 < ratios[f"{mode} pruned / unpruned FLOPs"] < 1, mode
+        assert "authors + prune unread rows" in names
     else:
         assert ts["rows"] == [] and any("not available" in s for s in ts["skipped"])
     md = (quick_run[0] / "results.md").read_text()
@@ -220,3 +227,82 @@ def test_io_bytes_counts_real_rows_and_whole_outputs():
     bwd = fwd + (3 * n + 2 * n) * row + batt.H * d.q_len * 4 + d.q_len * row + 2 * d.kv_len * row
     assert batt._io_bytes(case, torch.float32, "fwd+bwd") == bwd
     assert batt._io_bytes(case, torch.bfloat16, "fwd") < fwd
+
+
+# ====================================================================== train_step, no model run
+def _closed_form_gflop(setup, src, batch, mode, prune, project="used", passes=1):
+    """The step FLOPs from the spec's row counts (§1, §3), independent of the layout code:
+    AR rows 2T (queries only in a pruned last layer, which see T(T+1)/2 keys); NAR rows
+    U+2M content (one fewer G row when pruned and M > 0) + M queries, each real row seeing
+    U+M keys (M rows + M queries in a pruned last layer); CMLM rows U+M (M when pruned)."""
+    D, Fd, V, Lyr = setup.dim, setup.ffn, setup.vocab, setup.layers
+    B, S = src.shape
+    s = (src != 1).sum(1).double()
+    T = batch.ar.lengths.double()
+    U, M = batch.nar.U.double(), batch.nar.M.double()
+    Tp = batch.ar.seq_len
+
+    def layer(rows_pad, keys_pad, real_rows, visible):
+        return (B * rows_pad * (4 * D * D + 2 * D * Fd) + B * keys_pad * 2 * D * D
+                + 2 * D * float(visible.sum()) + 2 * D * float((real_rows * s).sum()))
+
+    def decoder(full, last):
+        return Lyr * layer(*full) if not prune else (Lyr - 1) * layer(*full) + layer(*last)
+
+    mm = (passes if mode == "janus" else 1) * Lyr * (
+        B * S * (4 * D * D + 2 * D * Fd) + 2 * D * float((s ** 2).sum()) + B * S * 2 * D * D)
+    proj = 0.0
+    if mode in ("ar", "janus"):
+        mm += decoder((2 * Tp, Tp, 2 * T, T * (T + 1)), (Tp, Tp, T, T * (T + 1) / 2))
+        proj += float(T.sum()) if project == "used" else B * Tp
+    if mode == "janus":
+        dead = (M > 0).double() if prune else 0 * M
+        Lc = int((U + 2 * M - dead).max())
+        Lq = int(M.max())
+        mm += decoder((Lc + Lq, Lc, U + 3 * M - dead, (U + 3 * M - dead) * (U + M)),
+                      (2 * Lq, Lc, 2 * M, 2 * M * (U + M)))
+        proj += 2 * float(M.sum()) if project == "used" else B * (2 * Lq if prune else Lc + Lq)
+    if mode == "cmlm":
+        n, Lq = int((U + M).max()), int(M.max())
+        mm += decoder((n, n, U + M, (U + M) ** 2), (Lq, n, M, M * (U + M)))
+        proj += float(M.sum()) if project == "used" else B * (Lq if prune else n)
+    return 6 * (mm + proj * D * V) / 1e9
+
+
+@pytest.mark.parametrize("setup_name", ["quick", "iwslt"])
+def test_step_flops_match_the_closed_form(setup_name):
+    from janus_model import layout, masking
+    setup = bts.SETUPS[setup_name]
+    src, _, batch = bts._make_batch(setup, torch.Generator().manual_seed(1), layout, masking,
+                                    "cpu")
+    for mode in ("ar", "cmlm", "janus"):
+        for prune in (False, True):
+            for project in ("used", "all"):
+                for passes in ((1, 2) if mode == "janus" else (1,)):
+                    cfg = bts.StepConfig("x", mode, encoder_passes=passes, project=project,
+                                         prune=prune)
+                    got = bts.step_gflop(setup, src, batch, cfg, layout.PAD)
+                    want = _closed_form_gflop(setup, src, batch, mode, prune, project, passes)
+                    assert abs(got - want) <= 1e-9 * want, (mode, prune, project, passes)
+
+
+def test_iwslt_setup_and_flops_only_cli(capsys):
+    """The authors' IWSLT14 configuration (spec §7.1) with 4096-token batches, selectable
+    on its own; --flops-only gives every design's FLOP ratio without running the model."""
+    s = bts.SETUPS["iwslt"]
+    assert (s.layers, s.dim, s.ffn, s.heads) == (6, 512, 1024, 4) and 9000 <= s.vocab <= 11000
+    assert s.B * (s.Nmax + 2) <= 4096 < (s.B + 1) * (s.Nmax + 2)
+    n = torch.get_num_threads()
+    try:                                           # main() sets the thread count
+        assert bts.main(["--setup", "iwslt", "--flops-only", "--timing", "quick",
+                         "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    out = capsys.readouterr().out
+    assert "B=157" in out and "JANUS-fused pruned / unpruned FLOPs" in out
+    res = bts.run(Settings.for_mode("quick", threads=1), {}, log=lambda _: None,
+                  setup="iwslt", flops_only=True)
+    assert all(r["status"] == "not run" and r["step_gflop"] > 0 and r["flops_vs_cmlm"] > 0
+               and "ms" not in r for r in res.rows)
+    with pytest.raises(ValueError, match="setup"):
+        bts.run(Settings.for_mode("quick"), {}, setup="wmt")
