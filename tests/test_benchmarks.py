@@ -65,7 +65,7 @@ def test_quick_run_writes_json_markdown_and_plots(quick_run):
                     "## Losses", "## Training step"):
         assert heading in md
         # every table header names the CPU and the ISA levels
-        section = md.split(heading, 1)[1].lstrip("\n")
+        section = md.split(heading, 1)[1].split("\n", 1)[1].lstrip("\n")
         assert section.startswith(("CPU: ", "Run ")), section[:200]
     assert md.count(f"CPU: {data['meta']['cpu']}; ours:") >= 5
     assert "ATen CPU capability" in md
