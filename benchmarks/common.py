@@ -90,7 +90,7 @@ class Settings:
         base = {
             # --quick: no torch.compile (a cold inductor start alone takes ~30 s here)
             "quick": dict(warmup=1, repeats=2, min_repeats=1, budget_s=0.5, flex=False,
-                          compile=False, call_budget_s=1.0),
+                          compile=False, call_budget_s=5.0),
             # standard: sized to finish within 10 minutes on a 2-core Zen 2 (the estimate
             # is in benchmarks/__main__.py's docstring)
             "standard": dict(warmup=1, repeats=5, min_repeats=2, budget_s=1.0,

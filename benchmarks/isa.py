@@ -102,7 +102,8 @@ def header_line(meta: Mapping[str, Any]) -> str:
                 else isa.get("ours", "ISA level not recorded"))
     caps = isa.get("caps") or {}
     base = [f"ATen CPU capability {isa.get('aten_cpu_capability', meta.get('cpu_capability'))}"]
-    base += [f"{k}={v}" for k, v in caps.items() if k != "JANUS_CPU_ISA"]
+    base += [f"{k}={v}" for k, v in caps.items()
+             if k not in ("JANUS_CPU_ISA", "ATEN_CPU_CAPABILITY")]   # ATen's: shown as in effect
     requested = isa.get("requested")
     req = f" Run with `--isa {requested}`." if requested and requested != "native" else ""
     return (f"CPU: {meta.get('cpu', '?')}; ours: {ours_txt}; baselines: {', '.join(base)}"

@@ -227,6 +227,9 @@ def _attention(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
                                     ("bm", "create_block_mask ms (flex)"),
                                     ("comp", "flex compile s")],
                            {"mask": str, "shape": str, "builder": str})]
+    head = _headline(rows)
+    if head:
+        out += ["", head]
     diffs = [r.get("max_diff") for r in rows if _ok(r) and r.get("max_diff") is not None
              and r["dtype"] == "fp32"]
     if diffs:
@@ -236,6 +239,23 @@ def _attention(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
         for png in suite.get("plots", []):
             out += ["", f"![{png}]({os.path.join(image_dir, png)})"]
     return "\n".join(out)
+
+
+def _headline(rows: Sequence[Dict[str, Any]], case: str = "janus_nar", shape: str = "long512",
+              pass_: str = "fwd+bwd") -> Optional[str]:
+    """The speed-up the project tracks (issue 12): ours over SDPA + dense mask on the JANUS
+    NAR/AUX fwd+bwd at B=8 / Nmax=512, per dtype, at the ISA level in the section header."""
+    parts = []
+    for r in rows:
+        if (r["case"], r["shape"], r["pass"], r["contender"]) == (case, shape, pass_,
+                                                                 "sdpa_dense") and _ok(r):
+            if r.get("vs_ours") is not None:
+                parts.append(f"{r['dtype']} **{fmt_num(r['vs_ours'])}x**")
+    if not parts:
+        return None
+    r0 = next(r for r in rows if (r["case"], r["shape"]) == (case, shape))
+    return (f"Headline: {case} {pass_} at B={r0['B']} / Nmax={r0['Nmax']}, ours vs SDPA + dense "
+            f"mask (sdpa time / ours): " + ", ".join(parts) + ".")
 
 
 def _loss(suite: Dict[str, Any], image_dir: Optional[str]) -> str:

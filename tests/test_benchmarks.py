@@ -472,7 +472,15 @@ def test_report_machine_section_names_the_selected_peak_and_missing_ones():
                         "peak_bf16_gflops": 150.0,
                         "peak_bf16_source": "fp32 peak, widened (FMA loop (avx2))"},
             "suites": {}}
+    rows = [{"case": "janus_nar", "shape": "long512", "B": 8, "Nmax": 512, "Lq": 9, "Lk": 9,
+             "dtype": dt, "pass": "fwd+bwd", "contender": c, "status": "ok", "ms": ms,
+             "vs_ours": v} for dt in ("fp32", "bf16")
+            for c, ms, v in (("ours:cpu", 10.0, 1.0), ("sdpa_dense", 36.8, 3.68))]
+    data["suites"] = {"attention": {"rows": rows, "notes": [], "skipped": []}}
     md = report.render(data, None)
+    assert ("Headline: janus_nar fwd+bwd at B=8 / Nmax=512, ours vs SDPA + dense mask "
+            "(sdpa time / ours): fp32 **3.68x**, bf16 **3.68x**.") in md
+    assert md.split("## Attention", 1)[1].split("\n")[2].startswith("CPU: AMD EPYC 7B12")
     section = md.split("## Machine peaks", 1)[1]
     assert "CPU: AMD EPYC 7B12; ours: ISA level **avx2**" in section
     assert "**150 GFLOP/s** from FMA loop (avx2)" in section
