@@ -30,8 +30,10 @@ Contenders (one row each per case, dtype and pass):
 Reported per row: time (median, min, max, spread, CPU utilisation), peak memory of one call,
 useful GFLOP/s = 4·H·d·(visible score entries) per forward (backward = 2.5x forward, so
 fwd+bwd = 3.5x) over the time, that rate as a percentage of the compute peak measured in
-the same run (benchmarks/peaks.py), the slowdown of each baseline relative to ours (``vs_ours`` = its time / ours), and
-the largest difference from ours on rows that see a key (a sanity check of the baseline).
+the same run (benchmarks/peaks.py), the slowdown of each baseline relative to ours
+(``vs_ours`` = its time / ours), and the largest difference from ours on rows that see a key
+(a sanity check of the baseline). Baselines that take seconds per call are time-boxed
+(benchmarks/timebox.py).
 """
 from __future__ import annotations
 
@@ -345,7 +347,8 @@ def _dense_work(case: Case, pass_: str) -> float:
     """Work units of a dense baseline's call, for the time-box predictions: score entries
     (B H Lq Lk), x 3.5 for fwd+bwd."""
     d = case.desc
-    return case.shape.B * H * d.q_len * d.kv_len * (1.0 if pass_ == "fwd" else 1.0 + BWD_FLOP_FACTOR)
+    factor = 1.0 if pass_ == "fwd" else 1.0 + BWD_FLOP_FACTOR
+    return case.shape.B * H * d.q_len * d.kv_len * factor
 
 
 def _prepare(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,

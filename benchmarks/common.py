@@ -48,7 +48,8 @@ from .isa import runtime_info
 from .timebox import CallBudget
 
 __all__ = ["Settings", "Timing", "time_fn", "time_interleaved", "time_rows", "time_once",
-           "first_call", "peak_memory_mb", "environment_info", "SuiteResult", "optional_import", "write_json",
+           "first_call", "peak_memory_mb", "environment_info", "SuiteResult", "optional_import",
+           "write_json",
            "markdown_table", "fmt_num", "bar_chart", "synchronize", "dtype_name",
            "case_generator", "progress_cell"]
 
