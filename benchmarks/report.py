@@ -118,6 +118,10 @@ def _na(mc: Dict[str, Any], *keys: str) -> str:
     return f"n/a ({why})" if why else "n/a"
 
 
+def _unit(value: str, unit: str) -> str:
+    return value if value.startswith("n/a") else f"{value} {unit}"
+
+
 def _machine(data: Dict[str, Any]) -> str:
     mc = data.get("machine") or {}
     if not mc:
@@ -126,7 +130,7 @@ def _machine(data: Dict[str, Any]) -> str:
 
     def pair(a: str, b: str, unit: str) -> str:
         x, y = _na(mc, a), _na(mc, b)
-        return x if x == y and x.startswith("n/a") else f"{x} / {y} {unit}"
+        return x if x == y and x.startswith("n/a") else _unit(f"{x} / {y}", unit)
 
     rows = [
         ("fp32 torch.mm", f"{fmt_num(mc.get('gemm_fp32_gflops'))} GFLOP/s "
@@ -142,7 +146,7 @@ def _machine(data: Dict[str, Any]) -> str:
         (f"bf16 brgemm tile, ours at {level}",
          pair("brgemm_qk_bf16_gflops", "brgemm_pv_bf16_gflops", "GFLOP/s")),
         (f"fp32 FMA loop (registers only, all threads) at {level}",
-         f"{_na(mc, 'fma_fp32_gflops')} GFLOP/s"),
+         _unit(_na(mc, "fma_fp32_gflops"), "GFLOP/s")),
     ]
     for dt in ("fp32", "bf16"):
         if f"peak_{dt}_source" in mc:
