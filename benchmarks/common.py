@@ -459,6 +459,8 @@ def progress_cell(r: Dict[str, Any], name_key: str = "contender", digits: int = 
                                                     if r.get("timeboxed") else "")
     if r.get("status") == "failed":
         return f"{name} {r.get('note') or 'failed (no message)'}"
+    if r.get("predicted_s"):
+        return f"{name} skipped (~{fmt_num(r['predicted_s'])} s/call predicted)"
     return f"{name} skipped"
 
 

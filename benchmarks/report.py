@@ -35,7 +35,7 @@ def _cell(r: Optional[Dict[str, Any]], base: Optional[str] = None) -> str:
     if r is None:
         return "—"
     if r.get("status") == "skipped":
-        return f"skip (~{r['predicted_s']:.0f} s/call)" if r.get("predicted_s") else "skip"
+        return f"skip (~{fmt_num(r['predicted_s'])} s/call)" if r.get("predicted_s") else "skip"
     if not _ok(r):
         note = r.get("note") or ""
         kind = note.split(":", 2)[1].strip() if note.startswith("failed:") else note

@@ -56,7 +56,7 @@ class CallBudget:
         if est is None or est <= PREDICT_MARGIN * self.limit_s:
             return None
         _, secs, label = self._seen[kind]
-        return (f"not run: ~{est:.1f} s per call predicted from its {secs:.1f} s call on "
+        return (f"not run: ~{est:.3g} s per call predicted from its {secs:.3g} s call on "
                 f"{label}, over {PREDICT_MARGIN:g}x the per-call budget of {self.limit_s:g} s "
                 f"(--call-budget-s)")
 
@@ -74,7 +74,7 @@ class CallBudget:
         return self.enabled and seconds > self.limit_s
 
     def timebox_note(self, seconds: float) -> str:
-        return (f"time-boxed: one call ({seconds:.1f} s) measured, over the per-call budget of "
+        return (f"time-boxed: one call ({seconds:.3g} s) measured, over the per-call budget of "
                 f"{self.limit_s:g} s (--call-budget-s)")
 
     # ------------------------------------------------------------------ torch.compile
