@@ -14,12 +14,13 @@ and every table header names the level. --isa native (the default) caps nothing.
 
 The standard set is sized to finish within 10 minutes on a 2-core Zen 2. Estimate: the
 per-call times of the standard run in BENCHMARKS.md (2 Sapphire Rapids cores, 165 s) scaled to
-a Zen 2 (fp32 GEMM 386 -> 85.6 GFLOP/s: x4.5 for GEMM-bound work, x2.5 for our attention
-kernels, which ran at 100 vs 246 useful GFLOP/s; eager / SDPA bf16 x35, i.e. 24 s for the
-long512 eager fwd+bwd) and replayed through the timing rules (repeats stop after 1 s of calls,
-baselines time-boxed at 2 s per call, at most 45 s of cold torch.compile per suite): about
-6 minutes (attention ~2, losses ~1.5 + compiles, training step ~2, peaks 0.5), against
-48 minutes for the old settings on that machine. --quick is CI-sized (~30 s).
+a Zen 2 (fp32 GEMM 386 -> 85.6 GFLOP/s: x4 for the baselines, the losses and the training
+step, x2.5 for our attention kernels, which ran at 100 vs 246 useful GFLOP/s; eager bf16 x35,
+i.e. 24 s for the long512 eager fwd+bwd, and SDPA bf16 assumed as bad) and replayed through
+the timing rules (repeats stop after 1 s of calls, baselines time-boxed at 2 s per call, at
+most 45 s of cold torch.compile per suite): about 6 minutes (attention 2, losses 1.5,
+training step 2, peaks and start 0.5) plus at most 1.5 minutes of cold compiles, against 48
+minutes with the old settings on that machine. --quick is CI-sized (~30 s).
 """
 from __future__ import annotations
 
