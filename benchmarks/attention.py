@@ -242,10 +242,11 @@ class Contender:
 def our_backends(device: str) -> Dict[str, Optional[str]]:
     """Backend -> None if it runs here, else why not. The dense 'reference' backend is the
     eager baseline already; Triton on CPU is only the interpreter (a test tool, not a
-    benchmark)."""
+    benchmark); the compiled CPU and CUDA kernels are listed on their own device only."""
     out: Dict[str, Optional[str]] = {}
+    other_device = {"cpu": "cuda", "cuda": "cpu"}.get(torch.device(device).type)
     for name, ok in jk.available_backends(device).items():
-        if name == "reference":
+        if name == "reference" or name == other_device:
             continue
         if name == "triton" and torch.device(device).type != "cuda":
             out[name] = "runs only interpreted on CPU (TRITON_INTERPRET=1): not benchmarked"
