@@ -83,7 +83,8 @@ class CallBudget:
         if self.compile_limit_s < 0 or self.compile_spent_s <= self.compile_limit_s:
             return None
         return (f"not run: this suite's torch.compile budget ({self.compile_limit_s:g} s, "
-                f"--compile-budget-s) is spent ({self.compile_spent_s:.0f} s of cold compiles)")
+                f"--compile-budget-s) is spent ({self.compile_spent_s:.3g} s of first calls that "
+                f"compiled)")
 
     def add_compile(self, seconds: float) -> None:
         self.compile_spent_s += max(seconds, 0.0)
