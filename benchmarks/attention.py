@@ -29,9 +29,11 @@ Contenders (one row each per case, dtype and pass):
 
 Reported per row: time (median, min, max, spread, CPU utilisation), peak memory of one call,
 useful GFLOP/s = 4·H·d·(visible score entries) per forward (backward = 2.5x forward, so
-fwd+bwd = 3.5x) over the time, that rate as a percentage of the GEMM peak measured in the
-same run, the slowdown of each baseline relative to ours (``vs_ours`` = its time / ours), and
-the largest difference from ours on rows that see a key (a sanity check of the baseline).
+fwd+bwd = 3.5x) over the time, that rate as a percentage of the compute peak measured in
+the same run (benchmarks/peaks.py), the slowdown of each baseline relative to ours
+(``vs_ours`` = its time / ours), and the largest difference from ours on rows that see a key
+(a sanity check of the baseline). Baselines that take seconds per call are time-boxed
+(benchmarks/timebox.py).
 """
 from __future__ import annotations
 
@@ -47,8 +49,10 @@ from janus_kernels.masks import Field, Kind, MaskDescriptor
 from janus_kernels.reference import (authors_janus_masks, authors_mask_to_allowed,
                                      reference_attention, sdpa_attention)
 
-from .common import (Settings, SuiteResult, case_generator, dtype_name, error_line, first_call,
-                     gemm_peak, time_fn, time_once, time_rows)
+from .common import (Settings, SuiteResult, Timing, case_generator, dtype_name, error_line,
+                     first_call, progress_cell, time_fn, time_once, time_rows)
+from .peaks import compute_peak
+from .timebox import CallBudget
 
 __all__ = ["Shape", "SHAPES", "FAMILIES", "Case", "make_case", "plan", "run", "flex_mask_mod"]
 
@@ -78,10 +82,11 @@ SHAPES = {s.name: s for s in (
 
 
 def plan(settings: Settings) -> List[Tuple[str, str, torch.dtype, bool]]:
-    """(family, shape name, dtype, run flex) for the mode. Standard: the JANUS passes on the
-    three main shapes and the generic families on the medium shape, flex in fp32; full: every
-    family on every shape up to 2048, flex in both dtypes; quick: tiny shapes. A --shapes
-    filter naming shapes runs every family on exactly those."""
+    """(family, shape name, dtype, run flex) for the mode. Standard: the JANUS NAR/AUX pass on
+    the three main shapes, the AR pass on iwslt and long512, the generic families on the medium
+    shape, flex in fp32 (sized for 10 minutes on 2 cores; see benchmarks/__main__.py); full:
+    every family on every shape up to 2048, flex in both dtypes; quick: tiny shapes. A
+    --shapes filter naming shapes runs every family on exactly those."""
     dts = (torch.float32, torch.bfloat16)
     if settings.shapes:
         bad = [s for s in settings.shapes if s not in SHAPES]
@@ -95,7 +100,8 @@ def plan(settings: Settings) -> List[Tuple[str, str, torch.dtype, bool]]:
                 if s == "tiny" or f in JANUS_FAMILIES]
     if settings.mode == "standard":
         out = [(f, s, dt, dt == torch.float32)
-               for s in ("iwslt", "medium", "long512") for f in JANUS_FAMILIES for dt in dts]
+               for s in ("iwslt", "medium", "long512") for f in JANUS_FAMILIES for dt in dts
+               if not (f == "janus_ar" and s == "medium")]
         out += [(f, "medium", dt, dt == torch.float32)
                 for f in FAMILIES if f not in JANUS_FAMILIES for dt in dts]
         return out
@@ -236,10 +242,11 @@ class Contender:
 def our_backends(device: str) -> Dict[str, Optional[str]]:
     """Backend -> None if it runs here, else why not. The dense 'reference' backend is the
     eager baseline already; Triton on CPU is only the interpreter (a test tool, not a
-    benchmark)."""
+    benchmark); the compiled CPU and CUDA kernels are listed on their own device only."""
     out: Dict[str, Optional[str]] = {}
+    other_device = {"cpu": "cuda", "cuda": "cpu"}.get(torch.device(device).type)
     for name, ok in jk.available_backends(device).items():
-        if name == "reference":
+        if name == "reference" or name == other_device:
             continue
         if name == "triton" and torch.device(device).type != "cuda":
             out[name] = "runs only interpreted on CPU (TRITON_INTERPRET=1): not benchmarked"
@@ -337,12 +344,22 @@ def _max_diff(a, b, real_rows: torch.Tensor) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
+def _dense_work(case: Case, pass_: str) -> float:
+    """Work units of a dense baseline's call, for the time-box predictions: score entries
+    (B H Lq Lk), x 3.5 for fwd+bwd."""
+    d = case.desc
+    factor = 1.0 if pass_ == "fwd" else 1.0 + BWD_FLOP_FACTOR
+    return case.shape.B * H * d.q_len * d.kv_len * factor
+
+
 def _prepare(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
-             ours_out, ours_name: Optional[str], settings: Settings
+             ours_out, ours_name: Optional[str], settings: Settings, budget: CallBudget
              ) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
-    """The row of one contender and the call to time (None when skipped or failed): the
-    untimed first call (compile, first touch) gives the difference from ours and, where it
-    does not compile, the peak memory."""
+    """The row of one contender and the call to time (None when skipped, failed or
+    time-boxed): the untimed first call (compile, first touch) gives the difference from ours
+    and, where it does not compile, the peak memory. Baselines are time-boxed
+    (benchmarks/timebox.py): not called when predicted far over the per-call budget, measured
+    by their first call alone when that call was over it."""
     q, k, v, dout = tensors
     row: Dict[str, Any] = {
         "case": case.family, "shape": case.shape.name, "B": case.shape.B,
@@ -358,6 +375,13 @@ def _prepare(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
         if need > settings.mem_limit_gb * 1024 ** 3:
             why = (f"estimated {need / 1024 ** 3:.1f} GB > --mem-limit-gb "
                    f"{settings.mem_limit_gb:g}")
+    compiles = c.name == "flex_compiled"
+    baseline = not c.name.startswith("ours")
+    kind, work = (c.name, row["dtype"], pass_), _dense_work(case, pass_)
+    if why is None and baseline:
+        why = budget.skip_compile() if compiles else budget.skip_before_call(kind, work)
+        if why is not None:
+            row["predicted_s"] = None if compiles else budget.predicted_s(kind, work)
     if why is not None:
         row.update(status="failed" if why.startswith("failed") else "skipped", note=why)
         return row, None
@@ -367,7 +391,6 @@ def _prepare(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
         fn = lambda: torch.autograd.grad(c.run(qg, kg, vg), (qg, kg, vg), dout)  # noqa: E731
     try:
-        compiles = c.name == "flex_compiled"
         out, t_first, row["peak_mb"] = first_call(fn, settings.device,
                                                   not (compiles or settings.is_cuda))
         if compiles and pass_ == "fwd":
@@ -377,6 +400,13 @@ def _prepare(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
         del out
     except Exception as e:  # noqa: BLE001 - a failing contender is a row, not a crash
         row.update(status="failed", note=f"failed: {error_line(e)}")
+        return row, None
+    if compiles:
+        budget.add_compile(t_first)
+    elif baseline and budget.observe(kind, work, t_first, case.label):
+        ms = 1e3 * t_first
+        row.update(Timing(ms, ms, ms, 1, None, timeboxed=True).as_dict(),
+                   note=budget.timebox_note(t_first))
         return row, None
     return row, fn
 
@@ -409,9 +439,9 @@ def _io_bytes(case: Case, dtype: torch.dtype, pass_: str) -> float:
 
 def _floor(row: Dict[str, Any], case: Case, dtype: torch.dtype, machine: Dict[str, Any]) -> None:
     """A lower bound on any kernel's time for this op on this machine: the useful FLOPs at
-    the measured GEMM rate, or the bytes it must move at the measured copy bandwidth,
+    the measured compute peak, or the bytes it must move at the measured copy bandwidth,
     whichever is larger (they could at best overlap)."""
-    peak, bw = gemm_peak(machine, dtype), machine.get("copy_gb_s")
+    peak, bw = compute_peak(machine, dtype), machine.get("copy_gb_s")
     if not peak or not bw:
         return
     row["compute_floor_ms"] = 1e3 * row["useful_gflop"] / peak
@@ -422,6 +452,7 @@ def _floor(row: Dict[str, Any], case: Case, dtype: torch.dtype, machine: Dict[st
 def run(settings: Settings, machine: Dict[str, Any],
         log: Callable[[str], None] = print) -> SuiteResult:
     res = SuiteResult("attention")
+    budget = settings.call_budget()
     t_suite = time.perf_counter()
     case: Optional[Case] = None          # the plan lists each case's dtypes together
     for family, shape_name, dtype, with_flex in plan(settings):
@@ -451,17 +482,21 @@ def run(settings: Settings, machine: Dict[str, Any],
             rows, fns = [], {}
             for c in contenders:
                 row, fn = _prepare(c, case, dtype, pass_, tensors, ours_out,
-                                   ours.name if ours else None, settings)
+                                   ours.name if ours else None, settings, budget)
                 rows.append(row)
                 if fn is not None:
                     fns[c.name] = fn
             time_rows({r["contender"]: r for r in rows}, fns, settings)
             del fns
+            for r in rows:      # the timed medians predict the next cases better
+                if r["status"] == "ok" and not r["contender"].startswith("ours"):
+                    budget.record((r["contender"], r["dtype"], pass_), _dense_work(case, pass_),
+                                  r["ms"] / 1e3, case.label)
             base = next((r for r in rows if r["contender"].startswith("ours:")
                          and r["status"] == "ok"), None)
             for r in rows:
                 if r["status"] == "ok":
-                    _throughput(r, case, gemm_peak(machine, dtype))
+                    _throughput(r, case, compute_peak(machine, dtype))
                     _floor(r, case, dtype, machine)
                     if base is not None:
                         r["vs_ours"] = r["ms"] / base["ms"]
@@ -474,15 +509,16 @@ def run(settings: Settings, machine: Dict[str, Any],
         del tensors, contenders
     res.notes.append(
         "useful GFLOP/s counts only visible score entries: 4*H*d*sum(visible) per forward, "
-        "backward = 2.5x forward; pct_peak is against the GEMM rate of the same dtype "
-        "measured at the start of this run.")
+        "backward = 2.5x forward; pct_peak is against the compute peak of the same dtype "
+        "measured at the start of this run (the largest of torch.mm, the attention tiles, "
+        "our brgemm tile and the FMA loop: see Machine peaks).")
     res.notes.append(
         "eager_dense includes its dense-mask build on every call (mask_ms shows that part); "
         "sdpa_dense and flex_compiled get their mask prebuilt (mask_ms, not included). "
         "eager_dense is janus_kernels.reference.reference_attention(upcast=False), which also "
         "computes the log-sum-exp (one extra pass over the scores).")
     res.notes.append(
-        "floor ms = max(useful FLOPs / GEMM peak, bytes that must move / copy bandwidth), both "
+        "floor ms = max(useful FLOPs / compute peak, bytes that must move / copy bandwidth), both "
         "measured at the start of this run; bytes = the q rows that see a key and the k/v rows "
         "below kv_len read, the whole output and lse written (backward: q, k, v, o, dO read "
         "again, dq, dk, dv written). No kernel can beat it (the memory part assumes the data "
@@ -493,10 +529,4 @@ def run(settings: Settings, machine: Dict[str, Any],
 
 
 def _progress_line(case: Case, dtype: torch.dtype, pass_: str, rows: List[Dict[str, Any]]) -> str:
-    parts = []
-    for r in rows:
-        if r["status"] == "ok":
-            parts.append(f"{r['contender']} {r['ms']:.2f} ms")
-        else:
-            parts.append(f"{r['contender']} {r['status']}")
-    return f"{case.label} {dtype_name(dtype)} {pass_}: " + ", ".join(parts)
+    return f"{case.label} {dtype_name(dtype)} {pass_}: " + ", ".join(map(progress_cell, rows))

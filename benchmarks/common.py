@@ -21,10 +21,8 @@ Peak memory (``peak_memory_mb``)
       counted; outputs and everything the call allocates (grads included) are.
     * CUDA: ``max_memory_allocated`` above ``memory_allocated`` before the call.
 
-Machine peaks (``machine_peaks``)
-    fp32 / bf16 GEMM rate (torch.mm, n = 1024..4096), brgemm-like tile rates (batched
-    64x64 @ 64x512 and 64x512 @ 512x64 products, the two attention tile shapes), exp
-    throughput (torch.exp) and memory bandwidth (copy of 256 MB, read + write counted).
+Per-call time-boxing: see benchmarks/timebox.py (the timing loop drops a contender after a
+call longer than ``Settings.call_budget_s``). Machine peaks: benchmarks/peaks.py.
 """
 from __future__ import annotations
 
@@ -46,11 +44,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .isa import runtime_info
+from .timebox import CallBudget
+
 __all__ = ["Settings", "Timing", "time_fn", "time_interleaved", "time_rows", "time_once",
-           "first_call", "peak_memory_mb", "machine_peaks",
-           "environment_info", "SuiteResult", "optional_import", "write_json",
+           "first_call", "peak_memory_mb", "environment_info", "SuiteResult", "optional_import",
+           "write_json",
            "markdown_table", "fmt_num", "bar_chart", "synchronize", "dtype_name",
-           "case_generator"]
+           "case_generator", "progress_cell"]
 
 MB = 1024 * 1024
 
@@ -67,6 +68,8 @@ class Settings:
     repeats: int = 5
     min_repeats: int = 2
     budget_s: float = 3.0           # per measurement; repeats stop once it is spent
+    call_budget_s: float = 0.0      # per call (benchmarks/timebox.py); 0: no time-boxing
+    compile_budget_s: float = -1.0  # per suite, torch.compile first calls; < 0: unlimited
     mem_limit_gb: float = 8.0       # dense baselines estimated above this are skipped
     flex: bool = True               # compiled FlexAttention contender
     compile: bool = True            # torch.compile'd loss baselines
@@ -88,9 +91,12 @@ class Settings:
         base = {
             # --quick: no torch.compile (a cold inductor start alone takes ~30 s here)
             "quick": dict(warmup=1, repeats=2, min_repeats=1, budget_s=0.5, flex=False,
-                          compile=False),
-            "standard": dict(warmup=1, repeats=5, min_repeats=2, budget_s=2.0),
-            "full": dict(warmup=2, repeats=7, min_repeats=3, budget_s=6.0),
+                          compile=False, call_budget_s=5.0),
+            # standard: sized to finish within 10 minutes on a 2-core Zen 2 (the estimate
+            # is in benchmarks/__main__.py's docstring)
+            "standard": dict(warmup=1, repeats=5, min_repeats=2, budget_s=1.0,
+                             call_budget_s=2.0, compile_budget_s=45.0),
+            "full": dict(warmup=2, repeats=7, min_repeats=3, budget_s=6.0, call_budget_s=15.0),
         }
         if mode not in base:
             raise ValueError(f"mode: expected one of {sorted(base)}, got {mode!r}")
@@ -101,6 +107,14 @@ class Settings:
     @property
     def is_cuda(self) -> bool:
         return torch.device(self.device).type == "cuda"
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The settings as plain values (for the results JSON)."""
+        return dataclasses.asdict(self)
+
+    def call_budget(self) -> "CallBudget":
+        """A fresh time-box tracker for one suite run (benchmarks/timebox.py)."""
+        return CallBudget(self.call_budget_s, self.compile_budget_s)
 
     def apply(self) -> None:
         """Fix the thread count (CPU) so every measurement of the run uses the same."""
@@ -135,6 +149,7 @@ class Timing:
     ms_max: float
     repeats: int
     cpu_util: Optional[float]       # CPU only: cpu_time / (wall * threads)
+    timeboxed: bool = False         # stopped after a call over the per-call budget
 
     @property
     def spread_pct(self) -> float:
@@ -143,7 +158,7 @@ class Timing:
     def as_dict(self) -> Dict[str, Any]:
         return {"ms": self.ms, "ms_min": self.ms_min, "ms_max": self.ms_max,
                 "spread_pct": self.spread_pct, "repeats": self.repeats,
-                "cpu_util": self.cpu_util}
+                "cpu_util": self.cpu_util, "timeboxed": self.timeboxed}
 
 
 def _one_call(fn: Callable[[], Any], cuda: bool) -> Tuple[float, Optional[float]]:
@@ -169,8 +184,9 @@ def time_interleaved(fns: Dict[str, Callable[[], Any]], settings: Settings, *,
     every round), so a change of machine load during the measurement hits all of them alike
     (their ratios stay meaningful). Each
     function leaves the rounds once it has ``repeats`` calls, or once its own calls have
-    used ``budget_s`` and it has ``min_repeats``. The garbage collector is off while timing,
-    so a collection triggered by one function is not charged to another."""
+    used ``budget_s`` and it has ``min_repeats``, or right after one call longer than
+    ``settings.call_budget_s`` (time-boxed: ``Timing.timeboxed``). The garbage collector is
+    off while timing, so a collection triggered by one function is not charged to another."""
     warmup = settings.warmup if warmup is None else warmup
     repeats = settings.repeats if repeats is None else repeats
     budget = settings.budget_s if budget_s is None else budget_s
@@ -182,8 +198,14 @@ def time_interleaved(fns: Dict[str, Callable[[], Any]], settings: Settings, *,
     walls: Dict[str, List[float]] = {k: [] for k in fns}
     cpus: Dict[str, List[float]] = {k: [] for k in fns}
 
+    call_limit = settings.call_budget_s
+    boxed = {k: False for k in fns}
+
     def active(k: str) -> bool:
         n = len(walls[k])
+        if n and call_limit > 0 and walls[k][-1] > call_limit:
+            boxed[k] = True
+            return False
         return n < repeats and not (sum(walls[k]) > budget and n >= settings.min_repeats)
 
     was_enabled = gc.isenabled()
@@ -212,7 +234,7 @@ def time_interleaved(fns: Dict[str, Callable[[], Any]], settings: Settings, *,
     for k in fns:
         ms = [1e3 * w for w in walls[k]]
         util = sum(cpus[k]) / (sum(walls[k]) * threads) if cpus[k] and sum(walls[k]) else None
-        out[k] = Timing(statistics.median(ms), min(ms), max(ms), len(ms), util)
+        out[k] = Timing(statistics.median(ms), min(ms), max(ms), len(ms), util, boxed[k])
     return out
 
 
@@ -242,7 +264,7 @@ def time_rows(rows: Dict[str, Dict[str, Any]], fns: Dict[str, Callable[[], Any]]
     for name, t in timings.items():
         row = rows[name]
         row.update(t.as_dict())
-        if row.get("peak_mb") is None:
+        if row.get("peak_mb") is None and not t.timeboxed:   # no extra call of a slow one
             try:
                 row["peak_mb"] = peak_memory_mb(fns[name], settings.device)
             except Exception:  # noqa: BLE001 - the timing stands without the memory
@@ -333,65 +355,6 @@ def peak_memory_mb(fn: Callable[[], Any], device: str) -> Optional[float]:
     return max(hwm - rss0, 0) / 1024.0
 
 
-# ======================================================================= machine peaks
-def _rate(fn: Callable[[], Any], work: float, settings: Settings, repeats: int = 5
-          ) -> Tuple[float, Optional[float]]:
-    """work / median seconds, and the CPU utilisation of those calls."""
-    t = time_fn(fn, settings, warmup=1, repeats=repeats, budget_s=1.5)
-    return work / (t.ms / 1e3), t.cpu_util
-
-
-def machine_peaks(settings: Settings) -> Dict[str, Any]:
-    """Measure this machine's ceilings now, in the same process and thread setting as the
-    benchmarks (so a loaded machine shows up in both). Keys end in their unit."""
-    dev = settings.device
-    quick = settings.mode == "quick"
-    cuda = settings.is_cuda
-    out: Dict[str, Any] = {}
-    utils: List[float] = []
-
-    def rec(key: str, val: Tuple[float, Optional[float]], scale: float) -> None:
-        out[key] = val[0] / scale
-        if val[1] is not None:
-            utils.append(val[1])
-
-    n = 4096 if cuda else (1024 if quick else 2048)
-    for dt in (torch.float32, torch.bfloat16):
-        a = torch.randn(n, n, device=dev).to(dt)
-        b = torch.randn(n, n, device=dev).to(dt)
-        c = torch.empty(n, n, device=dev, dtype=dt)
-        rec(f"gemm_{dtype_name(dt)}_gflops", _rate(lambda: torch.mm(a, b, out=c), 2.0 * n ** 3,
-                                                   settings), 1e9)
-        # brgemm-like tiles: the QK^T tile (64 x d=64 @ 64 x 512) and the PV tile
-        # (64 x 512 @ 512 x 64), batched so the call overhead is amortized
-        nb = 64 if quick else 256
-        for name, (m, k, nn) in (("qk", (64, 64, 512)), ("pv", (64, 512, 64))):
-            x = torch.randn(nb, m, k, device=dev).to(dt)
-            y = torch.randn(nb, k, nn, device=dev).to(dt)
-            z = torch.empty(nb, m, nn, device=dev, dtype=dt)
-            rec(f"tile_{name}_{dtype_name(dt)}_gflops",
-                _rate(lambda: torch.bmm(x, y, out=z), 2.0 * nb * m * k * nn, settings), 1e9)
-    ne = (4 if quick else 16) * MB
-    x = torch.randn(ne, device=dev)
-    y = torch.empty_like(x)
-    rec("exp_gelem_s", _rate(lambda: torch.exp(x, out=y), float(ne), settings), 1e9)
-    nbytes = (64 if quick else 256) * MB * (4 if cuda else 1)
-    src = torch.empty(nbytes // 4, device=dev).fill_(1.0)
-    dst = torch.empty_like(src).fill_(0.0)               # touched: no page faults timed
-    rec("copy_gb_s", _rate(lambda: dst.copy_(src), 2.0 * nbytes, settings), 1e9)
-    rec("read_gb_s", _rate(lambda: src.sum(), float(nbytes), settings), 1e9)
-    out["gemm_n"] = n
-    out["copy_mb"] = nbytes / MB
-    out["cpu_util"] = (sum(utils) / len(utils)) if utils else None
-    return out
-
-
-def gemm_peak(machine: Dict[str, Any], dtype: torch.dtype) -> Optional[float]:
-    """The measured GEMM GFLOP/s for ``dtype`` (fp16 uses the bf16 figure)."""
-    key = "gemm_fp32_gflops" if dtype in (torch.float32, torch.float64) else "gemm_bf16_gflops"
-    return machine.get(key)
-
-
 # ========================================================================= environment
 def _cpu_model() -> str:
     try:
@@ -437,6 +400,7 @@ def environment_info(settings: Settings) -> Dict[str, Any]:
         "cores": os.cpu_count(),
         "threads": settings.threads,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa": runtime_info(),
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "loadavg_start": _loadavg(),
         "argv": sys.argv[1:],
@@ -484,6 +448,20 @@ def optional_import(name: str) -> Tuple[Optional[Any], Optional[str]]:
         return importlib.import_module(name), None
     except Exception as e:  # ImportError, or an error raised while importing
         return None, f"{type(e).__name__}: {e}"
+
+
+def progress_cell(r: Dict[str, Any], name_key: str = "contender", digits: int = 2) -> str:
+    """One row's part of a progress line: its time, or why it has none (a failure with its
+    message, never a bare "failed")."""
+    name = r.get(name_key)
+    if r.get("status") == "ok":
+        return f"{name} {r['ms']:.{digits}f} ms" + (" (1 call, time-boxed)"
+                                                    if r.get("timeboxed") else "")
+    if r.get("status") == "failed":
+        return f"{name} {r.get('note') or 'failed (no message)'}"
+    if r.get("predicted_s"):
+        return f"{name} skipped (~{fmt_num(r['predicted_s'])} s/call predicted)"
+    return f"{name} skipped"
 
 
 def error_line(e: BaseException, limit: int = 160) -> str:

@@ -32,9 +32,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .common import (Settings, SuiteResult, case_generator, dtype_name, error_line,
-                     first_call, optional_import, peak_memory_mb, time_interleaved,
-                     time_rows)
+from .common import (Settings, SuiteResult, Timing, case_generator, dtype_name, error_line,
+                     first_call, optional_import, peak_memory_mb, progress_cell,
+                     time_interleaved, time_rows)
+from .timebox import CallBudget
 
 __all__ = ["eager_symmetric_kl", "eager_cross_entropy", "eager_janus_loss",
            "eager_fused_linear", "plan", "run"]
@@ -193,15 +194,21 @@ def _contenders(case: LossCase, settings: Settings, res: SuiteResult
 
 
 def _prepare(name: str, fn: Optional[Callable], why: Optional[str], case: LossCase,
-             pass_: str, inp: Dict[str, Any], ref_loss: Optional[float], settings: Settings
-             ) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
-    """The row of one contender and the call to time (None when skipped or failed); the
-    untimed first call gives the loss value, the compile time and (where it does not
-    compile) the peak memory."""
+             pass_: str, inp: Dict[str, Any], ref_loss: Optional[float], settings: Settings,
+             budget: CallBudget) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
+    """The row of one contender and the call to time (None when skipped, failed or
+    time-boxed); the untimed first call gives the loss value, the compile time and (where it
+    does not compile) the peak memory. The baselines are time-boxed as in
+    benchmarks/timebox.py."""
     row: Dict[str, Any] = {"case": case.loss, "rows": case.rows, "V": case.vocab,
                            "D": case.hidden or None, "dtype": dtype_name(case.dtype),
                            "pass": pass_, "contender": name, "status": "ok",
                            "logits_mb": _logit_rows(case) * case.vocab * 4 / 2 ** 20}
+    compiles = name == "compiled"
+    baseline = not name.startswith("ours")
+    kind, work = (name, row["dtype"], pass_), _work(case, pass_)
+    if why is None and fn is not None and baseline:
+        why = budget.skip_compile() if compiles else budget.skip_before_call(kind, work)
     if why is not None or fn is None:
         row.update(status="skipped", note=why)
         return row, None
@@ -212,7 +219,6 @@ def _prepare(name: str, fn: Optional[Callable], why: Optional[str], case: LossCa
         g_inp = {k: (v.detach().requires_grad_(True) if k in keys else v) for k, v in inp.items()}
         call = lambda: torch.autograd.grad(fn(**g_inp), [g_inp[k] for k in keys])  # noqa: E731
     try:
-        compiles = name == "compiled"
         out, t_first, row["peak_mb"] = first_call(call, settings.device,
                                                   not (compiles or settings.is_cuda))
         if pass_ == "fwd":
@@ -225,7 +231,19 @@ def _prepare(name: str, fn: Optional[Callable], why: Optional[str], case: LossCa
     except Exception as e:  # noqa: BLE001 - a failing contender is a row, not a crash
         row.update(status="failed", note=f"failed: {error_line(e)}")
         return row, None
+    if compiles:
+        budget.add_compile(t_first)
+    elif baseline and budget.observe(kind, work, t_first, case.label):
+        ms = 1e3 * t_first
+        row.update(Timing(ms, ms, ms, 1, None, timeboxed=True).as_dict(),
+                   note=budget.timebox_note(t_first))
+        return row, None
     return row, call
+
+
+def _work(case: LossCase, pass_: str) -> float:
+    """Work units of one call, for the time-box predictions: logit entries, x 3 for fwd+bwd."""
+    return _logit_rows(case) * case.vocab * (1.0 if pass_ == "fwd" else 3.0)
 
 
 def _logit_rows(case: LossCase) -> int:
@@ -308,6 +326,7 @@ def _symkl_dram_note(settings: Settings, machine: Dict[str, Any], log: Callable[
 def run(settings: Settings, machine: Dict[str, Any],
         log: Callable[[str], None] = print) -> SuiteResult:
     res = SuiteResult("loss")
+    budget = settings.call_budget()
     t_suite = time.perf_counter()
     for case in plan(settings):
         if not settings.selected(case.loss, None, dtype_name(case.dtype)):
@@ -323,20 +342,23 @@ def run(settings: Settings, machine: Dict[str, Any],
         for pass_ in PASSES:
             rows, fns = [], {}
             for n, f, why in contenders:
-                row, call = _prepare(n, f, why, case, pass_, inp, ref_loss, settings)
+                row, call = _prepare(n, f, why, case, pass_, inp, ref_loss, settings, budget)
                 rows.append(row)
                 if call is not None:
                     fns[n] = call
             time_rows({r["contender"]: r for r in rows}, fns, settings)
             del fns
+            for r in rows:      # the timed medians predict the next cases better
+                if r["status"] == "ok" and not r["contender"].startswith("ours"):
+                    budget.record((r["contender"], r["dtype"], pass_), _work(case, pass_),
+                                  r["ms"] / 1e3, case.label)
             ours = next((r for r in rows if r["contender"] == "ours" and r["status"] == "ok"), None)
             for r in rows:
                 if ours is not None and r["status"] == "ok":
                     r["vs_ours"] = r["ms"] / ours["ms"]
             res.rows.extend(rows)
-            log("  " + f"{case.label} {pass_}: " + ", ".join(
-                f"{r['contender']} {r['ms']:.1f} ms" if r["status"] == "ok"
-                else f"{r['contender']} {r['status']}" for r in rows))
+            log("  " + f"{case.label} {pass_}: "
+                + ", ".join(progress_cell(r, digits=1) for r in rows))
         del inp
         gc.collect()
     if settings.mode != "quick" and settings.selected("fused_linear", None, "fp32"):

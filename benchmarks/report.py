@@ -14,6 +14,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .common import bar_chart, fmt_num, markdown_table
+from .isa import header_line
 
 __all__ = ["render", "plots", "main"]
 
@@ -28,15 +29,24 @@ def _ok(r: Dict[str, Any]) -> bool:
 
 def _cell(r: Optional[Dict[str, Any]], base: Optional[str] = None) -> str:
     """'12.3 (4.56x)' for a measured row (the ratio to ours, left out on ``base``, the row
-    the ratios are taken against), '—' / 'skip' / 'fail' otherwise."""
+    the ratios are taken against; '1 call' when time-boxed), '—' when absent, 'skip' (with
+    the predicted seconds per call when time-boxed away), 'fail: <error type>' otherwise (the
+    whole message is listed under "Skipped or failed")."""
     if r is None:
         return "—"
+    if r.get("status") == "skipped":
+        return f"skip (~{fmt_num(r['predicted_s'])} s/call)" if r.get("predicted_s") else "skip"
     if not _ok(r):
-        return "skip" if r.get("status") == "skipped" else "fail"
+        note = r.get("note") or ""
+        kind = note.split(":", 2)[1].strip() if note.startswith("failed:") else note
+        return f"fail: {kind[:40]}" if kind else "fail (no message recorded)"
     s = fmt_num(r["ms"])
+    extra = []
     if r.get("vs_ours") is not None and r.get("contender") != base:
-        s += f" ({fmt_num(r['vs_ours'])}x)"
-    return s
+        extra.append(f"{fmt_num(r['vs_ours'])}x")
+    if r.get("timeboxed"):
+        extra.append("1 call")
+    return s + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _group(rows: Sequence[Dict[str, Any]], keys: Sequence[str]
@@ -85,30 +95,66 @@ def _header(data: Dict[str, Any]) -> str:
         f"{m.get('loadavg_end')}; total {fmt_num(m.get('seconds'))} s. "
         f"THP_MEM_ALLOC_ENABLE={m.get('THP_MEM_ALLOC_ENABLE')}.",
         "",
+        header_line(m),
+        "",
         "Times are medians (ms) over the repeats; `(Nx)` = that contender's time / ours "
         "(above 1: ours is faster). CPU util = process CPU time / (wall x threads): well "
         "below 1 means other processes took the cores during that measurement, so compare "
         "within one run. Peak memory = what one call adds above its inputs (CPU: peak RSS "
-        "delta; CUDA: max_memory_allocated delta).",
+        "delta; CUDA: max_memory_allocated delta). `1 call`: time-boxed, one call took longer "
+        f"than the per-call budget ({fmt_num((data.get('settings') or {}).get('call_budget_s'))} "
+        "s) and was the only one measured; `skip (~N s/call)`: predicted from that contender's "
+        "earlier calls to take over twice the budget, so not run.",
     ]
     return "\n".join(lines)
+
+
+def _na(mc: Dict[str, Any], *keys: str) -> str:
+    """The value of the first key that has one, else 'n/a (reason)'."""
+    for k in keys:
+        if mc.get(k) is not None:
+            return fmt_num(mc[k])
+    why = next(((mc.get("na") or {}).get(k) for k in keys if (mc.get("na") or {}).get(k)), None)
+    return f"n/a ({why})" if why else "n/a"
+
+
+def _unit(value: str, unit: str) -> str:
+    return value if value.startswith("n/a") else f"{value} {unit}"
 
 
 def _machine(data: Dict[str, Any]) -> str:
     mc = data.get("machine") or {}
     if not mc:
         return ""
+    level = mc.get("isa_level") or "n/a"
 
     def pair(a: str, b: str, unit: str) -> str:
-        return f"{fmt_num(mc.get(a))} / {fmt_num(mc.get(b))} {unit}"
+        x, y = _na(mc, a), _na(mc, b)
+        return x if x == y and x.startswith("n/a") else _unit(f"{x} / {y}", unit)
 
     rows = [
-        ("fp32 GEMM", f"{fmt_num(mc.get('gemm_fp32_gflops'))} GFLOP/s (n={mc.get('gemm_n')})"),
-        ("bf16 GEMM", f"{fmt_num(mc.get('gemm_bf16_gflops'))} GFLOP/s"),
-        ("fp32 tiles 64x64@64x512 / 64x512@512x64",
+        ("fp32 torch.mm", f"{fmt_num(mc.get('gemm_fp32_gflops'))} GFLOP/s "
+                          f"(n={mc.get('gemm_fp32_n', mc.get('gemm_n'))})"),
+        ("bf16 torch.mm", f"{fmt_num(mc.get('gemm_bf16_gflops'))} GFLOP/s"
+                          + (f" (n={mc['gemm_bf16_n']})" if mc.get("gemm_bf16_n") else "")),
+        ("fp32 torch.bmm tiles 64x64@64x512 / 64x512@512x64",
          pair("tile_qk_fp32_gflops", "tile_pv_fp32_gflops", "GFLOP/s")),
-        ("bf16 tiles 64x64@64x512 / 64x512@512x64",
+        ("bf16 torch.bmm tiles 64x64@64x512 / 64x512@512x64",
          pair("tile_qk_bf16_gflops", "tile_pv_bf16_gflops", "GFLOP/s")),
+        (f"fp32 brgemm tile, ours at {level} (QK 64x512x64 / PV 64x64x512)",
+         pair("brgemm_qk_fp32_gflops", "brgemm_pv_fp32_gflops", "GFLOP/s")),
+        (f"bf16 brgemm tile, ours at {level}",
+         pair("brgemm_qk_bf16_gflops", "brgemm_pv_bf16_gflops", "GFLOP/s")),
+        (f"fp32 FMA loop (registers only, all threads) at {level}",
+         _unit(_na(mc, "fma_fp32_gflops"), "GFLOP/s")),
+    ]
+    for dt in ("fp32", "bf16"):
+        if f"peak_{dt}_source" in mc:
+            of = "the above" + ("" if dt == "fp32" else " and the fp32 peak")
+            rows.append((f"**{dt} compute peak** (the largest of {of})",
+                         f"**{fmt_num(mc.get(f'peak_{dt}_gflops'))} GFLOP/s** from "
+                         f"{mc.get(f'peak_{dt}_source')}"))
+    rows += [
         ("torch.exp", f"{fmt_num(mc.get('exp_gelem_s'))} Gelem/s"),
         ("copy (read + write counted)",
          f"{fmt_num(mc.get('copy_gb_s'))} GB/s ({fmt_num(mc.get('copy_mb'))} MB)"),
@@ -117,7 +163,9 @@ def _machine(data: Dict[str, Any]) -> str:
     ]
     t = markdown_table([{"q": a, "v": b} for a, b in rows], [("q", "quantity"), ("v", "measured")],
                        formats={"q": str, "v": str})
-    return "## Machine peaks (measured in this run)\n\n" + t
+    return ("The compute peak is the largest GEMM rate this machine showed, so that useful "
+            "FLOPs / peak is a floor no kernel beats; a bf16 kernel can always widen to fp32, "
+            "so the bf16 peak is at least the fp32 one.\n\n" + t)
 
 
 def _floor_cell(ours: Optional[Dict[str, Any]], sdpa: Optional[Dict[str, Any]]) -> str:
@@ -155,13 +203,12 @@ def _attention(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
             ("dims", "B x Lq x Lk"), ("density", "density")]
     cols += [(n, f"{n} ms" + (" (x)" if i else "")) for i, n in enumerate(ours_names)]
     cols += [(n, f"{n} ms (x)") for n in ATTN_BASELINES]
-    cols += [("gflops", "ours useful GFLOP/s"), ("pct", "% GEMM peak"),
+    cols += [("gflops", "ours useful GFLOP/s"), ("pct", "% compute peak"),
              ("floor", "floor ms (max x vs sdpa)"),
              ("mem", "peak MB ours / eager / sdpa"), ("util", "CPU util (min)")]
     fm = {k: str for k in ["mask", "shape", "dtype", "pass", "dims", "mem", "floor"] + ours_names
           + list(ATTN_BASELINES)}
-    out = ["## Attention", ""]
-    out += [f"* {n}" for n in suite.get("notes", [])]
+    out = [f"* {n}" for n in suite.get("notes", [])]
     out += ["", markdown_table(table, cols, fm)]
     # mask build and compile costs, per case (fwd fp32 rows carry them)
     builds = []
@@ -184,6 +231,9 @@ def _attention(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
                                     ("bm", "create_block_mask ms (flex)"),
                                     ("comp", "flex compile s")],
                            {"mask": str, "shape": str, "builder": str})]
+    head = _headline(rows)
+    if head:
+        out += ["", head]
     diffs = [r.get("max_diff") for r in rows if _ok(r) and r.get("max_diff") is not None
              and r["dtype"] == "fp32"]
     if diffs:
@@ -193,6 +243,23 @@ def _attention(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
         for png in suite.get("plots", []):
             out += ["", f"![{png}]({os.path.join(image_dir, png)})"]
     return "\n".join(out)
+
+
+def _headline(rows: Sequence[Dict[str, Any]], case: str = "janus_nar", shape: str = "long512",
+              pass_: str = "fwd+bwd") -> Optional[str]:
+    """The speed-up the project tracks (issue 12): ours over SDPA + dense mask on the JANUS
+    NAR/AUX fwd+bwd at B=8 / Nmax=512, per dtype, at the ISA level in the section header."""
+    parts = []
+    for r in rows:
+        if (r["case"], r["shape"], r["pass"], r["contender"]) == (case, shape, pass_,
+                                                                 "sdpa_dense") and _ok(r):
+            if r.get("vs_ours") is not None:
+                parts.append(f"{r['dtype']} **{fmt_num(r['vs_ours'])}x**")
+    if not parts:
+        return None
+    r0 = next(r for r in rows if (r["case"], r["shape"]) == (case, shape))
+    return (f"Headline: {case} {pass_} at B={r0['B']} / Nmax={r0['Nmax']}, ours vs SDPA + dense "
+            f"mask (sdpa time / ours): " + ", ".join(parts) + ".")
 
 
 def _loss(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
@@ -221,7 +288,7 @@ def _loss(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
     fm = {k: str for k in ["loss", "size", "dtype", "pass", "mem"] + ours_names
           + list(LOSS_BASELINES)}
     fm["diff"] = lambda x: "—" if x is None else f"{x:.1e}"
-    out = ["## Losses", ""] + [f"* {n}" for n in suite.get("notes", [])]
+    out = [f"* {n}" for n in suite.get("notes", [])]
     out += ["", markdown_table(table, cols, fm)]
     if image_dir is not None:
         for png in suite.get("plots", []):
@@ -231,7 +298,7 @@ def _loss(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
 
 def _train_step(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
     rows = suite.get("rows", [])
-    out = ["## Training step", ""] + [f"* {n}" for n in suite.get("notes", [])]
+    out = [f"* {n}" for n in suite.get("notes", [])]
     b = suite.get("extra", {}).get("batch")
     if b:
         out += [f"* Batch: {b['B']} sentences, source width {b['src_len']}, target width "
@@ -257,18 +324,25 @@ def _train_step(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
     return "\n".join(out)
 
 
-_SECTIONS = {"attention": _attention, "loss": _loss, "train_step": _train_step}
+_SECTIONS = {"attention": ("Attention", _attention), "loss": ("Losses", _loss),
+             "train_step": ("Training step", _train_step)}
+
+
+def _section(title: str, body: str, meta: Dict[str, Any]) -> str:
+    """A section: its heading, the CPU / ISA line every table header carries, the body."""
+    return f"## {title}\n\n{header_line(meta)}\n\n{body}" if body else ""
 
 
 def render(data: Dict[str, Any], image_dir: Optional[str] = ".") -> str:
     """The whole Markdown report. ``image_dir``: how the Markdown file reaches the PNGs
     (None: no image links)."""
-    parts = [_header(data), _machine(data)]
+    meta = data.get("meta", {})
+    parts = [_header(data), _section("Machine peaks (measured in this run)", _machine(data), meta)]
     skipped: List[str] = []
     for name, suite in data.get("suites", {}).items():
-        fn = _SECTIONS.get(name)
-        if fn is not None:
-            parts.append(fn(suite, image_dir))
+        if name in _SECTIONS:
+            title, fn = _SECTIONS[name]
+            parts.append(_section(title, fn(suite, image_dir), meta))
         for line in _skipped(suite):
             skipped.append(f"{line} ({name})")
     if skipped:
@@ -319,8 +393,8 @@ def plots(data: Dict[str, Any], out_dir: str) -> Tuple[List[str], List[str]]:
         series_l = {k: [v.get(g) for g in groups] for k, v in series.items()}
         if any(x is not None for v in series_l.values() for x in v):
             chart("attention_pct_peak.png", att,
-                  "Ours: useful GFLOP/s (visible entries only) as % of the same-dtype GEMM rate",
-                  groups, series_l, "% of GEMM peak")
+                  "Ours: useful GFLOP/s (visible entries only) as % of the same-dtype compute peak",
+                  groups, series_l, "% of compute peak")
     loss = suites.get("loss")
     if loss and loss.get("rows"):
         loss["plots"] = []

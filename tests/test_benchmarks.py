@@ -45,13 +45,31 @@ def test_quick_run_writes_json_markdown_and_plots(quick_run):
     out, data, stdout = quick_run
     assert set(data["suites"]) == {"attention", "loss", "train_step"}
     assert data["meta"]["mode"] == "quick" and data["meta"]["threads"] == 1
+    mc = data["machine"]
     for key in ("gemm_fp32_gflops", "gemm_bf16_gflops", "tile_qk_fp32_gflops",
                 "exp_gelem_s", "copy_gb_s"):
-        assert data["machine"][key] > 0, key
+        assert mc[key] > 0, key
+    # the compute peaks: the largest candidate, named; bf16 never below fp32 (widening)
+    for dt in ("fp32", "bf16"):
+        cands = {k: v for k, v in mc["peak_candidates"][dt].items() if v is not None}
+        assert mc[f"peak_{dt}_gflops"] == max(cands.values())
+        assert cands[mc[f"peak_{dt}_source"]] == mc[f"peak_{dt}_gflops"]
+    assert mc["peak_fp32_gflops"] >= mc["gemm_fp32_gflops"]
+    assert mc["peak_bf16_gflops"] >= mc["peak_fp32_gflops"]
+    # a candidate that could not be measured says why
+    for key in ("fma_fp32_gflops", "brgemm_qk_fp32_gflops", "brgemm_qk_bf16_gflops"):
+        assert mc[key] is not None or mc["na"][key], key
+    assert data["meta"]["isa"]["requested"] == "native"
+    assert data["settings"]["call_budget_s"] > 0
     md = (out / "results.md").read_text()
     for heading in ("# janus-kernels benchmarks", "## Machine peaks", "## Attention",
                     "## Losses", "## Training step"):
         assert heading in md
+        # every table header names the CPU and the ISA levels
+        section = md.split(heading, 1)[1].split("\n", 1)[1].lstrip("\n")
+        assert section.startswith(("CPU: ", "Run ")), section[:200]
+    assert md.count(f"CPU: {data['meta']['cpu']}; ours:") >= 5
+    assert "ATen CPU capability" in md
     pngs = sorted(p.name for p in out.glob("*.png"))
     if _has("matplotlib"):
         assert "attention_pct_peak.png" in pngs and any(p.startswith("loss_") for p in pngs)
@@ -64,8 +82,7 @@ def test_quick_attention_contenders_and_sanity(quick_run):
     rows = data["suites"]["attention"]["rows"]
     names = {r["contender"] for r in rows}
     expected = {"eager_dense", "sdpa_dense", "flex_compiled"}
-    if jk._ext.available():
-        expected.add("ours:cpu")
+    expected |= {f"ours:{b}" for b, why in batt.our_backends("cpu").items() if why is None}
     assert expected <= names
     assert {r["case"] for r in rows} == set(batt.FAMILIES)
     assert {r["dtype"] for r in rows} == {"fp32", "bf16"}
@@ -77,6 +94,13 @@ def test_quick_attention_contenders_and_sanity(quick_run):
     # --quick does not compile: flex is listed as skipped, with the reason
     flex = [r for r in rows if r["contender"] == "flex_compiled"]
     assert flex and all(r["status"] == "skipped" and r["note"] for r in flex)
+    # a contender that fails says why (never a bare "failed")
+    for r in rows:
+        if r["status"] != "ok":
+            assert r["note"] and r["note"] != "failed", r
+    # ours computes every dtype at the level in use (bf16 included, at any ISA level)
+    assert all(r["status"] == "ok" for r in rows if r["contender"].startswith("ours")), \
+        [r for r in rows if r["contender"].startswith("ours") and r["status"] != "ok"]
     # every baseline computes the same attention as ours (fp32: tight; bf16: loose)
     for r in rows:
         if r["status"] == "ok" and "max_diff" in r:
@@ -306,3 +330,272 @@ def test_iwslt_setup_and_flops_only_cli(capsys):
                and "ms" not in r for r in res.rows)
     with pytest.raises(ValueError, match="setup"):
         bts.run(Settings.for_mode("quick"), {}, setup="wmt")
+
+# ============================================= machine peaks, ISA caps, time-boxing (issue 12)
+from benchmarks import isa as bisa                                   # noqa: E402
+from benchmarks import peaks as bpeaks                               # noqa: E402
+from benchmarks.common import progress_cell, time_interleaved        # noqa: E402
+from benchmarks.timebox import PREDICT_MARGIN, CallBudget            # noqa: E402
+
+
+def test_select_peak_takes_the_largest_finite_rate():
+    assert bpeaks.select_peak({"a": 85.6, "b": None, "c": 102.0, "d": float("nan"),
+                               "e": -1.0}) == (102.0, "c")
+    assert bpeaks.select_peak({"a": None}) == (None, None)
+    assert bpeaks.select_peak({}) == (None, None)
+
+
+@pytest.mark.parametrize("mm_bf16, bf16_source", [(0.9, "fp32 peak, widened (FMA loop (avx2))"),
+                                                  (2451.0, "torch.mm")])
+def test_peak_candidates_zen2_like_machine(mm_bf16, bf16_source):
+    """The Zen 2 case of issue 12: torch.mm fp32 (85.6) below our kernel's useful rate, bf16
+    GEMM through a slow path. The peak must be the FMA loop, and bf16 never below fp32."""
+    mc = {"isa_level": "avx2", "gemm_fp32_gflops": 85.6, "tile_qk_fp32_gflops": 70.0,
+          "tile_pv_fp32_gflops": 60.0, "brgemm_qk_fp32_gflops": 110.0,
+          "brgemm_pv_fp32_gflops": None, "fma_fp32_gflops": 150.0,
+          "gemm_bf16_gflops": mm_bf16, "tile_qk_bf16_gflops": 0.5, "tile_pv_bf16_gflops": 0.4,
+          "brgemm_qk_bf16_gflops": None, "brgemm_pv_bf16_gflops": None}
+    cands = bpeaks.peak_candidates(mc)
+    assert bpeaks.select_peak(cands["fp32"]) == (150.0, "FMA loop (avx2)")
+    assert cands["fp32"]["brgemm tile (avx2)"] == 110.0
+    peak, src = bpeaks.select_peak(cands["bf16"])
+    assert src == bf16_source and peak == max(150.0, mm_bf16)
+    # the floors use the selected peak; results from before the selection use torch.mm
+    mc.update(peak_fp32_gflops=150.0, peak_bf16_gflops=peak)
+    assert bpeaks.compute_peak(mc, torch.float32) == 150.0
+    assert bpeaks.compute_peak(mc, torch.float16) == peak
+    assert bpeaks.compute_peak({"gemm_fp32_gflops": 85.6}, torch.float32) == 85.6
+
+
+class _FakeLevelOps:
+    """An ISA level's op namespace: records the calls, returns fixed rates."""
+
+    def __init__(self):
+        self.calls = []
+
+    def fma_peak_gflops(self, iters):
+        self.calls.append(("fma", iters))
+        return 123.0
+
+    def brgemm_tile_gflops(self, m, n, k, bf16, iters):
+        self.calls.append(("tile", m, n, k, bf16, iters))
+        if bf16 and k % 2:
+            raise RuntimeError("bf16: needs an even K")
+        return 45.0 + bf16
+
+
+@pytest.mark.parametrize("level", ["avx2", "avx512", "amx"])
+def test_isa_level_peaks_measures_the_level_ops(level):
+    ops = _FakeLevelOps()
+    vals, na = bpeaks.isa_level_peaks(Settings.for_mode("quick"), level, ops, None)
+    assert vals["fma_fp32_gflops"] == 123.0
+    assert vals["brgemm_qk_fp32_gflops"] == vals["brgemm_pv_fp32_gflops"] == 45.0
+    tiles = {c[1:4] for c in ops.calls if c[0] == "tile"}
+    assert tiles == {(64, 512, 64), (64, 64, 512)}          # the attention tiles (M, N, K)
+    if level == "amx":                                       # bf16 brgemm only with AMX
+        assert vals["brgemm_qk_bf16_gflops"] == 46.0 and not na
+    else:
+        assert vals["brgemm_qk_bf16_gflops"] is None
+        assert "widens bf16" in na["brgemm_qk_bf16_gflops"]
+        assert not any(c[0] == "tile" and c[4] for c in ops.calls)
+
+
+def test_isa_level_peaks_records_why_when_ops_are_missing():
+    s = Settings.for_mode("quick")
+    vals, na = bpeaks.isa_level_peaks(s, "avx2", object(), None)   # a build without the ops
+    assert all(v is None for v in vals.values())
+    assert "fma_peak_gflops" in na["fma_fp32_gflops"]
+    assert "brgemm_tile_gflops" in na["brgemm_pv_fp32_gflops"]
+    vals, na = bpeaks.isa_level_peaks(s, None, None, "no compiled CPU level here")
+    assert set(na) == set(vals) and set(na.values()) == {"no compiled CPU level here"}
+
+
+@pytest.mark.parametrize("level", ["avx2", "avx512", "amx"])
+def test_isa_cap_env_sets_every_library_cap(level):
+    base = {"PATH": "/bin", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}
+    env = bisa.cap_env(level, base)
+    assert env["JANUS_CPU_ISA"] == level and env["PATH"] == "/bin"
+    assert set(bisa.CAP_VARS) <= set(env)
+    assert base == {"PATH": "/bin", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}   # not modified
+    assert bisa.needs_subprocess(level, base)
+    assert not bisa.needs_subprocess(level, env)
+
+
+def test_isa_cap_env_avx2_values_and_native():
+    env = bisa.cap_env("avx2", {})
+    assert env == {"JANUS_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2",
+                   "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert bisa.cap_env("native", {"X": "1"}) == {"X": "1"}
+    assert not bisa.needs_subprocess("native", {})
+    with pytest.raises(ValueError, match="isa"):
+        bisa.cap_env("sse4", {})
+
+
+def test_isa_level_mismatch_and_header_line():
+    info = {"ours_level": "avx2", "ours_why": "capped by JANUS_CPU_ISA=avx2; detected amx",
+            "ours": "avx2 (...)", "aten_cpu_capability": "AVX2",
+            "caps": {"JANUS_CPU_ISA": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+            "requested": "avx2"}
+    assert bisa.level_mismatch("avx2", info) is None
+    assert "cannot run amx" in bisa.level_mismatch("amx", info)
+    assert bisa.level_mismatch("amx", {"ours": "n/a (old build)"}) is None
+    line = bisa.header_line({"cpu": "AMD EPYC 7B12", "isa": info})
+    for part in ("AMD EPYC 7B12", "**avx2**", "ATen CPU capability AVX2",
+                 "MKL_ENABLE_INSTRUCTIONS=AVX2", "--isa avx2"):
+        assert part in line, (part, line)
+
+
+def test_cli_isa_reruns_in_a_capped_subprocess(monkeypatch):
+    from benchmarks import __main__ as bmain
+    for k in bisa.CAP_VARS + ("JANUS_BENCH_ISA_CHILD",):
+        monkeypatch.delenv(k, raising=False)
+    seen = {}
+
+    def fake_run(cmd, env):
+        seen.update(cmd=cmd, env=env)
+        return subprocess.CompletedProcess(cmd, 7)
+    monkeypatch.setattr(bmain.subprocess, "run", fake_run)
+    argv = ["--isa", "avx2", "--quick", "--only", "loss"]
+    assert bmain.main(argv) == 7                          # the child's exit status
+    assert seen["cmd"][1:] == ["-m", "benchmarks"] + argv
+    assert all(seen["env"][k] == v for k, v in bisa.cap_env("avx2", {}).items())
+    assert bmain.parse_args(argv).out == os.path.join("benchmarks", "results", "isa_avx2")
+    assert bmain.parse_args(["--quick"]).out == os.path.join("benchmarks", "results")
+    with pytest.raises(SystemExit):
+        bmain.parse_args(["--isa", "sse4"])
+
+
+def test_call_budget_predicts_and_timeboxes():
+    b = CallBudget(limit_s=2.0)
+    kind = ("eager_dense", "bf16", "fwd+bwd")
+    assert b.skip_before_call(kind, 1e6) is None            # never seen: call it
+    assert not b.observe(kind, 1e5, 0.5, "janus_nar/iwslt")  # within the budget
+    assert b.predicted_s(kind, 1e6) == pytest.approx(5.0)
+    why = b.skip_before_call(kind, 1e6)                      # 5 s > 2 x 2 s
+    assert why and "~5 s" in why and "janus_nar/iwslt" in why
+    assert b.skip_before_call(kind, 0.7e6) is None           # 3.5 s < 2 x 2 s: try it
+    assert b.observe(kind, 0.7e6, 3.5, "janus_nar/medium")   # over: one call only
+    assert b.skip_before_call(("sdpa_dense", "bf16", "fwd+bwd"), 1e9) is None  # per kind
+    off = CallBudget(limit_s=0.0)
+    assert not off.observe(kind, 1.0, 100.0, "x") and off.skip_before_call(kind, 1e9) is None
+    c = CallBudget(limit_s=2.0, compile_limit_s=10.0)
+    c.add_compile(6.0)
+    assert c.skip_compile() is None
+    c.add_compile(6.0)
+    assert "12 s" in c.skip_compile()
+    assert CallBudget(1.0).skip_compile() is None            # no compile limit by default
+    assert PREDICT_MARGIN >= 1.0
+
+
+def test_timing_loop_stops_after_a_call_over_the_budget():
+    import time as _time
+    s = Settings.for_mode("quick", threads=1, repeats=4, min_repeats=3, budget_s=100.0)
+    s.call_budget_s = 0.01
+    t = time_interleaved({"slow": lambda: _time.sleep(0.02), "fast": lambda: None}, s, warmup=0)
+    assert t["slow"].repeats == 1 and t["slow"].timeboxed
+    assert t["fast"].repeats == 4 and not t["fast"].timeboxed
+    s.call_budget_s = 0.0
+    assert time_interleaved({"slow": lambda: _time.sleep(0.02)}, s, warmup=0)["slow"].repeats == 4
+
+
+def _tiny_case():
+    return batt.make_case("janus_nar", batt.Shape("t", 2, 12), torch.Generator().manual_seed(0),
+                          "cpu")
+
+
+def _prepare(contender, case, budget, pass_="fwd"):
+    tensors = batt._inputs(case, torch.float32, torch.Generator().manual_seed(1), "cpu")
+    s = Settings.for_mode("quick", threads=1)
+    return batt._prepare(contender, case, torch.float32, pass_, tensors, None, None, s, budget)
+
+
+def test_attention_baseline_over_the_call_budget_is_measured_once_then_skipped():
+    import time as _time
+    case = _tiny_case()
+    slow = batt.Contender("eager_dense", lambda q, k, v: (_time.sleep(0.03), q)[1])
+    budget = CallBudget(limit_s=0.01)
+    row, fn = _prepare(slow, case, budget)
+    assert fn is None and row["status"] == "ok" and row["timeboxed"] and row["repeats"] == 1
+    assert row["ms"] >= 30 and "time-boxed" in row["note"]
+    # the next pass of the same kind is 2x the work: predicted over 2 x budget, not called
+    calls = []
+    again = batt.Contender("eager_dense", lambda q, k, v: calls.append(1) or q)
+    row, fn = _prepare(again, case, budget)
+    assert fn is None and row["status"] == "skipped" and not calls
+    assert row["predicted_s"] > PREDICT_MARGIN * budget.limit_s and "predicted" in row["note"]
+    # ours is never time-boxed
+    row, fn = _prepare(batt.Contender("ours:x", lambda q, k, v: (_time.sleep(0.03), q)[1]),
+                       case, budget)
+    assert fn is not None and row["status"] == "ok" and not row.get("timeboxed")
+
+
+def test_failing_contender_records_its_error_everywhere():
+    def boom(q, k, v):
+        raise RuntimeError("BFloat16 Brgemm VNNI format is only supported with amx")
+    row, fn = _prepare(batt.Contender("ours:cpu", boom), _tiny_case(), CallBudget(0.0))
+    assert fn is None and row["status"] == "failed"
+    assert "BFloat16 Brgemm VNNI" in row["note"]
+    assert "BFloat16 Brgemm VNNI" in progress_cell(row)
+    assert report._cell(row) == "fail: RuntimeError"
+    assert report._cell({"status": "failed"}) == "fail (no message recorded)"
+    assert report._cell({"status": "ok", "ms": 24100.0, "vs_ours": 300.0, "timeboxed": True,
+                         "contender": "eager_dense"}, "ours:cpu") == "24100 (300x, 1 call)"
+    assert report._cell({"status": "skipped", "predicted_s": 24.2}) == "skip (~24.2 s/call)"
+    assert "~24.2 s/call predicted" in progress_cell({"status": "skipped", "predicted_s": 24.2,
+                                                      "contender": "eager_dense"})
+
+
+def test_report_machine_section_names_the_selected_peak_and_missing_ones():
+    data = {"meta": {"cpu": "AMD EPYC 7B12", "isa": {"ours_level": "avx2",
+                                                     "ours_why": "the CPU's best",
+                                                     "aten_cpu_capability": "AVX2"}},
+            "machine": {"isa_level": "avx2", "gemm_fp32_gflops": 85.6, "gemm_fp32_n": 2048,
+                        "fma_fp32_gflops": 150.0, "brgemm_qk_fp32_gflops": 110.0,
+                        "brgemm_pv_fp32_gflops": 104.0, "brgemm_qk_bf16_gflops": None,
+                        "brgemm_pv_bf16_gflops": None,
+                        "na": {"brgemm_qk_bf16_gflops": "level avx2 widens bf16 tiles",
+                               "brgemm_pv_bf16_gflops": "level avx2 widens bf16 tiles"},
+                        "peak_fp32_gflops": 150.0, "peak_fp32_source": "FMA loop (avx2)",
+                        "peak_bf16_gflops": 150.0,
+                        "peak_bf16_source": "fp32 peak, widened (FMA loop (avx2))"},
+            "suites": {}}
+    rows = [{"case": "janus_nar", "shape": "long512", "B": 8, "Nmax": 512, "Lq": 9, "Lk": 9,
+             "dtype": dt, "pass": "fwd+bwd", "contender": c, "status": "ok", "ms": ms,
+             "vs_ours": v} for dt in ("fp32", "bf16")
+            for c, ms, v in (("ours:cpu", 10.0, 1.0), ("sdpa_dense", 36.8, 3.68))]
+    data["suites"] = {"attention": {"rows": rows, "notes": [], "skipped": []}}
+    md = report.render(data, None)
+    assert ("Headline: janus_nar fwd+bwd at B=8 / Nmax=512, ours vs SDPA + dense mask "
+            "(sdpa time / ours): fp32 **3.68x**, bf16 **3.68x**.") in md
+    assert md.split("## Attention", 1)[1].split("\n")[2].startswith("CPU: AMD EPYC 7B12")
+    section = md.split("## Machine peaks", 1)[1]
+    assert "CPU: AMD EPYC 7B12; ours: ISA level **avx2**" in section
+    assert "**150 GFLOP/s** from FMA loop (avx2)" in section
+    assert "110 / 104 GFLOP/s" in section
+    assert "n/a (level avx2 widens bf16 tiles)" in section
+
+
+@pytest.mark.skipif(not jk._ext.available(), reason="needs the compiled extension")
+def test_isa_avx2_run_bf16_attention_never_fails(tmp_path):
+    """`--isa avx2` end to end: the subprocess runs with every cap set, the results are
+    labelled with the level, and ours computes bf16 attention there (issue 12)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in bisa.CAP_VARS:
+        env.pop(k, None)
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--isa", "avx2", "--quick",
+                        "--threads", "1", "--only", "attention", "--families", "janus_nar",
+                        "--dtypes", "bf16", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode == 2 and "cannot run avx2" in r.stderr:
+        pytest.skip("this CPU has no AVX2 level")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    isa = data["meta"]["isa"]
+    assert isa["requested"] == "avx2" and isa["caps"] == bisa.cap_env("avx2", {})
+    assert isa["aten_cpu_capability"] == "AVX2"
+    if "ours_why" in isa:                                 # a build with per-ISA modules
+        assert isa["ours_level"] == "avx2"
+        assert data["machine"]["isa_level"] == "avx2"
+    ours = [x for x in data["suites"]["attention"]["rows"] if x["contender"].startswith("ours")]
+    assert ours and all(x["status"] == "ok" for x in ours), ours
+    assert "[" in r.stderr and "janus_nar/tiny bf16 fwd" in r.stderr   # progress on stderr
