@@ -310,6 +310,7 @@ def _train_step(suite: Dict[str, Any], image_dir: Optional[str]) -> str:
     cols = [("config", "configuration"), ("group", "group"), ("switches", "switches"),
             ("loss", "loss (eval)"), ("time", "step ms"), ("spread_pct", "spread %"),
             ("vs_cmlm", "x CMLM (same opts)"),
+            ("flops_vs_cmlm", "FLOPs x CMLM"),
             ("step_gflop", "step GFLOP"), ("gflops", "GFLOP/s"), ("peak_mb", "peak MB"),
             ("cpu_util", "CPU util")]
     out += ["", markdown_table(table, cols, {"config": str, "group": str, "switches": str,
