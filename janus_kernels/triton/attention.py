@@ -2,7 +2,8 @@
 :class:`~janus_kernels.masks.MaskDescriptor` (the ``"triton"`` backend of
 ``janus_kernels.attention``).
 
-Forward (one program per (stream row tile, b*H + h)), online softmax in base 2::
+Forward (one program per (b*H + h, stream row tile): B*H on grid x, which allows 2^31 - 1
+programs where y allows 65535; see launch_grid), online softmax in base 2::
 
     s_ij = (q_i . k_j) * scale * log2(e)          masked to -inf where not allowed
     m_i  = max_j s_ij,  l_i = sum_j 2^(s_ij - m_i),  o_i = sum_j 2^(s_ij - m_i) z_ij v_j / l_i
@@ -36,7 +37,7 @@ import triton.language as tl
 
 from . import mask as jm
 
-__all__ = ["attention_fwd", "attention_bwd", "CONFIGS", "get_config", "head_dim_pad"]
+__all__ = ["attention_fwd", "attention_bwd", "CONFIGS", "get_config", "head_dim_pad", "launch_grid"]
 
 LOG2E = math.log2(math.e)
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -85,14 +86,14 @@ def _row_tile(pid, q_split, Lq, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _program_rows(PARAMS, H, G, Lq, Lk, q_split, BLOCK_M: tl.constexpr):
-    """What a (row tile, b*H + h) program of the forward / dQ grid works on: batch, head, kv
+    """What a (b*H + h, row tile) program of the forward / dQ grid works on: batch, head, kv
     head, stream, local rows r0..r1 of the stream segment, and the stream's descriptor ints
     (kv clamped to Lk, rows to the segment)."""
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
     b = bh // H
     h = bh % H
     hk = h // G
-    s_id, r0, seg_start, seg_len = _row_tile(tl.program_id(0), q_split, Lq, BLOCK_M)
+    s_id, r0, seg_start, seg_len = _row_tile(tl.program_id(1), q_split, Lq, BLOCK_M)
     kv, pre, rows, off, hmin, width = jm.load_stream(PARAMS, b, s_id)
     kv = tl.minimum(kv, Lk)
     rows = tl.minimum(rows, seg_len)
@@ -205,7 +206,7 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
     b, h, hk, s_id, r0, r1, seg_start, seg_len, kv, pre, rows, off, hmin, width = \
         _program_rows(PARAMS, H, G, Lq, Lk, q_split, BLOCK_M)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     offs_r = r0 + offs_m
     offs_i = seg_start + offs_r
@@ -261,8 +262,8 @@ def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_od,
                     stride_dob, stride_doh, stride_dom, stride_dod, H, Lq,
                     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (in the accumulator dtype)."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid = tl.program_id(1)
+    bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -353,11 +354,11 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
                    drop_thr, seed_lo, seed_hi,
                    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
-    """dK, dV of key tile program_id(0) and kv head program_id(1) (= b*Hkv + hk): loop over
+    """dK, dV of key tile program_id(1) and kv head program_id(0) (= b*Hkv + hk): loop over
     both streams, the G query heads of the group, and the query tiles that see the keys."""
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
-    pid = tl.program_id(0)
-    bhk = tl.program_id(1)
+    pid = tl.program_id(1)
+    bhk = tl.program_id(0)
     Hkv = H // G
     b = bhk // Hkv
     hk = bhk % Hkv
@@ -459,7 +460,7 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
     b, h, hk, s_id, r0, r1, seg_start, seg_len, kv, pre, rows, off, hmin, width = \
         _program_rows(PARAMS, H, G, Lq, Lk, q_split, BLOCK_M)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     offs_r = r0 + offs_m
     offs_i = seg_start + offs_r
@@ -656,6 +657,29 @@ def _mask_args(params, rank, k):
 
 
 # ========================================================================== launchers
+#: CUDA grid limits: x up to 2^31 - 1 blocks, y and z up to 65535.
+GRID_X_MAX = 2 ** 31 - 1
+GRID_YZ_MAX = 65535
+
+
+def launch_grid(n_heads: int, n_tiles: int) -> Tuple[int, int]:
+    """Grid of the attention kernels: (batch * heads, tiles). The product B * H is the
+    dimension that grows with the batch (batched inference easily passes 65535), so it goes
+    on x; the tile count on y is bounded by the length (65535 tiles of >= 16 rows)."""
+    if n_heads > GRID_X_MAX:
+        raise ValueError(f"triton attention: batch * heads = {n_heads} exceeds the CUDA grid "
+                         f"limit {GRID_X_MAX}; split the batch")
+    if n_tiles > GRID_YZ_MAX:
+        raise ValueError(f"triton attention: {n_tiles} tiles along the sequence exceed the "
+                         f"CUDA grid limit {GRID_YZ_MAX}; the sequence is too long")
+    return n_heads, n_tiles
+
+
+def _stream_row_tiles(Lq: int, q_split: int, bm: int) -> int:
+    """Row tiles of the two streams (a tile never straddles the stream boundary)."""
+    return triton.cdiv(q_split, bm) + triton.cdiv(Lq - q_split, bm)
+
+
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: torch.Tensor,
                   rank: Optional[torch.Tensor], q_split: int, kind: int, scale: float,
                   dropout_p: float, seed: Optional[torch.Tensor]
@@ -673,7 +697,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: tor
     bm, bn, warps, stages = get_config("fwd", d_pad, q.dtype)
     keep_scale, thr, s_lo, s_hi = _dropout_args(dropout_p, seed)
     params, rank_t, rank_stride = _mask_args(params, rank, k)
-    grid = (triton.cdiv(q_split, bm) + triton.cdiv(Lq - q_split, bm), B * H)
+    grid = launch_grid(B * H, _stream_row_tiles(Lq, q_split, bm))
     with _device_ctx(q):
         _attn_fwd[grid](q, k, v, out, lse, params, rank_t, *_strides(q), *_strides(k),
                         *_strides(v), *_strides(out), rank_stride, H, H // Hkv, Lq, Lk,
@@ -719,17 +743,17 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     common = dict(D=d, D_PAD=d_pad, KIND=int(kind), DROPOUT=dropout_p > 0)
     with _device_ctx(q):
         bm, _, warps, stages = get_config("pre", d_pad, q.dtype)
-        _bwd_preprocess[(triton.cdiv(Lq, bm), B * H)](
+        _bwd_preprocess[launch_grid(B * H, triton.cdiv(Lq, bm))](
             out, dout, delta, *_strides(out), *_strides(dout), H, Lq,
             D=d, D_PAD=d_pad, BLOCK_M=bm, num_warps=warps, num_stages=stages)
         bm, bn, warps, stages = get_config("dkdv", d_pad, q.dtype)
-        _attn_bwd_dkdv[(triton.cdiv(Lk, bn), B * Hkv)](
+        _attn_bwd_dkdv[launch_grid(B * Hkv, triton.cdiv(Lk, bn))](
             q, k, v, dout, lse, delta, dk, dv, params, rank_t, *_strides(q), *_strides(k),
             *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), rank_stride,
             H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr, s_lo, s_hi,
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
         bm, bn, warps, stages = get_config("dq", d_pad, q.dtype)
-        grid = (triton.cdiv(q_split, bm) + triton.cdiv(Lq - q_split, bm), B * H)
+        grid = launch_grid(B * H, _stream_row_tiles(Lq, q_split, bm))
         _attn_bwd_dq[grid](
             q, k, v, dout, lse, delta, dq, params, rank_t, *_strides(q), *_strides(k),
             *_strides(v), *_strides(dout), *_strides(dq), rank_stride,
