@@ -147,17 +147,8 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
             allow |= 1u << x;
         }
       }
-      if (dropout) {
-        keep = 0u;
-#pragma unroll 1
-        for (int x = 0; x < NT_Q * 4; ++x) {
-          const int i = i0 + (x >> 2) * 8 + 2 * t + (x & 1), j = key_a + 8 * ((x >> 1) & 1);
-          const Philox4 w = dropout_bits(p.seed, (int)bh, i, j >> 2);
-          const int wi = j & 3;   // select without dynamic indexing (no local memory)
-          const uint32_t u = wi == 0 ? w.w[0] : wi == 1 ? w.w[1] : wi == 2 ? w.w[2] : w.w[3];
-          keep |= (u >= drop_thr ? 1u : 0u) << x;
-        }
-      }
+      if (dropout)
+        keep = key_tile_keep_bits<NT_Q * 4>(p.seed, (int)bh, i0, j0 + warp * 16, lane, drop_thr);
       float pt[NT_Q][4];
       zero(pt);
       warp_gemm_abt<T, NT_Q, D, PITCH, PITCH>(pt, sK + warp * 16 * PITCH, sQ, lane);

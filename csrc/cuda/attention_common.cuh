@@ -173,19 +173,67 @@ __device__ __forceinline__ uint32_t row_tile_allow_bits(const RowMask& r0, const
   return allow;
 }
 
-// Dropout keep bits of the same row-layout tile (janus/philox.h contract): keys j, j+1 of a
-// thread share one Philox draw (words 0,1 or 2,3 by j & 2).
+__device__ __forceinline__ uint32_t pick_word(const Philox4& w, int k) {
+  return k == 0 ? w.w[0] : k == 1 ? w.w[1] : k == 2 ? w.w[2] : w.w[3];   // no local memory
+}
+
+// Dropout keep bits of the same row-layout tile (janus/philox.h contract: the draw of row i,
+// keys 4*j4 .. 4*j4+3 is dropout_bits(seed, bh, i, j4), word j & 3 for key j). A thread holds
+// keys j, j+1 (j = j0 + 8nt + 2t) of rows row0 and row0 + 8, so lanes t and t^1 need the two
+// halves of the same draw: each lane of the pair computes every other draw (NT of the 2*NT
+// (n-tile, row) pairs) and hands the partner the two words it needs with a shuffle. Each draw
+// is computed once and all four of its words are used. Call from all 32 lanes.
 template <int NT>
 __device__ __forceinline__ uint32_t row_tile_keep_bits(uint64_t seed, int bh, int row0, int j0,
                                                        int t, uint32_t drop_thr) {
+  const int odd = t & 1;
+  const int j4_base = (j0 >> 2) + (t >> 1);   // j0 is a multiple of 4
   uint32_t keep = 0u;
 #pragma unroll 1
-  for (int x = 0; x < NT * 2; ++x) {   // (n-tile, row) pairs
-    const int nt = x >> 1, r = x & 1, j = j0 + nt * 8 + 2 * t;
-    const Philox4 w = dropout_bits(seed, bh, row0 + 8 * r, j >> 2);
-    const uint32_t u0 = (j & 2) ? w.w[2] : w.w[0], u1 = (j & 2) ? w.w[3] : w.w[1];
-    keep |= (u0 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * r);
-    keep |= (u1 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * r + 1);
+  for (int y = 0; y < NT; ++y) {
+    const int x = 2 * y + odd;                 // mine; the partner's is 2 * y + (1 - odd)
+    const int nt = x >> 1, r = x & 1;          // x = 2 * nt + r: nt = y for both lanes
+    const Philox4 w = dropout_bits(seed, bh, row0 + 8 * r, j4_base + 2 * nt);
+    // even lanes (keys 4j4, 4j4+1) use words 0, 1; odd lanes (4j4+2, 4j4+3) words 2, 3
+    const uint32_t own0 = odd ? w.w[2] : w.w[0], own1 = odd ? w.w[3] : w.w[1];
+    const uint32_t give0 = odd ? w.w[0] : w.w[2], give1 = odd ? w.w[1] : w.w[3];
+    const uint32_t got0 = __shfl_xor_sync(0xffffffffu, give0, 1);
+    const uint32_t got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
+    const int rp = 1 - r;                      // the partner's row of n-tile nt
+    keep |= (own0 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * r);
+    keep |= (own1 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * r + 1);
+    keep |= (got0 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * rp);
+    keep |= (got1 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * rp + 1);
+  }
+  return keep;
+}
+
+// Dropout keep bits of a transposed (keys x queries) tile of the dK/dV kernel: bit x covers
+// query i0 + 8 (x >> 2) + 2t + (x & 1) and key key_a + 8 ((x >> 1) & 1), key_a = jw + g with
+// jw the warp's first key (a multiple of 16). The four lanes g & 3 = 0..3 (same t, same g >> 2)
+// need words 0..3 of the same draws: each computes a quarter of the draws, then a 4 x 4 word
+// transpose over those lanes (three shuffles) gives every lane its word of each draw. Call
+// from all 32 lanes.
+template <int NX>
+__device__ __forceinline__ uint32_t key_tile_keep_bits(uint64_t seed, int bh, int i0, int jw,
+                                                       int lane, uint32_t drop_thr) {
+  static_assert(NX % 4 == 0 && NX <= 32, "one bit per fragment element");
+  const int t = lane & 3, g = lane >> 2, q = g & 3;
+  const int j4_base = (jw >> 2) + (g >> 2);
+  uint32_t keep = 0u;
+#pragma unroll 1
+  for (int y = 0; y < NX / 4; ++y) {
+    const int x = 4 * y + q;                   // the draw this lane computes
+    const int i = i0 + (x >> 2) * 8 + 2 * t + (x & 1);
+    const Philox4 w = dropout_bits(seed, bh, i, j4_base + 2 * ((x >> 1) & 1));
+    keep |= (pick_word(w, q) >= drop_thr ? 1u : 0u) << x;
+#pragma unroll
+    for (int k = 1; k < 4; ++k) {
+      const int src_q = (q - k) & 3;           // it sends its word (src_q + k) & 3 == q
+      const uint32_t u = __shfl_sync(0xffffffffu, pick_word(w, (q + k) & 3),
+                                     (lane & ~12) | (src_q << 2));
+      keep |= (u >= drop_thr ? 1u : 0u) << (4 * y + src_q);
+    }
   }
   return keep;
 }
