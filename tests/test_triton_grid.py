@@ -1,7 +1,7 @@
 """Launch grids of the Triton attention kernels fit the CUDA limits (x < 2^31, y/z <= 65535)
 for batched inference with B * H > 65535. The interpreter has no grid limits, so the kernels
 are replaced by recorders: the test checks every grid a launcher asks for, without running
-a kernel."""
+a kernel. Also: when the fp32 kernels use TF32 dots (use_tf32)."""
 import os
 from typing import List, Tuple
 
@@ -67,3 +67,24 @@ def test_launch_grid_rejects_what_cannot_launch():
         tri.launch_grid(2 ** 31, 1)
     with pytest.raises(ValueError, match="tiles along the sequence"):
         tri.launch_grid(1, 65536)
+
+
+# ========================================================== fp32 dot precision (TF32)
+@pytest.mark.parametrize("precision,expected", [("highest", False), ("high", True),
+                                                ("medium", True)])
+def test_tf32_follows_torch_float32_matmul_precision(monkeypatch, precision, expected):
+    """fp32 CUDA inputs take TF32 dots exactly when torch allows TF32 for fp32 matmuls;
+    other dtypes and CPU tensors never do. (A CUDA tensor is faked: only .dtype and
+    .device are read.)"""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        class _FakeCuda:
+            device = torch.device("cuda", 0)
+            dtype = torch.float32
+        assert tri.use_tf32(_FakeCuda()) is expected
+        _FakeCuda.dtype = torch.bfloat16
+        assert tri.use_tf32(_FakeCuda()) is False
+        assert tri.use_tf32(torch.zeros(1)) is False
+    finally:
+        torch.set_float32_matmul_precision(old)
