@@ -190,7 +190,8 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
         acc_to_a<T, NT_Q>(da, ds);
         warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dk, da, sQ, lane);
       }
-      __syncthreads();   // every warp is done with sQ, sdO, sLse, sDelta, sRow: next tile's
+      __syncthreads();   // every warp is done with sQ, sdO, sLse, sDelta, sRow before the
+                         // next query tile's loads overwrite them
     }
   }
   ptx::cp_async_wait<0>();   // K, V loads when no tile was live
