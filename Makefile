@@ -62,8 +62,8 @@ clean:
 # timings (benchmarks/gpu_check, time-boxed: GPU_CHECK_BUDGET_S seconds), writing
 # benchmarks/results/gpu_check.md; sized to fit 8 minutes on one H200. With an existing CUDA torch:
 # make gpu-check PYTHON=python
-GPU_CHECK_BUDGET_S ?= 300
-GPU_BUILD_TIMEOUT_S ?= 240
+GPU_CHECK_BUDGET_S ?= 260
+GPU_BUILD_TIMEOUT_S ?= 200
 .PHONY: gpu-check gpu-check-dry
 gpu-check:
 	@echo "== gpu-check: building the CUDA extension (at most $(GPU_BUILD_TIMEOUT_S) s)"
