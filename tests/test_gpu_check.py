@@ -65,3 +65,14 @@ def test_dense_reference_matches_masked_softmax():
     from janus_kernels.reference import reference_attention
     want = reference_attention(q, k, v, m.materialize(), scale=8 ** -0.5)
     assert torch.allclose(ref, want.float(), atol=1e-5)
+
+
+def test_time_boxes_skip_instead_of_running_over():
+    from benchmarks.gpu_check.__main__ import _checks
+    s = config.make_setup(dry=True)
+    rec = report.Recorder()
+    _checks(rec, s, deadline=-1.0)
+    assert [r.status for r in rec.results] == ["skip"] * len(checks.ALL)
+    timing.run(s, rec, deadline=-1.0)
+    assert rec.timings and all(t.fwd_ms is None and "time budget" in t.note
+                               for t in rec.timings)
