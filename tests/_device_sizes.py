@@ -13,8 +13,3 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 TRITON_DEVICE = "cpu" if INTERPRET else "cuda"
 #: Real-size cases run: compiled kernels on a GPU.
 REAL_SIZES = not INTERPRET and torch.cuda.is_available()
-
-
-def pick(tiny, real):
-    """`real` on a GPU with compiled kernels, else `tiny`."""
-    return real if REAL_SIZES else tiny
