@@ -58,10 +58,10 @@ clean:
 
 # ---------------------------------------------------------------------------- GPU validation
 # `make gpu-check` on a machine with one GPU (and nvcc; no network needed): build the CUDA
-# extension (setup.py's sm_80 + sm_90 targets, time-boxed), then tests at real sizes, the GPU checks and the
-# timings (benchmarks/gpu_check, time-boxed: GPU_CHECK_BUDGET_S seconds), writing
-# benchmarks/results/gpu_check.md; sized to fit 8 minutes on one H200. With an existing CUDA torch:
-# make gpu-check PYTHON=python
+# extension (setup.py's sm_80 + sm_90 targets, time-boxed), then tests at real sizes, the GPU
+# checks and the timings (benchmarks/gpu_check, time-boxed: GPU_CHECK_BUDGET_S seconds),
+# writing benchmarks/results/gpu_check.md; sized to fit 8 minutes on one H200.
+# With an existing CUDA torch: make gpu-check PYTHON=python
 GPU_CHECK_BUDGET_S ?= 260
 GPU_BUILD_TIMEOUT_S ?= 200
 .PHONY: gpu-check gpu-check-dry
