@@ -62,7 +62,8 @@ def triton_rows() -> List[dict]:
         out = os.path.join(tmp, "aot.json")
         env = dict(os.environ, TRITON_INTERPRET="0")
         r = subprocess.run([sys.executable, "-m", "janus_kernels.triton.aot", "--json", out,
-                            "--dtypes", "bf16", "fp16", "fp32", "--head-dims", "64", "128",
+                            "--dtypes", "bf16", "fp16", "fp32", "tf32", "--head-dims", "64",
+                            "128",
                             "--jobs", "2"], env=env, capture_output=True, text=True)
         if not os.path.exists(out):  # rc != 0 alone means "some kernel spills": keep the table
             raise RuntimeError(f"triton AOT failed: {r.stderr[-2000:]}")

@@ -31,14 +31,17 @@ NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
               "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
               "-Xptxas", "-warn-spills", "--resource-usage", f"-I{ROOT / 'csrc' / 'include'}"]
 
-# Launch geometry of the attention kernels (kept in sync with FwdCfg / BwdCfg in
+# Launch geometry of the attention kernels (kept in sync with FwdCfg / BwdCfg / DqCfg in
 # csrc/cuda/attention_common.cuh; tests/test_nvcc_compile.py checks the emulation library's
 # janus_cuda_attention_config against this table).
 ATTENTION_GEOMETRY = {
-    ("attention_fwd_kernel", 64): dict(block_m=64, block_n=64, threads=128, dyn_smem=27648),
-    ("attention_fwd_kernel", 128): dict(block_m=64, block_n=64, threads=128, dyn_smem=52224),
-    ("attention_bwd_kernel", 64): dict(block_m=64, block_n=64, threads=128, dyn_smem=46592),
-    ("attention_bwd_kernel", 128): dict(block_m=32, block_n=64, threads=128, dyn_smem=57088),
+    ("attention_fwd_kernel", 64): dict(block_m=64, block_n=64, threads=128, dyn_smem=27968),
+    ("attention_fwd_kernel", 128): dict(block_m=64, block_n=64, threads=128, dyn_smem=52544),
+    ("attention_bwd_dkdv_kernel", 64): dict(block_m=64, block_n=64, threads=128, dyn_smem=38464),
+    ("attention_bwd_dkdv_kernel", 128): dict(block_m=32, block_n=64, threads=128,
+                                             dyn_smem=53056),
+    ("attention_bwd_dq_kernel", 64): dict(block_m=64, block_n=64, threads=128, dyn_smem=37184),
+    ("attention_bwd_dq_kernel", 128): dict(block_m=64, block_n=64, threads=128, dyn_smem=69952),
 }
 
 

@@ -63,6 +63,30 @@ CASES = [
 ]
 
 
+def _janus_nar_b8_n512() -> MaskDescriptor:
+    g = torch.Generator().manual_seed(5)
+    n = torch.randint(256, 513, (8,), generator=g)
+    m = (0.55 * n).long()
+    return jk.janus_nar_mask(n + 2 - m, m)
+
+
+def _perm_mask_1024() -> MaskDescriptor:
+    g = torch.Generator().manual_seed(4)
+    rank = torch.stack([torch.randperm(1024, generator=g) for _ in range(2)]).int()
+    return jk.permutation_mask(rank, [1024, 1000])
+
+
+#: Real sizes for a GPU (test_cuda_gpu.py): long key-tile loops, many row blocks, GQA with
+#: dropout at the JANUS NAR shape, the model's transposed layout (the emulation runs CASES).
+GPU_CASES = [
+    Case("causal_2048", lambda: jk.causal_mask([2048, 1777], 2048), H=2, Hkv=1),
+    Case("janus_nar_B8_N512_d128_dropout", _janus_nar_b8_n512, H=4, Hkv=2, d=128, dropout=0.1),
+    Case("sliding_1500_bshd", lambda: jk.sliding_window_mask([1500, 1100], 200, 1500),
+         bshd=True),
+    Case("permutation_1024", _perm_mask_1024),
+]
+
+
 def make_inputs(case: Case, mask: MaskDescriptor, dtype: torch.dtype, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     B, Lq, Lk = mask.batch_size, mask.q_len, mask.kv_len

@@ -142,7 +142,7 @@ class BwdArgs(ctypes.Structure):
     _fields_ = [("dout", ctypes.c_void_p), ("q", ctypes.c_void_p), ("k", ctypes.c_void_p),
                 ("v", ctypes.c_void_p), ("out", ctypes.c_void_p), ("lse", ctypes.c_void_p),
                 ("dq", ctypes.c_void_p), ("dk", ctypes.c_void_p), ("dv", ctypes.c_void_p),
-                ("dq_accum", ctypes.c_void_p), ("delta", ctypes.c_void_p),
+                ("delta", ctypes.c_void_p),
                 ("mask_params", ctypes.c_void_p), ("mask_rank", ctypes.c_void_p),
                 ("rank_stride", ctypes.c_int64),
                 ("do_stride", _I64x3), ("q_stride", _I64x3), ("k_stride", _I64x3),
@@ -176,16 +176,18 @@ class EmuKernels:
         self.lib.janus_cuda_attention_fwd.restype = ctypes.c_int
         self.lib.janus_cuda_attention_bwd.argtypes = [ctypes.POINTER(BwdArgs), ctypes.c_void_p]
         self.lib.janus_cuda_attention_bwd.restype = ctypes.c_int
-        self.lib.janus_cuda_attention_dq_accum_cols.argtypes = [ctypes.c_int]
         self.lib.janus_emu_last_message.restype = ctypes.c_char_p
         self.lib.janus_emu_configure.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint,
                                                  ctypes.c_int]
+        self.lib.janus_emu_set_block_order.argtypes = [ctypes.c_int]
 
     def configure(self, order: int = -1, workers: int = -1, seed: int = 0,
-                  cp_eager: int = -1) -> None:
+                  cp_eager: int = -1, block_order: int = -1) -> None:
         """Thread order 0/1/2, worker threads, random-order seed, cp.async at issue (1) or
-        at wait_group (0); -1 / 0 fall back to EMU_ORDER, EMU_WORKERS, EMU_SEED, EMU_CP_ASYNC."""
+        at wait_group (0), blocks handed out ascending (0) or descending (1); -1 / 0 fall back
+        to EMU_ORDER, EMU_WORKERS, EMU_SEED, EMU_CP_ASYNC, EMU_BLOCK_ORDER."""
         self.lib.janus_emu_configure(order, workers, seed, cp_eager)
+        self.lib.janus_emu_set_block_order(block_order)
 
     def _check(self, rc: int, what: str) -> None:
         if rc != 0:
@@ -222,12 +224,10 @@ class EmuKernels:
         dq = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
         dk = torch.full_like(k, float("nan"), memory_format=torch.contiguous_format)
         dv = torch.full_like(v, float("nan"), memory_format=torch.contiguous_format)
-        cols = self.lib.janus_cuda_attention_dq_accum_cols(d)
-        dq_accum = torch.full((B, H, Lq, cols), float("nan"), dtype=torch.float32)
         delta = torch.full((B, H, Lq), float("nan"), dtype=torch.float32)
         a = BwdArgs()
-        ptrs = (dout, q, k, v, out, lse, dq, dk, dv, dq_accum, delta)
-        (a.dout, a.q, a.k, a.v, a.out, a.lse, a.dq, a.dk, a.dv, a.dq_accum,
+        ptrs = (dout, q, k, v, out, lse, dq, dk, dv, delta)
+        (a.dout, a.q, a.k, a.v, a.out, a.lse, a.dq, a.dk, a.dv,
          a.delta) = (t.data_ptr() for t in ptrs)
         (a.do_stride, a.q_stride, a.k_stride, a.v_stride, a.o_stride, a.dq_stride, a.dk_stride,
          a.dv_stride) = (_strides(t) for t in (dout, q, k, v, out, dq, dk, dv))

@@ -1,18 +1,23 @@
-"""Test harness: Triton runs interpreted on CPU (set before any kernel module is imported,
-since @triton.jit reads it at decoration time) with the interpreter's bf16 fixes."""
+"""Test harness. Without a CUDA device, Triton runs interpreted on CPU (TRITON_INTERPRET=1 is
+set before any kernel module is imported, since @triton.jit reads it at decoration time) with
+the interpreter's bf16 fixes, and the tests pick tiny shapes. With a CUDA device the Triton
+kernels are compiled and the tests run them at real sizes (tests/_device_sizes.py); set
+TRITON_INTERPRET=1 yourself to force the interpreter there."""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from _triton_interp_fix import apply as _apply_triton_fix  # noqa: E402
 
 from janus_kernels import cpu_isa  # noqa: E402
 
-_apply_triton_fix()
+_apply_triton_fix()   # a no-op unless TRITON_INTERPRET=1
 
 #: every CPU ISA level this machine can run (e.g. avx2, avx512, amx on a Sapphire Rapids);
 #: suites that use the ``cpu_isa_level`` fixture run once per level

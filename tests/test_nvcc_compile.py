@@ -45,7 +45,7 @@ def test_every_attention_kernel_is_built(report):
     names = {(r.arch, r.kernel.replace("__nv_bfloat16", "bf16").replace("__half", "f16"))
              for r in report}
     for arch in ("sm_80", "sm_90"):
-        for kind in ("fwd", "bwd"):
+        for kind in ("fwd", "bwd_dkdv", "bwd_dq"):
             for dt in ("f16", "bf16"):
                 for d in (64, 128):
                     assert any(a == arch and f"attention_{kind}_kernel<{dt}, {d}>" in k
@@ -62,8 +62,7 @@ def test_shared_memory_fits(report):
     for r in report:
         total = r.static_smem + (r.dyn_smem or 0)
         assert total <= SMEM_LIMIT[r.arch], f"{r.kernel} on {r.arch}: {total} B of shared memory"
-        if "attention_" in r.kernel and "_kernel<" in r.kernel and "delta" not in r.kernel \
-                and "dq_kernel" not in r.kernel:
+        if "attention_" in r.kernel and "_kernel<" in r.kernel and "delta" not in r.kernel:
             assert r.dyn_smem is not None, f"{r.kernel}: no launch geometry in cuda_report"
 
 
@@ -76,7 +75,7 @@ def test_report_geometry_matches_the_kernels():
     lib = ctypes.CDLL(str(emu_lib.build()))
     vals = [ctypes.c_int() for _ in range(4)]
     for (kernel, d), geo in cuda_report.ATTENTION_GEOMETRY.items():
-        which = 0 if "fwd" in kernel else 1
+        which = 0 if "fwd" in kernel else 1 if "dkdv" in kernel else 2
         assert lib.janus_cuda_attention_config(which, d, *map(ctypes.byref, vals)) == 0
         got = dict(block_m=vals[0].value, block_n=vals[1].value, threads=vals[2].value,
                    dyn_smem=vals[3].value)

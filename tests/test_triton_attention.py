@@ -21,11 +21,12 @@ import triton.language as tl  # noqa: E402
 from janus_kernels.triton import attention as tri  # noqa: E402
 from janus_kernels.triton import mask as jm  # noqa: E402
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from _device_sizes import INTERPRET as _INTERPRET, REAL_SIZES, TRITON_DEVICE  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not _INTERPRET and not torch.cuda.is_available(),
                                 reason="needs TRITON_INTERPRET=1 or a GPU")
-# conftest sets TRITON_INTERPRET=1; run with TRITON_INTERPRET=0 on a GPU to test compiled kernels
-DEV = "cpu" if _INTERPRET else "cuda"
+# conftest sets TRITON_INTERPRET=1 only without a GPU: on a GPU these tests run compiled kernels
+DEV = TRITON_DEVICE
 
 
 # ============================================================================ mask zoo
@@ -407,3 +408,31 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
         with pytest.raises(RuntimeError, match="q is on cpu.*CUDA"):
             tri.attention_fwd(q, k, v, *_args(m))
     assert math.isfinite(float(o.abs().sum()))
+
+
+# ================================================================ real sizes (GPU only)
+def _real_masks():
+    g = torch.Generator().manual_seed(11)
+    n = torch.randint(256, 513, (8,), generator=g)
+    m_cnt = (0.55 * n).long()
+    return {
+        # long tile loops, FULL / PARTIAL / SKIP tiles, several streams of row blocks
+        "causal_2048": (lambda: masks.causal_mask([2048, 1901]), 2, 2, 64, torch.bfloat16),
+        # the IWSLT-like JANUS NAR shape: B = 8, N up to 512, GQA, every tile partial
+        "janus_nar_B8_N512": (lambda: masks.janus_nar_mask(n + 2 - m_cnt, m_cnt), 4, 2, 128,
+                              torch.float16),
+        # a bidirectional prefix then causal rows, d = 256 (Triton only: CUDA C++ stops at 128)
+        "prefix_window_d256": (lambda: masks.prefix_lm_mask([300, 17], [1500, 1200]), 2, 1, 256,
+                               torch.bfloat16),
+        "sliding_1500_fp32": (lambda: masks.sliding_window_mask([1500, 1024], 128), 2, 2, 64,
+                              torch.float32),
+        "permutation_1024": (lambda: masks.permutation_mask(_perm_rank(2, 1024, g), [1024, 999]),
+                             2, 2, 64, torch.bfloat16),
+    }
+
+
+@pytest.mark.skipif(not REAL_SIZES, reason="real sizes: compiled Triton kernels on a GPU")
+@pytest.mark.parametrize("name", sorted(_real_masks()))
+def test_real_sizes_compiled(name):
+    make, H, Hkv, d, dtype = _real_masks()[name]
+    _run_case(make().to(DEV), dtype=dtype, H=H, Hkv=Hkv, d=d)

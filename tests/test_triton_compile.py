@@ -3,8 +3,9 @@
 Runs ``python -m janus_kernels.triton.aot`` in a subprocess with TRITON_INTERPRET=0 (the
 interpreter and the compiler cannot share a process) and checks every shipped config:
 a cubin exists, shared memory fits the architecture, no register spills (stack frame 0),
-the 16-bit kernels use tensor cores (mma.sync on sm_80, wgmma on sm_90) and the fp32 ones do
-not (IEEE fp32 products, not TF32)."""
+the 16-bit kernels use tensor cores (mma.sync on sm_80, wgmma on sm_90), the fp32 ones do
+not by default (IEEE fp32 products) and do, with tf32 operands, in the TF32 variant (torch's
+float32 matmul precision "high"/"medium", attention.use_tf32)."""
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ triton = pytest.importorskip("triton")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the fast GPU dtypes and the accurate fp32 one (IEEE dots on the FMA units, FP32_CONFIGS):
 # all are held to the same no-spill rule.
-DTYPES = ("fp16", "bf16", "fp32")
+DTYPES = ("fp16", "bf16", "fp32", "tf32")
 HEAD_DIMS = (64, 128)
 ARCHS = (80, 90)
 
@@ -64,5 +65,9 @@ def test_tensor_cores_used(rows):
             continue
         if r["dtype"] in ("fp16", "bf16"):
             assert r["mma"] == ("wgmma" if r["arch"] >= 90 else "mma.sync"), r
-        else:  # fp32 dots are IEEE on the FMA units: a TF32 MMA would lose fp32 accuracy
-            assert r["mma"] == "none", r
+            assert not r["mma_tf32"], r
+        elif r["dtype"] == "tf32":  # the backward's small tiles take mma.sync on sm_90 too
+            want = "wgmma" if r["arch"] >= 90 and r["kernel"] == "fwd" else "mma.sync"
+            assert r["mma"] == want and r["mma_tf32"], r
+        else:  # default fp32 dots are IEEE on the FMA units: TF32 would lose fp32 accuracy
+            assert r["mma"] == "none" and not r["mma_tf32"], r

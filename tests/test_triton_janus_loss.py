@@ -21,6 +21,16 @@ from test_losses import janus_inputs  # noqa: E402
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interp = pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1 (CPU tensors)")
+#: The raw rows ops run compiled on a GPU (inputs moved there, results back) or interpreted.
+needs_triton = pytest.mark.skipif(not INTERP and not torch.cuda.is_available(),
+                                  reason="needs TRITON_INTERPRET=1 or a GPU")
+TRITON_DEV = "cpu" if INTERP else "cuda"
+
+
+def _on_triton_device(fn, *args):
+    """fn(*args) with tensor args on the Triton device; tensor results back on the CPU."""
+    out = fn(*[a.to(TRITON_DEV) if isinstance(a, torch.Tensor) else a for a in args])
+    return tuple(o.cpu() if isinstance(o, torch.Tensor) else o for o in out)
 needs_ext = pytest.mark.skipif(not _ext.available(), reason="extension not built")
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy in the interpreter
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -88,7 +98,7 @@ def ulp(dtype):  # one rounding of the output dtype: two correct kernels may dif
 
 
 # ------------------------------------------------------------- raw op vs the C++ op
-@needs_interp
+@needs_triton
 @needs_ext
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("N,M,V,ign,ign_ar,dup,dup_ar_ign", CASES, ids=CASE_IDS)
@@ -96,7 +106,7 @@ def test_raw_rows_match_cpp_op(small_blocks, dtype, N, M, V, ign, ign_ar, dup, d
     from janus_kernels.triton import janus_loss as J
     logits, ar_t, m_t, idx = case(N, M, V, dtype, ign, ign_ar, dup, dup_ar_ign)
     before = [z.clone() for z in logits]
-    got = J.janus_rows_fwd(*logits, ar_t, m_t, idx, 0.1, -100)
+    got = _on_triton_device(J.janus_rows_fwd, *logits, ar_t, m_t, idx, 0.1, -100)
     ref = torch.ops.janus.janus_rows_fwd(*logits, ar_t, m_t, idx, 0.1, -100)
     for g, r in zip(got[:2], ref[:2]):  # losses: both accumulate in fp32 from the same inputs
         assert_rows_close(g, r, 2e-5, 2e-6)
@@ -106,7 +116,8 @@ def test_raw_rows_match_cpp_op(small_blocks, dtype, N, M, V, ign, ign_ar, dup, d
     valid_ar = ar_t != -100
     assert_rows_close(got[2][valid_ar], ref[2][valid_ar], 2e-5, 2e-6)
     g_ar, g_m = upstream(N, M)
-    grads = J.janus_rows_bwd(g_ar, g_m, *logits, ar_t, m_t, idx, got[2], got[3], 0.1, -100)
+    grads = _on_triton_device(J.janus_rows_bwd, g_ar, g_m, *logits, ar_t, m_t, idx, got[2],
+                              got[3], 0.1, -100)
     refs = torch.ops.janus.janus_rows_bwd(g_ar, g_m, *logits, ar_t, m_t, idx, ref[2], ref[3],
                                           0.1, -100)
     # the C++ op in float64 on the same (rounded) inputs, rounded once to the output dtype:

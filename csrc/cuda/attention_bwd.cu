@@ -1,34 +1,39 @@
 // Structured-mask flash attention, backward (FlashAttention-2 style). Torch-free; see
 // attention_fwd.cu for the forward and attention_launch.h for the argument contract.
 //
-// Three kernels on the caller's stream:
-//  1. delta_i = sum_c dO_ic O_ic (fp32); zero the fp32 dQ accumulator.
-//  2. One block per (key tile of 64, batch, kv head); 4 warps x 16 keys. For every query head
-//     of the kv head's group (GQA) and every query tile of one stream with an allowed entry
-//     (TILE_SKIP tiles never loaded; FULL tiles without the predicate), in transposed form:
+// Three kernels on the caller's stream, none with atomics, so the gradients are bitwise
+// reproducible (torch.use_deterministic_algorithms, exact training resume):
+//  1. delta_i = sum_c dO_ic O_ic (fp32).
+//  2. dK, dV: one block per (key tile of 64, batch, kv head); 4 warps x 16 keys. For every
+//     query head of the kv head's group (GQA) and every query tile of one stream with an
+//     allowed entry (TILE_SKIP tiles never loaded; FULL tiles without the predicate), in
+//     transposed form:
 //        S^T = K Q^T,  P^T = exp2(S^T scale log2e - lse log2e)   (masked entries 0)
 //        dV += (P^T o Z) dO                                      (Z = keep / (1-p))
-//        dP^T = V dO^T,  dS^T = P^T o (dP^T o Z - delta)
-//        dK += dS^T Q,   dQ += dS K   (fp32 atomicAdd; dS goes through shared memory)
-//     dK (times scale) and dV are written once at the end: no atomics on them.
-//  3. dq = scale * dQ_accum, cast to the input type.
+//        dP^T = V dO^T,  dS^T = P^T o (dP^T o Z - delta),  dK += dS^T Q
+//     dK (times scale) and dV are written once at the end.
+//  3. dQ: one block per (row block of 64 of one stream, batch, head), the forward's key
+//     tiles; 4 warps x 16 rows: S = Q K^T and dP = dO V^T recomputed, dS = P o (dP o Z -
+//     delta), dQ += dS K in registers, dq = scale dQ written once. (The alternative, fp32
+//     atomicAdd of dS K from every key-tile block of kernel 2, saves the S and dP GEMMs here
+//     but makes dQ depend on the order in which blocks finish.)
 // Rows whose forward saw no key (lse = -inf) get P = 0, hence zero gradients.
 #include "attention_common.cuh"
 
 namespace janus {
 namespace attn {
 
-// ---------------------------------------------------------------- 1. delta, zero dQ accum
+// ---------------------------------------------------------------- 1. delta
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-attention_bwd_delta_kernel(const JanusAttnBwdArgs p, int dpad) {
+attention_bwd_delta_kernel(const JanusAttnBwdArgs p) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t total = (int64_t)p.B * p.H * p.Lq;
   for (int64_t row = (int64_t)blockIdx.x * kWarps + warp; row < total;
        row += (int64_t)gridDim.x * kWarps) {
     const int i = (int)(row % p.Lq);
     const int h = (int)(row / p.Lq % p.H);
-    const int b = (int)(row / ((int64_t)p.Lq * p.H));
+    const int64_t b = row / ((int64_t)p.Lq * p.H);
     const T* go = static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1] +
                   i * p.do_stride[2];
     const T* o = static_cast<const T*>(p.out) + b * p.o_stride[0] + h * p.o_stride[1] +
@@ -38,39 +43,37 @@ attention_bwd_delta_kernel(const JanusAttnBwdArgs p, int dpad) {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (lane == 0) p.delta[row] = acc;
-    for (int c = lane; c < dpad; c += 32) p.dq_accum[row * dpad + c] = 0.f;
   }
 }
 
-// ---------------------------------------------------------------- 2. dK, dV, dQ accum
+// ---------------------------------------------------------------- 2. dK, dV
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads, 1)
-attention_bwd_kernel(const JanusAttnBwdArgs p) {
+attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
   using Cfg = BwdCfg<D>;
-  constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH, PITCH_S = Cfg::PITCH_S;
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH;
   constexpr int NT_Q = BM / 8;        // n-tiles of S^T per warp (16 keys x BM queries)
   constexpr int NT_D = D / 8;         // n-tiles of dK, dV per warp (16 keys x D)
-  constexpr int RG = BM / 16;         // dQ: row groups of 16 queries ...
-  constexpr int CS = kWarps / RG;     // ... times column splits = warps
-  constexpr int NT_DQ = D / CS / 8;
-  static_assert(RG * CS == kWarps && BN == 16 * kWarps, "warp layout");
+  static_assert(BN == 16 * kWarps, "warp layout");
   JANUS_DYN_SMEM(T, smem);
   T* sK = smem;
   T* sV = sK + BN * PITCH;
   T* sQ = sV + BN * PITCH;
   T* sdO = sQ + BM * PITCH;
-  T* sdS = sdO + BM * PITCH;                                   // [BM][PITCH_S]: dS, not dS^T
-  float* sLse = reinterpret_cast<float*>(sdS + BM * PITCH_S);  // lse * log2e (+inf: P = 0)
+  float* sLse = reinterpret_cast<float*>(sdO + BM * PITCH);   // lse * log2e (+inf: P = 0)
   float* sDelta = sLse + BM;
+  RowMask* sRow = reinterpret_cast<RowMask*>(sDelta + BM);    // the query tile's row masks
+  int32_t* sParams = reinterpret_cast<int32_t*>(sRow + BM);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int hk = blockIdx.y, b = blockIdx.z;
-  const int j0 = blockIdx.x * BN, j1 = imin(j0 + BN, p.Lk) - 1;
+  const int n_key_tiles = (p.Lk + BN - 1) / BN;
+  const int64_t bhk = blockIdx.x / n_key_tiles;   // b * Hkv + hk: B * Hkv may pass 65535
+  const int hk = (int)(bhk % p.Hkv), b = (int)(bhk / p.Hkv);
+  const int j0 = (int)(blockIdx.x % n_key_tiles) * BN, j1 = imin(j0 + BN, p.Lk) - 1;
   const int group = p.H / p.Hkv;
   const int nrb = num_row_blocks<BM>(p.Lq, p.q_split);
-  const SampleMask mask = sample_mask(p.mask_params, p.mask_rank, p.rank_stride, b, p.q_split,
-                                      p.mask_kind);
+  const bool perm = p.mask_kind == KIND_PERMUTATION;
 
   const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
   const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
@@ -79,12 +82,20 @@ attention_bwd_kernel(const JanusAttnBwdArgs p) {
   load_tile_async<BN, D>(sV, vg + (int64_t)j0 * p.v_stride[2], p.v_stride[2], p.Lk - j0,
                          p.head_dim, tid);
   ptx::cp_async_commit();
+  const SampleMask mask = block_sample_mask(sParams, p.mask_params, p.mask_rank, p.rank_stride,
+                                            b, p.q_split, p.mask_kind);
 
   const float sl2 = p.scale * kLog2e;
   const bool dropout = p.dropout_p > 0.f;
   const uint32_t drop_thr = drop_threshold(p.dropout_p);
   const float inv_keep = dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
   const int key_a = j0 + warp * 16 + g;   // this thread's keys: key_a and key_a + 8
+  int key_rank[2] = {0, 0};               // their ranks (permutation kind), loaded once
+  if (perm) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      if (key_a + 8 * r < p.Lk) key_rank[r] = mask.rank[key_a + 8 * r];
+  }
 
   float dk[NT_D][4], dv[NT_D][4];
   zero(dk);
@@ -116,6 +127,7 @@ attention_bwd_kernel(const JanusAttnBwdArgs p) {
         }
         sLse[r] = l2;
         sDelta[r] = dl;
+        if (partial) sRow[r] = row_mask(mask, i, i_end, p.Lk);
       }
       ptx::cp_async_wait<0>();
       __syncthreads();
@@ -128,21 +140,15 @@ attention_bwd_kernel(const JanusAttnBwdArgs p) {
         allow = 0u;
 #pragma unroll 1
         for (int x = 0; x < NT_Q * 4; ++x) {
-          const int i = i0 + (x >> 2) * 8 + 2 * t + (x & 1), j = key_a + 8 * ((x >> 1) & 1);
-          if (j < p.Lk && mask.allowed(i, j)) allow |= 1u << x;
+          const int ql = (x >> 2) * 8 + 2 * t + (x & 1), second = (x >> 1) & 1;
+          const RowMask rm = sRow[ql];
+          if (row_allows(rm.kv, rm.pre, rm.lo, rm.hi, key_a + 8 * second,
+                         second ? key_rank[1] : key_rank[0], perm))
+            allow |= 1u << x;
         }
       }
-      if (dropout) {
-        keep = 0u;
-#pragma unroll 1
-        for (int x = 0; x < NT_Q * 4; ++x) {
-          const int i = i0 + (x >> 2) * 8 + 2 * t + (x & 1), j = key_a + 8 * ((x >> 1) & 1);
-          const Philox4 w = dropout_bits(p.seed, (int)bh, i, j >> 2);
-          const int wi = j & 3;   // select without dynamic indexing (no local memory)
-          const uint32_t u = wi == 0 ? w.w[0] : wi == 1 ? w.w[1] : wi == 2 ? w.w[2] : w.w[3];
-          keep |= (u >= drop_thr ? 1u : 0u) << x;
-        }
-      }
+      if (dropout)
+        keep = key_tile_keep_bits<NT_Q * 4>(p.seed, (int)bh, i0, j0 + warp * 16, lane, drop_thr);
       float pt[NT_Q][4];
       zero(pt);
       warp_gemm_abt<T, NT_Q, D, PITCH, PITCH>(pt, sK + warp * 16 * PITCH, sQ, lane);
@@ -167,7 +173,7 @@ attention_bwd_kernel(const JanusAttnBwdArgs p) {
         warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dv, pa, sdO, lane);
       }
 
-      // ---- dS^T = P^T o (dP^T o Z - delta); dK += dS^T Q; dS -> shared memory
+      // ---- dS^T = P^T o (dP^T o Z - delta); dK += dS^T Q
       {
         float ds[NT_Q][4];
         zero(ds);
@@ -179,40 +185,13 @@ attention_bwd_kernel(const JanusAttnBwdArgs p) {
             const int ql = nt * 8 + 2 * t + (e & 1);
             const float z = ((keep >> (4 * nt + e)) & 1u) ? inv_keep : 0.f;
             ds[nt][e] = pt[nt][e] * (ds[nt][e] * z - sDelta[ql]);
-            sdS[ql * PITCH_S + warp * 16 + g + 8 * (e >> 1)] = ptx::from_float<T>(ds[nt][e]);
           }
         uint32_t da[NT_Q / 2][4];
         acc_to_a<T, NT_Q>(da, ds);
         warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dk, da, sQ, lane);
       }
-      __syncthreads();   // the whole dS tile is in shared memory
-
-      // ---- dQ(rows rg*16.., cols cs*D/CS..) += dS K, accumulated in fp32 in global memory
-      {
-        const int rg = warp % RG, cs = warp / RG;
-        float dq[NT_DQ][4];
-        zero(dq);
-        warp_gemm_ab<T, NT_DQ, BN, PITCH_S, PITCH>(dq, sdS + rg * 16 * PITCH_S, sK + cs * (D / CS),
-                                                   lane);
-        const int dpad = D;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int i = i0 + rg * 16 + g + 8 * r;
-          if (i >= i_end) continue;
-          float* acc_row = p.dq_accum + (bh * p.Lq + i) * dpad + cs * (D / CS);
-#pragma unroll
-          for (int nt = 0; nt < NT_DQ; ++nt) {
-            const int c = nt * 8 + 2 * t;
-            if (cs * (D / CS) + c < p.head_dim) {
-              atomicAdd(acc_row + c, dq[nt][2 * r]);
-              atomicAdd(acc_row + c + 1, dq[nt][2 * r + 1]);
-            }
-          }
-        }
-      }
-      // No barrier needed before the next tile: its loads into sQ, sdO, sLse, sDelta only touch
-      // data last read before the dS barrier above, and sdS is rewritten only after the next
-      // tile's first barrier (the emulated suite passes without this barrier in every schedule).
+      __syncthreads();   // every warp is done with sQ, sdO, sLse, sDelta, sRow before the
+                         // next query tile's loads overwrite them
     }
   }
   ptx::cp_async_wait<0>();   // K, V loads when no tile was live
@@ -236,23 +215,140 @@ attention_bwd_kernel(const JanusAttnBwdArgs p) {
   }
 }
 
-// ---------------------------------------------------------------- 3. dq = scale dQ_accum
-template <class T>
-__global__ void __launch_bounds__(kThreads)
-attention_bwd_dq_kernel(const JanusAttnBwdArgs p, int dpad) {
-  const int half_d = p.head_dim / 2;
-  const int64_t total = (int64_t)p.B * p.H * p.Lq * half_d;
-  for (int64_t x = (int64_t)blockIdx.x * kThreads + threadIdx.x; x < total;
-       x += (int64_t)gridDim.x * kThreads) {
-    const int64_t row = x / half_d;
-    const int c = (int)(x % half_d) * 2;
-    const int i = (int)(row % p.Lq);
-    const int h = (int)(row / p.Lq % p.H);
-    const int b = (int)(row / ((int64_t)p.Lq * p.H));
-    const float* a = p.dq_accum + row * dpad + c;
-    T* out = static_cast<T*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1] +
-             i * p.dq_stride[2] + c;
-    *reinterpret_cast<uint32_t*>(out) = ptx::pack2<T>(a[0] * p.scale, a[1] * p.scale);
+// ---------------------------------------------------------------- 3. dQ
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads, 1)
+attention_bwd_dq_kernel(const JanusAttnBwdArgs p) {
+  using Cfg = DqCfg<D>;
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH;
+  constexpr int NT_S = BN / 8;    // n-tiles of S, dP per warp (16 x BN)
+  constexpr int NT_D = D / 8;     // n-tiles of dQ per warp (16 x D)
+  JANUS_DYN_SMEM(T, smem);
+  T* sQ = smem;
+  T* sdO = sQ + BM * PITCH;
+  T* sK = sdO + BM * PITCH;
+  T* sV = sK + BN * PITCH;
+  int* sRank = reinterpret_cast<int*>(sV + BN * PITCH);
+  int32_t* sParams = sRank + BN;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int nrb = num_row_blocks<BM>(p.Lq, p.q_split);
+  const int64_t bh = blockIdx.x / nrb;   // b * H + h: B * H may pass 65535
+  const int h = (int)(bh % p.H), b = (int)(bh / p.H);
+  const int hk = h / (p.H / p.Hkv);
+  int i0, i_end;
+  row_block<BM>((int)(blockIdx.x % nrb), p.Lq, p.q_split, &i0, &i_end);
+  const int i1 = i_end - 1;
+  const bool perm = p.mask_kind == KIND_PERMUTATION;
+
+  const SampleMask mask = block_sample_mask(sParams, p.mask_params, p.mask_rank, p.rank_stride,
+                                            b, p.q_split, p.mask_kind);
+  const KeyRanges kr = key_ranges<BN>(mask, i0, i1, p.Lk);
+  T* dq = static_cast<T*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1];
+
+  int n = next_key_tile<BN>(mask, kr, 0, i0, i1, p.Lk);
+  if (n >= kr.end_tile) {   // no row of the block sees any key: dQ = 0 (block-uniform exit)
+    for (int c = tid; c < (i_end - i0) * (p.head_dim / 2); c += kThreads) {
+      const int r = c / (p.head_dim / 2), k = (c % (p.head_dim / 2)) * 2;
+      *reinterpret_cast<uint32_t*>(dq + (i0 + r) * p.dq_stride[2] + k) = 0u;
+    }
+    return;
+  }
+
+  const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
+  const T* dog = static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1];
+  const T* kg = static_cast<const T*>(p.k) + b * p.k_stride[0] + hk * p.k_stride[1];
+  const T* vg = static_cast<const T*>(p.v) + b * p.v_stride[0] + hk * p.v_stride[1];
+  load_tile_async<BM, D>(sQ, qg + (int64_t)i0 * p.q_stride[2], p.q_stride[2], i_end - i0,
+                         p.head_dim, tid);
+  load_tile_async<BM, D>(sdO, dog + (int64_t)i0 * p.do_stride[2], p.do_stride[2], i_end - i0,
+                         p.head_dim, tid);
+  load_tile_async<BN, D>(sK, kg + (int64_t)n * BN * p.k_stride[2], p.k_stride[2], p.Lk - n * BN,
+                         p.head_dim, tid);
+  load_tile_async<BN, D>(sV, vg + (int64_t)n * BN * p.v_stride[2], p.v_stride[2], p.Lk - n * BN,
+                         p.head_dim, tid);
+  ptx::cp_async_commit();
+  load_key_ranks<BN>(sRank, mask, n * BN, p.Lk, tid);
+
+  const float sl2 = p.scale * kLog2e;
+  const bool dropout = p.dropout_p > 0.f;
+  const uint32_t drop_thr = drop_threshold(p.dropout_p);
+  const float inv_keep = dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
+  const int row_a = i0 + warp * 16 + g;   // this thread's rows: row_a and row_a + 8
+  const RowMask rm0 = row_mask(mask, row_a, i_end, p.Lk);
+  const RowMask rm1 = row_mask(mask, row_a + 8, i_end, p.Lk);
+  float l2[2], dl[2];   // lse * log2e (+inf: P = 0) and delta of the two rows
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row_a + 8 * r;
+    const float l = i < i_end ? p.lse[bh * p.Lq + i] : -INFINITY;
+    l2[r] = l == -INFINITY ? INFINITY : l * kLog2e;
+    dl[r] = i < i_end ? p.delta[bh * p.Lq + i] : 0.f;
+  }
+  float acc[NT_D][4];
+  zero(acc);
+
+  while (n < kr.end_tile) {
+    const int j0 = n * BN;
+    ptx::cp_async_wait<0>();
+    __syncthreads();   // K(n), V(n), ranks(n) (and Q, dO) are in shared memory
+
+    float s[NT_S][4], dp[NT_S][4];
+    zero(s);
+    zero(dp);
+    warp_gemm_abt<T, NT_S, D, PITCH, PITCH>(s, sQ + warp * 16 * PITCH, sK, lane);
+    warp_gemm_abt<T, NT_S, D, PITCH, PITCH>(dp, sdO + warp * 16 * PITCH, sV, lane);
+    // A FULL tile that sticks out past Lk still needs the predicate (zero-filled keys).
+    const bool partial = j0 + BN > p.Lk ||
+                         mask.tile_class(i0, i1, j0, imin(j0 + BN, p.Lk) - 1) != TILE_FULL;
+    const uint32_t allow =
+        partial ? row_tile_allow_bits<NT_S>(rm0, rm1, sRank, j0, t, perm) : 0xffffffffu;
+    const int next = next_key_tile<BN>(mask, kr, n + 1, i0, i1, p.Lk);
+    __syncthreads();   // every warp is done with sV and sRank: V(next) may overwrite them
+    if (next < kr.end_tile) {
+      load_tile_async<BN, D>(sV, vg + (int64_t)next * BN * p.v_stride[2], p.v_stride[2],
+                             p.Lk - next * BN, p.head_dim, tid);
+      load_key_ranks<BN>(sRank, mask, next * BN, p.Lk, tid);
+    }
+    ptx::cp_async_commit();
+
+    const uint32_t keep = dropout ? row_tile_keep_bits<NT_S>(p.seed, (int)bh, row_a, j0, t,
+                                                             drop_thr)
+                                  : 0xffffffffu;
+#pragma unroll
+    for (int nt = 0; nt < NT_S; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int bit = 4 * nt + e;
+        const float pe = ((allow >> bit) & 1u) ? exp2f(s[nt][e] * sl2 - l2[e >> 1]) : 0.f;
+        const float z = ((keep >> bit) & 1u) ? inv_keep : 0.f;
+        s[nt][e] = pe * (dp[nt][e] * z - dl[e >> 1]);   // dS
+      }
+    uint32_t da[NT_S / 2][4];
+    acc_to_a<T, NT_S>(da, s);
+    warp_gemm_rb<T, NT_D, NT_S / 2, PITCH>(acc, da, sK, lane);
+    __syncthreads();   // every warp is done with sK: K(next) may overwrite it
+    if (next < kr.end_tile)
+      load_tile_async<BN, D>(sK, kg + (int64_t)next * BN * p.k_stride[2], p.k_stride[2],
+                             p.Lk - next * BN, p.head_dim, tid);
+    ptx::cp_async_commit();
+    n = next;
+  }
+  ptx::cp_async_wait<0>();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row_a + 8 * r;
+    if (i >= i_end) continue;
+    T* row = dq + i * p.dq_stride[2];
+#pragma unroll
+    for (int nt = 0; nt < NT_D; ++nt) {
+      const int c = nt * 8 + 2 * t;
+      if (c < p.head_dim)
+        *reinterpret_cast<uint32_t*>(row + c) =
+            ptx::pack2<T>(acc[nt][2 * r] * p.scale, acc[nt][2 * r + 1] * p.scale);
+    }
   }
 }
 
@@ -264,27 +360,32 @@ inline int grid_stride_blocks(int64_t work, int per_block) {
 template <class T, int D>
 cudaError_t launch_bwd(const JanusAttnBwdArgs& a, cudaStream_t stream) {
   const int64_t rows = (int64_t)a.B * a.H * a.Lq;
+  const int64_t dkdv_blocks = (int64_t)a.B * a.Hkv * ((a.Lk + BwdCfg<D>::BN - 1) / BwdCfg<D>::BN);
+  const int64_t dq_blocks = (int64_t)a.B * a.H * num_row_blocks<DqCfg<D>::BM>(a.Lq, a.q_split);
+  if (dkdv_blocks > kGridXMax || dq_blocks > kGridXMax) return cudaErrorInvalidValue;
   if (rows > 0) {
     auto delta = attention_bwd_delta_kernel<T>;
-    JANUS_LAUNCH(delta, dim3(grid_stride_blocks(rows, kWarps)), dim3(kThreads), 0, stream, a, D);
+    JANUS_LAUNCH(delta, dim3(grid_stride_blocks(rows, kWarps)), dim3(kThreads), 0, stream, a);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
-  if (a.Lk > 0) {
-    auto kernel = attention_bwd_kernel<T, D>;
+  if (dkdv_blocks > 0) {
+    auto kernel = attention_bwd_dkdv_kernel<T, D>;
     const int smem = BwdCfg<D>::kSmemBytes;
     cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return e;
-    const dim3 grid((a.Lk + BwdCfg<D>::BN - 1) / BwdCfg<D>::BN, a.Hkv, a.B);
-    JANUS_LAUNCH(kernel, grid, dim3(kThreads), smem, stream, a);
+    JANUS_LAUNCH(kernel, dim3((unsigned)dkdv_blocks), dim3(kThreads), smem, stream, a);
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
-  if (rows > 0) {
-    auto conv = attention_bwd_dq_kernel<T>;
-    JANUS_LAUNCH(conv, dim3(grid_stride_blocks(rows * (a.head_dim / 2), kThreads)),
-                 dim3(kThreads), 0, stream, a, D);
+  if (dq_blocks > 0) {
+    auto kernel = attention_bwd_dq_kernel<T, D>;
+    const int smem = DqCfg<D>::kSmemBytes;
+    cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return e;
+    JANUS_LAUNCH(kernel, dim3((unsigned)dq_blocks), dim3(kThreads), smem, stream, a);
     return cudaGetLastError();
   }
   return cudaSuccess;
@@ -298,7 +399,7 @@ using namespace janus::attn;
 extern "C" cudaError_t janus_cuda_attention_bwd(const JanusAttnBwdArgs* a, cudaStream_t stream) {
   if (!a || a->B < 0 || a->H <= 0 || a->Hkv <= 0 || a->H % a->Hkv != 0 || a->Lq < 0 ||
       a->Lk < 0 || a->q_split < 0 || a->q_split > a->Lq || a->head_dim < 8 ||
-      a->head_dim > 128 || a->head_dim % 8 != 0 || a->Hkv > 65535 || a->B > 65535 ||
+      a->head_dim > 128 || a->head_dim % 8 != 0 ||
       (a->mask_kind != janus::KIND_WINDOW && a->mask_kind != janus::KIND_PERMUTATION) ||
       (a->mask_kind == janus::KIND_PERMUTATION && !a->mask_rank) || !(a->dropout_p >= 0.f) ||
       !(a->dropout_p < 1.f))
@@ -321,10 +422,6 @@ extern "C" cudaError_t janus_cuda_attention_bwd(const JanusAttnBwdArgs* a, cudaS
   return cudaErrorInvalidValue;
 }
 
-extern "C" int janus_cuda_attention_dq_accum_cols(int head_dim) {
-  return padded_head_dim(head_dim);
-}
-
 extern "C" int janus_cuda_attention_config(int which, int head_dim, int* block_m, int* block_n,
                                            int* threads, int* smem_bytes) {
   if (head_dim < 8 || head_dim > 128 || head_dim % 8) return -1;
@@ -337,6 +434,10 @@ extern "C" int janus_cuda_attention_config(int which, int head_dim, int* block_m
     *block_m = d64 ? BwdCfg<64>::BM : BwdCfg<128>::BM;
     *block_n = d64 ? BwdCfg<64>::BN : BwdCfg<128>::BN;
     *smem_bytes = d64 ? BwdCfg<64>::kSmemBytes : BwdCfg<128>::kSmemBytes;
+  } else if (which == 2) {
+    *block_m = d64 ? DqCfg<64>::BM : DqCfg<128>::BM;
+    *block_n = d64 ? DqCfg<64>::BN : DqCfg<128>::BN;
+    *smem_bytes = d64 ? DqCfg<64>::kSmemBytes : DqCfg<128>::kSmemBytes;
   } else {
     return -1;
   }

@@ -29,25 +29,44 @@ constexpr int kThreads = 32 * kWarps;
 // Padded head dim the kernels are instantiated for (head dims up to it are zero-filled).
 __host__ __device__ __forceinline__ int padded_head_dim(int d) { return d <= 64 ? 64 : 128; }
 
-// Tile geometry. Forward: a block holds Q (BM rows), K and V (BN keys) tiles.
+// Shared-memory copy of one sample's mask descriptor (16 ints: NUM_FIELDS padded), so the
+// block-level mask queries (key ranges, tile classes) read shared memory instead of reloading
+// the descriptor from global memory in every tile iteration.
+constexpr int kParamInts = 16;
+static_assert(NUM_FIELDS <= kParamInts, "descriptor fits its shared-memory slot");
+
+// Tile geometry. Forward: a block holds Q (BM rows), K and V (BN keys) tiles, the key tile's
+// ranks (permutation kind) and the descriptor.
 template <int D>
 struct FwdCfg {
   static constexpr int BM = 64;            // rows per block (16 per warp)
   static constexpr int BN = 64;            // keys per tile
   static constexpr int PITCH = D + 8;      // shared-memory row pitch (elements)
-  static constexpr int kSmemBytes = (BM + 2 * BN) * PITCH * 2;   // Q, K, V (16-bit)
+  static constexpr int kSmemBytes = (BM + 2 * BN) * PITCH * 2 + (BN + kParamInts) * 4;
 };
 
-// Backward: a block owns BN keys (16 per warp) and walks query tiles of BM rows; it holds K, V,
-// Q, dO tiles, the dS tile [BM][BN] and the tile's lse and delta. BM = 32 for D = 128 keeps
-// the dK and dV accumulators (2 x 16 x D per warp) in registers without spills.
+// Backward dK/dV: a block owns BN keys (16 per warp) and walks query tiles of BM rows; it
+// holds K, V, Q, dO tiles, the tile's lse, delta and per-row mask bounds (RowMask) and the
+// descriptor. BM = 32 for D = 128 keeps the dK and dV accumulators (2 x 16 x D per warp) in
+// registers without spills.
 template <int D>
 struct BwdCfg {
   static constexpr int BN = 64;
   static constexpr int BM = D <= 64 ? 64 : 32;
   static constexpr int PITCH = D + 8;
-  static constexpr int PITCH_S = BN + 8;
-  static constexpr int kSmemBytes = (2 * BN + 2 * BM) * PITCH * 2 + BM * PITCH_S * 2 + 2 * BM * 4;
+  static constexpr int kSmemBytes = (2 * BN + 2 * BM) * PITCH * 2 + 2 * BM * 4 + BM * 16 +
+                                    kParamInts * 4;
+};
+
+// Backward dQ (the deterministic dQ pass): a block owns BM rows of one stream (16 per warp),
+// like the forward, and walks the forward's key tiles; it holds Q, dO, K, V tiles, the key
+// tile's ranks and the descriptor.
+template <int D>
+struct DqCfg {
+  static constexpr int BM = 64;
+  static constexpr int BN = 64;
+  static constexpr int PITCH = D + 8;
+  static constexpr int kSmemBytes = (2 * BM + 2 * BN) * PITCH * 2 + (BN + kParamInts) * 4;
 };
 
 __host__ __device__ __forceinline__ bool aligned16(const void* ptr) {
@@ -73,6 +92,150 @@ __host__ __device__ __forceinline__ void row_block(int rb, int Lq, int q_split, 
     *i0 = q_split + (rb - nb0) * BM;
     *i_end = imin(*i0 + BM, Lq);
   }
+}
+
+// Largest grid.x of a launch. The kernels use one-dimensional grids, (b * heads) * tiles + tile:
+// grid.y / grid.z stop at 65535, which batched inference passes in B * H.
+constexpr int64_t kGridXMax = 2147483647;
+
+// The mask view of sample b over a shared-memory copy of its descriptor (sp: kParamInts ints
+// of shared memory). Ends with a barrier: every thread of the block must call it.
+__device__ __forceinline__ SampleMask block_sample_mask(int32_t* sp, const int32_t* params,
+                                                        const int32_t* rank,
+                                                        int64_t rank_stride, int b,
+                                                        int q_split, int kind) {
+  const SampleMask g = sample_mask(params, rank, rank_stride, b, q_split, kind);
+  if ((int)threadIdx.x < NUM_FIELDS) sp[threadIdx.x] = g.p[threadIdx.x];
+  __syncthreads();
+  SampleMask m = g;
+  m.p = sp;
+  return m;
+}
+
+// The mask of one row, hoisted out of the per-element loops: SampleMask::allowed(i, j) for a
+// fixed row i (janus/mask.h) becomes
+//   window:       j < kv && (j < pre || (lo <= j && j < hi))
+//   permutation:  j < kv && rank[j] <= lo          (lo = rank[r] - OFF[s])
+// with kv = 0 for rows that are not real (padding rows, rows past the block's stream segment).
+// kv is clamped to Lk, so an allowed key is always a real key of the tensor.
+struct RowMask {
+  int kv, pre, lo, hi;
+};
+
+__device__ __forceinline__ RowMask row_mask(const SampleMask& m, int i, int i_end, int Lk) {
+  RowMask r{0, 0, 0, 0};
+  const int s = m.stream(i), lr = m.local_row(i);
+  if (i >= i_end || lr >= m.rows(s)) return r;
+  r.kv = imin(m.kv_len(), Lk);
+  if (m.kind == KIND_PERMUTATION) {
+    r.lo = m.rank[lr] - m.p[OFF0 + 4 * s];
+  } else {
+    r.pre = m.p[PREFIX];
+    r.hi = m.win_hi(s, lr);
+    r.lo = r.hi - m.p[WIDTH0 + 4 * s];
+  }
+  return r;
+}
+
+__device__ __forceinline__ bool row_allows(int kv, int pre, int lo, int hi, int j, int rank_j,
+                                           bool perm) {
+  if (j >= kv) return false;
+  return perm ? rank_j <= lo : (j < pre || (lo <= j && j < hi));
+}
+
+// Ranks of the keys [j0, j0 + BN) into shared memory (0 past Lk: never read as allowed), for
+// the permutation kind's predicate. Plain loads; visible after the caller's next barrier.
+template <int BN>
+__device__ __forceinline__ void load_key_ranks(int* s_rank, const SampleMask& m, int j0, int Lk,
+                                               int tid) {
+  if (m.kind != KIND_PERMUTATION) return;
+  for (int c = tid; c < BN; c += kThreads) s_rank[c] = j0 + c < Lk ? m.rank[j0 + c] : 0;
+}
+
+// Row-layout score tile (forward, dQ pass): bit 4*nt + e of the result says whether fragment
+// element s[nt][e] (row r0's row for e < 2, r1's for e >= 2; key j0 + 8nt + 2t + (e & 1)) is
+// allowed. The loop is not unrolled: the predicate stays out of the register-heavy code.
+template <int NT>
+__device__ __forceinline__ uint32_t row_tile_allow_bits(const RowMask& r0, const RowMask& r1,
+                                                        const int* s_rank, int j0, int t,
+                                                        bool perm) {
+  static_assert(NT * 4 <= 32, "one bit per fragment element");
+  uint32_t allow = 0u;
+#pragma unroll 1
+  for (int x = 0; x < NT * 4; ++x) {
+    const bool second = (x >> 1) & 1;   // field-wise selects: no dynamically indexed struct
+    const int jl = (x >> 2) * 8 + 2 * t + (x & 1);
+    const int rank_j = perm ? s_rank[jl] : 0;
+    if (row_allows(second ? r1.kv : r0.kv, second ? r1.pre : r0.pre, second ? r1.lo : r0.lo,
+                   second ? r1.hi : r0.hi, j0 + jl, rank_j, perm))
+      allow |= 1u << x;
+  }
+  return allow;
+}
+
+__device__ __forceinline__ uint32_t pick_word(const Philox4& w, int k) {
+  return k == 0 ? w.w[0] : k == 1 ? w.w[1] : k == 2 ? w.w[2] : w.w[3];   // no local memory
+}
+
+// Dropout keep bits of the same row-layout tile (janus/philox.h contract: the draw of row i,
+// keys 4*j4 .. 4*j4+3 is dropout_bits(seed, bh, i, j4), word j & 3 for key j). A thread holds
+// keys j, j+1 (j = j0 + 8nt + 2t) of rows row0 and row0 + 8, so lanes t and t^1 need the two
+// halves of the same draw: each lane of the pair computes every other draw (NT of the 2*NT
+// (n-tile, row) pairs) and hands the partner the two words it needs with a shuffle. Each draw
+// is computed once and all four of its words are used. Call from all 32 lanes.
+template <int NT>
+__device__ __forceinline__ uint32_t row_tile_keep_bits(uint64_t seed, int bh, int row0, int j0,
+                                                       int t, uint32_t drop_thr) {
+  const int odd = t & 1;
+  const int j4_base = (j0 >> 2) + (t >> 1);   // j0 is a multiple of 4
+  uint32_t keep = 0u;
+#pragma unroll 1
+  for (int y = 0; y < NT; ++y) {
+    const int x = 2 * y + odd;                 // mine; the partner's is 2 * y + (1 - odd)
+    const int nt = x >> 1, r = x & 1;          // x = 2 * nt + r: nt = y for both lanes
+    const Philox4 w = dropout_bits(seed, bh, row0 + 8 * r, j4_base + 2 * nt);
+    // even lanes (keys 4j4, 4j4+1) use words 0, 1; odd lanes (4j4+2, 4j4+3) words 2, 3
+    const uint32_t own0 = odd ? w.w[2] : w.w[0], own1 = odd ? w.w[3] : w.w[1];
+    const uint32_t give0 = odd ? w.w[0] : w.w[2], give1 = odd ? w.w[1] : w.w[3];
+    const uint32_t got0 = __shfl_xor_sync(0xffffffffu, give0, 1);
+    const uint32_t got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
+    const int rp = 1 - r;                      // the partner's row of n-tile nt
+    keep |= (own0 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * r);
+    keep |= (own1 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * r + 1);
+    keep |= (got0 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * rp);
+    keep |= (got1 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * rp + 1);
+  }
+  return keep;
+}
+
+// Dropout keep bits of a transposed (keys x queries) tile of the dK/dV kernel: bit x covers
+// query i0 + 8 (x >> 2) + 2t + (x & 1) and key key_a + 8 ((x >> 1) & 1), key_a = jw + g with
+// jw the warp's first key (a multiple of 16). The four lanes g & 3 = 0..3 (same t, same g >> 2)
+// need words 0..3 of the same draws: each computes a quarter of the draws, then a 4 x 4 word
+// transpose over those lanes (three shuffles) gives every lane its word of each draw. Call
+// from all 32 lanes.
+template <int NX>
+__device__ __forceinline__ uint32_t key_tile_keep_bits(uint64_t seed, int bh, int i0, int jw,
+                                                       int lane, uint32_t drop_thr) {
+  static_assert(NX % 4 == 0 && NX <= 32, "one bit per fragment element");
+  const int t = lane & 3, g = lane >> 2, q = g & 3;
+  const int j4_base = (jw >> 2) + (g >> 2);
+  uint32_t keep = 0u;
+#pragma unroll 1
+  for (int y = 0; y < NX / 4; ++y) {
+    const int x = 4 * y + q;                   // the draw this lane computes
+    const int i = i0 + (x >> 2) * 8 + 2 * t + (x & 1);
+    const Philox4 w = dropout_bits(seed, bh, i, j4_base + 2 * ((x >> 1) & 1));
+    keep |= (pick_word(w, q) >= drop_thr ? 1u : 0u) << x;
+#pragma unroll
+    for (int k = 1; k < 4; ++k) {
+      const int src_q = (q - k) & 3;           // it sends its word (src_q + k) & 3 == q
+      const uint32_t u = __shfl_sync(0xffffffffu, pick_word(w, (q + k) & 3),
+                                     (lane & ~12) | (src_q << 2));
+      keep |= (u >= drop_thr ? 1u : 0u) << (4 * y + src_q);
+    }
+  }
+  return keep;
 }
 
 // Keys the rows [i0, i1] of one stream may see: [0, pre) U [lo, hi), tiles < end_tile.

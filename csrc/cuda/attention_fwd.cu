@@ -3,7 +3,9 @@
 // called by the torch glue (attention_glue.cpp) and, compiled by g++ against the CPU
 // emulation, by tests/test_cuda_emu.py.
 //
-// One block = 64 rows of ONE stream of one (batch, head); 4 warps x 16 rows. For the keys the
+// One block = 64 rows of ONE stream of one (batch, head) (a one-dimensional grid: B * H may
+// pass grid.y's 65535); 4 warps x 16 rows. Each thread's two rows have their mask bounds
+// hoisted into registers (RowMask) and the descriptor sits in shared memory. For the keys the
 // rows may see ([0, pre) U [lo, hi) from janus/mask.h, in tiles of 64; dead tiles skipped):
 //   S = Q K^T                       (fp32 accumulators; scale folded into the exp2 argument)
 //   PARTIAL tiles: S_ij = -inf where !allowed(i, j); FULL tiles: no predicate at all
@@ -28,21 +30,25 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
   T* sQ = smem;
   T* sK = sQ + BM * PITCH;
   T* sV = sK + BN * PITCH;
+  int* sRank = reinterpret_cast<int*>(sV + BN * PITCH);   // key tile's ranks (permutation)
+  int32_t* sParams = sRank + BN;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int nrb = num_row_blocks<BM>(p.Lq, p.q_split);
+  const int64_t bh = blockIdx.x / nrb;   // b * H + h: B * H may pass 65535 (no grid.y/z)
+  const int h = (int)(bh % p.H), b = (int)(bh / p.H);
   const int hk = h / (p.H / p.Hkv);
   int i0, i_end;
-  row_block<BM>(blockIdx.x, p.Lq, p.q_split, &i0, &i_end);
+  row_block<BM>((int)(blockIdx.x % nrb), p.Lq, p.q_split, &i0, &i_end);
   const int i1 = i_end - 1;
+  const bool perm = p.mask_kind == KIND_PERMUTATION;
 
-  const SampleMask mask = sample_mask(p.mask_params, p.mask_rank, p.rank_stride, b, p.q_split,
-                                      p.mask_kind);
+  const SampleMask mask = block_sample_mask(sParams, p.mask_params, p.mask_rank, p.rank_stride,
+                                            b, p.q_split, p.mask_kind);
   const KeyRanges kr = key_ranges<BN>(mask, i0, i1, p.Lk);
 
   const int row_a = i0 + warp * 16 + g;   // this thread's rows: row_a and row_a + 8
-  const int64_t bh = (int64_t)b * p.H + h;
   float* lse_out = p.lse + bh * p.Lq;
   T* out = static_cast<T*>(p.out) + b * p.o_stride[0] + h * p.o_stride[1];
 
@@ -64,6 +70,11 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
   load_tile_async<BN, D>(sK, k + (int64_t)n * BN * p.k_stride[2], p.k_stride[2],
                          p.Lk - n * BN, p.head_dim, tid);
   ptx::cp_async_commit();
+  load_key_ranks<BN>(sRank, mask, n * BN, p.Lk, tid);
+  // The two rows' mask bounds, once per block: the per-element predicate below reads only
+  // registers and the shared key ranks.
+  const RowMask rm0 = row_mask(mask, row_a, i_end, p.Lk);
+  const RowMask rm1 = row_mask(mask, row_a + 8, i_end, p.Lk);
 
   const float sl2 = p.scale * kLog2e;
   const bool dropout = p.dropout_p > 0.f;
@@ -104,27 +115,11 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
     // would otherwise enter the softmax with S = 0.
     const bool partial = j0 + BN > p.Lk ||
                          mask.tile_class(i0, i1, j0, imin(j0 + BN, p.Lk) - 1) != TILE_FULL;
-    uint32_t allow = 0xffffffffu;
-    if (partial) {
-      allow = 0u;
-#pragma unroll 1
-      for (int x = 0; x < NT_S * 4; ++x) {
-        const int i = row_a + 8 * ((x >> 1) & 1), j = j0 + (x >> 2) * 8 + 2 * t + (x & 1);
-        if (j < p.Lk && mask.allowed(i, j)) allow |= 1u << x;
-      }
-    }
-    uint32_t keep = 0xffffffffu;
-    if (dropout) {
-      keep = 0u;
-#pragma unroll 1
-      for (int x = 0; x < NT_S * 2; ++x) {   // (n-tile, row) pairs: keys j, j+1 share a draw
-        const int nt = x >> 1, r = x & 1, j = j0 + nt * 8 + 2 * t;
-        const Philox4 w = dropout_bits(p.seed, (int)bh, row_a + 8 * r, j >> 2);
-        const uint32_t u0 = (j & 2) ? w.w[2] : w.w[0], u1 = (j & 2) ? w.w[3] : w.w[1];
-        keep |= (u0 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * r);
-        keep |= (u1 >= drop_thr ? 1u : 0u) << (4 * nt + 2 * r + 1);
-      }
-    }
+    const uint32_t allow =
+        partial ? row_tile_allow_bits<NT_S>(rm0, rm1, sRank, j0, t, perm) : 0xffffffffu;
+    const uint32_t keep = dropout ? row_tile_keep_bits<NT_S>(p.seed, (int)bh, row_a, j0, t,
+                                                             drop_thr)
+                                  : 0xffffffffu;
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < NT_S; ++nt)
@@ -159,7 +154,8 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
     acc_to_a<T, NT_S>(pa, s);
 
     ptx::cp_async_wait<1>();   // V(n) landed (K(next) may still be in flight)
-    __syncthreads();
+    __syncthreads();   // (also: every warp is done with sRank)
+    if (next < kr.end_tile) load_key_ranks<BN>(sRank, mask, next * BN, p.Lk, tid);
     warp_gemm_rb<T, NT_O, NT_S / 2, PITCH>(acc, pa, sV, lane);
     __syncthreads();   // every warp is done with sV before V(next) overwrites it
     n = next;
@@ -193,8 +189,9 @@ cudaError_t launch_fwd(const JanusAttnFwdArgs& a, cudaStream_t stream) {
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  const dim3 grid(num_row_blocks<FwdCfg<D>::BM>(a.Lq, a.q_split), a.H, a.B);
-  JANUS_LAUNCH(kernel, grid, dim3(kThreads), smem, stream, a);
+  const int64_t blocks = (int64_t)a.B * a.H * num_row_blocks<FwdCfg<D>::BM>(a.Lq, a.q_split);
+  if (blocks > kGridXMax) return cudaErrorInvalidValue;
+  JANUS_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), smem, stream, a);
   return cudaGetLastError();
 }
 
@@ -206,7 +203,7 @@ using namespace janus::attn;
 extern "C" cudaError_t janus_cuda_attention_fwd(const JanusAttnFwdArgs* a, cudaStream_t stream) {
   if (!a || a->B < 0 || a->H <= 0 || a->Hkv <= 0 || a->H % a->Hkv != 0 || a->Lq < 0 ||
       a->Lk < 0 || a->q_split < 0 || a->q_split > a->Lq || a->head_dim < 8 ||
-      a->head_dim > 128 || a->head_dim % 8 != 0 || a->H > 65535 || a->B > 65535 ||
+      a->head_dim > 128 || a->head_dim % 8 != 0 ||
       (a->mask_kind != janus::KIND_WINDOW && a->mask_kind != janus::KIND_PERMUTATION) ||
       (a->mask_kind == janus::KIND_PERMUTATION && !a->mask_rank) || !(a->dropout_p >= 0.f) ||
       !(a->dropout_p < 1.f))

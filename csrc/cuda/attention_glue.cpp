@@ -119,7 +119,11 @@ std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t> check_qkv(const
   TORCH_CHECK(d >= 8 && d <= kMaxHeadDim && d % 8 == 0,
               "q: head_dim must be a multiple of 8 in [8, ", kMaxHeadDim,
               "] for the CUDA kernel, got ", d);
-  TORCH_CHECK(B <= 65535 && H <= 65535, "q: batch size and heads must be <= 65535");
+  // one-dimensional grids of (batch * heads) x (64-row or 64-key tiles, +1 for two streams)
+  constexpr int64_t kMaxBlocks = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK(B * H * ((Lq + 63) / 64 + 1) <= kMaxBlocks && B * Hkv * ((Lk + 63) / 64) <= kMaxBlocks,
+              "q: batch x heads x length tiles exceeds the CUDA grid limit 2^31 - 1: split the "
+              "batch");
   TORCH_CHECK(Lq < std::numeric_limits<int32_t>::max() &&
                   Lk < std::numeric_limits<int32_t>::max(),
               "q, k: sequence lengths must fit in int32");
@@ -201,13 +205,11 @@ std::tuple<Tensor, Tensor, Tensor> flash_attention_bwd_cuda(
   const Tensor dq_v = kernel_layout(dq, a.dq_stride);
   const Tensor dk_v = kernel_layout(dk, a.dk_stride);
   const Tensor dv_v = kernel_layout(dv, a.dv_stride);
-  Tensor dq_accum = at::empty({B, H, Lq, janus_cuda_attention_dq_accum_cols((int)d)},
-                              q_.options().dtype(at::kFloat));
   Tensor delta = at::empty({B, H, Lq}, q_.options().dtype(at::kFloat));
   a.dout = dout.data_ptr(); a.q = q.data_ptr(); a.k = k.data_ptr(); a.v = v.data_ptr();
   a.out = out.data_ptr(); a.lse = lse.data_ptr<float>();
   a.dq = dq_v.data_ptr(); a.dk = dk_v.data_ptr(); a.dv = dv_v.data_ptr();
-  a.dq_accum = dq_accum.data_ptr<float>(); a.delta = delta.data_ptr<float>();
+  a.delta = delta.data_ptr<float>();
   a.mask_params = m.params.data_ptr<int32_t>();
   a.mask_rank = m.rank.defined() ? m.rank.data_ptr<int32_t>() : nullptr;
   a.rank_stride = m.rank_stride;

@@ -49,7 +49,6 @@ typedef struct JanusAttnBwdArgs {
   void* dq;
   void* dk;
   void* dv;
-  float* dq_accum;            // workspace (B, H, Lq, dq_accum_cols) fp32 (zeroed by the launcher)
   float* delta;               // workspace (B, H, Lq) fp32
   const int32_t* mask_params;
   const int32_t* mask_rank;
@@ -74,10 +73,7 @@ typedef struct JanusAttnBwdArgs {
 cudaError_t janus_cuda_attention_fwd(const JanusAttnFwdArgs* args, cudaStream_t stream);
 cudaError_t janus_cuda_attention_bwd(const JanusAttnBwdArgs* args, cudaStream_t stream);
 
-// Floats per row of the dq_accum workspace for a head dimension (the padded head dim).
-int janus_cuda_attention_dq_accum_cols(int head_dim);
-
-// Kernel geometry for reports and tests: which 0 = forward, 1 = backward main kernel.
+// Kernel geometry for reports and tests: which 0 = forward, 1 = backward dK/dV, 2 = backward dQ.
 // Returns 0 and fills rows per tile, keys per tile, threads per block and dynamic shared
 // memory bytes, or -1 for an unsupported (which, head_dim).
 int janus_cuda_attention_config(int which, int head_dim, int* block_m, int* block_n,

@@ -13,6 +13,9 @@
 //     in reverse order (both greedy: one warp runs ahead through its warp collectives up to
 //     its next __syncthreads, so a missing block barrier lets it read data other warps have
 //     not written yet, or overwrite data they still read), 2 random interleaving (EMU_SEED).
+//   * EMU_BLOCK_ORDER: 0 (default) hands out blocks in ascending linear index, 1 descending;
+//     with one worker this fixes the order in which blocks' global-memory effects happen, so
+//     a result that depends on it (fp32 atomicAdd from several blocks) shows up.
 //   * EMU_CP_ASYNC: 0 (default) performs cp.async copies at wait_group, so a missing wait reads
 //     stale or poisoned shared memory; 1 performs them at issue, so a copy into a buffer other
 //     warps still read (missing barrier before a prefetch) corrupts their reads.
@@ -200,6 +203,7 @@ struct Config {
   int workers = -1;    // -1: read EMU_WORKERS
   unsigned seed = 0;   // 0: read EMU_SEED
   int cp_eager = -1;   // -1: read EMU_CP_ASYNC (0 lazy: copy at wait_group, 1 eager: at issue)
+  int block_order = -1;   // -1: read EMU_BLOCK_ORDER (0 ascending block index, 1 descending)
 };
 inline Config& config() { static Config c; return c; }
 inline bool& cp_eager_mode() { static bool eager = false; return eager; }
@@ -431,6 +435,8 @@ inline void run_grid(dim3 grid, dim3 block, size_t dyn, const void* fn,
   workers = (int)std::min<long long>(workers, nblocks);
   const unsigned seed = cfg.seed ? cfg.seed : (unsigned)env_int("EMU_SEED", 12345);
   cp_eager_mode() = (cfg.cp_eager >= 0 ? cfg.cp_eager : env_int("EMU_CP_ASYNC", 0)) != 0;
+  const bool blocks_descending =
+      (cfg.block_order >= 0 ? cfg.block_order : env_int("EMU_BLOCK_ORDER", 0)) == 1;
   const size_t stack_bytes = (size_t)env_int("EMU_STACK_KB", 256) * 1024;
 
   std::atomic<long long> next{0};
@@ -472,8 +478,9 @@ inline void run_grid(dim3 grid, dim3 block, size_t dyn, const void* fn,
     std::mt19937 rng(seed + 7919u * (unsigned)wid);
     for (;;) {
       if (failed.load(std::memory_order_relaxed)) break;
-      const long long b = next.fetch_add(1);
-      if (b >= nblocks) break;
+      const long long taken = next.fetch_add(1);
+      if (taken >= nblocks) break;
+      const long long b = blocks_descending ? nblocks - 1 - taken : taken;
       const uint3 bid{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
                       (unsigned)(b / ((long long)grid.x * grid.y))};
       rng.seed(seed + (unsigned)b * 2654435761u);   // order 2 reproducible per block

@@ -43,4 +43,7 @@ void janus_emu_configure(int order, int workers, unsigned seed, int cp_eager) {
   emu::config().cp_eager = cp_eager;
 }
 
+// Block hand-out order (0 ascending, 1 descending; -1: EMU_BLOCK_ORDER).
+void janus_emu_set_block_order(int order) { emu::config().block_order = order; }
+
 }  // extern "C"

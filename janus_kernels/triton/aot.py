@@ -13,7 +13,7 @@ the other strides carry a divisibility-16 hint.
 Usage (must run with TRITON_INTERPRET unset/0; the CLI re-executes itself if needed)::
 
     python -m janus_kernels.triton.aot [--json out.json] [--arch 80 90]
-        [--dtypes fp16 bf16 fp32] [--head-dims 64 128]
+        [--dtypes fp16 bf16 fp32 tf32] [--head-dims 64 128]
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ from typing import Dict, Iterable, List, Optional
 #: Shared memory per block (bytes) a kernel may use, per compute capability.
 SMEM_LIMIT = {80: 164 * 1024, 86: 100 * 1024, 89: 100 * 1024, 90: 227 * 1024}
 KERNELS = ("fwd", "pre", "dkdv", "dq")
-_TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+# "tf32": float32 inputs with TF32 tensor-core dots (the TF32 constexpr, see attention._dot)
+_TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "tf32": "float32"}
+_PTR_DTYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "tf32": "fp32"}
 
 
 def _kernel_fn(name: str):
@@ -59,10 +61,11 @@ def kernel_spec(kernel: str, dtype: str, head_dim: int, kind: int = 0, dropout: 
     from . import attention as A
     fn = _kernel_fn(kernel)
     d_pad = A.head_dim_pad(head_dim)
-    bm, bn, warps, stages = A.get_config(kernel, d_pad, getattr(torch, _TORCH_DTYPES[dtype]))
+    bm, bn, warps, stages = A.get_config(kernel, d_pad, getattr(torch, _TORCH_DTYPES[dtype]),
+                                         tf32=dtype == "tf32")
     consts: Dict[str, object] = {"D": head_dim, "D_PAD": d_pad, "BLOCK_M": bm}
     if kernel != "pre":
-        consts.update(BLOCK_N=bn, KIND=kind, DROPOUT=dropout)
+        consts.update(BLOCK_N=bn, KIND=kind, DROPOUT=dropout, TF32=dtype == "tf32")
     signature, attrs = {}, {}
     for idx, name in enumerate(fn.arg_names):
         if name.startswith("stride_") and name.endswith("d"):
@@ -70,7 +73,7 @@ def kernel_spec(kernel: str, dtype: str, head_dim: int, kind: int = 0, dropout: 
         if name in consts:
             signature[name] = "constexpr"
             continue
-        ty = _arg_type(name, dtype)
+        ty = _arg_type(name, _PTR_DTYPES[dtype])
         signature[name] = ty
         if ty.startswith("*") or (name.startswith("stride_") and name != "stride_rank"):
             attrs[(idx,)] = [["tt.divisibility", 16]]
@@ -135,6 +138,7 @@ def compile_one(kernel: str, dtype: str, head_dim: int, arch: int, kind: int = 0
         "regs": use["reg"], "spill_stack_bytes": use["stack"] + use["local"],
         "smem": int(k.metadata.shared), "smem_limit": SMEM_LIMIT.get(arch, 48 * 1024),
         "mma": "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "none"),
+        "mma_tf32": bool(re.search(r"(wgmma|mma)\S*\.tf32", ptx)),
         "compile_s": round(secs, 2),
     }
 
@@ -186,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", help="write the rows to this JSON file")
     ap.add_argument("--arch", type=int, nargs="+", default=[80, 90])
-    ap.add_argument("--dtypes", nargs="+", default=["fp16", "bf16", "fp32"],
+    ap.add_argument("--dtypes", nargs="+", default=["fp16", "bf16", "fp32", "tf32"],
                     choices=sorted(_TORCH_DTYPES))
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--jobs", type=int, default=1)

@@ -2,7 +2,8 @@
 :class:`~janus_kernels.masks.MaskDescriptor` (the ``"triton"`` backend of
 ``janus_kernels.attention``).
 
-Forward (one program per (stream row tile, b*H + h)), online softmax in base 2::
+Forward (one program per (b*H + h, stream row tile): B*H on grid x, which allows 2^31 - 1
+programs where y allows 65535; see launch_grid), online softmax in base 2::
 
     s_ij = (q_i . k_j) * scale * log2(e)          masked to -inf where not allowed
     m_i  = max_j s_ij,  l_i = sum_j 2^(s_ij - m_i),  o_i = sum_j 2^(s_ij - m_i) z_ij v_j / l_i
@@ -36,7 +37,8 @@ import triton.language as tl
 
 from . import mask as jm
 
-__all__ = ["attention_fwd", "attention_bwd", "CONFIGS", "get_config", "head_dim_pad"]
+__all__ = ["attention_fwd", "attention_bwd", "CONFIGS", "get_config", "head_dim_pad", "launch_grid",
+           "use_tf32"]
 
 LOG2E = math.log2(math.e)
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -50,22 +52,30 @@ _VARYING = ["Lq", "Lk", "q_split", "seed_lo", "seed_hi"]
 
 # ============================================================================ helpers
 @triton.jit
-def _dot(a, b):
-    """tl.dot with fp32 accumulation. fp32 operands use IEEE fp32 products so fp32 results
-    match an fp32 reference (TF32 would not; 3xTF32 was measured to spill registers in every
-    tile size tried), i.e. the fp32 path is the accurate one, bf16/fp16 the fast one."""
+def _dot(a, b, TF32: tl.constexpr):
+    """tl.dot with fp32 accumulation. fp32 operands use IEEE fp32 products unless TF32 is
+    set: the launcher sets it when torch's float32 matmul precision allows TF32 (as it does
+    for torch.matmul), trading fp32 accuracy (10-bit mantissa products) for tensor cores.
+    bf16/fp16 operands always use tensor cores. (3xTF32 was measured to spill registers in
+    every tile size tried.)"""
     if a.dtype == tl.float32:
-        r = tl.dot(a, b, input_precision="ieee")
+        if TF32:
+            r = tl.dot(a, b, input_precision="tf32")
+        else:
+            r = tl.dot(a, b, input_precision="ieee")
     else:
         r = tl.dot(a, b)
     return r
 
 
 @triton.jit
-def _dot_acc(a, b, acc):
+def _dot_acc(a, b, acc, TF32: tl.constexpr):
     """acc + a @ b accumulated in place (the MMA accumulator), precision as :func:`_dot`."""
     if a.dtype == tl.float32:
-        r = tl.dot(a, b, acc, input_precision="ieee")
+        if TF32:
+            r = tl.dot(a, b, acc, input_precision="tf32")
+        else:
+            r = tl.dot(a, b, acc, input_precision="ieee")
     else:
         r = tl.dot(a, b, acc)
     return r
@@ -85,14 +95,14 @@ def _row_tile(pid, q_split, Lq, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _program_rows(PARAMS, H, G, Lq, Lk, q_split, BLOCK_M: tl.constexpr):
-    """What a (row tile, b*H + h) program of the forward / dQ grid works on: batch, head, kv
+    """What a (b*H + h, row tile) program of the forward / dQ grid works on: batch, head, kv
     head, stream, local rows r0..r1 of the stream segment, and the stream's descriptor ints
     (kv clamped to Lk, rows to the segment)."""
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
     b = bh // H
     h = bh % H
     hk = h // G
-    s_id, r0, seg_start, seg_len = _row_tile(tl.program_id(0), q_split, Lq, BLOCK_M)
+    s_id, r0, seg_start, seg_len = _row_tile(tl.program_id(1), q_split, Lq, BLOCK_M)
     kv, pre, rows, off, hmin, width = jm.load_stream(PARAMS, b, s_id)
     kv = tl.minimum(kv, Lk)
     rows = tl.minimum(rows, seg_len)
@@ -160,7 +170,7 @@ def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, 
               offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width,
               rank_b, rank_r, row_min, row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              KIND: tl.constexpr, DROPOUT: tl.constexpr):
+              KIND: tl.constexpr, DROPOUT: tl.constexpr, TF32: tl.constexpr):
     """Online-softmax update of a row tile with key tile n: rescale the running (acc, l) by
     2^(m_old - m_new) and add this tile's 2^(s - m_new) (dropped entries only leave acc)."""
     j0 = n * BLOCK_N
@@ -174,9 +184,9 @@ def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, 
     rank_j = offs_j
     if KIND == jm.KIND_PERMUTATION:
         rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
-    s, cls = _mask_scores(_dot(q, tl.trans(k)) * qk_scale, offs_r, offs_j, r0, r1, j0, j1,
-                          kv, pre, rows, off, hmin, width, rank_r, rank_j, row_min, row_max,
-                          KIND, False)
+    s, cls = _mask_scores(_dot(q, tl.trans(k), TF32) * qk_scale, offs_r, offs_j, r0, r1,
+                          j0, j1, kv, pre, rows, off, hmin, width, rank_r, rank_j,
+                          row_min, row_max, KIND, False)
     if cls != jm.TILE_SKIP:  # only the permutation kind has dead tiles inside its range
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing seen yet
@@ -186,7 +196,7 @@ def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, 
         if DROPOUT:
             keep = jm.dropout_keep(seed_lo, seed_hi, bh, offs_i, j0, drop_thr, BLOCK_M, BLOCK_N)
             p = tl.where(keep, p, 0.0)
-        acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None])
+        acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None], TF32)
         m_i = m_new
     return acc, m_i, l_i
 
@@ -200,12 +210,12 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
               stride_rank, H, G, Lq, Lk, q_split, qk_scale, keep_scale,
               drop_thr, seed_lo, seed_hi,
               D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
+              BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr, TF32: tl.constexpr):
     # accumulate in float64 for float64 inputs (gradcheck), else float32
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
     b, h, hk, s_id, r0, r1, seg_start, seg_len, kv, pre, rows, off, hmin, width = \
         _program_rows(PARAMS, H, G, Lq, Lk, q_split, BLOCK_M)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     offs_r = r0 + offs_m
     offs_i = seg_start + offs_r
@@ -234,13 +244,13 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
                                   stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk,
                                   kv, pre, rows, off, hmin, width, rank_b, rank_r, row_min,
                                   row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
-                                  D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+                                  D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
     for n in range(n_lo, n_hi):
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd,
                                   stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk,
                                   kv, pre, rows, off, hmin, width, rank_b, rank_r, row_min,
                                   row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
-                                  D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+                                  D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
 
     seen = l_i > 0
     l_safe = tl.where(seen, l_i, 1.0)
@@ -261,8 +271,8 @@ def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_od,
                     stride_dob, stride_doh, stride_dom, stride_dod, H, Lq,
                     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (in the accumulator dtype)."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid = tl.program_id(1)
+    bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -280,17 +290,17 @@ def _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i, of
                r0, r1, j0, j1, kv, pre, rows, off, hmin, width, rank_r, rank_j,
                row_min, row_max, bh, drop_thr, seed_lo, seed_hi,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
-               DROPOUT: tl.constexpr):
+               DROPOUT: tl.constexpr, TF32: tl.constexpr):
     """Recompute a (rows x keys) tile for dQ: p = 2^(s - lse log2 e), p * z (the dropped
     probabilities) and dS = p * (dP - delta) with dP = z * (dO . v)."""
-    s, cls = _mask_scores(_dot(q, tl.trans(k)) * qk_scale, offs_r, offs_j, r0, r1, j0, j1,
-                          kv, pre, rows, off, hmin, width, rank_r, rank_j, row_min, row_max,
-                          KIND, False)
+    s, cls = _mask_scores(_dot(q, tl.trans(k), TF32) * qk_scale, offs_r, offs_j, r0, r1,
+                          j0, j1, kv, pre, rows, off, hmin, width, rank_r, rank_j,
+                          row_min, row_max, KIND, False)
     # lse = -inf only on rows that see no key, whose scores are all -inf: use 0 there so
     # exp2(-inf - 0) = 0 instead of NaN.
     lse2 = tl.where(lse == float("-inf"), 0.0, lse * _LOG2E)
     p = tl.math.exp2(s - lse2[:, None])
-    dp = _dot(do, tl.trans(v))
+    dp = _dot(do, tl.trans(v), TF32)
     pz = p
     if DROPOUT:
         keep = jm.dropout_keep(seed_lo, seed_hi, bh, offs_i, j0, drop_thr, BLOCK_M, BLOCK_N)
@@ -306,7 +316,7 @@ def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, stride_qm, stride_qd, stride_dom, st
                kv, pre, rows, off, hmin, width, rank_b, rank_j, qk_scale, keep_scale, bh,
                drop_thr, seed_lo, seed_hi, seg_start, Lk, D: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
-               DROPOUT: tl.constexpr):
+               DROPOUT: tl.constexpr, TF32: tl.constexpr):
     """One query tile's contribution to dK/dV, computed transposed (keys x rows) so k and v
     are the left MMA operands and no probability tile needs a register transpose:
     sT = k qT, pT = 2^(sT - lse), dV += (pT z) dO, dK += (pT (z dPT - delta)) q."""
@@ -323,12 +333,13 @@ def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, stride_qm, stride_qd, stride_dom, st
         row_ok = offs_r < rows
         rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
         row_min, row_max = jm.rank_extrema(rank_r, row_ok)
-    sT, cls = _mask_scores(_dot(k, qT) * qk_scale, offs_r, offs_j, r0, r1, j0, j1, kv, pre,
-                           rows, off, hmin, width, rank_r, rank_j, row_min, row_max, KIND, True)
+    sT, cls = _mask_scores(_dot(k, qT, TF32) * qk_scale, offs_r, offs_j, r0, r1, j0, j1,
+                           kv, pre, rows, off, hmin, width, rank_r, rank_j, row_min, row_max,
+                           KIND, True)
     if cls != jm.TILE_SKIP:  # only the permutation kind has dead tiles inside its range
         lse2 = tl.where(lse == float("-inf"), 0.0, lse * _LOG2E)  # see _bwd_probs
         pT = tl.math.exp2(sT - lse2[None, :])
-        dpT = _dot(v, tl.trans(do))
+        dpT = _dot(v, tl.trans(do), TF32)
         pzT = pT
         if DROPOUT:
             keepT = tl.trans(jm.dropout_keep(seed_lo, seed_hi, bh, seg_start + offs_r, j0,
@@ -336,8 +347,8 @@ def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, stride_qm, stride_qd, stride_dom, st
             pzT = tl.where(keepT, pT * keep_scale, 0.0)
             dpT = tl.where(keepT, dpT * keep_scale, 0.0)
         dsT = pT * (dpT - delta[None, :])
-        dv = _dot_acc(pzT.to(do.dtype), do, dv)
-        dk = _dot_acc(dsT.to(qT.dtype), tl.trans(qT), dk)
+        dv = _dot_acc(pzT.to(do.dtype), do, dv, TF32)
+        dk = _dot_acc(dsT.to(qT.dtype), tl.trans(qT), dk, TF32)
     return dk, dv
 
 
@@ -352,12 +363,13 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
                    stride_rank, H, G, Lq, Lk, q_split, qk_scale, scale, keep_scale,
                    drop_thr, seed_lo, seed_hi,
                    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
-    """dK, dV of key tile program_id(0) and kv head program_id(1) (= b*Hkv + hk): loop over
+                   BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr,
+                   TF32: tl.constexpr):
+    """dK, dV of key tile program_id(1) and kv head program_id(0) (= b*Hkv + hk): loop over
     both streams, the G query heads of the group, and the query tiles that see the keys."""
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
-    pid = tl.program_id(0)
-    bhk = tl.program_id(1)
+    pid = tl.program_id(1)
+    bhk = tl.program_id(0)
     Hkv = H // G
     b = bhk // Hkv
     hk = bhk % Hkv
@@ -406,7 +418,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
                                     offs_m, offs_d, offs_r, offs_j, r0, r1, j0, j1, kv, pre,
                                     rows, off, hmin, width, rank_b, rank_j, qk_scale,
                                     keep_scale, bh, drop_thr, seed_lo, seed_hi, seg_start, Lk,
-                                    D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+                                    D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
     dk = dk * scale
     n_in = (offs_n[:, None] < Lk - j0) & (offs_d[None, :] < D)
     dk_ptr = DK + b64 * stride_dkb + hk.to(tl.int64) * stride_dkh + j0.to(tl.int64) * stride_dkn
@@ -422,7 +434,7 @@ def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_
              offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width,
              rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh, drop_thr,
              seed_lo, seed_hi, D: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
+             BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr, TF32: tl.constexpr):
     """dQ += dS k for key tile n (same key tiles as the forward)."""
     j0 = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
@@ -438,9 +450,9 @@ def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_
     pz, ds, cls = _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i,
                              offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width,
                              rank_r, rank_j, row_min, row_max, bh, drop_thr, seed_lo,
-                             seed_hi, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+                             seed_hi, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
     if cls != jm.TILE_SKIP:
-        dq = _dot_acc(ds.to(k.dtype), k, dq)
+        dq = _dot_acc(ds.to(k.dtype), k, dq, TF32)
     return dq
 
 
@@ -454,12 +466,13 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
                  stride_rank, H, G, Lq, Lk, q_split, qk_scale, scale, keep_scale,
                  drop_thr, seed_lo, seed_hi,
                  D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr):
+                 BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr,
+                 TF32: tl.constexpr):
     """dQ of one (stream row tile, b*H + h): the forward's key-tile loops, recomputing p."""
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
     b, h, hk, s_id, r0, r1, seg_start, seg_len, kv, pre, rows, off, hmin, width = \
         _program_rows(PARAMS, H, G, Lq, Lk, q_split, BLOCK_M)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     offs_r = r0 + offs_m
     offs_i = seg_start + offs_r
@@ -489,12 +502,12 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
         dq = _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
                       stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin,
                       width, rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh,
-                      drop_thr, seed_lo, seed_hi, D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+                      drop_thr, seed_lo, seed_hi, D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
     for n in range(n_lo, n_hi):
         dq = _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
                       stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin,
                       width, rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh,
-                      drop_thr, seed_lo, seed_hi, D, BLOCK_M, BLOCK_N, KIND, DROPOUT)
+                      drop_thr, seed_lo, seed_hi, D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
     dq = dq * scale
     dq_ptr = DQ + b64 * stride_dqb + h.to(tl.int64) * stride_dqh + row0 * stride_dqm
     tl.store(dq_ptr + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
@@ -534,6 +547,13 @@ FP32_CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
     "dq": {16: (32, 32, 4, 1), 32: (32, 32, 4, 1), 64: (32, 32, 4, 1),
            128: (16, 16, 4, 1), 256: (16, 16, 4, 1)},
 }
+#: fp32 inputs with TF32 dots (use_tf32): the forward takes 64-row tiles (wgmma on sm_90,
+#: no spills on sm_80/90 at d <= 128, AOT-checked); the backward kernels keep FP32_CONFIGS
+#: (their small tiles compile with TF32 mma.sync and no spills too).
+TF32_CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
+    "fwd": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 4, 2),
+            256: (16, 16, 4, 1)},
+}
 #: Blocks used under TRITON_INTERPRET=1 (the interpreter costs ~ms per tile iteration, so
 #: small tiles keep the tests fast and exercise many tile boundaries). Tests may patch it.
 INTERPRETER_BLOCKS: Tuple[int, int] = (16, 16)
@@ -548,11 +568,15 @@ def head_dim_pad(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def get_config(kernel: str, d_pad: int, dtype: torch.dtype) -> Tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of `kernel` ('fwd', 'dkdv', 'dq', 'pre')."""
+def get_config(kernel: str, d_pad: int, dtype: torch.dtype,
+               tf32: bool = False) -> Tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of `kernel` ('fwd', 'dkdv', 'dq', 'pre');
+    `tf32`: fp32 inputs with TF32 dots."""
     if _interpreting():
         bm, bn = INTERPRETER_BLOCKS
         return bm, bn, 4, 1
+    if tf32 and dtype == torch.float32 and kernel in TF32_CONFIGS:
+        return TF32_CONFIGS[kernel][d_pad]
     if dtype.itemsize >= 4 and kernel in FP32_CONFIGS:
         return FP32_CONFIGS[kernel][d_pad]
     return CONFIGS[kernel][d_pad]
@@ -622,6 +646,17 @@ def _describe(x) -> str:
     return type(x).__name__
 
 
+def use_tf32(q: torch.Tensor) -> bool:
+    """Whether fp32 attention on q's device runs its dots on TF32 tensor cores: only CUDA
+    float32 inputs, and only when torch allows TF32 for float32 matmuls
+    (``torch.backends.cuda.matmul.allow_tf32`` or ``torch.set_float32_matmul_precision``
+    "high"/"medium"); the default ("highest") keeps IEEE fp32 products."""
+    if q.dtype != torch.float32 or q.device.type != "cuda":
+        return False
+    return bool(torch.backends.cuda.matmul.allow_tf32) \
+        or torch.get_float32_matmul_precision() != "highest"
+
+
 def _i32(x: int) -> int:
     """A 32-bit pattern as a signed int32 value (Triton types kernel ints by value)."""
     x &= 0xFFFFFFFF
@@ -656,6 +691,29 @@ def _mask_args(params, rank, k):
 
 
 # ========================================================================== launchers
+#: CUDA grid limits: x up to 2^31 - 1 blocks, y and z up to 65535.
+GRID_X_MAX = 2 ** 31 - 1
+GRID_YZ_MAX = 65535
+
+
+def launch_grid(n_heads: int, n_tiles: int) -> Tuple[int, int]:
+    """Grid of the attention kernels: (batch * heads, tiles). The product B * H is the
+    dimension that grows with the batch (batched inference easily passes 65535), so it goes
+    on x; the tile count on y is bounded by the length (65535 tiles of >= 16 rows)."""
+    if n_heads > GRID_X_MAX:
+        raise ValueError(f"triton attention: batch * heads = {n_heads} exceeds the CUDA grid "
+                         f"limit {GRID_X_MAX}; split the batch")
+    if n_tiles > GRID_YZ_MAX:
+        raise ValueError(f"triton attention: {n_tiles} tiles along the sequence exceed the "
+                         f"CUDA grid limit {GRID_YZ_MAX}; the sequence is too long")
+    return n_heads, n_tiles
+
+
+def _stream_row_tiles(Lq: int, q_split: int, bm: int) -> int:
+    """Row tiles of the two streams (a tile never straddles the stream boundary)."""
+    return triton.cdiv(q_split, bm) + triton.cdiv(Lq - q_split, bm)
+
+
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: torch.Tensor,
                   rank: Optional[torch.Tensor], q_split: int, kind: int, scale: float,
                   dropout_p: float, seed: Optional[torch.Tensor]
@@ -670,16 +728,18 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: tor
     if B * H * Lq == 0:
         return out, lse
     d_pad = head_dim_pad(d)
-    bm, bn, warps, stages = get_config("fwd", d_pad, q.dtype)
+    tf32 = use_tf32(q)
+    bm, bn, warps, stages = get_config("fwd", d_pad, q.dtype, tf32)
     keep_scale, thr, s_lo, s_hi = _dropout_args(dropout_p, seed)
     params, rank_t, rank_stride = _mask_args(params, rank, k)
-    grid = (triton.cdiv(q_split, bm) + triton.cdiv(Lq - q_split, bm), B * H)
+    grid = launch_grid(B * H, _stream_row_tiles(Lq, q_split, bm))
     with _device_ctx(q):
         _attn_fwd[grid](q, k, v, out, lse, params, rank_t, *_strides(q), *_strides(k),
                         *_strides(v), *_strides(out), rank_stride, H, H // Hkv, Lq, Lk,
                         q_split, float(scale) * LOG2E, keep_scale, thr, s_lo, s_hi,
                         D=d, D_PAD=d_pad, BLOCK_M=bm, BLOCK_N=bn, KIND=int(kind),
-                        DROPOUT=dropout_p > 0, num_warps=warps, num_stages=stages)
+                        DROPOUT=dropout_p > 0, TF32=tf32, num_warps=warps,
+                        num_stages=stages)
     return out, lse
 
 
@@ -716,20 +776,20 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     keep_scale, thr, s_lo, s_hi = _dropout_args(dropout_p, seed)
     params, rank_t, rank_stride = _mask_args(params, rank, k)
     qk_scale = float(scale) * LOG2E
-    common = dict(D=d, D_PAD=d_pad, KIND=int(kind), DROPOUT=dropout_p > 0)
+    common = dict(D=d, D_PAD=d_pad, KIND=int(kind), DROPOUT=dropout_p > 0, TF32=use_tf32(q))
     with _device_ctx(q):
         bm, _, warps, stages = get_config("pre", d_pad, q.dtype)
-        _bwd_preprocess[(triton.cdiv(Lq, bm), B * H)](
+        _bwd_preprocess[launch_grid(B * H, triton.cdiv(Lq, bm))](
             out, dout, delta, *_strides(out), *_strides(dout), H, Lq,
             D=d, D_PAD=d_pad, BLOCK_M=bm, num_warps=warps, num_stages=stages)
         bm, bn, warps, stages = get_config("dkdv", d_pad, q.dtype)
-        _attn_bwd_dkdv[(triton.cdiv(Lk, bn), B * Hkv)](
+        _attn_bwd_dkdv[launch_grid(B * Hkv, triton.cdiv(Lk, bn))](
             q, k, v, dout, lse, delta, dk, dv, params, rank_t, *_strides(q), *_strides(k),
             *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), rank_stride,
             H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr, s_lo, s_hi,
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
         bm, bn, warps, stages = get_config("dq", d_pad, q.dtype)
-        grid = (triton.cdiv(q_split, bm) + triton.cdiv(Lq - q_split, bm), B * H)
+        grid = launch_grid(B * H, _stream_row_tiles(Lq, q_split, bm))
         _attn_bwd_dq[grid](
             q, k, v, dout, lse, delta, dq, params, rank_t, *_strides(q), *_strides(k),
             *_strides(v), *_strides(dout), *_strides(dq), rank_stride,
