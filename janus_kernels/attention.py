@@ -162,7 +162,8 @@ def _attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
 
 @_attention_bwd.register_fake
 def _(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed, backend):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # TEMP (lead's attention.py change): every backend returns contiguous gradients
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
