@@ -32,6 +32,9 @@ __all__ = ["MultiheadAttention", "TwoStreamSelfAttention", "descriptor_from_dens
 
 _NEED_ATTN_MASK = ("Need attn_mask if specifying the is_causal hint. You may use the Transformer "
                    "module method `generate_square_subsequent_mask` to create this mask.")
+_FLOAT_BIAS = ("janus_kernels.nn.MultiheadAttention: a float key_padding_mask with finite "
+               "non-zero entries (an additive bias) has no fused form; use "
+               "torch.nn.MultiheadAttention or a bool mask")
 _CAUSAL_HOLES = ("janus_kernels.nn.MultiheadAttention: a causal mask with a key_padding_mask "
                  "that is not right-padded has no fused form; use torch.nn.MultiheadAttention")
 
@@ -43,10 +46,15 @@ def _as_blocked(mask: Tensor) -> Tensor:
     return torch.isneginf(mask) if mask.is_floating_point() else mask.bool()
 
 
+def _is_zero_or_neginf_t(mask: Tensor) -> Tensor:
+    """0-d bool tensor: a float mask that only blocks (0 / -inf entries). Finite non-zero
+    entries are additive biases no descriptor expresses."""
+    return ((mask == 0) | torch.isneginf(mask)).all()
+
+
 def _is_zero_or_neginf(mask: Tensor) -> bool:
-    """A float mask that only blocks (0 / -inf); finite non-zero entries are additive biases
-    no descriptor expresses. Reads the values."""
-    return not mask.is_floating_point() or bool(((mask == 0) | torch.isneginf(mask)).all())
+    """:func:`_is_zero_or_neginf_t` read on the host (True for non-float masks)."""
+    return not mask.is_floating_point() or bool(_is_zero_or_neginf_t(mask))
 
 
 def _suffix_blocked(blocked: Tensor, lengths: Tensor) -> Tensor:
@@ -122,10 +130,11 @@ class MultiheadAttention(nn.MultiheadAttention):
       ``attn_mask`` without ``is_causal``, float 0/-inf key padding, and causal + key
       padding that is not right-padded (torch's path) are recognised.
     * Under ``torch.compile`` and on GPUs nothing is read on the host (no data-dependent
-      branch, no sync): an ``attn_mask`` without ``is_causal`` or a float
-      ``key_padding_mask`` takes torch's path, and causal + a bool key padding that is not
-      right-padded fails a device-side assert (the kernel cannot express it; use
-      ``torch.nn.MultiheadAttention`` for such masks).
+      branch, no sync): an ``attn_mask`` without ``is_causal`` takes torch's path; a float
+      ``key_padding_mask`` (what ``nn.TransformerEncoder``/``Decoder`` pass on) is taken
+      as 0 = keep, -inf = blocked, and one with other values (an additive bias), or causal
+      + key padding that is not right-padded, fails a device-side assert (the kernel
+      cannot express them; use ``torch.nn.MultiheadAttention`` for such masks).
 
     Key padding without a causal mask is exact for any pattern: the kept keys are gathered
     to the front (attention does not depend on the key order) and become a length.
@@ -213,11 +222,15 @@ class MultiheadAttention(nn.MultiheadAttention):
                 return None
             if key_padding_mask.dtype == torch.bool:
                 blocked = key_padding_mask
-            elif key_padding_mask.is_floating_point() and reads \
-                    and _is_zero_or_neginf(key_padding_mask):
-                blocked = _as_blocked(key_padding_mask)
+            elif not key_padding_mask.is_floating_point():
+                return None                  # torch's path raises its own error
+            elif not reads:                  # nn.Transformer* hand over float 0/-inf masks
+                torch._assert_async(_is_zero_or_neginf_t(key_padding_mask), _FLOAT_BIAS)
+                blocked = torch.isneginf(key_padding_mask)
+            elif _is_zero_or_neginf(key_padding_mask):
+                blocked = torch.isneginf(key_padding_mask)
             else:
-                return None
+                return None                  # an additive bias: torch's path
         return causal, blocked
 
     @staticmethod

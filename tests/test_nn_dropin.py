@@ -184,17 +184,35 @@ def test_causal_right_padded_fused(fused_calls, mode):
     assert fused_calls == ["causal"]
 
 
-def test_masks_not_read_take_torch_path(fused_calls, mode):
-    """An attn_mask without is_causal and a float key padding are read only where that is
-    free; elsewhere they go to torch's (exact) path."""
+def test_attn_mask_without_hint_read_only_where_free(fused_calls, mode):
+    """An attn_mask without is_causal is read only where that is free; elsewhere it goes to
+    torch's (exact) path."""
     ref, ours = _pair(True)
     x = torch.randn(2, 5, E)
     causal = nn.Transformer.generate_square_subsequent_mask(5)
-    fkpm = torch.zeros(2, 5).masked_fill(torch.arange(5) >= 3, float("-inf"))
-    for kw in (dict(attn_mask=causal), dict(key_padding_mask=fkpm)):
-        _close(ref(x, x, x, need_weights=False, **kw)[0],
-               ours(x, x, x, need_weights=False, **kw)[0])
-    assert fused_calls == ([] if mode == "no-host-reads" else ["causal", "key_padding"])
+    _close(ref(x, x, x, need_weights=False, attn_mask=causal)[0],
+           ours(x, x, x, need_weights=False, attn_mask=causal)[0])
+    assert fused_calls == ([] if mode == "no-host-reads" else ["causal"])
+
+
+def test_float_key_padding(fused_calls, mode):
+    """0/-inf float key padding (what nn.TransformerEncoder passes on) runs fused; a float
+    bias goes to torch's path where it can be read, else fails a device-side assert."""
+    ref, ours = _pair(True)
+    x = torch.randn(2, 5, E)
+    fkpm = torch.zeros(2, 5).masked_fill(torch.tensor([[0, 0, 1, 0, 1], [0] * 4 + [1]]) > 0,
+                                         float("-inf"))
+    _close(ref(x, x, x, need_weights=False, key_padding_mask=fkpm)[0],
+           ours(x, x, x, need_weights=False, key_padding_mask=fkpm)[0])
+    assert fused_calls == ["key_padding"]
+    bias = fkpm.clone()
+    bias[0, 0] = 0.5
+    if mode == "no-host-reads":
+        with pytest.raises(RuntimeError, match="additive bias"):
+            ours(x, x, x, need_weights=False, key_padding_mask=bias)
+    else:
+        _close(ref(x, x, x, need_weights=False, key_padding_mask=bias)[0],
+               ours(x, x, x, need_weights=False, key_padding_mask=bias)[0])
 
 
 @pytest.mark.parametrize("kw", [
