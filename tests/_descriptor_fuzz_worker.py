@@ -19,6 +19,7 @@ directly: no Python validation), hand (hand_built: params, q_len, kv_len, q_spli
 rank), mutation (mutated: sample, field, value).
 """
 import json
+import os
 import sys
 import traceback
 
@@ -36,7 +37,6 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 def build_descriptor(case) -> MaskDescriptor:
     fam = case["family"]
     if fam == "__abort__":                  # the runner's own test: die like a kernel would
-        import os
         os.abort()
     if fam == "hand_built":
         h = case["hand"]
@@ -179,6 +179,8 @@ def _emitter(stream):
 
 def main() -> None:
     torch.set_num_threads(1)
+    from _triton_interp_fix import apply       # the interpreter fixes conftest applies
+    apply()
     emit = _emitter(sys.stdout)
     for line in sys.stdin:
         if line.strip():
