@@ -9,7 +9,7 @@ shrinks, not a dead test run. Each call must either raise a clear error or match
 inputs.
 
 ``make test`` runs >= 100 cases (the interpreted Triton backend, ~1 s a call on CPU, on the
-first few); ``make test-slow`` runs >= 1000. A third test calls the custom ops directly with
+first 4); ``make test-slow`` runs >= 1000 (Triton on 60). A third test calls the custom ops directly with
 out-of-contract tables (no Python validation): the kernels must not crash.
 """
 import json
@@ -33,9 +33,10 @@ from test_masks import FAMILIES
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_descriptor_fuzz_worker.py")
 CLEAR_ERRORS = {"ValueError", "TypeError", "RuntimeError", "NotImplementedError"}
-#: Backends that run interpreted on this machine (~1 s a call): only the first few cases.
+#: Backends that run interpreted on this machine (~1 s a call): only the first few cases
+#: (INTERPRETED_CASES in make test, INTERPRETED_CASES_SLOW in make test-slow).
 INTERPRETED = set() if torch.cuda.is_available() else {"triton"}
-INTERPRETED_CASES = 4
+INTERPRETED_CASES, INTERPRETED_CASES_SLOW = 4, 60
 CASE_TIMEOUT_S = 120.0
 
 I32 = (-(1 << 31), (1 << 31) - 1)
@@ -52,6 +53,7 @@ class FuzzWorker:
     def __init__(self) -> None:
         self.proc: Optional[subprocess.Popen] = None
         self.cases_run = 0
+        self.interpreted_cases: Dict[str, int] = {}     # per test, see _backends_for
 
     def _start(self) -> subprocess.Popen:
         env = dict(os.environ, OMP_NUM_THREADS="1",
@@ -125,9 +127,19 @@ def usable_backends() -> List[str]:
     return sorted(name for name, why in jk.available_backends("cpu").items() if why == "yes")
 
 
-def _backends_for(worker: FuzzWorker) -> List[str]:
+def _backends_for(worker: FuzzWorker, test: str, budget: int = INTERPRETED_CASES
+                  ) -> List[str]:
+    """Every usable backend; the interpreted ones only until ``budget`` cases of ``test``
+    have run on them (see _count_interpreted)."""
     return [b for b in usable_backends()
-            if b not in INTERPRETED or worker.cases_run < INTERPRETED_CASES]
+            if b not in INTERPRETED or worker.interpreted_cases.get(test, 0) < budget]
+
+
+def _count_interpreted(worker: FuzzWorker, test: str, results: Dict[str, dict]) -> None:
+    """Count a case against the interpreted budget only if it reached the backend (a
+    descriptor rejected in Python costs nothing)."""
+    if any(be in INTERPRETED and r["status"] != "rejected" for be, r in results.items()):
+        worker.interpreted_cases[test] = worker.interpreted_cases.get(test, 0) + 1
 
 
 # ============================================================================ strategies
@@ -233,9 +245,11 @@ def judge(case: dict, results: Dict[str, dict]) -> List[str]:
     return problems
 
 
-def _check(worker: FuzzWorker, case: dict) -> None:
-    case = dict(case, backends=_backends_for(worker))
-    problems = judge(case, worker.run(case))
+def _check(worker: FuzzWorker, case: dict, test: str, budget: int = INTERPRETED_CASES) -> None:
+    case = dict(case, backends=_backends_for(worker, test, budget))
+    results = worker.run(case)
+    _count_interpreted(worker, test, results)
+    problems = judge(case, results)
     assert not problems, f"case {json.dumps(case)}:\n" + "\n".join(problems)
 
 
@@ -247,14 +261,14 @@ _SETTINGS = dict(deadline=None, derandomize=True, database=None,
 @settings(max_examples=110, **_SETTINGS)
 @given(case=cases())
 def test_fuzz_attention_contract(worker, case):
-    _check(worker, case)
+    _check(worker, case, "contract")
 
 
 @pytest.mark.slow
 @settings(max_examples=1100, **dict(_SETTINGS, derandomize=False))
 @given(case=cases())
 def test_fuzz_attention_contract_slow(worker, case):
-    _check(worker, case)
+    _check(worker, case, "contract_slow", INTERPRETED_CASES_SLOW)
 
 
 @pytest.mark.xfail(strict=False, reason="the C++ kernels do not yet clamp out-of-contract "
@@ -266,8 +280,10 @@ def test_fuzz_attention_contract_slow(worker, case):
 def test_fuzz_raw_ops_never_crash(worker, case):
     """Bypassing the Python checks: the ops may raise (clearly) or return anything, but must
     never crash the process."""
-    case = dict(case, backends=_backends_for(worker))
-    crashes = {be: r for be, r in worker.run(case).items() if r["status"] == "crash"}
+    case = dict(case, backends=_backends_for(worker, "raw"))
+    results = worker.run(case)
+    _count_interpreted(worker, "raw", results)
+    crashes = {be: r for be, r in results.items() if r["status"] == "crash"}
     assert not crashes, f"case {json.dumps(case)}: {crashes}"
 
 
