@@ -154,11 +154,11 @@ class MultiheadAttention(nn.MultiheadAttention):
             raise RuntimeError(_NEED_ATTN_MASK)
         plan = self._plan(query, key, value, key_padding_mask, need_weights, attn_mask,
                           is_causal)
+        torch_args = dict(key_padding_mask=key_padding_mask, need_weights=need_weights,
+                          attn_mask=attn_mask, average_attn_weights=average_attn_weights,
+                          is_causal=is_causal)
         if plan is None:  # torch's path is exact for everything
-            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
-                                   need_weights=need_weights, attn_mask=attn_mask,
-                                   average_attn_weights=average_attn_weights,
-                                   is_causal=is_causal)
+            return super().forward(query, key, value, **torch_args)
         causal, blocked = plan
         unbatched = query.dim() == 2
         q, k, v = self._batch_first(query, key, value, unbatched)
@@ -171,17 +171,14 @@ class MultiheadAttention(nn.MultiheadAttention):
             if self._reads_values(query):     # eager CPU: look, and skip needless work
                 if not bool(_suffix_blocked(blocked, lengths)):
                     if causal:                # no fused form: torch's path
-                        return super().forward(query, key, value,
-                                               key_padding_mask=key_padding_mask,
-                                               need_weights=False, attn_mask=attn_mask,
-                                               is_causal=is_causal)
+                        return super().forward(query, key, value, **torch_args)
                     k, v = _kept_keys_first(k, v, blocked)
             elif causal:
                 torch._assert_async(_suffix_blocked(blocked, lengths), _CAUSAL_HOLES)
             else:
                 k, v = _kept_keys_first(k, v, blocked)
         desc = _descriptor(B, L, S, causal, lengths, q.device)
-        return self._attend(q, k, v, desc, query.dim() == 2)
+        return self._attend(q, k, v, desc, unbatched)
 
     # ------------------------------------------------------------------ helpers
     def _plan(self, query: Tensor, key: Tensor, value: Tensor,
