@@ -229,3 +229,20 @@ def test_bad_masks_get_torchs_error(kw):
             mod(x, x, x, need_weights=False, **kw)
         errors.append(type(e.value))
     assert errors[0] == errors[1]
+
+
+def test_no_host_reads_off_the_cpu(fused_calls):
+    """On a GPU the module must not sync (issue 15 item 5: bool(...), torch.equal, .cpu() on
+    every masked call). Meta tensors stand in: any value read on them raises, so running
+    fused on them proves the masks are never read on the host."""
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        bool(torch.zeros(1, device="meta"))         # the premise: reads raise on meta
+    ours = MultiheadAttention(E, H, batch_first=True, device="meta")
+    x = torch.randn(3, 5, E, device="meta")
+    causal = nn.Transformer.generate_square_subsequent_mask(5, device="meta")
+    kpm = torch.zeros(3, 5, dtype=torch.bool, device="meta")
+    for kw in (dict(attn_mask=causal, is_causal=True, key_padding_mask=kpm),
+               dict(key_padding_mask=kpm), dict(key_padding_mask=kpm.float())):
+        out = ours(x, x, x, need_weights=False, **kw)[0]
+        assert out.shape == x.shape and out.device.type == "meta"
+    assert fused_calls == ["causal", "key_padding", "key_padding"]
