@@ -52,49 +52,20 @@ Example, JANUS NAR/AUX for U=3, M=2 (rows = 7 content + 2 query, keys = 7 conten
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Optional, Sequence, Union
 
 import torch
 
+from .mask_checks import (check_rank, check_structure, check_table, describe as _describe,
+                          int_arg, rank_read_extent, set_descriptor_checks,
+                          values_checkable)
+from .mask_fields import NUM_FIELDS, UNBOUNDED, Field, Kind, TileClass
+
 __all__ = [
-    "UNBOUNDED", "Field", "Kind", "TileClass", "MaskDescriptor",
+    "UNBOUNDED", "Field", "Kind", "TileClass", "MaskDescriptor", "set_descriptor_checks",
     "full_mask", "key_padding_mask", "causal_mask", "sliding_window_mask", "prefix_lm_mask",
     "janus_nar_mask", "janus_ar_mask", "permutation_mask",
 ]
-
-#: A window width meaning "no lower bound" (lo = hi - UNBOUNDED is below every key).
-UNBOUNDED = 1 << 30
-
-
-class Field(enum.IntEnum):
-    """Column index of each per-sample integer in ``MaskDescriptor.params``."""
-
-    KV_LEN = 0   # real keys of the sample: keys j >= KV_LEN are padding
-    PREFIX = 1   # keys j < PREFIX are visible to every valid row
-    ROWS0 = 2    # real rows of stream 0
-    OFF0 = 3     # stream 0 window: hi = max(r + OFF0, HMIN0)  (permutation: strictness)
-    HMIN0 = 4
-    WIDTH0 = 5   # stream 0 window: lo = hi - WIDTH0
-    ROWS1 = 6    # same four for stream 1
-    OFF1 = 7
-    HMIN1 = 8
-    WIDTH1 = 9
-
-
-NUM_FIELDS = len(Field)
-
-
-class Kind(enum.IntEnum):
-    WINDOW = 0       # the prefix + per-row window predicate
-    PERMUTATION = 1  # rank[j] + OFF[s] <= rank[r]
-
-
-class TileClass(enum.IntEnum):
-    SKIP = 0     # no visible entry: the kernel never touches the tile
-    PARTIAL = 1  # some visible entries: evaluate the predicate
-    FULL = 2     # every entry visible: compute without the predicate
-
 
 IntsLike = Union[torch.Tensor, Sequence[int], int]
 
@@ -118,21 +89,29 @@ class MaskDescriptor:
     family: str = "custom"
 
     def __post_init__(self) -> None:
-        p = self.params
-        if not isinstance(p, torch.Tensor) or p.dtype != torch.int32 or p.dim() != 2 \
-                or p.shape[1] != NUM_FIELDS:
-            raise ValueError(f"MaskDescriptor.params: expected an int32 tensor of shape "
-                             f"(B, {NUM_FIELDS}), got {_describe(p)}")
-        if self.q_len < 0 or self.kv_len < 0 or not 0 <= self.q_split <= self.q_len:
-            raise ValueError(f"MaskDescriptor: need q_len >= 0, kv_len >= 0 and "
-                             f"0 <= q_split <= q_len, got q_len={self.q_len}, "
-                             f"kv_len={self.kv_len}, q_split={self.q_split}")
+        q_len, kv_len, q_split, kind = check_structure(
+            self.params, self.rank, self.q_len, self.kv_len, self.q_split, self.kind)
+        # frozen: normalize through object.__setattr__ (numpy ints -> int, int -> Kind; the
+        # kernels index the tables as dense row-major arrays)
+        for name, val in (("q_len", q_len), ("kv_len", kv_len), ("q_split", q_split),
+                          ("kind", kind), ("params", self.params.contiguous()),
+                          ("rank", None if self.rank is None else self.rank.contiguous())):
+            object.__setattr__(self, name, val)
+        if values_checkable(self.params):
+            self.validate()
+
+    def validate(self) -> None:
+        """Check every value against the contract (``janus_kernels.mask_checks``) and raise a
+        ValueError naming the field and the sample. O(B) (O(B * kv_len) with a rank); a
+        host sync when the tables live on a GPU. A table already checked and not modified
+        since (torch's in-place version counter) is not read again."""
+        version = (self.params._version, None if self.rank is None else self.rank._version)
+        if self.__dict__.get("_checked_version") == version:
+            return
+        check_table(self.params, self.q_len, self.kv_len, self.q_split, self.kind)
         if self.kind == Kind.PERMUTATION:
-            r = self.rank
-            if not isinstance(r, torch.Tensor) or r.dtype != torch.int32 \
-                    or tuple(r.shape) != (p.shape[0], self.kv_len) or r.device != p.device:
-                raise ValueError(f"MaskDescriptor.rank: expected int32 ({p.shape[0]}, "
-                                 f"{self.kv_len}) on {p.device}, got {_describe(r)}")
+            check_rank(self.rank, rank_read_extent(self.params))
+        object.__setattr__(self, "_checked_version", version)   # frozen dataclass
 
     # ------------------------------------------------------------------ basics
     @property
@@ -271,7 +250,9 @@ class MaskDescriptor:
     # ----------------------------------------------------------------- checks
     def check(self, batch_size: int, q_len: int, kv_len: int, device: torch.device) -> None:
         """Raise a clear error if this descriptor does not fit q (B, *, q_len, *) and
-        k (B, *, kv_len, *) on ``device``."""
+        k (B, *, kv_len, *) on ``device``, or (when its values may be read, see
+        ``mask_checks.values_checkable``) breaks the value contract -- checked again here
+        because the tables are tensors and may have been edited in place."""
         if self.batch_size != batch_size:
             raise ValueError(f"mask: descriptor batch size {self.batch_size} != B={batch_size}")
         if self.q_len != q_len or self.kv_len != kv_len:
@@ -281,10 +262,19 @@ class MaskDescriptor:
         if self.params.device != torch.device(device):
             raise ValueError(f"mask: descriptor is on {self.params.device} but q is on "
                              f"{device}; call mask.to(q.device)")
+        if values_checkable(self.params):
+            self.validate()
 
 
 # ============================================================================ factories
+# Every factory builds an int64 table, checks it against the contract while values beyond
+# int32 are still visible (so e.g. U = 2**31 raises instead of wrapping), then casts. Value
+# checks read the per-sample tensors, so they run only where that is free (CPU) or asked for
+# (``set_descriptor_checks``): with GPU lengths and explicit sizes a factory never syncs;
+# leaving a size to be inferred (``seq_len=None`` ...) reads the maximum, one sync.
 def _ints(x: IntsLike, B: Optional[int], name: str, device=None) -> torch.Tensor:
+    if isinstance(x, bool) or (not isinstance(x, (torch.Tensor, int)) and not _is_seq(x)):
+        x = int_arg(x, name)          # raises TypeError for floats, bools, None, ...
     if isinstance(x, int):
         if B is None:
             raise ValueError(f"{name}: an int needs the batch size to be known")
@@ -299,31 +289,46 @@ def _ints(x: IntsLike, B: Optional[int], name: str, device=None) -> torch.Tensor
                          f"got shape {tuple(t.shape)}")
     if B is not None and t.shape[0] != B:
         raise ValueError(f"{name}: expected {B} per-sample values, got {t.shape[0]}")
-    if t.numel() and bool((t < 0).any()):
+    if t.numel() and values_checkable(t) and bool((t < 0).any()):
         raise ValueError(f"{name}: per-sample counts must be >= 0, got {t.tolist()}")
     return t
 
 
-def _max_or(t: torch.Tensor, default: int = 0) -> int:
-    return int(t.max()) if t.numel() else default
+def _is_seq(x) -> bool:
+    return isinstance(x, Sequence) and not isinstance(x, str) or hasattr(x, "__array__")
 
 
-def _build(B: int, device, **cols) -> torch.Tensor:
-    p = torch.zeros(B, NUM_FIELDS, dtype=torch.int64, device=device)
-    for name, val in cols.items():
-        p[:, int(Field[name])] = val
-    return p.to(torch.int32)
+def _size(given, t: torch.Tensor, name: str) -> int:
+    """A padded size: the given one (an integer in [0, 2^30]) or the maximum of ``t`` (one
+    host sync for GPU tensors)."""
+    if given is not None:
+        return int_arg(given, name)
+    return int_arg(int(t.max()) if t.numel() else 0, f"{name} (inferred as the maximum)")
 
 
 def _check_le(t: torch.Tensor, bound: int, name: str, what: str) -> None:
-    if t.numel() and int(t.max()) > bound:
+    if t.numel() and values_checkable(t) and int(t.max()) > bound:
         raise ValueError(f"{name}: values {t.tolist()} exceed {what} = {bound}")
+
+
+def _make(B: int, device, q_len: int, kv_len: int, q_split: int, family: str,
+          kind: Kind = Kind.WINDOW, rank: Optional[torch.Tensor] = None,
+          **cols) -> MaskDescriptor:
+    """Build the int64 table from per-field columns, check it before the int32 cast."""
+    p = torch.zeros(B, NUM_FIELDS, dtype=torch.int64, device=device)
+    for name, val in cols.items():
+        p[:, int(Field[name])] = val
+    if values_checkable(p):
+        check_table(p, q_len, kv_len, q_split, kind, what=f"{family} descriptor")
+    return MaskDescriptor(p.to(torch.int32), q_len, kv_len, q_split, kind, rank, family)
 
 
 def full_mask(batch_size: int, q_len: int, kv_len: int, *, device=None) -> MaskDescriptor:
     """Every row sees every key (no masking)."""
-    p = _build(batch_size, device, KV_LEN=kv_len, PREFIX=kv_len, ROWS0=q_len)
-    return MaskDescriptor(p, q_len, kv_len, q_len, family="full")
+    B = int_arg(batch_size, "batch_size", maximum=(1 << 62))
+    q_len, kv_len = int_arg(q_len, "q_len"), int_arg(kv_len, "kv_len")
+    return _make(B, device, q_len, kv_len, q_len, "full",
+                 KV_LEN=kv_len, PREFIX=kv_len, ROWS0=q_len)
 
 
 def key_padding_mask(kv_lengths: IntsLike, q_len: int, kv_len: Optional[int] = None, *,
@@ -335,12 +340,13 @@ def key_padding_mask(kv_lengths: IntsLike, q_len: int, kv_len: Optional[int] = N
     """
     kvl = _ints(kv_lengths, None, "kv_lengths", device)
     B = kvl.shape[0]
-    kv_len = _max_or(kvl) if kv_len is None else kv_len
+    q_len = int_arg(q_len, "q_len")
+    kv_len = _size(kv_len, kvl, "kv_len")
     _check_le(kvl, kv_len, "kv_lengths", "kv_len")
     ql = torch.full_like(kvl, q_len) if q_lengths is None else _ints(q_lengths, B, "q_lengths", kvl.device)
     _check_le(ql, q_len, "q_lengths", "q_len")
-    p = _build(B, kvl.device, KV_LEN=kvl, PREFIX=kvl, ROWS0=ql)
-    return MaskDescriptor(p, q_len, kv_len, q_len, family="key_padding")
+    return _make(B, kvl.device, q_len, kv_len, q_len, "key_padding",
+                 KV_LEN=kvl, PREFIX=kvl, ROWS0=ql)
 
 
 def causal_mask(lengths: IntsLike, seq_len: Optional[int] = None, *,
@@ -355,23 +361,24 @@ def causal_mask(lengths: IntsLike, seq_len: Optional[int] = None, *,
     """
     ql = _ints(lengths, None, "lengths", device)
     B = ql.shape[0]
-    seq_len = _max_or(ql) if seq_len is None else seq_len
+    seq_len = _size(seq_len, ql, "seq_len")
     _check_le(ql, seq_len, "lengths", "seq_len")
     kvl = ql if kv_lengths is None else _ints(kv_lengths, B, "kv_lengths", ql.device)
-    kv_len = seq_len if kv_len is None and kv_lengths is None else (
-        _max_or(kvl) if kv_len is None else kv_len)
+    kv_len = seq_len if kv_len is None and kv_lengths is None else _size(kv_len, kvl, "kv_len")
     _check_le(kvl, kv_len, "kv_lengths", "kv_len")
-    if window is not None and window < 1:
-        raise ValueError(f"window: expected a positive window size, got {window}")
+    if window is not None:
+        window = int_arg(window, "window", minimum=1)
     width = UNBOUNDED if window is None else window
-    p = _build(B, ql.device, KV_LEN=kvl, ROWS0=ql, OFF0=1 + kvl - ql, WIDTH0=width)
     fam = "causal" if window is None else "sliding_window"
-    return MaskDescriptor(p, seq_len, kv_len, seq_len, family=fam)
+    return _make(B, ql.device, seq_len, kv_len, seq_len, fam,
+                 KV_LEN=kvl, ROWS0=ql, OFF0=1 + kvl - ql, WIDTH0=width)
 
 
 def sliding_window_mask(lengths: IntsLike, window: int, seq_len: Optional[int] = None, *,
                         device=None) -> MaskDescriptor:
     """Causal sliding window: row i sees keys (i - window, i]."""
+    if window is None:
+        raise TypeError("window: expected a positive integer window size, got None")
     return causal_mask(lengths, seq_len, window=window, device=device)
 
 
@@ -382,12 +389,12 @@ def prefix_lm_mask(prefix_lengths: IntsLike, lengths: IntsLike, seq_len: Optiona
     ql = _ints(lengths, None, "lengths", device)
     B = ql.shape[0]
     pre = _ints(prefix_lengths, B, "prefix_lengths", ql.device)
-    if bool((pre > ql).any()):
+    if values_checkable(pre) and bool((pre > ql).any()):
         raise ValueError(f"prefix_lengths: {pre.tolist()} exceed lengths {ql.tolist()}")
-    seq_len = _max_or(ql) if seq_len is None else seq_len
+    seq_len = _size(seq_len, ql, "seq_len")
     _check_le(ql, seq_len, "lengths", "seq_len")
-    p = _build(B, ql.device, KV_LEN=ql, PREFIX=pre, ROWS0=ql, OFF0=1, WIDTH0=UNBOUNDED)
-    return MaskDescriptor(p, seq_len, seq_len, seq_len, family="prefix_lm")
+    return _make(B, ql.device, seq_len, seq_len, seq_len, "prefix_lm",
+                 KV_LEN=ql, PREFIX=pre, ROWS0=ql, OFF0=1, WIDTH0=UNBOUNDED)
 
 
 def janus_nar_mask(unmasked: IntsLike, masked: IntsLike, content_len: Optional[int] = None,
@@ -403,15 +410,14 @@ def janus_nar_mask(unmasked: IntsLike, masked: IntsLike, content_len: Optional[i
     B = U.shape[0]
     M = _ints(masked, B, "masked (M)", U.device)
     a = U + 2 * M
-    content_len = _max_or(a) if content_len is None else content_len
-    query_len = _max_or(M) if query_len is None else query_len
+    content_len = _size(content_len, a, "content_len")
+    query_len = _size(query_len, M, "query_len")
     _check_le(a, content_len, "unmasked + 2*masked (U + 2M)", "content_len")
     _check_le(M, query_len, "masked (M)", "query_len")
-    p = _build(B, U.device, KV_LEN=a, PREFIX=U,
-               ROWS0=a, OFF0=1, HMIN0=U + M, WIDTH0=M,
-               ROWS1=M, OFF1=U + M, HMIN1=0, WIDTH1=M)
-    return MaskDescriptor(p, content_len + query_len, content_len, content_len,
-                          family="janus_nar")
+    return _make(B, U.device, int_arg(content_len + query_len, "content_len + query_len"),
+                 content_len, content_len, "janus_nar",
+                 KV_LEN=a, PREFIX=U, ROWS0=a, OFF0=1, HMIN0=U + M, WIDTH0=M,
+                 ROWS1=M, OFF1=U + M, HMIN1=0, WIDTH1=M)
 
 
 def janus_ar_mask(lengths: IntsLike, seq_len: Optional[int] = None, *,
@@ -421,11 +427,11 @@ def janus_ar_mask(lengths: IntsLike, seq_len: Optional[int] = None, *,
     ``lengths[b] = N_b + 1`` real content entries."""
     T = _ints(lengths, None, "lengths", device)
     B = T.shape[0]
-    seq_len = _max_or(T) if seq_len is None else seq_len
+    seq_len = _size(seq_len, T, "seq_len")
     _check_le(T, seq_len, "lengths", "seq_len")
-    p = _build(B, T.device, KV_LEN=T, ROWS0=T, OFF0=1, WIDTH0=UNBOUNDED,
-               ROWS1=T, OFF1=1, WIDTH1=UNBOUNDED)
-    return MaskDescriptor(p, 2 * seq_len, seq_len, seq_len, family="janus_ar")
+    return _make(B, T.device, int_arg(2 * seq_len, "2 * seq_len"), seq_len, seq_len,
+                 "janus_ar", KV_LEN=T, ROWS0=T, OFF0=1, WIDTH0=UNBOUNDED,
+                 ROWS1=T, OFF1=1, WIDTH1=UNBOUNDED)
 
 
 def permutation_mask(rank: torch.Tensor, lengths: Optional[IntsLike] = None, *,
@@ -436,21 +442,21 @@ def permutation_mask(rank: torch.Tensor, lengths: Optional[IntsLike] = None, *,
     sees key j iff ``rank[j] <= rank[i]``; with ``two_stream`` a second block of L query
     rows follows, where query row i sees j iff ``rank[j] < rank[i]`` (so the first query in
     the order sees nothing and outputs zeros). Keys/rows ``>= lengths[b]`` are padding.
+    Ranks (at the real positions) must lie in [-2^30, 2^30).
     """
-    if not isinstance(rank, torch.Tensor) or rank.dim() != 2 or rank.dtype.is_floating_point:
+    if not isinstance(rank, torch.Tensor) or rank.dim() != 2 or rank.dtype.is_floating_point \
+            or rank.dtype == torch.bool or rank.is_complex():
         raise ValueError(f"rank: expected an integer tensor (B, L), got {_describe(rank)}")
+    if not isinstance(two_stream, bool):
+        raise TypeError(f"two_stream: expected a bool, got {two_stream!r}")
     B, L = rank.shape
+    L = int_arg(L, "rank.shape[1]")
     ln = torch.full((B,), L, dtype=torch.long, device=rank.device) if lengths is None \
         else _ints(lengths, B, "lengths", rank.device)
     _check_le(ln, L, "lengths", "rank.shape[1]")
-    p = _build(B, rank.device, KV_LEN=ln, ROWS0=ln, OFF0=0,
-               ROWS1=ln if two_stream else 0, OFF1=1)
+    if values_checkable(rank):      # before the int32 cast, which would wrap 2**31 to -2**31
+        check_rank(rank, ln, what="rank")
     q_len = 2 * L if two_stream else L
-    return MaskDescriptor(p, q_len, L, L, kind=Kind.PERMUTATION,
-                          rank=rank.to(torch.int32).contiguous(), family="permutation")
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"tensor(dtype={x.dtype}, shape={tuple(x.shape)}, device={x.device})"
-    return type(x).__name__
+    return _make(B, rank.device, q_len, L, L, "permutation", Kind.PERMUTATION,
+                 rank.to(torch.int32).contiguous(), KV_LEN=ln, ROWS0=ln, OFF0=0,
+                 ROWS1=ln if two_stream else 0, OFF1=1)
