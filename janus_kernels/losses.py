@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from . import backends as _backends
+from ._chunking import fused_loss_chunk_rows
 
 __all__ = ["symmetric_kl", "cross_entropy", "janus_loss", "fused_linear_janus_loss",
            "JanusLossWeights", "empty_cache", "LOSS_TERMS"]
@@ -735,9 +736,8 @@ def fused_linear_janus_loss(hidden_ar: torch.Tensor, hidden_nar: torch.Tensor,
     have their logits recomputed in the masked-row pass (an extra (M x D x V) GEMM).
 
     Args: as :func:`janus_loss`, with hidden_ar (N_ar, D), hidden_nar/hidden_aux (M, D),
-    weight (V, D); chunk_rows defaults to about 2^22 / V rows (131 at V = 32000: 50 MB of
-    fp32 logits per masked-row chunk, large enough for the weight-gradient GEMMs to run
-    near the machine's GEMM rate).
+    weight (V, D); chunk_rows defaults to a per-device choice (janus_kernels/_chunking.py:
+    a cache-sized chunk on CPU, a few large chunks on a GPU instead of ~100 small ones).
     """
     who = "fused_linear_janus_loss"
     for name, t in (("hidden_ar", hidden_ar), ("hidden_nar", hidden_nar),
@@ -754,7 +754,7 @@ def fused_linear_janus_loss(hidden_ar: torch.Tensor, hidden_nar: torch.Tensor,
     dev, M, V = hidden_ar.device, hidden_nar.shape[0], weight.shape[0]
     idx = _kl_row_index(ar_kl_rows, hidden_ar.shape[0], M, dev, who)
     if chunk_rows is None:
-        chunk_rows = max(1, (1 << 22) // V)
+        chunk_rows = fused_loss_chunk_rows(V, weight.shape[1], hidden_ar.dtype, dev)
     if int(chunk_rows) < 1:
         raise ValueError(f"{who}: chunk_rows must be >= 1, got {chunk_rows}")
     backend = _pick_backend(backend, "cross_entropy", hidden_ar, who)

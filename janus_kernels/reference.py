@@ -103,11 +103,15 @@ def authors_mask_to_allowed(content: torch.Tensor, query: torch.Tensor) -> torch
 def reference_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                                  v: torch.Tensor, allowed: torch.Tensor, *,
                                  scale: Optional[float] = None,
-                                 keep: Optional[torch.Tensor] = None, dropout_p: float = 0.0):
+                                 keep: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                                 out: Optional[torch.Tensor] = None):
     """Dense gradients of `reference_attention` by the explicit formulas (fp32, fp64 kept):
     P = softmax(scale QK^T) masked, P_d = P * keep / (1-p), dV = P_d^T dO,
     dP = (dO V^T) * keep / (1-p), dS = P * (dP - rowsum(P * dP)), dQ = scale dS K,
-    dK = scale dS^T Q; grouped-query heads are summed into their k/v head."""
+    dK = scale dS^T Q; grouped-query heads are summed into their k/v head. With `out` (the
+    forward's output) the row term rowsum(P * dP) is taken as rowsum(dO * out), as the
+    flash kernels do; the two are equal when out is the forward's output, and the attention
+    op relies on the second form for the lse gradient (janus_kernels/attention.py)."""
     B, H, Lq, d = q.shape
     Hkv = k.shape[1]
     scale = d ** -0.5 if scale is None else scale
@@ -124,7 +128,9 @@ def reference_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.T
     pd = p * drop
     dv = torch.matmul(pd.transpose(-1, -2), g)
     dp = torch.matmul(g, vc.transpose(-1, -2)) * drop
-    ds = p * (dp - (p * dp).sum(-1, keepdim=True))
+    delta = (p * dp).sum(-1, keepdim=True) if out is None else \
+        (g * out.to(ct)).sum(-1, keepdim=True)
+    ds = p * (dp - delta)
     dq = torch.matmul(ds, kc) * scale
     dk = torch.matmul(ds.transpose(-1, -2), qc) * scale
     if Hkv != H:

@@ -139,11 +139,6 @@ def _api_call(q, k, v, do, desc, case, be):
     mag = max([e.abs().max().item() for e in exact if e.numel()] + [1.0])
     widen = max(1.0, (case["scale"] or 0.0) * q.shape[-1] ** 0.5)
     eps = torch.finfo(q.dtype).eps
-    if q.dtype == torch.float64 and be != "reference":
-        # KNOWN DEVIATION (reported to the lead): the compiled backends accept float64 but
-        # compute in float32 (csrc/cpu/attention.cpp), so they get float32's allowance here.
-        # Computing in float64 or rejecting it would let this allowance go.
-        eps = 8 * torch.finfo(torch.float32).eps
     floor = 8 * eps * mag * widen
     try:
         assert_close_to_reference(ours, q.detach(), k.detach(), v.detach(), do,

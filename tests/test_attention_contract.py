@@ -47,13 +47,14 @@ def test_raw_kernel_rejects_bad_descriptors(field, value, match):
 def test_raw_kernel_rejects_bad_permutation_ranks():
     g = torch.Generator().manual_seed(0)
     mask = jk.permutation_mask(torch.stack([torch.randperm(6, generator=g)]), [6])
-    q = torch.randn(1, 1, 6, 8)
+    q = torch.randn(1, 1, mask.q_len, 8)
+    kv = torch.randn(1, 1, mask.kv_len, 8)
     rank = mask.rank.clone()
     rank[0, 2] = 2 ** 30
     with pytest.raises(RuntimeError, match="rank = 1073741824"):
-        _raw_fwd(q, q, q, mask.params, rank, mask.q_split, 1)
+        _raw_fwd(q, kv, kv, mask.params, rank, mask.q_split, 1)
     with pytest.raises(RuntimeError, match="mask_rank"):
-        _raw_fwd(q, q, q, mask.params, rank[:, :3], mask.q_split, 1)
+        _raw_fwd(q, kv, kv, mask.params, rank[:, :3], mask.q_split, 1)
 
 
 @needs_ext
@@ -69,10 +70,11 @@ def test_gradients_are_contiguous_for_transposed_inputs_as_the_fake_says(dtype):
     o, lse = torch.ops.janus.attention_fwd(*args)
     grads = torch.ops.janus.attention_bwd(dout, q, q, q, o, lse, *args[3:])
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
-        fq = mode.from_tensor(q)
-        fo, flse = torch.ops.janus.attention_fwd(fq, fq, fq, *args[3:])
+        fq, fp = mode.from_tensor(q), mode.from_tensor(mask.params)
+        fargs = (fp,) + args[4:]
+        fo, flse = torch.ops.janus.attention_fwd(fq, fq, fq, *fargs)
         fgrads = torch.ops.janus.attention_bwd(mode.from_tensor(dout), fq, fq, fq, fo, flse,
-                                               *args[3:])
+                                               *fargs)
     assert o.stride() == fo.stride() and lse.stride() == flse.stride()
     for g, f in zip(grads, fgrads):
         assert g.stride() == f.stride() and g.shape == f.shape and g.dtype == f.dtype

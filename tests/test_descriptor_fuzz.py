@@ -32,7 +32,8 @@ from test_masks import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_descriptor_fuzz_worker.py")
-CLEAR_ERRORS = {"ValueError", "TypeError", "RuntimeError", "NotImplementedError"}
+CLEAR_ERRORS = {"ValueError", "TypeError", "RuntimeError", "NotImplementedError",
+                "BackendError"}   # BackendError: a ValueError naming op, backend, device, why
 #: Backends that run interpreted on this machine (~1 s a call): only the first few cases
 #: (INTERPRETED_CASES in make test, INTERPRETED_CASES_SLOW in make test-slow).
 INTERPRETED = set() if torch.cuda.is_available() else {"triton"}
@@ -271,9 +272,6 @@ def test_fuzz_attention_contract_slow(worker, case):
     _check(worker, case, "contract_slow", INTERPRETED_CASES_SLOW)
 
 
-@pytest.mark.xfail(strict=False, reason="the C++ kernels do not yet clamp out-of-contract "
-                   "descriptors (the lead's csrc/include/janus/mask.h change): a raw "
-                   "janus::attention_fwd/bwd call with e.g. KV_LEN < 0 corrupts the heap")
 @_with_known_bad(raw=True)
 @settings(max_examples=60, **_SETTINGS)
 @given(case=cases(raw=True))

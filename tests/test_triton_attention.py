@@ -364,18 +364,16 @@ def test_public_api_autograd(name, dtype):
     _check_tolerance((o, lse) + g, acc, same, dtype)
 
 
-@pytest.mark.skipif(not _INTERPRET, reason="fp64 kernels are exercised under the interpreter")
-def test_gradcheck_fp64_with_dropout():
-    """float64 end to end through the public API (the interpreter runs fp64 dots), with and
-    without dropout: analytical grads of the Triton bwd vs finite differences of the fwd."""
-    m = masks.janus_nar_mask([2], [2], 6, 3)  # one padded query row
-    q = torch.randn(1, 2, m.q_len, 3, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(1, 1, m.kv_len, 3, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(1, 1, m.kv_len, 3, dtype=torch.float64, requires_grad=True)
-    for p in (0.0, 0.4):
-        fn = lambda q, k, v: jk.attention(q, k, v, m, backend="triton", dropout_p=p, seed=99)
-        assert torch.autograd.gradcheck(fn, (q, k, v), fast_mode=True, atol=1e-6, rtol=1e-4,
-                                            check_undefined_grad=False)
+def test_float64_is_refused_not_silently_rounded():
+    """Part of the Triton kernels' arithmetic runs in float32 (the descriptor fuzz test found
+    1.4e-7 errors in fp64 dV), so the backend does not serve float64 attention: asking for it
+    is a clear error and the default moves to the reference."""
+    m = masks.janus_nar_mask([2], [2], 6, 3)
+    q = torch.randn(1, 2, m.q_len, 3, dtype=torch.float64)
+    k = torch.randn(1, 1, m.kv_len, 3, dtype=torch.float64)
+    with pytest.raises(jk.BackendError, match="triton.*float64"):
+        jk.attention(q, k, k, m, backend="triton")
+    assert jk.default_backend("attention", "cuda", torch.float64, 3) != "triton"
 
 
 # ====================================================================== bad input

@@ -74,21 +74,20 @@ void check_descriptor(const int32_t* p, const int32_t* rank, int64_t B, int64_t 
                               s ? "WIDTH1" : "WIDTH0"};
       if (rows < 0 || rows > stream_len[s])
         bad(names[0], rows, "in [0, " + std::to_string(stream_len[s]) + "] (the stream's rows)");
-      if (kind == janus::KIND_PERMUTATION) {
-        if (off < 0 || off > 1) bad(names[1], off, "0 or 1 for the permutation kind");
-        if (rows > Lk)
-          bad(names[0], rows, "<= Lk=" + std::to_string(Lk) + " for the permutation kind");
-        continue;
-      }
+      if (kind == janus::KIND_PERMUTATION && rows > Lk)   // rank is read at the row index
+        bad(names[0], rows, "<= Lk=" + std::to_string(Lk) + " for the permutation kind");
       if (off < -kBig || off > kBig) bad(names[1], off, "in [-2^30, 2^30]");
       if (hmin < -kBig || hmin > kBig) bad(names[2], hmin, "in [-2^30, 2^30]");
       if (width < 0 || width > kBig) bad(names[3], width, "in [0, 2^30]");
     }
     if (kind == janus::KIND_PERMUTATION) {
+      // the entries the kernels read: keys j < KV_LEN and local rows r < ROWS[s]
+      const int64_t read = std::max<int64_t>(
+          f[janus::KV_LEN], std::max(f[janus::ROWS0], f[janus::ROWS1]));
       const int32_t* rb = rank + b * Lk;
-      for (int64_t j = 0; j < Lk; ++j)
-        TORCH_CHECK(rb[j] >= 0 && rb[j] < kBig, "mask_rank: sample ", b, ", key ", j,
-                    ": rank = ", rb[j], " must be in [0, 2^30)");
+      for (int64_t j = 0; j < read; ++j)
+        TORCH_CHECK(rb[j] >= -kBig && rb[j] < kBig, "mask_rank: sample ", b, ", entry ", j,
+                    ": rank = ", rb[j], " must be in [-2^30, 2^30) (rank + OFF stays in int32)");
     }
   }
 }

@@ -49,7 +49,8 @@ class BackendError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Serves:
-    """One declaration: the backend serves `ops` for tensors on `device` ("cpu" / "cuda") in
+    """One declaration: the backend serves `ops` for tensors on `device` ("cpu", "cuda", or
+    "any" device type) in
     `dtypes`, with head dims accepted by `head_dims` (attention only; None: any)."""
     ops: Tuple[str, ...]
     device: str
@@ -60,7 +61,7 @@ class Serves:
 
     def reject(self, op: str, device: torch.device, dtype: Optional[torch.dtype],
                head_dim: Optional[int]) -> Optional[str]:
-        if op not in self.ops or device.type != self.device:
+        if op not in self.ops or self.device not in (device.type, "any"):
             return f"does not serve {op} on {device.type}"
         if dtype is not None and dtype not in self.dtypes:
             names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
@@ -121,7 +122,7 @@ def why_not(op: str, name: str, device: Union[str, torch.device],
         r = s.reject(op, device, dtype, head_dim)
         if r is None:
             return be.unavailable(device, dtype)
-        if op in s.ops and s.device == device.type:   # the declaration that was meant
+        if op in s.ops and s.device in (device.type, "any"):   # the declaration that was meant
             reasons.append(r)
     return "; ".join(dict.fromkeys(reasons)) or f"does not serve {op} on {device.type}"
 

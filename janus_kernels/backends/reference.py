@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dropout import dropout_keep_mask
-from ..masks import Kind, MaskDescriptor
+from ..masks import MaskDescriptor
 from ..reference import reference_attention, reference_attention_backward
 from . import Backend, OPS, Serves, register
 
@@ -17,7 +17,7 @@ _ALL = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def _descriptor(params, rank, q_split, kind, Lq, Lk) -> MaskDescriptor:
-    return MaskDescriptor(params, Lq, Lk, q_split, Kind(kind), rank)
+    return MaskDescriptor(params, Lq, Lk, q_split, kind, rank)   # it checks the kind
 
 
 def _keep(seed, B, H, Lq, Lk, dropout_p, device) -> Optional[torch.Tensor]:
@@ -40,7 +40,7 @@ def attention_bwd(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, d
     allowed = _descriptor(params, rank, q_split, kind, Lq, k.shape[2]).materialize()
     keep = _keep(seed, B, H, Lq, k.shape[2], dropout_p, q.device)
     return reference_attention_backward(dout, q, k, v, allowed, scale=scale, keep=keep,
-                                        dropout_p=dropout_p)
+                                        dropout_p=dropout_p, out=out)
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -132,8 +132,7 @@ def ce_bwd(grad, x, target, stats, eps, ignore_index):
 
 class ReferenceBackend(Backend):
     name = "reference"
-    serves = (Serves(tuple(o for o in OPS if o != "janus_rows"), "cpu", _ALL, priority=0),
-              Serves(tuple(o for o in OPS if o != "janus_rows"), "cuda", _ALL, priority=0))
+    serves = (Serves(tuple(o for o in OPS if o != "janus_rows"), "any", _ALL, priority=0),)
     attention_fwd = staticmethod(attention_fwd)
     attention_bwd = staticmethod(attention_bwd)
     kl_fwd, kl_bwd = staticmethod(kl_fwd), staticmethod(kl_bwd)
