@@ -63,11 +63,12 @@ gpu-report: build
 	$(PY) -m benchmarks.gpu_readiness
 
 clean:
-	rm -rf build *.egg-info janus_kernels/_C*.so .deps-external.stamp
+	rm -rf build *.egg-info janus_kernels/_C*.so janus_kernels/_cpu_*.so .deps-external.stamp
 
 # ---------------------------------------------------------------------------- GPU validation
 # `make gpu-check` on a machine with one GPU (and nvcc; no network needed): build the CUDA
-# extension (setup.py's sm_80 + sm_90 targets, time-boxed), then tests at real sizes, the GPU
+# extension (for this GPU's architecture unless TORCH_CUDA_ARCH_LIST says otherwise;
+# time-boxed), then tests at real sizes, the GPU
 # checks and the timings (benchmarks/gpu_check, time-boxed: GPU_CHECK_BUDGET_S seconds),
 # writing benchmarks/results/gpu_check.md; sized to fit 8 minutes on one H200.
 # With an existing CUDA torch: make gpu-check PYTHON=python
@@ -76,7 +77,8 @@ GPU_BUILD_TIMEOUT_S ?= 200
 .PHONY: gpu-check gpu-check-dry
 gpu-check:
 	@echo "== gpu-check: building the CUDA extension (at most $(GPU_BUILD_TIMEOUT_S) s)"
-	JANUS_WITH_CUDA=1 timeout $(GPU_BUILD_TIMEOUT_S) $(PY) setup.py -q build_ext --inplace
+	JANUS_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-$$($(PY) -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}" \
+	  timeout $(GPU_BUILD_TIMEOUT_S) $(PY) setup.py -q build_ext --inplace
 	@echo "== gpu-check: tests, checks, timings (budget $(GPU_CHECK_BUDGET_S) s)"
 	$(PY) -m benchmarks.gpu_check --budget-s $(GPU_CHECK_BUDGET_S)
 

@@ -17,11 +17,8 @@ DATA = os.path.join(ROOT, "janus_model", "data", "ddtp_small")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("cmd", ["train", "generate", "evaluate", "average", "compare"])

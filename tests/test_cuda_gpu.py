@@ -61,8 +61,8 @@ def test_public_attention_autograd_on_gpu():
     q = torch.randn(2, 4, 20, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     k = torch.randn(2, 2, 16, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     v = torch.randn(2, 2, 16, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-    assert jk.default_backend(q.device, q.dtype) == "cpp"
-    out = jk.attention(q, k, v, mask, backend="cpp")
+    assert jk.default_backend("attention", q.device, q.dtype, 64) == "cuda"
+    out = jk.attention(q, k, v, mask, backend="cuda")
     ref = jk.attention(q.float(), k.float(), v.float(), mask, backend="reference")
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
     g = torch.randn_like(out)
@@ -130,10 +130,10 @@ def test_janus_rows_cuda_matches_cpu(dtype, dup):
     tol = dict(rtol=1e-4, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-3)
     for c, d in zip(dc, dg):
         torch.testing.assert_close(d.cpu(), c, **tol)
-    # and the public loss takes the fused CUDA path with backend="cpp"
+    # and the public loss takes the fused CUDA path with backend="cuda"
     total, _ = jk.janus_loss(ar.to(DEV), nar.to(DEV), aux.to(DEV), ar_t.to(DEV), m_t.to(DEV),
-                             idx.to(DEV), backend="cpp")
-    ref, _ = jk.janus_loss(ar, nar, aux, ar_t, m_t, idx, backend="cpp")
+                             idx.to(DEV), backend="cuda")
+    ref, _ = jk.janus_loss(ar, nar, aux, ar_t, m_t, idx, backend="cuda")
     torch.testing.assert_close(total.cpu(), ref, rtol=1e-4, atol=1e-5)
 
 

@@ -14,11 +14,8 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "janus_model", "data", "ddt
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def _write(d, name, data: bytes):

@@ -26,11 +26,8 @@ TOL = {torch.float32: 5e-6, torch.float64: 1e-12}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def _model(dtype, pre_ln=False, decoder_layers=2):

@@ -16,12 +16,8 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "janus_model", "data", "ddt
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add barrier waits on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def write_corpus(d, n_train=48, n_valid=8):

@@ -89,7 +89,7 @@ def correctness(s: Setup) -> Iterator[CheckResult]:
     m = masks["janus_nar"].to(s.device)
     for d, dt, tol in ((256, s.dtype, s.tol), (64, torch.float32, 1e-4)):
         q, k, v = inputs(s, 2, 4, 2, m.q_len, m.kv_len, d, dtype=dt, bshd=True)
-        be = jk.default_backend(s.device, dt, d)
+        be = jk.default_backend("attention", s.device, dt, d)
         errs = fwd_bwd_errors(q, k, v, m, be)
         yield f"default ({be}) d={d} {dt}", max(errs) < tol, _fmt(errs)
 
@@ -239,7 +239,7 @@ def losses(s: Setup) -> Iterator[CheckResult]:
         grads = torch.autograd.grad(total, xs, allow_unused=True)
         return [total.detach().cpu()] + [None if x is None else x.cpu() for x in grads]
 
-    cpu_be = jk.losses.default_loss_backend("cpu")
+    cpu_be = jk.default_backend("janus_rows", "cpu")
     for name, fn in cases.items():
         ref = run(fn, "cpu", cpu_be)
         for be in attention_backends(s.device):
