@@ -161,8 +161,8 @@ struct BwdItemScratch {
   }
   template <typename O>   // the gradients' dtype
   void write_dkdv(O* dkb, O* dvb, int Lk, int d) const {
-    at::vec::convert(dkacc, dkb, (int64_t)kv * d);
-    at::vec::convert(dvacc, dvb, (int64_t)kv * d);
+    narrow_row(dkacc, dkb, (int64_t)kv * d);
+    narrow_row(dvacc, dvb, (int64_t)kv * d);
     std::fill_n(dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, O(0));
     std::fill_n(dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, O(0));
   }
@@ -238,7 +238,7 @@ void attention_bwd_f32(const at::Tensor& dout, const at::Tensor& q, const at::Te
         } else {
           float* dqf = scratch<float>(kDq, d * kBlockMBwd);
           janus_cpu::transpose32(d, rows, dqt, rows, dqf, d);
-          at::vec::convert(dqf, dqblk, (int64_t)rows * d);
+          narrow_row(dqf, dqblk, (int64_t)rows * d);
         }
       }
     }

@@ -18,6 +18,8 @@
 #include <limits>
 #include <vector>
 
+#include <immintrin.h>
+
 #include "janus/mask.h"
 #include "janus/philox.h"
 #include "output_pool.h"
@@ -259,8 +261,31 @@ template <typename T>
 inline void widen_row(const T* src, float* dst, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
     std::copy_n(src, n, dst);
+  } else if constexpr (std::is_same_v<T, Half>) {
+    // F16C (every AVX2 CPU has it): at::vec's Half conversion is scalar at these sizes
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8)
+      _mm256_storeu_ps(dst + c, _mm256_cvtph_ps(_mm_loadu_si128(
+                                    reinterpret_cast<const __m128i*>(src + c))));
+    for (; c < n; ++c) dst[c] = float(src[c]);
   } else {
-    at::vec::convert(src, dst, n);   // vectorized for BFloat16 and Half
+    at::vec::convert(src, dst, n);   // vectorized for BFloat16
+  }
+}
+
+// The inverse: fp32 results rounded to the tensors' dtype (nearest even).
+template <typename T>
+inline void narrow_row(const float* src, T* dst, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::copy_n(src, n, dst);
+  } else if constexpr (std::is_same_v<T, Half>) {
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c),
+                       _mm256_cvtps_ph(_mm256_loadu_ps(src + c), _MM_FROUND_TO_NEAREST_INT));
+    for (; c < n; ++c) dst[c] = Half(src[c]);
+  } else {
+    at::vec::convert(src, dst, n);
   }
 }
 

@@ -298,8 +298,9 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
         const float l = lrow[r];
         if (l > 0.f) {
           const float inv = 1.f / l;
-          const float* arow = acc + (int64_t)r * d;
-          for (int c = 0; c < d; ++c) orow[c] = T(arow[c] * inv);
+          float* arow = acc + (int64_t)r * d;
+          at::vec::map([inv](Vec x) { return x * Vec(inv); }, arow, arow, d);
+          narrow_row(arow, orow, d);
           lp[b * ls_b + h * ls_h + i] = mrow[r] + std::log(l);
         } else {  // a valid row that sees no key
           std::fill_n(orow, d, T(0));
