@@ -43,6 +43,16 @@ def cap_env(level: str, base: Mapping[str, str]) -> Dict[str, str]:
     env = dict(base)
     if level != "native":
         env.update(_CAPS[level])
+        # torch.compile's on-disk kernel cache does not key on ATEN_CPU_CAPABILITY: a kernel
+        # compiled for AVX-512 by a native run was reused under the AVX2 cap and crashed
+        # (general protection fault in compiled FlexAttention), so each level gets its own.
+        # (torch sets TORCHINDUCTOR_CACHE_DIR in its own process once it has compiled, so
+        # the parent's value is the shared default: always derive a per-level one.)
+        import getpass
+        import tempfile
+        root = base.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
+            tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+        env["TORCHINDUCTOR_CACHE_DIR"] = f"{root.rstrip(os.sep)}_isa_{level}"
     return env
 
 

@@ -423,8 +423,12 @@ def test_isa_cap_env_sets_every_library_cap(level):
 
 def test_isa_cap_env_avx2_values_and_native():
     env = bisa.cap_env("avx2", {})
+    cache = env.pop("TORCHINDUCTOR_CACHE_DIR")   # a compile cache of its own per level
+    assert cache.endswith("_isa_avx2")
     assert env == {"JANUS_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2",
                    "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert bisa.cap_env("avx2", {"TORCHINDUCTOR_CACHE_DIR": "/x"})["TORCHINDUCTOR_CACHE_DIR"] == \
+        "/x_isa_avx2"
     assert bisa.cap_env("native", {"X": "1"}) == {"X": "1"}
     assert not bisa.needs_subprocess("native", {})
     with pytest.raises(ValueError, match="isa"):
@@ -591,7 +595,8 @@ def test_isa_avx2_run_bf16_attention_never_fails(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
     isa = data["meta"]["isa"]
-    assert isa["requested"] == "avx2" and isa["caps"] == bisa.cap_env("avx2", {})
+    assert isa["requested"] == "avx2" and isa["caps"] == {
+        k: v for k, v in bisa.cap_env("avx2", {}).items() if k in bisa.CAP_VARS}
     assert isa["aten_cpu_capability"] == "AVX2"
     if "ours_why" in isa:                                 # a build with per-ISA modules
         assert isa["ours_level"] == "avx2"
