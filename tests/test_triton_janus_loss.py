@@ -278,7 +278,8 @@ def test_bad_arguments_name_the_argument():
 def test_fused_linear_janus_loss_triton(monkeypatch):
     """The masked chunks go through the Triton rows op (not the composed one) and give the
     C++ fused path's numbers, and the reference backend's."""
-    monkeypatch.setattr(L, "_masked_rows_composed", None)  # would raise if taken
+    import janus_kernels.fused_linear as FL
+    monkeypatch.setattr(FL, "_masked_rows_composed", None)  # would raise if taken
     (ha, hn, hx), W, ar_t, m_t, idx = janus_inputs(N=7, M=4, V=150)
     out = {}
     for be in ("triton", "cpp", "reference"):
