@@ -282,7 +282,7 @@ def test_fused_linear_janus_loss_triton(monkeypatch):
     monkeypatch.setattr(FL, "_masked_rows_composed", None)  # would raise if taken
     (ha, hn, hx), W, ar_t, m_t, idx = janus_inputs(N=7, M=4, V=150)
     out = {}
-    for be in ("triton", "cpp", "reference"):
+    for be in ("triton", "cpu", "reference"):
         if be == "reference":
             monkeypatch.undo()
         leaves = [t.clone().requires_grad_() for t in (ha, hn, hx, W)]
@@ -290,7 +290,7 @@ def test_fused_linear_janus_loss_triton(monkeypatch):
                                                  backend=be)
         (1.7 * total).backward()
         out[be] = [total.detach()] + [terms[k] for k in L.LOSS_TERMS] + [t.grad for t in leaves]
-    for be in ("cpp", "reference"):
+    for be in ("cpu", "reference"):
         for a, b in zip(out["triton"], out[be]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
