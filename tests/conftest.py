@@ -52,6 +52,20 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts calls into the fused kernel, to prove the drop-in does not fall back."""
+    import janus_kernels.nn as jnn
+    calls = []
+    real = jnn.attention
+
+    def counting(*a, **k):
+        calls.append(a[3].family)
+        return real(*a, **k)
+    monkeypatch.setattr(jnn, "attention", counting)
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -30,18 +30,6 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.fixture
-def fused_calls(monkeypatch):
-    """Counts calls into the fused kernel, to prove the drop-in does not fall back."""
-    import janus_kernels.nn as jnn
-    calls = []
-    real = jnn.attention
-
-    def counting(*a, **k):
-        calls.append(a[3].family)
-        return real(*a, **k)
-    monkeypatch.setattr(jnn, "attention", counting)
-    return calls
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

@@ -23,17 +23,6 @@ def _pair(batch_first=True, **kw):
     return ref, ours
 
 
-@pytest.fixture
-def fused_calls(monkeypatch):
-    import janus_kernels.nn as jnn
-    calls = []
-    real = jnn.attention
-
-    def counting(*a, **k):
-        calls.append(a[3].family)
-        return real(*a, **k)
-    monkeypatch.setattr(jnn, "attention", counting)
-    return calls
 
 
 @pytest.fixture(params=["eager-cpu", "no-host-reads"])
