@@ -49,8 +49,9 @@ from janus_kernels.masks import Field, Kind, MaskDescriptor
 from janus_kernels.reference import (authors_janus_masks, authors_mask_to_allowed,
                                      reference_attention, sdpa_attention)
 
-from .common import (Settings, SuiteResult, Timing, case_generator, dtype_name, error_line,
-                     first_call, progress_cell, time_fn, time_once, time_rows)
+from .common import (Settings, SuiteResult, case_generator, dtype_name, error_line,
+                     first_call, progress_cell, settle_first_call, time_fn, time_once,
+                     time_rows)
 from .peaks import compute_peak
 from .timebox import CallBudget
 
@@ -401,12 +402,8 @@ def _prepare(c: Contender, case: Case, dtype: torch.dtype, pass_: str, tensors,
     except Exception as e:  # noqa: BLE001 - a failing contender is a row, not a crash
         row.update(status="failed", note=f"failed: {error_line(e)}")
         return row, None
-    if compiles:
-        budget.add_compile(t_first)
-    elif baseline and budget.observe(kind, work, t_first, case.label):
-        ms = 1e3 * t_first
-        row.update(Timing(ms, ms, ms, 1, None, timeboxed=True).as_dict(),
-                   note=budget.timebox_note(t_first))
+    if settle_first_call(budget, row, compiles=compiles, baseline=baseline, kind=kind,
+                         work=work, seconds=t_first, label=case.label):
         return row, None
     return row, fn
 

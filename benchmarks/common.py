@@ -48,8 +48,8 @@ from .isa import runtime_info
 from .timebox import CallBudget
 
 __all__ = ["Settings", "Timing", "time_fn", "time_interleaved", "time_rows", "time_once",
-           "first_call", "peak_memory_mb", "environment_info", "SuiteResult", "optional_import",
-           "write_json",
+           "first_call", "settle_first_call", "peak_memory_mb", "environment_info",
+           "SuiteResult", "optional_import", "write_json",
            "markdown_table", "fmt_num", "bar_chart", "synchronize", "dtype_name",
            "case_generator", "progress_cell"]
 
@@ -269,6 +269,24 @@ def time_rows(rows: Dict[str, Dict[str, Any]], fns: Dict[str, Callable[[], Any]]
                 row["peak_mb"] = peak_memory_mb(fns[name], settings.device)
             except Exception:  # noqa: BLE001 - the timing stands without the memory
                 row["peak_mb"] = None
+
+
+def settle_first_call(budget: CallBudget, row: Dict[str, Any], *, compiles: bool,
+                      baseline: bool, kind: Any, work: float, seconds: float,
+                      label: str) -> bool:
+    """Apply the time-box rules (benchmarks/timebox.py) to a contender's untimed first call:
+    a call that compiled is charged to the compile budget; a baseline's first call over the
+    per-call budget becomes its only measurement (written into ``row``). True when it did,
+    i.e. the contender is not to be timed further."""
+    if compiles:
+        budget.add_compile(seconds)
+        return False
+    if baseline and budget.observe(kind, work, seconds, label):
+        ms = 1e3 * seconds
+        row.update(Timing(ms, ms, ms, 1, None, timeboxed=True).as_dict(),
+                   note=budget.timebox_note(seconds))
+        return True
+    return False
 
 
 def time_once(fn: Callable[[], Any], device: str) -> float:

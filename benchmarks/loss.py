@@ -32,9 +32,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .common import (Settings, SuiteResult, Timing, case_generator, dtype_name, error_line,
+from .common import (Settings, SuiteResult, case_generator, dtype_name, error_line,
                      first_call, optional_import, peak_memory_mb, progress_cell,
-                     time_interleaved, time_rows)
+                     settle_first_call, time_interleaved, time_rows)
 from .timebox import CallBudget
 
 __all__ = ["eager_symmetric_kl", "eager_cross_entropy", "eager_janus_loss",
@@ -231,12 +231,8 @@ def _prepare(name: str, fn: Optional[Callable], why: Optional[str], case: LossCa
     except Exception as e:  # noqa: BLE001 - a failing contender is a row, not a crash
         row.update(status="failed", note=f"failed: {error_line(e)}")
         return row, None
-    if compiles:
-        budget.add_compile(t_first)
-    elif baseline and budget.observe(kind, work, t_first, case.label):
-        ms = 1e3 * t_first
-        row.update(Timing(ms, ms, ms, 1, None, timeboxed=True).as_dict(),
-                   note=budget.timebox_note(t_first))
+    if settle_first_call(budget, row, compiles=compiles, baseline=baseline, kind=kind,
+                         work=work, seconds=t_first, label=case.label):
         return row, None
     return row, call
 
