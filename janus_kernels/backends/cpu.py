@@ -24,6 +24,16 @@ def _ops():
     return cpu_isa.level_ops()
 
 
+def _raw(op: str):
+    """The backend's raw function for kernel op `op` of the active CPU level's namespace; multi-output ops come back
+    as tuples (the backend contract), single outputs as tensors."""
+    def call(*args):
+        out = getattr(_ops(), op)(*args)
+        return tuple(out) if isinstance(out, (list, tuple)) else out
+    call.__name__ = op
+    return staticmethod(call)
+
+
 class CpuBackend(Backend):
     name = "cpu"
     serves = (
@@ -40,38 +50,10 @@ class CpuBackend(Backend):
     def detail(self, device: torch.device) -> str:
         return f"ISA level {cpu_isa.describe()}"
 
-    @staticmethod
-    def attention_fwd(*args):
-        return tuple(_ops().flash_attention_fwd(*args))
-
-    @staticmethod
-    def attention_bwd(*args):
-        return tuple(_ops().flash_attention_bwd(*args))
-
-    @staticmethod
-    def kl_fwd(x, y, row_mask, inv_t):
-        return tuple(_ops().symkl_rows_fwd(x, y, row_mask, inv_t))
-
-    @staticmethod
-    def kl_bwd(grad, x, y, stats, row_mask, inv_t):
-        return tuple(_ops().symkl_rows_bwd(grad, x, y, stats, row_mask, inv_t))
-
-    @staticmethod
-    def ce_fwd(x, target, eps, ignore_index):
-        return tuple(_ops().ce_rows_fwd(x, target, eps, ignore_index))
-
-    @staticmethod
-    def ce_bwd(grad, x, target, stats, eps, ignore_index):
-        return _ops().ce_rows_bwd(grad, x, target, stats, eps, ignore_index)
-
-    @staticmethod
-    def janus_fwd(*args):
-        return tuple(_ops().janus_rows_fwd(*args))
-
-    @staticmethod
-    def janus_bwd(*args):
-        return tuple(_ops().janus_rows_bwd(*args))
-
+    attention_fwd, attention_bwd = _raw("flash_attention_fwd"), _raw("flash_attention_bwd")
+    kl_fwd, kl_bwd = _raw("symkl_rows_fwd"), _raw("symkl_rows_bwd")
+    ce_fwd, ce_bwd = _raw("ce_rows_fwd"), _raw("ce_rows_bwd")
+    janus_fwd, janus_bwd = _raw("janus_rows_fwd"), _raw("janus_rows_bwd")
 
 register(CpuBackend())
 

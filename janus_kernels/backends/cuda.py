@@ -45,6 +45,16 @@ def arch_runs(capability: Tuple[int, int], archs: List[Tuple[int, int, bool]]) -
     return False
 
 
+def _raw(op: str):
+    """The backend's raw function for kernel op `op` of the `janus` namespace (CUDA kernels); multi-output ops come back
+    as tuples (the backend contract), single outputs as tensors."""
+    def call(*args):
+        out = getattr(torch.ops.janus, op)(*args)
+        return tuple(out) if isinstance(out, (list, tuple)) else out
+    call.__name__ = op
+    return staticmethod(call)
+
+
 class CudaBackend(Backend):
     name = "cuda"
     serves = (
@@ -72,37 +82,9 @@ class CudaBackend(Backend):
                     f"images were built for {built} (the kernels need sm_80+)")
         return None
 
-    @staticmethod
-    def attention_fwd(*args):
-        return tuple(torch.ops.janus.flash_attention_fwd(*args))
-
-    @staticmethod
-    def attention_bwd(*args):
-        return tuple(torch.ops.janus.flash_attention_bwd(*args))
-
-    @staticmethod
-    def kl_fwd(x, y, row_mask, inv_t):
-        return tuple(torch.ops.janus.symkl_rows_fwd(x, y, row_mask, inv_t))
-
-    @staticmethod
-    def kl_bwd(grad, x, y, stats, row_mask, inv_t):
-        return tuple(torch.ops.janus.symkl_rows_bwd(grad, x, y, stats, row_mask, inv_t))
-
-    @staticmethod
-    def ce_fwd(x, target, eps, ignore_index):
-        return tuple(torch.ops.janus.ce_rows_fwd(x, target, eps, ignore_index))
-
-    @staticmethod
-    def ce_bwd(grad, x, target, stats, eps, ignore_index):
-        return torch.ops.janus.ce_rows_bwd(grad, x, target, stats, eps, ignore_index)
-
-    @staticmethod
-    def janus_fwd(*args):
-        return tuple(torch.ops.janus.janus_rows_fwd(*args))
-
-    @staticmethod
-    def janus_bwd(*args):
-        return tuple(torch.ops.janus.janus_rows_bwd(*args))
-
+    attention_fwd, attention_bwd = _raw("flash_attention_fwd"), _raw("flash_attention_bwd")
+    kl_fwd, kl_bwd = _raw("symkl_rows_fwd"), _raw("symkl_rows_bwd")
+    ce_fwd, ce_bwd = _raw("ce_rows_fwd"), _raw("ce_rows_bwd")
+    janus_fwd, janus_bwd = _raw("janus_rows_fwd"), _raw("janus_rows_bwd")
 
 register(CudaBackend())

@@ -2,6 +2,7 @@
 interpreter (TRITON_INTERPRET=1, for tests; never chosen by default there)."""
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Optional
 
@@ -26,6 +27,15 @@ def _importable() -> Optional[str]:
     except ImportError as e:
         return f"triton is not importable ({e})"
     return None
+
+
+def _lazy(module: str, fn: str):
+    """Raw function `fn` of janus_kernels.triton.<module>, imported on first use (triton is an
+    optional dependency, and importing it costs seconds)."""
+    def call(*args):
+        return getattr(importlib.import_module(f"janus_kernels.triton.{module}"), fn)(*args)
+    call.__name__ = fn
+    return staticmethod(call)
 
 
 class TritonBackend(Backend):
@@ -61,45 +71,11 @@ class TritonBackend(Backend):
     def detail(self, device: torch.device) -> str:
         return "interpreted (TRITON_INTERPRET=1)" if interpreted() else "compiled"
 
-    @staticmethod
-    def attention_fwd(*args):
-        from ..triton import attention
-        return attention.attention_fwd(*args)
-
-    @staticmethod
-    def attention_bwd(*args):
-        from ..triton import attention
-        return attention.attention_bwd(*args)
-
-    @staticmethod
-    def kl_fwd(*args):
-        from ..triton import loss
-        return loss.symkl_fwd(*args)
-
-    @staticmethod
-    def kl_bwd(*args):
-        from ..triton import loss
-        return loss.symkl_bwd(*args)
-
-    @staticmethod
-    def ce_fwd(*args):
-        from ..triton import loss
-        return loss.ce_fwd(*args)
-
-    @staticmethod
-    def ce_bwd(*args):
-        from ..triton import loss
-        return loss.ce_bwd(*args)
-
-    @staticmethod
-    def janus_fwd(*args):
-        from ..triton import janus_loss
-        return janus_loss.janus_rows_fwd(*args)
-
-    @staticmethod
-    def janus_bwd(*args):
-        from ..triton import janus_loss
-        return janus_loss.janus_rows_bwd(*args)
-
+    attention_fwd = _lazy("attention", "attention_fwd")
+    attention_bwd = _lazy("attention", "attention_bwd")
+    kl_fwd, kl_bwd = _lazy("loss", "symkl_fwd"), _lazy("loss", "symkl_bwd")
+    ce_fwd, ce_bwd = _lazy("loss", "ce_fwd"), _lazy("loss", "ce_bwd")
+    janus_fwd = _lazy("janus_loss", "janus_rows_fwd")
+    janus_bwd = _lazy("janus_loss", "janus_rows_bwd")
 
 register(TritonBackend())
