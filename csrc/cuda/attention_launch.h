@@ -27,7 +27,7 @@ typedef struct JanusAttnFwdArgs {
   void* out;
   float* lse;                 // (B, H, Lq) contiguous
   const int32_t* mask_params;
-  const int32_t* mask_rank;   // nullptr unless mask_kind == 1
+  const int32_t* mask_rank;   // nullptr unless mask_kind == 1 or 2
   int64_t rank_stride;
   int64_t q_stride[3];        // batch, head, row
   int64_t k_stride[3];
