@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from attention_utils import assert_within_rule
+from _mask_cases_hf import HF_CASES
 
 import janus_kernels as jk
 from janus_kernels.dropout import dropout_keep_mask
@@ -62,6 +63,12 @@ CASES = [
     Case("len1", lambda: jk.causal_mask([1], 1), H=1, Hkv=1),
     Case("full", lambda: jk.full_mask(1, 40, 33), H=2, Hkv=1),
     Case("permutation", _perm_mask),
+    # issue 14: KEY_START (left padding, decode, chunked prefill) and DOCUMENTS (packed
+    # sequences, chunked attention); hand-built: a prefix above KEY_START, permutation + KEY_START
+    *(Case(name, HF_CASES[name], H=1, Hkv=1, d=32) for name in (
+        "hf_left_pad_113", "hf_decode", "hf_chunked_prefill", "hf_sliding",
+        "hf_chunked_attention", "documents_causal", "documents_bidirectional",
+        "key_start_prefix", "documents_prefix", "permutation_key_start")),
 ]
 
 
@@ -86,6 +93,12 @@ GPU_CASES = [
     Case("sliding_1500_bshd", lambda: jk.sliding_window_mask([1500, 1100], 200, 1500),
          bshd=True),
     Case("permutation_1024", _perm_mask_1024),
+    # issue 14 at real sizes: left-padded prefill and packed documents (many doc boundaries)
+    Case("hf_left_pad_2048", lambda: jk.hf_mask(
+        torch.arange(2048)[None, :].expand(2, 2048).ge(torch.tensor([[300], [0]])).long(),
+        2048, 2048), H=2, Hkv=1),
+    Case("documents_causal_2048", lambda: jk.document_mask(
+        (torch.arange(2048) // 333)[None, :].expand(2, 2048), causal=True), bshd=True),
 ]
 
 
