@@ -1,8 +1,9 @@
 // Structured-mask flash attention, backward (FlashAttention-2 style). Torch-free; see
 // attention_fwd.cu for the forward and attention_launch.h for the argument contract.
 //
-// Three kernels on the caller's stream, none with atomics, so the gradients are bitwise
-// reproducible (torch.use_deterministic_algorithms, exact training resume):
+// Three kernels on the caller's stream, none with atomics (but for d_rel_bias, below), so
+// dq, dk, dv are bitwise reproducible (torch.use_deterministic_algorithms, exact training
+// resume):
 //  1. delta_i = sum_c dO_ic O_ic (fp32).
 //  2. dK, dV: one block per (key tile of 64, batch, kv head); 4 warps x 16 keys. For every
 //     query head of the kv head's group (GQA) and every query tile of one stream with an
@@ -18,7 +19,11 @@
 //     atomicAdd of dS K from every key-tile block of kernel 2, saves the S and dP GEMMs here
 //     but makes dQ depend on the order in which blocks finish.)
 // Rows whose forward saw no key (lse = -inf) get P = 0, hence zero gradients.
+// Score modifiers (attention_score_mods.cuh): P from the modified score, dS taken through the
+// softcap (dS (1 - tanh^2)) before the dK / dQ products; the dK/dV kernel adds dS to
+// d_rel_bias with atomicAdd (the one nondeterministic output, and only with a bias).
 #include "attention_common.cuh"
+#include "attention_score_mods.cuh"
 
 namespace janus {
 namespace attn {
@@ -103,6 +108,8 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
 
   for (int h = hk * group; h < (hk + 1) * group; ++h) {
     const int64_t bh = (int64_t)b * p.H + h;
+    const ScoreMods mods = make_score_mods(p.rel_bias, p.rel_len, p.softcap, h, p.Lq);
+    float* d_rel = p.d_rel_bias ? p.d_rel_bias + (int64_t)h * p.rel_len : nullptr;
     const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
     const T* dog = static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1];
     for (int rb = 0; rb < nrb; ++rb) {
@@ -157,7 +164,10 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int ql = nt * 8 + 2 * t + (e & 1);
-          pt[nt][e] = ((allow >> (4 * nt + e)) & 1u) ? exp2f(pt[nt][e] * sl2 - sLse[ql]) : 0.f;
+          pt[nt][e] = ((allow >> (4 * nt + e)) & 1u)
+                          ? exp2f(score_log2(mods, pt[nt][e], p.scale, sl2, i0 + ql,
+                                             key_a + 8 * (e >> 1)) - sLse[ql])
+                          : 0.f;
         }
 
       // ---- dV += (P^T o Z) dO
@@ -184,7 +194,17 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
           for (int e = 0; e < 4; ++e) {
             const int ql = nt * 8 + 2 * t + (e & 1);
             const float z = ((keep >> (4 * nt + e)) & 1u) ? inv_keep : 0.f;
-            ds[nt][e] = pt[nt][e] * (ds[nt][e] * z - sDelta[ql]);
+            float dse = pt[nt][e] * (ds[nt][e] * z - sDelta[ql]);
+            // P > 0: an allowed element of a real row (rows past i_end have P = 0); keys
+            // past Lk of a FULL tile are not real either
+            const int i = i0 + ql, j = key_a + 8 * (e >> 1);
+            if (mods.on && pt[nt][e] > 0.f && j < p.Lk) {
+              if (d_rel) atomicAdd(d_rel + (j - i + mods.diag0), dse);
+              if (mods.softcap > 0.f)
+                dse *= softcap_slope(
+                    mods, softcap_tanh_from_prob(mods, pt[nt][e], sLse[ql], i, j));
+            }
+            ds[nt][e] = dse;
           }
         uint32_t da[NT_Q / 2][4];
         acc_to_a<T, NT_Q>(da, ds);
@@ -272,6 +292,7 @@ attention_bwd_dq_kernel(const JanusAttnBwdArgs p) {
   load_key_ranks<BN>(sRank, mask, n * BN, p.Lk, tid);
 
   const float sl2 = p.scale * kLog2e;
+  const ScoreMods mods = make_score_mods(p.rel_bias, p.rel_len, p.softcap, h, p.Lq);
   const bool dropout = p.dropout_p > 0.f;
   const uint32_t drop_thr = drop_threshold(p.dropout_p);
   const float inv_keep = dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
@@ -321,9 +342,16 @@ attention_bwd_dq_kernel(const JanusAttnBwdArgs p) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int bit = 4 * nt + e;
-        const float pe = ((allow >> bit) & 1u) ? exp2f(s[nt][e] * sl2 - l2[e >> 1]) : 0.f;
+        float x = s[nt][e] * sl2, slope = 1.f;
+        if (mods.on) {
+          float th;
+          x = modified_score(mods, s[nt][e], p.scale, row_a + 8 * (e >> 1),
+                             j0 + nt * 8 + 2 * t + (e & 1), &th) * kLog2e;
+          slope = softcap_slope(mods, th);
+        }
+        const float pe = ((allow >> bit) & 1u) ? exp2f(x - l2[e >> 1]) : 0.f;
         const float z = ((keep >> bit) & 1u) ? inv_keep : 0.f;
-        s[nt][e] = pe * (dp[nt][e] * z - dl[e >> 1]);   // dS
+        s[nt][e] = pe * (dp[nt][e] * z - dl[e >> 1]) * slope;   // dS (before the softcap)
       }
     uint32_t da[NT_S / 2][4];
     acc_to_a<T, NT_S>(da, s);
@@ -402,7 +430,9 @@ extern "C" cudaError_t janus_cuda_attention_bwd(const JanusAttnBwdArgs* a, cudaS
       a->head_dim > 128 || a->head_dim % 8 != 0 ||
       (a->mask_kind != janus::KIND_WINDOW && a->mask_kind != janus::KIND_PERMUTATION) ||
       (a->mask_kind == janus::KIND_PERMUTATION && !a->mask_rank) || !(a->dropout_p >= 0.f) ||
-      !(a->dropout_p < 1.f))
+      !(a->dropout_p < 1.f) ||
+      !score_mods_valid(a->rel_bias, a->rel_len, a->softcap, a->Lq, a->Lk) ||
+      (a->rel_bias && !a->d_rel_bias))
     return cudaErrorInvalidValue;
   const int64_t* strides[] = {a->do_stride, a->q_stride, a->k_stride, a->v_stride,
                               a->o_stride, a->dq_stride, a->dk_stride, a->dv_stride};

@@ -13,8 +13,11 @@
 //   O = O*alpha + (P o Z) V         (alpha = exp2(m - m_new); Z = keep/(1-p) dropout, Philox)
 // out = O / l, lse = (m + log2 l) ln 2 in natural-log units; rows with no allowed key (l = 0)
 // give out = 0 and lse = -inf. P is rounded to the input type before the P V product (as in
-// FlashAttention); everything else accumulates in fp32.
+// FlashAttention); everything else accumulates in fp32. Score modifiers (softcap, relative
+// bias; attention_score_mods.cuh) replace S*scale*log2e by the modified score times log2e on
+// the allowed elements.
 #include "attention_common.cuh"
+#include "attention_score_mods.cuh"
 
 namespace janus {
 namespace attn {
@@ -77,6 +80,7 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
   const RowMask rm1 = row_mask(mask, row_a + 8, i_end, p.Lk);
 
   const float sl2 = p.scale * kLog2e;
+  const ScoreMods mods = make_score_mods(p.rel_bias, p.rel_len, p.softcap, h, p.Lq);
   const bool dropout = p.dropout_p > 0.f;
   const uint32_t drop_thr = drop_threshold(p.dropout_p);
   const float inv_keep = dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
@@ -125,7 +129,10 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
     for (int nt = 0; nt < NT_S; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float x = ((allow >> (4 * nt + e)) & 1u) ? s[nt][e] * sl2 : -INFINITY;
+        const float x = ((allow >> (4 * nt + e)) & 1u)
+                            ? score_log2(mods, s[nt][e], p.scale, sl2, row_a + 8 * (e >> 1),
+                                         j0 + nt * 8 + 2 * t + (e & 1))
+                            : -INFINITY;
         s[nt][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);
       }
@@ -206,7 +213,8 @@ extern "C" cudaError_t janus_cuda_attention_fwd(const JanusAttnFwdArgs* a, cudaS
       a->head_dim > 128 || a->head_dim % 8 != 0 ||
       (a->mask_kind != janus::KIND_WINDOW && a->mask_kind != janus::KIND_PERMUTATION) ||
       (a->mask_kind == janus::KIND_PERMUTATION && !a->mask_rank) || !(a->dropout_p >= 0.f) ||
-      !(a->dropout_p < 1.f))
+      !(a->dropout_p < 1.f) ||
+      !score_mods_valid(a->rel_bias, a->rel_len, a->softcap, a->Lq, a->Lk))
     return cudaErrorInvalidValue;
   for (int d = 0; d < 3; ++d)
     if (a->q_stride[d] % 8 || a->k_stride[d] % 8 || a->v_stride[d] % 8 || a->o_stride[d] % 8)

@@ -8,6 +8,7 @@
 // 16-byte cp.async loads. dtype: 0 = float16, 1 = bfloat16. 8 <= head_dim <= 128,
 // head_dim % 8 == 0. Mask: janus/mask.h (params (B, 10) int32 contiguous, rank (B, *) int32
 // with row stride rank_stride for the permutation kind). Dropout: janus/philox.h.
+// Score modifiers (softcap, rel_bias): attention_score_mods.cuh.
 #pragma once
 #include <stdint.h>
 
@@ -37,6 +38,10 @@ typedef struct JanusAttnFwdArgs {
   float scale;
   float dropout_p;
   uint64_t seed;
+  // score modifiers (attention_score_mods.cuh); nullptr / 0 = off
+  const float* rel_bias;      // (H, rel_len) fp32 contiguous, rel_len = Lq + Lk - 1
+  int32_t rel_len;
+  float softcap;              // 0 or a finite value > 0
 } JanusAttnFwdArgs;
 
 typedef struct JanusAttnBwdArgs {
@@ -66,6 +71,12 @@ typedef struct JanusAttnBwdArgs {
   float scale;
   float dropout_p;
   uint64_t seed;
+  // score modifiers, as in JanusAttnFwdArgs; d_rel_bias (H, rel_len) fp32, zero-filled by the
+  // caller, receives the bias gradient by atomicAdd (required when rel_bias is set)
+  const float* rel_bias;
+  float* d_rel_bias;
+  int32_t rel_len;
+  float softcap;
 } JanusAttnBwdArgs;
 
 // Enqueue the forward / backward on `stream`. Return cudaErrorInvalidValue for unsupported
