@@ -196,6 +196,9 @@ MOD_CASES = [
             Hkv=1, d=32),
     ModCase("full_7x70_both_d128", lambda: jk.full_mask(2, 7, 70), softcap=3.0, rel_bias=True,
             H=2, Hkv=1, d=128),
+    # d = 128: the dK/dV kernel's 16-row query tiles (BwdCfg<128, true>) over several tiles
+    ModCase("janus_nar_gqa_d128_both", lambda: jk.janus_nar_mask([6, 2], [4, 1], 24, 6),
+            softcap=3.0, rel_bias=True, H=4, Hkv=2, d=128),
     ModCase("prefix_lm_dropout_both_bshd", lambda: jk.prefix_lm_mask([4, 0], [30, 17], 30),
             softcap=5.0, rel_bias=True, dropout=0.2, bshd=True),
     ModCase("permutation_rel", _perm_mask, rel_bias=True, d=80),

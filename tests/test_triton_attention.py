@@ -22,6 +22,7 @@ from attention_utils import assert_within_rule  # noqa: E402
 from janus_kernels.triton import mask as jm  # noqa: E402
 
 from _device_sizes import INTERPRET as _INTERPRET, REAL_SIZES, TRITON_DEVICE  # noqa: E402
+from _cuda_attention_cases import MOD_CASES, run_mods_case  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _INTERPRET and not torch.cuda.is_available(),
                                 reason="needs TRITON_INTERPRET=1 or a GPU")
@@ -341,6 +342,44 @@ def test_dropout_matches_reference_backend(name, H, Hkv):
     # and dropout did something: differs from p = 0
     o0 = tri.attention_fwd(q, k, v, m.params, m.rank, m.q_split, int(m.kind), 0.25, 0.0, None)[0]
     assert not torch.allclose(o0, kern[0])
+
+
+# =================================================================== score modifiers
+def _tri_fwd_mods(q, k, v, m, scale, p, seed, rel, cap):
+    m = m.to(q.device)
+    seed_t = torch.tensor([seed], dtype=torch.int64) if p else None
+    return tri.attention_fwd(q, k, v, m.params, m.rank, m.q_split, int(m.kind), scale, p,
+                             seed_t, rel, cap)
+
+
+def _tri_bwd_mods(do, q, k, v, o, lse, m, scale, p, seed, rel, cap):
+    m = m.to(q.device)
+    seed_t = torch.tensor([seed], dtype=torch.int64) if p else None
+    return tri.attention_bwd(do, q, k, v, o, lse, m.params, m.rank, m.q_split, int(m.kind),
+                             scale, p, seed_t, rel, cap)
+
+
+@pytest.mark.skipif(not _INTERPRET, reason="CPU tensors: the interpreter")
+@pytest.mark.parametrize("case,dtype", [
+    (c, torch.float16 if n % 2 == 0 else torch.bfloat16) for n, c in enumerate(MOD_CASES)],
+    ids=[f"{c.name}-{'f16' if n % 2 == 0 else 'bf16'}" for n, c in enumerate(MOD_CASES)])
+def test_score_mods_half_gqa_dropout(case, dtype):
+    """softcap / rel_bias in half precision with GQA, dropout, padding rows, permutation and
+    non-contiguous inputs: the CUDA suite's modifier cases (_cuda_attention_cases.MOD_CASES)
+    through the Triton raw functions (tests/test_score_mods.py covers fp32 per mask family)."""
+    run_mods_case(_tri_fwd_mods, _tri_bwd_mods, case, dtype)
+
+
+def test_score_mods_bad_arguments_named():
+    m = ZOO["causal_37"]
+    q, k, v = _inputs(m, m.batch_size, 2, 2, 16, torch.float32)
+    args = (q, k, v, m.params, m.rank, m.q_split, int(m.kind), 0.25, 0.0, None)
+    with pytest.raises(ValueError, match="softcap must be a finite float >= 0"):
+        tri.attention_fwd(*args, None, -1.0)
+    with pytest.raises(ValueError, match=r"rel_bias must be float32 \(H, Lq \+ Lk - 1\)"):
+        tri.attention_fwd(*args, torch.zeros(2, 72), 0.0)
+    with pytest.raises(ValueError, match="rel_bias must be float32"):
+        tri.attention_fwd(*args, torch.zeros(2, 73, dtype=torch.float64), 0.0)
 
 
 # ======================================================================== public API

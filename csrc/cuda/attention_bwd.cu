@@ -52,10 +52,37 @@ attention_bwd_delta_kernel(const JanusAttnBwdArgs p) {
 }
 
 // ---------------------------------------------------------------- 2. dK, dV
-template <class T, int D>
+// dV += (P^T o Z) dO for one warp (16 keys x BM queries of P^T as fragments).
+template <class T, int NT_Q, int NT_D, int PITCH>
+__device__ __forceinline__ void accumulate_dv(float (&dv)[NT_D][4], const float (&pt)[NT_Q][4],
+                                              uint32_t keep, float inv_keep, const T* sdO,
+                                              int lane) {
+  float pd[NT_Q][4];
+#pragma unroll
+  for (int nt = 0; nt < NT_Q; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      pd[nt][e] = ((keep >> (4 * nt + e)) & 1u) ? pt[nt][e] * inv_keep : 0.f;
+  uint32_t pa[NT_Q / 2][4];
+  acc_to_a<T, NT_Q>(pa, pd);
+  warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dv, pa, sdO, lane);
+}
+
+// dK += dS^T Q for one warp (the scale is applied once at the end).
+template <class T, int NT_Q, int NT_D, int PITCH>
+__device__ __forceinline__ void accumulate_dk(float (&dk)[NT_D][4], const float (&ds)[NT_Q][4],
+                                              const T* sQ, int lane) {
+  uint32_t da[NT_Q / 2][4];
+  acc_to_a<T, NT_Q>(da, ds);
+  warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dk, da, sQ, lane);
+}
+
+template <class KT, int D>   // KT: T, or WithMods<T> for the score modifiers
 __global__ void __launch_bounds__(kThreads, 1)
 attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
-  using Cfg = BwdCfg<D>;
+  using T = typename KernelVariant<KT>::Elem;
+  constexpr bool kMods = KernelVariant<KT>::kMods;
+  using Cfg = BwdCfg<D, kMods>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH;
   constexpr int NT_Q = BM / 8;        // n-tiles of S^T per warp (16 keys x BM queries)
   constexpr int NT_D = D / 8;         // n-tiles of dK, dV per warp (16 keys x D)
@@ -159,32 +186,51 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
       float pt[NT_Q][4];
       zero(pt);
       warp_gemm_abt<T, NT_Q, D, PITCH, PITCH>(pt, sK + warp * 16 * PITCH, sQ, lane);
-#pragma unroll
-      for (int nt = 0; nt < NT_Q; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ql = nt * 8 + 2 * t + (e & 1);
-          pt[nt][e] = ((allow >> (4 * nt + e)) & 1u)
-                          ? exp2f(score_log2(mods, pt[nt][e], p.scale, sl2, i0 + ql,
-                                             key_a + 8 * (e >> 1)) - sLse[ql])
-                          : 0.f;
-        }
-
-      // ---- dV += (P^T o Z) dO
-      {
-        float pd[NT_Q][4];
+      if constexpr (kMods) {
+        // dS needs each element's tanh, known only while its score is: dP^T first, then P^T o Z
+        // and dS^T in one pass (no third fragment array), both packed to A fragments before
+        // the dV and dK products (fewer live registers than the fp32 tiles)
+        float ds[NT_Q][4];
+        zero(ds);
+        warp_gemm_abt<T, NT_Q, D, PITCH, PITCH>(ds, sV + warp * 16 * PITCH, sdO, lane);
 #pragma unroll
         for (int nt = 0; nt < NT_Q; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e)
-            pd[nt][e] = ((keep >> (4 * nt + e)) & 1u) ? pt[nt][e] * inv_keep : 0.f;
-        uint32_t pa[NT_Q / 2][4];
-        acc_to_a<T, NT_Q>(pa, pd);
+          for (int e = 0; e < 4; ++e) {
+            const int ql = nt * 8 + 2 * t + (e & 1), i = i0 + ql, j = key_a + 8 * (e >> 1);
+            float pe = 0.f, dse = 0.f;
+            if ((allow >> (4 * nt + e)) & 1u) {
+              float th;
+              pe = exp2f(modified_score(mods, pt[nt][e], p.scale, i, j, &th) * kLog2e -
+                         sLse[ql]);
+              const float z = ((keep >> (4 * nt + e)) & 1u) ? inv_keep : 0.f;
+              dse = pe * (ds[nt][e] * z - sDelta[ql]);
+              // rows past i_end have P = 0; keys past Lk of a FULL tile are not real
+              if (d_rel && pe > 0.f && j < p.Lk) atomicAdd(d_rel + (j - i + mods.diag0), dse);
+              dse *= softcap_slope(mods, th);
+            }
+            pt[nt][e] = ((keep >> (4 * nt + e)) & 1u) ? pe * inv_keep : 0.f;
+            ds[nt][e] = dse;
+          }
+        uint32_t pa[NT_Q / 2][4], da[NT_Q / 2][4];
+        acc_to_a<T, NT_Q>(pa, pt);
+        acc_to_a<T, NT_Q>(da, ds);
         warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dv, pa, sdO, lane);
-      }
+        warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dk, da, sQ, lane);
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < NT_Q; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int ql = nt * 8 + 2 * t + (e & 1);
+            pt[nt][e] =
+                ((allow >> (4 * nt + e)) & 1u) ? exp2f(pt[nt][e] * sl2 - sLse[ql]) : 0.f;
+          }
 
-      // ---- dS^T = P^T o (dP^T o Z - delta); dK += dS^T Q
-      {
+        // ---- dV += (P^T o Z) dO
+        accumulate_dv<T, NT_Q, NT_D, PITCH>(dv, pt, keep, inv_keep, sdO, lane);
+
+        // ---- dS^T = P^T o (dP^T o Z - delta); dK += dS^T Q
         float ds[NT_Q][4];
         zero(ds);
         warp_gemm_abt<T, NT_Q, D, PITCH, PITCH>(ds, sV + warp * 16 * PITCH, sdO, lane);
@@ -194,21 +240,9 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
           for (int e = 0; e < 4; ++e) {
             const int ql = nt * 8 + 2 * t + (e & 1);
             const float z = ((keep >> (4 * nt + e)) & 1u) ? inv_keep : 0.f;
-            float dse = pt[nt][e] * (ds[nt][e] * z - sDelta[ql]);
-            // P > 0: an allowed element of a real row (rows past i_end have P = 0); keys
-            // past Lk of a FULL tile are not real either
-            const int i = i0 + ql, j = key_a + 8 * (e >> 1);
-            if (mods.on && pt[nt][e] > 0.f && j < p.Lk) {
-              if (d_rel) atomicAdd(d_rel + (j - i + mods.diag0), dse);
-              if (mods.softcap > 0.f)
-                dse *= softcap_slope(
-                    mods, softcap_tanh_from_prob(mods, pt[nt][e], sLse[ql], i, j));
-            }
-            ds[nt][e] = dse;
+            ds[nt][e] = pt[nt][e] * (ds[nt][e] * z - sDelta[ql]);
           }
-        uint32_t da[NT_Q / 2][4];
-        acc_to_a<T, NT_Q>(da, ds);
-        warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dk, da, sQ, lane);
+        accumulate_dk<T, NT_Q, NT_D, PITCH>(dk, ds, sQ, lane);
       }
       __syncthreads();   // every warp is done with sQ, sdO, sLse, sDelta, sRow before the
                          // next query tile's loads overwrite them
@@ -236,9 +270,11 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
 }
 
 // ---------------------------------------------------------------- 3. dQ
-template <class T, int D>
+template <class KT, int D>   // KT: T, or WithMods<T> for the score modifiers
 __global__ void __launch_bounds__(kThreads, 1)
 attention_bwd_dq_kernel(const JanusAttnBwdArgs p) {
+  using T = typename KernelVariant<KT>::Elem;
+  constexpr bool kMods = KernelVariant<KT>::kMods;
   using Cfg = DqCfg<D>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH;
   constexpr int NT_S = BN / 8;    // n-tiles of S, dP per warp (16 x BN)
@@ -343,7 +379,7 @@ attention_bwd_dq_kernel(const JanusAttnBwdArgs p) {
       for (int e = 0; e < 4; ++e) {
         const int bit = 4 * nt + e;
         float x = s[nt][e] * sl2, slope = 1.f;
-        if (mods.on) {
+        if constexpr (kMods) {
           float th;
           x = modified_score(mods, s[nt][e], p.scale, row_a + 8 * (e >> 1),
                              j0 + nt * 8 + 2 * t + (e & 1), &th) * kLog2e;
@@ -385,10 +421,12 @@ inline int grid_stride_blocks(int64_t work, int per_block) {
   return (int)(n < 1 ? 1 : (n > 4096 ? 4096 : n));
 }
 
-template <class T, int D>
+template <class KT, int D>
 cudaError_t launch_bwd(const JanusAttnBwdArgs& a, cudaStream_t stream) {
+  using T = typename KernelVariant<KT>::Elem;
   const int64_t rows = (int64_t)a.B * a.H * a.Lq;
-  const int64_t dkdv_blocks = (int64_t)a.B * a.Hkv * ((a.Lk + BwdCfg<D>::BN - 1) / BwdCfg<D>::BN);
+  using DkdvCfg = BwdCfg<D, KernelVariant<KT>::kMods>;
+  const int64_t dkdv_blocks = (int64_t)a.B * a.Hkv * ((a.Lk + DkdvCfg::BN - 1) / DkdvCfg::BN);
   const int64_t dq_blocks = (int64_t)a.B * a.H * num_row_blocks<DqCfg<D>::BM>(a.Lq, a.q_split);
   if (dkdv_blocks > kGridXMax || dq_blocks > kGridXMax) return cudaErrorInvalidValue;
   if (rows > 0) {
@@ -398,8 +436,8 @@ cudaError_t launch_bwd(const JanusAttnBwdArgs& a, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   if (dkdv_blocks > 0) {
-    auto kernel = attention_bwd_dkdv_kernel<T, D>;
-    const int smem = BwdCfg<D>::kSmemBytes;
+    auto kernel = attention_bwd_dkdv_kernel<KT, D>;
+    const int smem = DkdvCfg::kSmemBytes;
     cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return e;
@@ -408,7 +446,7 @@ cudaError_t launch_bwd(const JanusAttnBwdArgs& a, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   if (dq_blocks > 0) {
-    auto kernel = attention_bwd_dq_kernel<T, D>;
+    auto kernel = attention_bwd_dq_kernel<KT, D>;
     const int smem = DqCfg<D>::kSmemBytes;
     cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -417,6 +455,14 @@ cudaError_t launch_bwd(const JanusAttnBwdArgs& a, cudaStream_t stream) {
     return cudaGetLastError();
   }
   return cudaSuccess;
+}
+
+template <class T>
+cudaError_t launch_bwd_dtype(const JanusAttnBwdArgs& a, cudaStream_t stream) {
+  const bool d64 = a.head_dim <= 64;
+  if (score_mods_on(a.rel_bias, a.softcap))
+    return d64 ? launch_bwd<WithMods<T>, 64>(a, stream) : launch_bwd<WithMods<T>, 128>(a, stream);
+  return d64 ? launch_bwd<T, 64>(a, stream) : launch_bwd<T, 128>(a, stream);
 }
 
 }  // namespace attn
@@ -443,12 +489,8 @@ extern "C" cudaError_t janus_cuda_attention_bwd(const JanusAttnBwdArgs* a, cudaS
   for (const void* ptr : ptrs)
     if (!aligned16(ptr)) return cudaErrorInvalidValue;
   if (a->B == 0) return cudaSuccess;
-  const bool d64 = a->head_dim <= 64;
-  if (a->dtype == JANUS_DTYPE_F16)
-    return d64 ? launch_bwd<__half, 64>(*a, stream) : launch_bwd<__half, 128>(*a, stream);
-  if (a->dtype == JANUS_DTYPE_BF16)
-    return d64 ? launch_bwd<__nv_bfloat16, 64>(*a, stream)
-               : launch_bwd<__nv_bfloat16, 128>(*a, stream);
+  if (a->dtype == JANUS_DTYPE_F16) return launch_bwd_dtype<__half>(*a, stream);
+  if (a->dtype == JANUS_DTYPE_BF16) return launch_bwd_dtype<__nv_bfloat16>(*a, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -22,9 +22,11 @@
 namespace janus {
 namespace attn {
 
-template <class T, int D>
+template <class KT, int D>   // KT: T, or WithMods<T> for the score modifiers
 __global__ void __launch_bounds__(kThreads, 1)
 attention_fwd_kernel(const JanusAttnFwdArgs p) {
+  using T = typename KernelVariant<KT>::Elem;
+  constexpr bool kMods = KernelVariant<KT>::kMods;
   using Cfg = FwdCfg<D>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH;
   constexpr int NT_S = BN / 8;    // n-tiles of S per warp (16 x BN)
@@ -130,7 +132,7 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const float x = ((allow >> (4 * nt + e)) & 1u)
-                            ? score_log2(mods, s[nt][e], p.scale, sl2, row_a + 8 * (e >> 1),
+                            ? score_log2<kMods>(mods, s[nt][e], p.scale, sl2, row_a + 8 * (e >> 1),
                                          j0 + nt * 8 + 2 * t + (e & 1))
                             : -INFINITY;
         s[nt][e] = x;
@@ -189,9 +191,9 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
   }
 }
 
-template <class T, int D>
+template <class KT, int D>
 cudaError_t launch_fwd(const JanusAttnFwdArgs& a, cudaStream_t stream) {
-  auto kernel = attention_fwd_kernel<T, D>;
+  auto kernel = attention_fwd_kernel<KT, D>;
   const int smem = FwdCfg<D>::kSmemBytes;
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -200,6 +202,14 @@ cudaError_t launch_fwd(const JanusAttnFwdArgs& a, cudaStream_t stream) {
   if (blocks > kGridXMax) return cudaErrorInvalidValue;
   JANUS_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), smem, stream, a);
   return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t launch_fwd_dtype(const JanusAttnFwdArgs& a, cudaStream_t stream) {
+  const bool d64 = a.head_dim <= 64;
+  if (score_mods_on(a.rel_bias, a.softcap))
+    return d64 ? launch_fwd<WithMods<T>, 64>(a, stream) : launch_fwd<WithMods<T>, 128>(a, stream);
+  return d64 ? launch_fwd<T, 64>(a, stream) : launch_fwd<T, 128>(a, stream);
 }
 
 }  // namespace attn
@@ -222,11 +232,7 @@ extern "C" cudaError_t janus_cuda_attention_fwd(const JanusAttnFwdArgs* a, cudaS
   if (!aligned16(a->q) || !aligned16(a->k) || !aligned16(a->v) || !aligned16(a->out))
     return cudaErrorInvalidValue;
   if (a->B == 0 || a->Lq == 0) return cudaSuccess;
-  const bool d64 = a->head_dim <= 64;
-  if (a->dtype == JANUS_DTYPE_F16)
-    return d64 ? launch_fwd<__half, 64>(*a, stream) : launch_fwd<__half, 128>(*a, stream);
-  if (a->dtype == JANUS_DTYPE_BF16)
-    return d64 ? launch_fwd<__nv_bfloat16, 64>(*a, stream)
-               : launch_fwd<__nv_bfloat16, 128>(*a, stream);
+  if (a->dtype == JANUS_DTYPE_F16) return launch_fwd_dtype<__half>(*a, stream);
+  if (a->dtype == JANUS_DTYPE_BF16) return launch_fwd_dtype<__nv_bfloat16>(*a, stream);
   return cudaErrorInvalidValue;
 }

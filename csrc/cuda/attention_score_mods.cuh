@@ -3,7 +3,9 @@
 //   s += rel_bias[h, j - i + Lq - 1]
 // then the mask and the softmax as before. The kernels fold scale * log2e into one multiply of
 // the raw dot when no modifier is on; with one, the element becomes s in natural units and is
-// then scaled by log2e. The switch (ScoreMods::on) is uniform across the launch.
+// then scaled by log2e. Kernels with modifiers are separate instantiations, tagged
+// WithMods<T> (KernelVariant below), so the kernels without them compile exactly as before
+// (same code, same registers).
 //
 // Backward: dS (the gradient w.r.t. the final score s) goes to d_rel_bias[h, j - i + Lq - 1]
 // (fp32 atomicAdd in the dK/dV kernel: the order of the additions, hence the last bits of
@@ -16,11 +18,26 @@
 namespace janus {
 namespace attn {
 
+// Kernel template tag: element type T with the score modifiers compiled in.
+template <class T>
+struct WithMods {};
+
+// The element type and the modifier switch of a kernel's first template argument.
+template <class KT>
+struct KernelVariant {
+  using Elem = KT;
+  static constexpr bool kMods = false;
+};
+template <class T>
+struct KernelVariant<WithMods<T>> {
+  using Elem = T;
+  static constexpr bool kMods = true;
+};
+
 struct ScoreMods {
   const float* rel;     // head h's row of the (H, rel_len) table; nullptr: no bias
   int rel_len, diag0;   // diag0 = Lq - 1: column of (i, j) is j - i + diag0
   float softcap, inv_softcap;   // softcap 0: none
-  bool on;
 };
 
 __host__ __device__ __forceinline__ ScoreMods make_score_mods(const float* rel_bias,
@@ -32,7 +49,6 @@ __host__ __device__ __forceinline__ ScoreMods make_score_mods(const float* rel_b
   m.diag0 = Lq - 1;
   m.softcap = softcap;
   m.inv_softcap = softcap > 0.f ? 1.f / softcap : 0.f;
-  m.on = m.rel != nullptr || softcap > 0.f;
   return m;
 }
 
@@ -63,27 +79,26 @@ __device__ __forceinline__ float modified_score(const ScoreMods& m, float raw, f
 }
 
 // The element's exp2 argument before subtracting the running max / lse: raw * scale * log2e
-// without modifiers, the modified score times log2e with them.
+// without modifiers (sl2 = scale * log2e), the modified score times log2e with them.
+template <bool kMods>
 __device__ __forceinline__ float score_log2(const ScoreMods& m, float raw, float scale,
                                             float sl2, int i, int j) {
-  if (!m.on) return raw * sl2;
-  float th;
-  return modified_score(m, raw, scale, i, j, &th) * kLog2e;
+  if constexpr (!kMods) {
+    return raw * sl2;
+  } else {
+    float th;
+    return modified_score(m, raw, scale, i, j, &th) * kLog2e;
+  }
+}
+
+// Whether a launch needs the WithMods instantiation.
+__host__ __device__ __forceinline__ bool score_mods_on(const float* rel_bias, float softcap) {
+  return rel_bias != nullptr || softcap > 0.f;
 }
 
 // d s / d x of the softcap: 1 - tanh^2 (1 without softcap).
 __device__ __forceinline__ float softcap_slope(const ScoreMods& m, float th) {
   return m.softcap > 0.f ? 1.f - th * th : 1.f;
-}
-
-// tanh(x / softcap) of an element recovered from its probability pr = exp2(s log2e - lse2)
-// (pr > 0): s = (log2 pr + lse2) ln 2, tanh = (s - bias) / softcap. Used by the dK/dV kernel,
-// which keeps only P between its two passes over the tile (a second array would spill). The
-// error, a few ulp of |lse|, enters dS as dS * 2 tanh * err: negligible against dS itself.
-__device__ __forceinline__ float softcap_tanh_from_prob(const ScoreMods& m, float pr, float lse2,
-                                                        int i, int j) {
-  const float s = (log2f(pr) + lse2) * kLn2;
-  return fminf(1.f, fmaxf(-1.f, (s - rel_bias_at(m, i, j)) * m.inv_softcap));
 }
 
 }  // namespace attn

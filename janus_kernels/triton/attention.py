@@ -24,6 +24,11 @@ One kernel per key tile and kv head accumulates dK/dV over the query tiles of bo
 that can see the key tile (closed-form row range, ``mask.window_query_range``) and over the
 query heads of its GQA group, so no atomics are needed; a second kernel per query row tile
 accumulates dQ over the same key tiles as the forward.
+
+Score modifiers (softcap, relative bias; :mod:`janus_kernels.triton.score_mods`) enter every
+kernel's score tile under constexpr flags (the plain path compiles as before); the dK/dV
+kernel adds dS to the bias table's gradient with float32 atomics (summation order, hence the
+last bits of d_rel_bias, vary between GPU runs; dq/dk/dv stay deterministic).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Score modifiers of the Triton attention kernels (softcap, relative bias) as ``@triton.jit``
-helpers, the kernel spelling of ``attention(..., softcap=, rel_bias=)`` (see
-``janus_kernels/score_mods.py`` and docs of ``janus_kernels.attention``)::
+helpers, the kernel spelling of ``attention(..., softcap=, rel_bias=)`` (the tables:
+``janus_kernels/score_mods.py``)::
 
     s = scale q.k;   s = softcap tanh(s / softcap)   (softcap > 0);   s += rel_bias[h, j - i + Lq - 1]
 
