@@ -593,6 +593,17 @@ TF32_CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
     "fwd": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 4, 2),
             256: (16, 16, 4, 1)},
 }
+#: Kernels with score modifiers (HAS_SOFTCAP / HAS_REL_BIAS) where the plain config spills
+#: (the bias gather and the tanh add (BLOCK_M, BLOCK_N) tiles of live values per score tile),
+#: per input kind ("16bit", "fp32" IEEE, "tf32"); the others keep the plain config. Every
+#: entry AOT-compiles with 0 spills on sm_80 and sm_90
+#: (`python -m janus_kernels.triton.aot --mods`).
+MODS_CONFIGS: Dict[str, Dict[str, Dict[int, Tuple[int, int, int, int]]]] = {
+    "16bit": {"fwd": {128: (128, 32, 8, 2)},
+              "dq": {64: (32, 64, 4, 2), 128: (32, 64, 8, 2)}},
+    "fp32": {"fwd": {64: (32, 32, 8, 2), 128: (16, 32, 4, 1)}},
+    "tf32": {"fwd": {128: (32, 32, 8, 2)}, "dkdv": {64: (16, 32, 8, 1)}},
+}
 #: Blocks used under TRITON_INTERPRET=1 (the interpreter costs ~ms per tile iteration, so
 #: small tiles keep the tests fast and exercise many tile boundaries). Tests may patch it.
 INTERPRETER_BLOCKS: Tuple[int, int] = (16, 16)
@@ -608,12 +619,17 @@ def head_dim_pad(d: int) -> int:
 
 
 def get_config(kernel: str, d_pad: int, dtype: torch.dtype,
-               tf32: bool = False) -> Tuple[int, int, int, int]:
+               tf32: bool = False, mods: bool = False) -> Tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of `kernel` ('fwd', 'dkdv', 'dq', 'pre');
-    `tf32`: fp32 inputs with TF32 dots."""
+    `tf32`: fp32 inputs with TF32 dots; `mods`: score modifiers on."""
     if _interpreting():
         bm, bn = INTERPRETER_BLOCKS
         return bm, bn, 4, 1
+    if mods:
+        kind = "16bit" if dtype.itemsize == 2 else "tf32" if tf32 else "fp32"
+        cfg = MODS_CONFIGS[kind].get(kernel, {}).get(d_pad)
+        if cfg is not None:
+            return cfg
     if tf32 and dtype == torch.float32 and kernel in TF32_CONFIGS:
         return TF32_CONFIGS[kernel][d_pad]
     if dtype.itemsize >= 4 and kernel in FP32_CONFIGS:
@@ -798,10 +814,11 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: tor
         return out, lse
     d_pad = head_dim_pad(d)
     tf32 = use_tf32(q)
-    bm, bn, warps, stages = get_config("fwd", d_pad, q.dtype, tf32)
+    (rel, cap, inv_cap, rel_len), flags = _mod_args(rel_bias, softcap, lse)
+    mods = flags["HAS_SOFTCAP"] or flags["HAS_REL_BIAS"]
+    bm, bn, warps, stages = get_config("fwd", d_pad, q.dtype, tf32, mods)
     keep_scale, thr, s_lo, s_hi = _dropout_args(dropout_p, seed)
     params, rank_t, rank_stride = _mask_args(params, rank, k)
-    (rel, cap, inv_cap, rel_len), flags = _mod_args(rel_bias, softcap, lse)
     grid = launch_grid(B * H, _stream_row_tiles(Lq, q_split, bm))
     with _device_ctx(q):
         _attn_fwd[grid](q, k, v, out, lse, params, rank_t, rel, *_strides(q), *_strides(k),
@@ -862,13 +879,14 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
         _bwd_preprocess[launch_grid(B * H, triton.cdiv(Lq, bm))](
             out, dout, delta, *_strides(out), *_strides(dout), H, Lq,
             D=d, D_PAD=d_pad, BLOCK_M=bm, num_warps=warps, num_stages=stages)
-        bm, bn, warps, stages = get_config("dkdv", d_pad, q.dtype)
+        mods = flags["HAS_SOFTCAP"] or flags["HAS_REL_BIAS"]
+        bm, bn, warps, stages = get_config("dkdv", d_pad, q.dtype, common["TF32"], mods)
         _attn_bwd_dkdv[launch_grid(B * Hkv, triton.cdiv(Lk, bn))](
             q, k, v, dout, lse, delta, dk, dv, params, rank_t, rel, d_rel_ptr, *_strides(q),
             *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
             rank_stride, H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr,
             s_lo, s_hi, cap, inv_cap, rel_len, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
-        bm, bn, warps, stages = get_config("dq", d_pad, q.dtype)
+        bm, bn, warps, stages = get_config("dq", d_pad, q.dtype, common["TF32"], mods)
         grid = launch_grid(B * H, _stream_row_tiles(Lq, q_split, bm))
         _attn_bwd_dq[grid](
             q, k, v, dout, lse, delta, dq, params, rank_t, rel, *_strides(q), *_strides(k),
