@@ -382,6 +382,28 @@ def test_score_mods_bad_arguments_named():
         tri.attention_fwd(*args, torch.zeros(2, 73, dtype=torch.float64), 0.0)
 
 
+def test_rel_grad_alerts_under_deterministic_algorithms():
+    """d_rel_bias comes from GPU atomics: torch.use_deterministic_algorithms makes it an error
+    (a warning with warn_only), as for torch's own atomic kernels."""
+    import types
+    import warnings
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda"))   # no CUDA needed to check
+    tri._alert_nondeterministic_rel_grad(on_gpu)                  # default: no alert
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match="d_rel_bias .* not deterministic"):
+            tri._alert_nondeterministic_rel_grad(on_gpu)
+        tri._alert_nondeterministic_rel_grad(types.SimpleNamespace(device=torch.device("cpu")))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="not deterministic"):
+            tri._alert_nondeterministic_rel_grad(on_gpu)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tri._alert_nondeterministic_rel_grad(on_gpu)
+
+
 # ======================================================================== public API
 @pytest.mark.parametrize("name,dtype", [("janus_nar", torch.float32), ("prefix_lm", torch.bfloat16),
                                         ("permutation", torch.float32)])

@@ -199,7 +199,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> flash_attention_bwd_cuda(
   const auto [B, H, Hkv, Lq, Lk, d] = check_qkv(q_, k_, v_);
   const Tensor rel = check_score_mods(rel_bias, softcap, H, Lq, Lk, q_.device());
   const c10::cuda::CUDAGuard guard(q_.device());
-  // zero-filled: the dK/dV kernel accumulates it with atomicAdd
+  // zero-filled: the dK/dV kernel accumulates it with atomicAdd (in no fixed order: an error
+  // or a warning under torch.use_deterministic_algorithms, like torch's own atomic kernels)
+  if (rel.defined())
+    at::globalContext().alertNotDeterministic(
+        "janus::flash_attention_bwd with rel_bias (d_rel_bias)");
   const Tensor d_rel_bias = rel.defined() ? at::zeros_like(rel)
                                           : at::empty({0}, q_.options().dtype(at::kFloat));
   check_tensor(dout_, "grad_out", q_.device());

@@ -711,6 +711,21 @@ def _check_score_mods(q, k, rel_bias, softcap) -> None:
                          f"on {q.device}, got {_describe(rel_bias)}")
 
 
+def _alert_nondeterministic_rel_grad(q: torch.Tensor) -> None:
+    """d_rel_bias is summed with float32 atomics on a GPU (the interpreter runs programs in
+    order): under torch.use_deterministic_algorithms, raise (or warn with warn_only) as torch's
+    own nondeterministic ops do."""
+    if q.device.type != "cuda" or not torch.are_deterministic_algorithms_enabled():
+        return
+    msg = ("triton attention backward with rel_bias: d_rel_bias is accumulated with atomic "
+           "adds, which is not deterministic (dq/dk/dv are)")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        import warnings
+        warnings.warn(msg)
+    else:
+        raise RuntimeError(msg + "; torch.use_deterministic_algorithms(True) is set")
+
+
 def _mod_args(rel_bias: Optional[torch.Tensor], softcap: float, placeholder: torch.Tensor):
     """Kernel arguments of the score modifiers: (REL tensor, softcap, 1 / softcap, rel_len)
     and the constexpr flags (HAS_SOFTCAP, HAS_REL_BIAS). Without rel_bias, `placeholder`
@@ -841,6 +856,8 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     groups); d_rel_bias is a (0,) float32 tensor without rel_bias."""
     _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed)
     _check_score_mods(q, k, rel_bias, softcap)
+    if rel_bias is not None:
+        _alert_nondeterministic_rel_grad(q)
     # float32 atomics accumulate it (dK/dV kernel): zero-initialised, unordered sums on a GPU
     d_rel = torch.zeros((0,) if rel_bias is None else tuple(rel_bias.shape),
                         dtype=torch.float32, device=q.device)
@@ -885,12 +902,14 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
             q, k, v, dout, lse, delta, dk, dv, params, rank_t, rel, d_rel_ptr, *_strides(q),
             *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
             rank_stride, H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr,
-            s_lo, s_hi, cap, inv_cap, rel_len, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
+            s_lo, s_hi, cap, inv_cap, rel_len, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
+            num_stages=stages, **common)
         bm, bn, warps, stages = get_config("dq", d_pad, q.dtype, common["TF32"], mods)
         grid = launch_grid(B * H, _stream_row_tiles(Lq, q_split, bm))
         _attn_bwd_dq[grid](
             q, k, v, dout, lse, delta, dq, params, rank_t, rel, *_strides(q), *_strides(k),
             *_strides(v), *_strides(dout), *_strides(dq), rank_stride,
             H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr, s_lo, s_hi,
-            cap, inv_cap, rel_len, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
+            cap, inv_cap, rel_len, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
+            num_stages=stages, **common)
     return dq, dk, dv, d_rel

@@ -2,7 +2,7 @@
 helpers, the kernel spelling of ``attention(..., softcap=, rel_bias=)`` (the tables:
 ``janus_kernels/score_mods.py``)::
 
-    s = scale q.k;   s = softcap tanh(s / softcap)   (softcap > 0);   s += rel_bias[h, j - i + Lq - 1]
+    s = scale q.k;   s = softcap tanh(s / softcap)  (softcap > 0);   s += rel_bias[h, j-i+Lq-1]
 
 then the mask and the softmax as before. The kernels work in base 2 (``exp2``): without
 modifiers they fold ``scale log2(e)`` into one multiply of the dot (:func:`score_tile` keeps
