@@ -345,28 +345,35 @@ def test_dropout_matches_reference_backend(name, H, Hkv):
 
 
 # =================================================================== score modifiers
+def _on_dev(*ts):
+    return [None if t is None else t.to(DEV) for t in ts]
+
+
 def _tri_fwd_mods(q, k, v, m, scale, p, seed, rel, cap):
-    m = m.to(q.device)
+    m = m.to(DEV)
     seed_t = torch.tensor([seed], dtype=torch.int64) if p else None
-    return tri.attention_fwd(q, k, v, m.params, m.rank, m.q_split, int(m.kind), scale, p,
-                             seed_t, rel, cap)
+    q, k, v, rel = _on_dev(q, k, v, rel)
+    out, lse = tri.attention_fwd(q, k, v, m.params, m.rank, m.q_split, int(m.kind), scale, p,
+                                 seed_t, rel, cap)
+    return out.cpu(), lse.cpu()
 
 
 def _tri_bwd_mods(do, q, k, v, o, lse, m, scale, p, seed, rel, cap):
-    m = m.to(q.device)
+    m = m.to(DEV)
     seed_t = torch.tensor([seed], dtype=torch.int64) if p else None
-    return tri.attention_bwd(do, q, k, v, o, lse, m.params, m.rank, m.q_split, int(m.kind),
-                             scale, p, seed_t, rel, cap)
+    grads = tri.attention_bwd(*_on_dev(do, q, k, v, o, lse), m.params, m.rank, m.q_split,
+                              int(m.kind), scale, p, seed_t, *_on_dev(rel), cap)
+    return tuple(g.cpu() for g in grads)
 
 
-@pytest.mark.skipif(not _INTERPRET, reason="CPU tensors: the interpreter")
 @pytest.mark.parametrize("case,dtype", [
     (c, torch.float16 if n % 2 == 0 else torch.bfloat16) for n, c in enumerate(MOD_CASES)],
     ids=[f"{c.name}-{'f16' if n % 2 == 0 else 'bf16'}" for n, c in enumerate(MOD_CASES)])
 def test_score_mods_half_gqa_dropout(case, dtype):
     """softcap / rel_bias in half precision with GQA, dropout, padding rows, permutation and
     non-contiguous inputs: the CUDA suite's modifier cases (_cuda_attention_cases.MOD_CASES)
-    through the Triton raw functions (tests/test_score_mods.py covers fp32 per mask family)."""
+    through the Triton raw functions, interpreted or compiled (tests/test_score_mods.py covers
+    fp32 per mask family)."""
     run_mods_case(_tri_fwd_mods, _tri_bwd_mods, case, dtype)
 
 

@@ -93,6 +93,8 @@ Tensor check_score_mods(const std::optional<Tensor>& rel_bias, double softcap, i
               "softcap: must be a finite float >= 0 (0 = off), got ", softcap);
   if (!rel_bias.has_value() || !rel_bias->defined()) return Tensor();
   check_tensor(*rel_bias, "rel_bias", dev);
+  TORCH_CHECK(Lq + Lk - 1 <= std::numeric_limits<int32_t>::max(),
+              "rel_bias: Lq + Lk - 1 = ", Lq + Lk - 1, " columns exceed the kernels' int32 index");
   TORCH_CHECK(rel_bias->scalar_type() == at::kFloat && rel_bias->dim() == 2 &&
                   rel_bias->size(0) == H && rel_bias->size(1) == Lq + Lk - 1,
               "rel_bias: expected float32 (H, Lq + Lk - 1) = (", H, ", ", Lq + Lk - 1, "), got ",

@@ -705,6 +705,9 @@ def _check_score_mods(q, k, rel_bias, softcap) -> None:
     if rel_bias is None:
         return
     want = (q.shape[1], q.shape[2] + k.shape[2] - 1)
+    if want[1] >= 2 ** 31:
+        raise ValueError(f"triton attention: rel_bias has Lq + Lk - 1 = {want[1]} columns, "
+                         f"beyond the kernels' int32 index")
     if not isinstance(rel_bias, torch.Tensor) or rel_bias.dtype != torch.float32 \
             or tuple(rel_bias.shape) != want or rel_bias.device != q.device:
         raise ValueError(f"triton attention: rel_bias must be float32 (H, Lq + Lk - 1) = {want} "
