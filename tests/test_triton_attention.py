@@ -387,6 +387,11 @@ def test_score_mods_bad_arguments_named():
         tri.attention_fwd(*args, torch.zeros(2, 72), 0.0)
     with pytest.raises(ValueError, match="rel_bias must be float32"):
         tri.attention_fwd(*args, torch.zeros(2, 73, dtype=torch.float64), 0.0)
+    # Lq + Lk - 1 past int32: refused before anything is allocated (stride-0 inputs)
+    big = torch.zeros(1, device=DEV).expand(1, 1, 2 ** 30 + 1, 16)
+    with pytest.raises(ValueError, match="beyond the kernels' int32 index"):
+        tri.attention_fwd(big, big, big, m.params[:1], None, 0, 0, 0.25, 0.0, None,
+                          torch.zeros(1, 1), 0.0)
 
 
 def test_rel_grad_alerts_under_deterministic_algorithms():
