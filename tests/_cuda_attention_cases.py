@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-from attention_utils import assert_within_rule
+from attention_utils import assert_within_rule, ref_outputs
 from _mask_cases_hf import HF_CASES
 
 import janus_kernels as jk
@@ -179,3 +179,88 @@ def keep_mask_case():
     v = torch.eye(Lk, d).half().expand(B, H, Lk, d).contiguous()
     expected = dropout_keep_mask(seed, B, H, Lq, Lk, p) & mask.materialize()[:, None]
     return mask, p, seed, q, k, v, expected
+
+
+# ------------------------------------------------------------------ score modifiers
+@dataclasses.dataclass
+class ModCase:
+    """A case with score modifiers: softcap (0 = off) and/or a random relative-bias table."""
+    name: str
+    mask: Callable[[], MaskDescriptor]
+    softcap: float = 0.0
+    rel_bias: bool = False
+    H: int = 2
+    Hkv: int = 2
+    d: int = 64
+    dropout: float = 0.0
+    scale: Optional[float] = None
+    bshd: bool = False
+    q_gain: float = 3.0         # scores of a few units, so the softcap bends them
+
+
+MOD_CASES = [
+    # padding rows / keys, a sample with no query rows, GQA, both modifiers
+    ModCase("janus_nar_both_gqa", lambda: jk.janus_nar_mask([5, 9, 3], [3, 0, 2], 20, 5),
+            softcap=2.5, rel_bias=True, H=4, Hkv=2),
+    # several 64-tiles with FULL tiles (keys past Lk in the last one), odd length
+    ModCase("causal_113_softcap", lambda: jk.causal_mask([113, 70], 113), softcap=4.0, H=1,
+            Hkv=1, d=32),
+    ModCase("causal_113_rel", lambda: jk.causal_mask([113, 70], 113), rel_bias=True, H=1,
+            Hkv=1, d=32),
+    ModCase("full_7x70_both_d128", lambda: jk.full_mask(2, 7, 70), softcap=3.0, rel_bias=True,
+            H=2, Hkv=1, d=128),
+    # d = 128: the dK/dV kernel's 16-row query tiles (BwdCfg<128, true>) over several tiles
+    ModCase("janus_nar_gqa_d128_both", lambda: jk.janus_nar_mask([6, 2], [4, 1], 24, 6),
+            softcap=3.0, rel_bias=True, H=4, Hkv=2, d=128),
+    ModCase("prefix_lm_dropout_both_bshd", lambda: jk.prefix_lm_mask([4, 0], [30, 17], 30),
+            softcap=5.0, rel_bias=True, dropout=0.2, bshd=True),
+    ModCase("permutation_rel", _perm_mask, rel_bias=True, d=80),
+]
+
+
+def _dense_bias(rel: torch.Tensor, Lq: int, Lk: int) -> torch.Tensor:
+    """(H, Lq, Lk) from the (H, Lq + Lk - 1) table: entry (i, j) = rel[:, j - i + Lq - 1]."""
+    diag = torch.arange(Lk)[None, :] - torch.arange(Lq)[:, None] + (Lq - 1)
+    return rel[:, diag]
+
+
+def run_mods_case(fwd: FwdFn, bwd: BwdFn, case: ModCase, dtype: torch.dtype) -> None:
+    """One case through fwd(q, k, v, mask, scale, p, seed, rel_bias, softcap) -> (out, lse) and
+    bwd(dout, q, k, v, out, lse, mask, scale, p, seed, rel_bias, softcap) -> (dq, dk, dv,
+    d_rel_bias), checked against the dense autograd references with the tolerance rule."""
+    mask = case.mask()
+    q, k, v, dout = make_inputs(case, mask, dtype)
+    q = (q.float() * case.q_gain).to(dtype)
+    B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    rel = None
+    if case.rel_bias:
+        rel = torch.randn(H, Lq + Lk - 1, generator=torch.Generator().manual_seed(9))
+    scale = case.scale if case.scale is not None else case.d ** -0.5
+    seed = 0x0F1E_2D3C_4B5A_6978 if case.dropout else 0
+    keep = dropout_keep_mask(seed, B, H, Lq, Lk, case.dropout) if case.dropout else None
+    allowed = mask.materialize()
+    before = [t.clone() for t in (q, k, v, dout) + ((rel,) if rel is not None else ())]
+
+    out, lse = fwd(q, k, v, mask, scale, case.dropout, seed, rel, case.softcap)
+    grads = bwd(dout, q, k, v, out, lse, mask, scale, case.dropout, seed, rel, case.softcap)
+    after = (q, k, v, dout) + ((rel,) if rel is not None else ())
+    assert all(torch.equal(a, b) for a, b in zip(after, before)), "inputs were modified"
+
+    cap = case.softcap or None
+    common = dict(scale=scale, keep=keep, dropout_p=case.dropout, softcap=cap)
+    acc = ref_outputs(q.double(), k.double(), v.double(), dout.double(), allowed, upcast=True,
+                      rel_bias=None if rel is None else rel.double(), **common)
+    same = ref_outputs(q, k, v, dout, allowed, upcast=False,
+                       rel_bias=None if rel is None else rel.to(dtype), **common)
+    names = ("out", "dq", "dk", "dv", "d_rel_bias")
+    got = (out,) + tuple(grads[:3]) + ((grads[3],) if rel is not None else ())
+    for i, (nm, g) in enumerate(zip(names, got)):
+        check_close(f"{case.name}/{dtype}/{nm}", g, acc[i], same[i], 2.0 if i == 0 else 3.0)
+
+    bias = None if rel is None else _dense_bias(rel.double(), Lq, Lk)
+    _, lse_acc = reference_attention(q.double(), k.double(), v.double(), allowed, scale=scale,
+                                     softcap=cap, bias=bias, return_lse=True)
+    _, lse_same = reference_attention(q, k, v, allowed, scale=scale, upcast=False, softcap=cap,
+                                      bias=None if bias is None else bias.to(dtype),
+                                      return_lse=True)
+    check_close(f"{case.name}/{dtype}/lse", lse, lse_acc, lse_same, 2.0)

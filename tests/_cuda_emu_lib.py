@@ -134,7 +134,9 @@ class FwdArgs(ctypes.Structure):
                 ("Lq", ctypes.c_int32), ("Lk", ctypes.c_int32), ("head_dim", ctypes.c_int32),
                 ("q_split", ctypes.c_int32), ("mask_kind", ctypes.c_int32),
                 ("dtype", ctypes.c_int32), ("scale", ctypes.c_float),
-                ("dropout_p", ctypes.c_float), ("seed", ctypes.c_uint64)]
+                ("dropout_p", ctypes.c_float), ("seed", ctypes.c_uint64),
+                ("rel_bias", ctypes.c_void_p), ("rel_len", ctypes.c_int32),
+                ("softcap", ctypes.c_float)]
 
 
 class BwdArgs(ctypes.Structure):
@@ -152,7 +154,9 @@ class BwdArgs(ctypes.Structure):
                 ("Lq", ctypes.c_int32), ("Lk", ctypes.c_int32), ("head_dim", ctypes.c_int32),
                 ("q_split", ctypes.c_int32), ("mask_kind", ctypes.c_int32),
                 ("dtype", ctypes.c_int32), ("scale", ctypes.c_float),
-                ("dropout_p", ctypes.c_float), ("seed", ctypes.c_uint64)]
+                ("dropout_p", ctypes.c_float), ("seed", ctypes.c_uint64),
+                ("rel_bias", ctypes.c_void_p), ("d_rel_bias", ctypes.c_void_p),
+                ("rel_len", ctypes.c_int32), ("softcap", ctypes.c_float)]
 
 
 _DTYPES = {torch.float16: 0, torch.bfloat16: 1}
@@ -203,7 +207,16 @@ class EmuKernels:
         args.q_split = mask.q_split
         args.mask_kind = int(mask.kind)
 
-    def fwd(self, q, k, v, mask, *, scale: float, dropout_p: float = 0.0, seed: int = 0
+    @staticmethod
+    def _mod_fields(args, rel_bias: Optional[torch.Tensor], softcap: float) -> None:
+        """The score modifiers (rel_bias: float32 contiguous (H, Lq + Lk - 1) or None)."""
+        if rel_bias is not None:
+            args.rel_bias = rel_bias.data_ptr()
+            args.rel_len = rel_bias.shape[-1]
+        args.softcap = softcap
+
+    def fwd(self, q, k, v, mask, *, scale: float, dropout_p: float = 0.0, seed: int = 0,
+            rel_bias: Optional[torch.Tensor] = None, softcap: float = 0.0
             ) -> Tuple[torch.Tensor, torch.Tensor]:
         B, H, Lq, d = q.shape
         out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
@@ -215,11 +228,16 @@ class EmuKernels:
         a.B, a.H, a.Hkv, a.Lq, a.Lk, a.head_dim = B, H, k.shape[1], Lq, k.shape[2], d
         a.dtype = _DTYPES[q.dtype]
         a.scale, a.dropout_p, a.seed = scale, dropout_p, seed & (2 ** 64 - 1)
+        self._mod_fields(a, rel_bias, softcap)
         self._check(self.lib.janus_cuda_attention_fwd(ctypes.byref(a), None), "fwd")
         return out, lse
 
     def bwd(self, dout, q, k, v, out, lse, mask, *, scale: float, dropout_p: float = 0.0,
-            seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            seed: int = 0, rel_bias: Optional[torch.Tensor] = None, softcap: float = 0.0,
+            d_rel_bias: Optional[torch.Tensor] = None
+            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dq, dk, dv); with rel_bias, its gradient is added into `d_rel_bias` (float32, the
+        table's shape, zero-filled by the caller: the kernel accumulates with atomics)."""
         B, H, Lq, d = q.shape
         dq = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
         dk = torch.full_like(k, float("nan"), memory_format=torch.contiguous_format)
@@ -235,6 +253,9 @@ class EmuKernels:
         a.B, a.H, a.Hkv, a.Lq, a.Lk, a.head_dim = B, H, k.shape[1], Lq, k.shape[2], d
         a.dtype = _DTYPES[q.dtype]
         a.scale, a.dropout_p, a.seed = scale, dropout_p, seed & (2 ** 64 - 1)
+        self._mod_fields(a, rel_bias, softcap)
+        if d_rel_bias is not None:
+            a.d_rel_bias = d_rel_bias.data_ptr()
         self._check(self.lib.janus_cuda_attention_bwd(ctypes.byref(a), None), "bwd")
         return dq, dk, dv
 

@@ -19,7 +19,7 @@ import torch
 
 import _cuda_emu_lib as emu_lib
 import janus_kernels as jk
-from _cuda_attention_cases import CASES, keep_mask_case, run_case
+from _cuda_attention_cases import CASES, MOD_CASES, keep_mask_case, run_case, run_mods_case
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "g++")) is None or emu_lib.cuda_include_dir() is None,
@@ -72,6 +72,42 @@ SCHEDULES = {"fwd_lazy": (0, 0), "rev_eager": (1, 1)}
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_attention_matches_reference(kern, case, dtype, sched):
     _run_emulated(kern, case, dtype, *SCHEDULES[sched])
+
+
+def _emu_fwd_mods(kern):
+    return lambda q, k, v, m, s, p, seed, rel, cap: kern.fwd(
+        q, k, v, m, scale=s, dropout_p=p, seed=seed, rel_bias=rel, softcap=cap)
+
+
+def _emu_bwd_mods(kern):
+    def bwd(do, q, k, v, o, lse, m, s, p, seed, rel, cap):
+        d_rel = torch.zeros(rel.shape if rel is not None else (0,), dtype=torch.float32)
+        grads = kern.bwd(do, q, k, v, o, lse, m, scale=s, dropout_p=p, seed=seed, rel_bias=rel,
+                         softcap=cap, d_rel_bias=d_rel if rel is not None else None)
+        return grads + (d_rel,)
+    return bwd
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", MOD_CASES, ids=[c.name for c in MOD_CASES])
+def test_attention_with_score_mods(kern, case, dtype):
+    """softcap / rel_bias (attention_score_mods.cuh) against the dense autograd reference."""
+    kern.configure(order=1, workers=2, cp_eager=1)
+    run_mods_case(_emu_fwd_mods(kern), _emu_bwd_mods(kern), case, dtype)
+
+
+def test_launcher_rejects_bad_score_mods(kern):
+    mask = jk.causal_mask([6], 6)
+    q = torch.randn(1, 2, 6, 64).half()
+    for cap in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(emu_lib.EmuError, match="cudaError 1"):
+            kern.fwd(q, q, q, mask, scale=1.0, softcap=cap)
+    with pytest.raises(emu_lib.EmuError, match="cudaError 1"):    # rel_len != Lq + Lk - 1
+        kern.fwd(q, q, q, mask, scale=1.0, rel_bias=torch.zeros(2, 10))
+    rel = torch.zeros(2, 11)
+    out, lse = kern.fwd(q, q, q, mask, scale=1.0, rel_bias=rel)
+    with pytest.raises(emu_lib.EmuError, match="cudaError 1"):    # no d_rel_bias buffer
+        kern.bwd(q, q, q, q, out, lse, mask, scale=1.0, rel_bias=rel)
 
 
 @pytest.mark.parametrize("cp_eager", [0, 1])

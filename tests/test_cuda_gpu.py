@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import janus_kernels as jk
-from _cuda_attention_cases import CASES, GPU_CASES, keep_mask_case, run_case
+from _cuda_attention_cases import (CASES, GPU_CASES, MOD_CASES, keep_mask_case, run_case,
+                                   run_mods_case)
 from janus_kernels import _ext
 
 pytestmark = [
@@ -48,6 +49,30 @@ def _bwd(dout, q, k, v, out, lse, mask, scale, p, seed):
 @pytest.mark.parametrize("case", CASES + GPU_CASES, ids=[c.name for c in CASES + GPU_CASES])
 def test_attention_matches_reference(case, dtype):
     run_case(_fwd, _bwd, case, dtype)
+
+
+def _fwd_mods(q, k, v, mask, scale, p, seed, rel, cap):
+    m = mask.to(DEV)
+    out, lse = torch.ops.janus.flash_attention_fwd(
+        q.to(DEV), k.to(DEV), v.to(DEV), m.params, m.rank, m.q_split, int(m.kind), scale, p,
+        _seed_t(seed, p), None if rel is None else rel.to(DEV), cap)
+    return out.cpu(), lse.cpu()
+
+
+def _bwd_mods(dout, q, k, v, out, lse, mask, scale, p, seed, rel, cap):
+    m = mask.to(DEV)
+    grads = torch.ops.janus.flash_attention_bwd(
+        dout.to(DEV), q.to(DEV), k.to(DEV), v.to(DEV), out.to(DEV), lse.to(DEV), m.params,
+        m.rank, m.q_split, int(m.kind), scale, p, _seed_t(seed, p),
+        None if rel is None else rel.to(DEV), cap)
+    return tuple(g.cpu() for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", MOD_CASES, ids=[c.name for c in MOD_CASES])
+def test_score_mods_match_reference(case, dtype):
+    """softcap / rel_bias (the WithMods kernels) through the ops, as in the emulated suite."""
+    run_mods_case(_fwd_mods, _bwd_mods, case, dtype)
 
 
 def test_dropout_keep_mask_is_identical():

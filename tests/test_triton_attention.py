@@ -23,6 +23,7 @@ from janus_kernels.triton import mask as jm  # noqa: E402
 
 from _device_sizes import INTERPRET as _INTERPRET, REAL_SIZES, TRITON_DEVICE  # noqa: E402
 from _mask_cases_hf import HF_CASES  # noqa: E402
+from _cuda_attention_cases import MOD_CASES, run_mods_case  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _INTERPRET and not torch.cuda.is_available(),
                                 reason="needs TRITON_INTERPRET=1 or a GPU")
@@ -361,6 +362,78 @@ def test_dropout_matches_reference_backend(name, H, Hkv):
     # and dropout did something: differs from p = 0
     o0 = tri.attention_fwd(q, k, v, m.params, m.rank, m.q_split, int(m.kind), 0.25, 0.0, None)[0]
     assert not torch.allclose(o0, kern[0])
+
+
+# =================================================================== score modifiers
+def _on_dev(*ts):
+    return [None if t is None else t.to(DEV) for t in ts]
+
+
+def _tri_fwd_mods(q, k, v, m, scale, p, seed, rel, cap):
+    m = m.to(DEV)
+    seed_t = torch.tensor([seed], dtype=torch.int64) if p else None
+    q, k, v, rel = _on_dev(q, k, v, rel)
+    out, lse = tri.attention_fwd(q, k, v, m.params, m.rank, m.q_split, int(m.kind), scale, p,
+                                 seed_t, rel, cap)
+    return out.cpu(), lse.cpu()
+
+
+def _tri_bwd_mods(do, q, k, v, o, lse, m, scale, p, seed, rel, cap):
+    m = m.to(DEV)
+    seed_t = torch.tensor([seed], dtype=torch.int64) if p else None
+    grads = tri.attention_bwd(*_on_dev(do, q, k, v, o, lse), m.params, m.rank, m.q_split,
+                              int(m.kind), scale, p, seed_t, *_on_dev(rel), cap)
+    return tuple(g.cpu() for g in grads)
+
+
+@pytest.mark.parametrize("case,dtype", [
+    (c, torch.float16 if n % 2 == 0 else torch.bfloat16) for n, c in enumerate(MOD_CASES)],
+    ids=[f"{c.name}-{'f16' if n % 2 == 0 else 'bf16'}" for n, c in enumerate(MOD_CASES)])
+def test_score_mods_half_gqa_dropout(case, dtype):
+    """softcap / rel_bias in half precision with GQA, dropout, padding rows, permutation and
+    non-contiguous inputs: the CUDA suite's modifier cases (_cuda_attention_cases.MOD_CASES)
+    through the Triton raw functions, interpreted or compiled (tests/test_score_mods.py covers
+    fp32 per mask family)."""
+    run_mods_case(_tri_fwd_mods, _tri_bwd_mods, case, dtype)
+
+
+def test_score_mods_bad_arguments_named():
+    m = ZOO["causal_37"]
+    q, k, v = _inputs(m, m.batch_size, 2, 2, 16, torch.float32)
+    args = (q, k, v, m.params, m.rank, m.q_split, int(m.kind), 0.25, 0.0, None)
+    with pytest.raises(ValueError, match="softcap must be a finite float >= 0"):
+        tri.attention_fwd(*args, None, -1.0)
+    with pytest.raises(ValueError, match=r"rel_bias must be float32 \(H, Lq \+ Lk - 1\)"):
+        tri.attention_fwd(*args, torch.zeros(2, 72), 0.0)
+    with pytest.raises(ValueError, match="rel_bias must be float32"):
+        tri.attention_fwd(*args, torch.zeros(2, 73, dtype=torch.float64), 0.0)
+    # Lq + Lk - 1 past int32: refused before anything is allocated (stride-0 inputs)
+    big = torch.zeros(1, device=DEV).expand(1, 1, 2 ** 30 + 1, 16)
+    with pytest.raises(ValueError, match="beyond the kernels' int32 index"):
+        tri.attention_fwd(big, big, big, m.params[:1], None, 0, 0, 0.25, 0.0, None,
+                          torch.zeros(1, 1), 0.0)
+
+
+def test_rel_grad_alerts_under_deterministic_algorithms():
+    """d_rel_bias comes from GPU atomics: torch.use_deterministic_algorithms makes it an error
+    (a warning with warn_only), as for torch's own atomic kernels."""
+    import types
+    import warnings
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda"))   # no CUDA needed to check
+    tri._alert_nondeterministic_rel_grad(on_gpu)                  # default: no alert
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match="d_rel_bias .* not deterministic"):
+            tri._alert_nondeterministic_rel_grad(on_gpu)
+        tri._alert_nondeterministic_rel_grad(types.SimpleNamespace(device=torch.device("cpu")))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="not deterministic"):
+            tri._alert_nondeterministic_rel_grad(on_gpu)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tri._alert_nondeterministic_rel_grad(on_gpu)
 
 
 # ======================================================================== public API

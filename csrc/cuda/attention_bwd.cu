@@ -1,8 +1,9 @@
 // Structured-mask flash attention, backward (FlashAttention-2 style). Torch-free; see
 // attention_fwd.cu for the forward and attention_launch.h for the argument contract.
 //
-// Three kernels on the caller's stream, none with atomics, so the gradients are bitwise
-// reproducible (torch.use_deterministic_algorithms, exact training resume):
+// Three kernels on the caller's stream, none with atomics (but for d_rel_bias, below), so
+// dq, dk, dv are bitwise reproducible (torch.use_deterministic_algorithms, exact training
+// resume):
 //  1. delta_i = sum_c dO_ic O_ic (fp32).
 //  2. dK, dV: one block per (key tile of 64, batch, kv head); 4 warps x 16 keys. For every
 //     query head of the kv head's group (GQA) and every query tile of one stream with an
@@ -18,7 +19,11 @@
 //     atomicAdd of dS K from every key-tile block of kernel 2, saves the S and dP GEMMs here
 //     but makes dQ depend on the order in which blocks finish.)
 // Rows whose forward saw no key (lse = -inf) get P = 0, hence zero gradients.
+// Score modifiers (attention_score_mods.cuh): P from the modified score, dS taken through the
+// softcap (dS (1 - tanh^2)) before the dK / dQ products; the dK/dV kernel adds dS to
+// d_rel_bias with atomicAdd (the one nondeterministic output, and only with a bias).
 #include "attention_common.cuh"
+#include "attention_score_mods.cuh"
 
 namespace janus {
 namespace attn {
@@ -47,10 +52,37 @@ attention_bwd_delta_kernel(const JanusAttnBwdArgs p) {
 }
 
 // ---------------------------------------------------------------- 2. dK, dV
-template <class T, int D>
+// dV += (P^T o Z) dO for one warp (16 keys x BM queries of P^T as fragments).
+template <class T, int NT_Q, int NT_D, int PITCH>
+__device__ __forceinline__ void accumulate_dv(float (&dv)[NT_D][4], const float (&pt)[NT_Q][4],
+                                              uint32_t keep, float inv_keep, const T* sdO,
+                                              int lane) {
+  float pd[NT_Q][4];
+#pragma unroll
+  for (int nt = 0; nt < NT_Q; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      pd[nt][e] = ((keep >> (4 * nt + e)) & 1u) ? pt[nt][e] * inv_keep : 0.f;
+  uint32_t pa[NT_Q / 2][4];
+  acc_to_a<T, NT_Q>(pa, pd);
+  warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dv, pa, sdO, lane);
+}
+
+// dK += dS^T Q for one warp (the scale is applied once at the end).
+template <class T, int NT_Q, int NT_D, int PITCH>
+__device__ __forceinline__ void accumulate_dk(float (&dk)[NT_D][4], const float (&ds)[NT_Q][4],
+                                              const T* sQ, int lane) {
+  uint32_t da[NT_Q / 2][4];
+  acc_to_a<T, NT_Q>(da, ds);
+  warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dk, da, sQ, lane);
+}
+
+template <class KT, int D>   // KT: T, or WithMods<T> for the score modifiers
 __global__ void __launch_bounds__(kThreads, 1)
 attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
-  using Cfg = BwdCfg<D>;
+  using T = typename KernelVariant<KT>::Elem;
+  constexpr bool kMods = KernelVariant<KT>::kMods;
+  using Cfg = BwdCfg<D, kMods>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH;
   constexpr int NT_Q = BM / 8;        // n-tiles of S^T per warp (16 keys x BM queries)
   constexpr int NT_D = D / 8;         // n-tiles of dK, dV per warp (16 keys x D)
@@ -103,6 +135,8 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
 
   for (int h = hk * group; h < (hk + 1) * group; ++h) {
     const int64_t bh = (int64_t)b * p.H + h;
+    const ScoreMods mods = make_score_mods(p.rel_bias, p.rel_len, p.softcap, h, p.Lq);
+    float* d_rel = p.d_rel_bias ? p.d_rel_bias + (int64_t)h * p.rel_len : nullptr;
     const T* qg = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
     const T* dog = static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[1];
     for (int rb = 0; rb < nrb; ++rb) {
@@ -151,29 +185,51 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
       float pt[NT_Q][4];
       zero(pt);
       warp_gemm_abt<T, NT_Q, D, PITCH, PITCH>(pt, sK + warp * 16 * PITCH, sQ, lane);
-#pragma unroll
-      for (int nt = 0; nt < NT_Q; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ql = nt * 8 + 2 * t + (e & 1);
-          pt[nt][e] = ((allow >> (4 * nt + e)) & 1u) ? exp2f(pt[nt][e] * sl2 - sLse[ql]) : 0.f;
-        }
-
-      // ---- dV += (P^T o Z) dO
-      {
-        float pd[NT_Q][4];
+      if constexpr (kMods) {
+        // dS needs each element's tanh, known only while its score is: dP^T first, then P^T o Z
+        // and dS^T in one pass (no third fragment array), both packed to A fragments before
+        // the dV and dK products (fewer live registers than the fp32 tiles)
+        float ds[NT_Q][4];
+        zero(ds);
+        warp_gemm_abt<T, NT_Q, D, PITCH, PITCH>(ds, sV + warp * 16 * PITCH, sdO, lane);
 #pragma unroll
         for (int nt = 0; nt < NT_Q; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e)
-            pd[nt][e] = ((keep >> (4 * nt + e)) & 1u) ? pt[nt][e] * inv_keep : 0.f;
-        uint32_t pa[NT_Q / 2][4];
-        acc_to_a<T, NT_Q>(pa, pd);
+          for (int e = 0; e < 4; ++e) {
+            const int ql = nt * 8 + 2 * t + (e & 1), i = i0 + ql, j = key_a + 8 * (e >> 1);
+            float pe = 0.f, dse = 0.f;
+            if ((allow >> (4 * nt + e)) & 1u) {
+              float th;
+              pe = exp2f(modified_score(mods, pt[nt][e], p.scale, i, j, &th) * kLog2e -
+                         sLse[ql]);
+              const float z = ((keep >> (4 * nt + e)) & 1u) ? inv_keep : 0.f;
+              dse = pe * (ds[nt][e] * z - sDelta[ql]);
+              // rows past i_end have P = 0; keys past Lk of a FULL tile are not real
+              if (d_rel && pe > 0.f && j < p.Lk) atomicAdd(d_rel + (j - i + mods.diag0), dse);
+              dse *= softcap_slope(mods, th);
+            }
+            pt[nt][e] = ((keep >> (4 * nt + e)) & 1u) ? pe * inv_keep : 0.f;
+            ds[nt][e] = dse;
+          }
+        uint32_t pa[NT_Q / 2][4], da[NT_Q / 2][4];
+        acc_to_a<T, NT_Q>(pa, pt);
+        acc_to_a<T, NT_Q>(da, ds);
         warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dv, pa, sdO, lane);
-      }
+        warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dk, da, sQ, lane);
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < NT_Q; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int ql = nt * 8 + 2 * t + (e & 1);
+            pt[nt][e] =
+                ((allow >> (4 * nt + e)) & 1u) ? exp2f(pt[nt][e] * sl2 - sLse[ql]) : 0.f;
+          }
 
-      // ---- dS^T = P^T o (dP^T o Z - delta); dK += dS^T Q
-      {
+        // ---- dV += (P^T o Z) dO
+        accumulate_dv<T, NT_Q, NT_D, PITCH>(dv, pt, keep, inv_keep, sdO, lane);
+
+        // ---- dS^T = P^T o (dP^T o Z - delta); dK += dS^T Q
         float ds[NT_Q][4];
         zero(ds);
         warp_gemm_abt<T, NT_Q, D, PITCH, PITCH>(ds, sV + warp * 16 * PITCH, sdO, lane);
@@ -185,9 +241,7 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
             const float z = ((keep >> (4 * nt + e)) & 1u) ? inv_keep : 0.f;
             ds[nt][e] = pt[nt][e] * (ds[nt][e] * z - sDelta[ql]);
           }
-        uint32_t da[NT_Q / 2][4];
-        acc_to_a<T, NT_Q>(da, ds);
-        warp_gemm_rb<T, NT_D, NT_Q / 2, PITCH>(dk, da, sQ, lane);
+        accumulate_dk<T, NT_Q, NT_D, PITCH>(dk, ds, sQ, lane);
       }
       __syncthreads();   // every warp is done with sQ, sdO, sLse, sDelta, sRow before the
                          // next query tile's loads overwrite them
@@ -215,9 +269,11 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
 }
 
 // ---------------------------------------------------------------- 3. dQ
-template <class T, int D>
+template <class KT, int D>   // KT: T, or WithMods<T> for the score modifiers
 __global__ void __launch_bounds__(kThreads, 1)
 attention_bwd_dq_kernel(const JanusAttnBwdArgs p) {
+  using T = typename KernelVariant<KT>::Elem;
+  constexpr bool kMods = KernelVariant<KT>::kMods;
   using Cfg = DqCfg<D>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH;
   constexpr int NT_S = BN / 8;    // n-tiles of S, dP per warp (16 x BN)
@@ -271,6 +327,7 @@ attention_bwd_dq_kernel(const JanusAttnBwdArgs p) {
   load_key_ranks<BN>(sRank, mask, n * BN, p.Lk, tid);
 
   const float sl2 = p.scale * kLog2e;
+  const ScoreMods mods = make_score_mods(p.rel_bias, p.rel_len, p.softcap, h, p.Lq);
   const bool dropout = p.dropout_p > 0.f;
   const uint32_t drop_thr = drop_threshold(p.dropout_p);
   const float inv_keep = dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
@@ -320,9 +377,16 @@ attention_bwd_dq_kernel(const JanusAttnBwdArgs p) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int bit = 4 * nt + e;
-        const float pe = ((allow >> bit) & 1u) ? exp2f(s[nt][e] * sl2 - l2[e >> 1]) : 0.f;
+        float x = s[nt][e] * sl2, slope = 1.f;
+        if constexpr (kMods) {
+          float th;
+          x = modified_score(mods, s[nt][e], p.scale, row_a + 8 * (e >> 1),
+                             j0 + nt * 8 + 2 * t + (e & 1), &th) * kLog2e;
+          slope = softcap_slope(mods, th);
+        }
+        const float pe = ((allow >> bit) & 1u) ? exp2f(x - l2[e >> 1]) : 0.f;
         const float z = ((keep >> bit) & 1u) ? inv_keep : 0.f;
-        s[nt][e] = pe * (dp[nt][e] * z - dl[e >> 1]);   // dS
+        s[nt][e] = pe * (dp[nt][e] * z - dl[e >> 1]) * slope;   // dS (before the softcap)
       }
     uint32_t da[NT_S / 2][4];
     acc_to_a<T, NT_S>(da, s);
@@ -356,10 +420,12 @@ inline int grid_stride_blocks(int64_t work, int per_block) {
   return (int)(n < 1 ? 1 : (n > 4096 ? 4096 : n));
 }
 
-template <class T, int D>
+template <class KT, int D>
 cudaError_t launch_bwd(const JanusAttnBwdArgs& a, cudaStream_t stream) {
+  using T = typename KernelVariant<KT>::Elem;
   const int64_t rows = (int64_t)a.B * a.H * a.Lq;
-  const int64_t dkdv_blocks = (int64_t)a.B * a.Hkv * ((a.Lk + BwdCfg<D>::BN - 1) / BwdCfg<D>::BN);
+  using DkdvCfg = BwdCfg<D, KernelVariant<KT>::kMods>;
+  const int64_t dkdv_blocks = (int64_t)a.B * a.Hkv * ((a.Lk + DkdvCfg::BN - 1) / DkdvCfg::BN);
   const int64_t dq_blocks = (int64_t)a.B * a.H * num_row_blocks<DqCfg<D>::BM>(a.Lq, a.q_split);
   if (dkdv_blocks > kGridXMax || dq_blocks > kGridXMax) return cudaErrorInvalidValue;
   if (rows > 0) {
@@ -369,8 +435,8 @@ cudaError_t launch_bwd(const JanusAttnBwdArgs& a, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   if (dkdv_blocks > 0) {
-    auto kernel = attention_bwd_dkdv_kernel<T, D>;
-    const int smem = BwdCfg<D>::kSmemBytes;
+    auto kernel = attention_bwd_dkdv_kernel<KT, D>;
+    const int smem = DkdvCfg::kSmemBytes;
     cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return e;
@@ -379,7 +445,7 @@ cudaError_t launch_bwd(const JanusAttnBwdArgs& a, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   if (dq_blocks > 0) {
-    auto kernel = attention_bwd_dq_kernel<T, D>;
+    auto kernel = attention_bwd_dq_kernel<KT, D>;
     const int smem = DqCfg<D>::kSmemBytes;
     cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -388,6 +454,14 @@ cudaError_t launch_bwd(const JanusAttnBwdArgs& a, cudaStream_t stream) {
     return cudaGetLastError();
   }
   return cudaSuccess;
+}
+
+template <class T>
+cudaError_t launch_bwd_dtype(const JanusAttnBwdArgs& a, cudaStream_t stream) {
+  const bool d64 = a.head_dim <= 64;
+  if (score_mods_on(a.rel_bias, a.softcap))
+    return d64 ? launch_bwd<WithMods<T>, 64>(a, stream) : launch_bwd<WithMods<T>, 128>(a, stream);
+  return d64 ? launch_bwd<T, 64>(a, stream) : launch_bwd<T, 128>(a, stream);
 }
 
 }  // namespace attn
@@ -401,7 +475,9 @@ extern "C" cudaError_t janus_cuda_attention_bwd(const JanusAttnBwdArgs* a, cudaS
       a->head_dim > 128 || a->head_dim % 8 != 0 ||
       !janus::kind_valid(a->mask_kind) ||
       (a->mask_kind != janus::KIND_WINDOW && !a->mask_rank) || !(a->dropout_p >= 0.f) ||
-      !(a->dropout_p < 1.f))
+      !(a->dropout_p < 1.f) ||
+      !score_mods_valid(a->rel_bias, a->rel_len, a->softcap, a->Lq, a->Lk) ||
+      (a->rel_bias && !a->d_rel_bias))
     return cudaErrorInvalidValue;
   const int64_t* strides[] = {a->do_stride, a->q_stride, a->k_stride, a->v_stride,
                               a->o_stride, a->dq_stride, a->dk_stride, a->dv_stride};
@@ -412,12 +488,8 @@ extern "C" cudaError_t janus_cuda_attention_bwd(const JanusAttnBwdArgs* a, cudaS
   for (const void* ptr : ptrs)
     if (!aligned16(ptr)) return cudaErrorInvalidValue;
   if (a->B == 0) return cudaSuccess;
-  const bool d64 = a->head_dim <= 64;
-  if (a->dtype == JANUS_DTYPE_F16)
-    return d64 ? launch_bwd<__half, 64>(*a, stream) : launch_bwd<__half, 128>(*a, stream);
-  if (a->dtype == JANUS_DTYPE_BF16)
-    return d64 ? launch_bwd<__nv_bfloat16, 64>(*a, stream)
-               : launch_bwd<__nv_bfloat16, 128>(*a, stream);
+  if (a->dtype == JANUS_DTYPE_F16) return launch_bwd_dtype<__half>(*a, stream);
+  if (a->dtype == JANUS_DTYPE_BF16) return launch_bwd_dtype<__nv_bfloat16>(*a, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -48,11 +48,12 @@ struct FwdCfg {
 // Backward dK/dV: a block owns BN keys (16 per warp) and walks query tiles of BM rows; it
 // holds K, V, Q, dO tiles, the tile's lse, delta and per-row mask bounds (RowMask) and the
 // descriptor. BM = 32 for D = 128 keeps the dK and dV accumulators (2 x 16 x D per warp) in
-// registers without spills.
-template <int D>
+// registers without spills; the score-modifier kernels (kMods, attention_score_mods.cuh) hold
+// P^T and dS^T at once and take BM = 16 there (32 spilled on sm_90).
+template <int D, bool kMods = false>
 struct BwdCfg {
   static constexpr int BN = 64;
-  static constexpr int BM = D <= 64 ? 64 : 32;
+  static constexpr int BM = D <= 64 ? 64 : kMods ? 16 : 32;
   static constexpr int PITCH = D + 8;
   static constexpr int kSmemBytes = (2 * BN + 2 * BM) * PITCH * 2 + 2 * BM * 4 + BM * 20 +
                                     kParamInts * 4;   // BM * 20: the RowMasks

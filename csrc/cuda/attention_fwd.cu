@@ -13,15 +13,20 @@
 //   O = O*alpha + (P o Z) V         (alpha = exp2(m - m_new); Z = keep/(1-p) dropout, Philox)
 // out = O / l, lse = (m + log2 l) ln 2 in natural-log units; rows with no allowed key (l = 0)
 // give out = 0 and lse = -inf. P is rounded to the input type before the P V product (as in
-// FlashAttention); everything else accumulates in fp32.
+// FlashAttention); everything else accumulates in fp32. Score modifiers (softcap, relative
+// bias; attention_score_mods.cuh) replace S*scale*log2e by the modified score times log2e on
+// the allowed elements.
 #include "attention_common.cuh"
+#include "attention_score_mods.cuh"
 
 namespace janus {
 namespace attn {
 
-template <class T, int D>
+template <class KT, int D>   // KT: T, or WithMods<T> for the score modifiers
 __global__ void __launch_bounds__(kThreads, 1)
 attention_fwd_kernel(const JanusAttnFwdArgs p) {
+  using T = typename KernelVariant<KT>::Elem;
+  constexpr bool kMods = KernelVariant<KT>::kMods;
   using Cfg = FwdCfg<D>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, PITCH = Cfg::PITCH;
   constexpr int NT_S = BN / 8;    // n-tiles of S per warp (16 x BN)
@@ -77,6 +82,7 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
   const RowMask rm1 = row_mask(mask, row_a + 8, i_end, p.Lk);
 
   const float sl2 = p.scale * kLog2e;
+  const ScoreMods mods = make_score_mods(p.rel_bias, p.rel_len, p.softcap, h, p.Lq);
   const bool dropout = p.dropout_p > 0.f;
   const uint32_t drop_thr = drop_threshold(p.dropout_p);
   const float inv_keep = dropout ? 1.f / (1.f - p.dropout_p) : 1.f;
@@ -125,7 +131,10 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
     for (int nt = 0; nt < NT_S; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float x = ((allow >> (4 * nt + e)) & 1u) ? s[nt][e] * sl2 : -INFINITY;
+        const float x = ((allow >> (4 * nt + e)) & 1u)
+                            ? score_log2<kMods>(mods, s[nt][e], p.scale, sl2, row_a + 8 * (e >> 1),
+                                         j0 + nt * 8 + 2 * t + (e & 1))
+                            : -INFINITY;
         s[nt][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);
       }
@@ -182,9 +191,9 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
   }
 }
 
-template <class T, int D>
+template <class KT, int D>
 cudaError_t launch_fwd(const JanusAttnFwdArgs& a, cudaStream_t stream) {
-  auto kernel = attention_fwd_kernel<T, D>;
+  auto kernel = attention_fwd_kernel<KT, D>;
   const int smem = FwdCfg<D>::kSmemBytes;
   cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -193,6 +202,14 @@ cudaError_t launch_fwd(const JanusAttnFwdArgs& a, cudaStream_t stream) {
   if (blocks > kGridXMax) return cudaErrorInvalidValue;
   JANUS_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), smem, stream, a);
   return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t launch_fwd_dtype(const JanusAttnFwdArgs& a, cudaStream_t stream) {
+  const bool d64 = a.head_dim <= 64;
+  if (score_mods_on(a.rel_bias, a.softcap))
+    return d64 ? launch_fwd<WithMods<T>, 64>(a, stream) : launch_fwd<WithMods<T>, 128>(a, stream);
+  return d64 ? launch_fwd<T, 64>(a, stream) : launch_fwd<T, 128>(a, stream);
 }
 
 }  // namespace attn
@@ -206,7 +223,8 @@ extern "C" cudaError_t janus_cuda_attention_fwd(const JanusAttnFwdArgs* a, cudaS
       a->head_dim > 128 || a->head_dim % 8 != 0 ||
       !janus::kind_valid(a->mask_kind) ||
       (a->mask_kind != janus::KIND_WINDOW && !a->mask_rank) || !(a->dropout_p >= 0.f) ||
-      !(a->dropout_p < 1.f))
+      !(a->dropout_p < 1.f) ||
+      !score_mods_valid(a->rel_bias, a->rel_len, a->softcap, a->Lq, a->Lk))
     return cudaErrorInvalidValue;
   for (int d = 0; d < 3; ++d)
     if (a->q_stride[d] % 8 || a->k_stride[d] % 8 || a->v_stride[d] % 8 || a->o_stride[d] % 8)
@@ -214,11 +232,7 @@ extern "C" cudaError_t janus_cuda_attention_fwd(const JanusAttnFwdArgs* a, cudaS
   if (!aligned16(a->q) || !aligned16(a->k) || !aligned16(a->v) || !aligned16(a->out))
     return cudaErrorInvalidValue;
   if (a->B == 0 || a->Lq == 0) return cudaSuccess;
-  const bool d64 = a->head_dim <= 64;
-  if (a->dtype == JANUS_DTYPE_F16)
-    return d64 ? launch_fwd<__half, 64>(*a, stream) : launch_fwd<__half, 128>(*a, stream);
-  if (a->dtype == JANUS_DTYPE_BF16)
-    return d64 ? launch_fwd<__nv_bfloat16, 64>(*a, stream)
-               : launch_fwd<__nv_bfloat16, 128>(*a, stream);
+  if (a->dtype == JANUS_DTYPE_F16) return launch_fwd_dtype<__half>(*a, stream);
+  if (a->dtype == JANUS_DTYPE_BF16) return launch_fwd_dtype<__nv_bfloat16>(*a, stream);
   return cudaErrorInvalidValue;
 }

@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -85,11 +86,22 @@ MaskInputs check_mask(const Tensor& params, const std::optional<Tensor>& rank, i
   return m;
 }
 
-// Score modifiers (op_schemas.h) are not implemented by the CUDA kernels yet: the backend
-// contract (janus_kernels/backends/cuda.py) does not declare them, so dispatch never sends them.
-void check_score_mods(const std::optional<Tensor>& rel_bias, double softcap) {
-  TORCH_CHECK(!(rel_bias.has_value() && rel_bias->defined()) && softcap == 0.0,
-              "softcap / rel_bias: not implemented by the CUDA kernels");
+// Score modifiers (op_schemas.h): softcap 0 (off) or finite > 0; rel_bias None or float32
+// (H, Lq + Lk - 1) on q's device. Returns the table as the kernels read it (contiguous) or an
+// undefined tensor.
+Tensor check_score_mods(const std::optional<Tensor>& rel_bias, double softcap, int64_t H,
+                        int64_t Lq, int64_t Lk, const at::Device& dev) {
+  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0.0,
+              "softcap: must be a finite float >= 0 (0 = off), got ", softcap);
+  if (!rel_bias.has_value() || !rel_bias->defined()) return Tensor();
+  check_tensor(*rel_bias, "rel_bias", dev);
+  TORCH_CHECK(Lq + Lk - 1 <= std::numeric_limits<int32_t>::max(),
+              "rel_bias: Lq + Lk - 1 = ", Lq + Lk - 1, " columns exceed the kernels' int32 index");
+  TORCH_CHECK(rel_bias->scalar_type() == at::kFloat && rel_bias->dim() == 2 &&
+                  rel_bias->size(0) == H && rel_bias->size(1) == Lq + Lk - 1,
+              "rel_bias: expected float32 (H, Lq + Lk - 1) = (", H, ", ", Lq + Lk - 1, "), got ",
+              rel_bias->scalar_type(), " ", rel_bias->sizes());
+  return rel_bias->contiguous();
 }
 
 uint64_t dropout_seed(double p, const std::optional<Tensor>& seed) {
@@ -148,7 +160,7 @@ std::tuple<Tensor, Tensor> flash_attention_fwd_cuda(const Tensor& q_, const Tens
                                                     const std::optional<Tensor>& rel_bias,
                                                     double softcap) {
   const auto [B, H, Hkv, Lq, Lk, d] = check_qkv(q_, k_, v_);
-  check_score_mods(rel_bias, softcap);
+  const Tensor rel = check_score_mods(rel_bias, softcap, H, Lq, Lk, q_.device());
   const c10::cuda::CUDAGuard guard(q_.device());
   const MaskInputs m =
       check_mask(mask_params, mask_rank, q_split, mask_kind, B, Lq, Lk, q_.device());
@@ -174,6 +186,9 @@ std::tuple<Tensor, Tensor> flash_attention_fwd_cuda(const Tensor& q_, const Tens
   a.Lq = (int32_t)Lq; a.Lk = (int32_t)Lk; a.head_dim = (int32_t)d;
   a.q_split = (int32_t)q_split; a.mask_kind = (int32_t)mask_kind; a.dtype = dtype_code(q);
   a.scale = (float)scale; a.dropout_p = (float)dropout_p; a.seed = seed;
+  a.rel_bias = rel.defined() ? rel.data_ptr<float>() : nullptr;
+  a.rel_len = rel.defined() ? (int32_t)rel.size(1) : 0;
+  a.softcap = (float)softcap;
   C10_CUDA_CHECK(
       janus_cuda_attention_fwd(&a, c10::cuda::getCurrentCUDAStream(q_.device().index())));
   return {out, lse};
@@ -186,9 +201,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> flash_attention_bwd_cuda(
     const std::optional<Tensor>& rng_seed, const std::optional<Tensor>& rel_bias,
     double softcap) {
   const auto [B, H, Hkv, Lq, Lk, d] = check_qkv(q_, k_, v_);
-  check_score_mods(rel_bias, softcap);
-  const Tensor d_rel_bias = at::empty({0}, q_.options().dtype(at::kFloat));
+  const Tensor rel = check_score_mods(rel_bias, softcap, H, Lq, Lk, q_.device());
   const c10::cuda::CUDAGuard guard(q_.device());
+  // zero-filled: the dK/dV kernel accumulates it with atomicAdd (in no fixed order: an error
+  // or a warning under torch.use_deterministic_algorithms, like torch's own atomic kernels)
+  if (rel.defined())
+    at::globalContext().alertNotDeterministic(
+        "janus::flash_attention_bwd with rel_bias (d_rel_bias)");
+  const Tensor d_rel_bias = rel.defined() ? at::zeros_like(rel)
+                                          : at::empty({0}, q_.options().dtype(at::kFloat));
   check_tensor(dout_, "grad_out", q_.device());
   check_tensor(out_, "out", q_.device());
   check_tensor(lse_, "lse", q_.device());
@@ -232,6 +253,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> flash_attention_bwd_cuda(
   a.Lq = (int32_t)Lq; a.Lk = (int32_t)Lk; a.head_dim = (int32_t)d;
   a.q_split = (int32_t)q_split; a.mask_kind = (int32_t)mask_kind; a.dtype = dtype_code(q);
   a.scale = (float)scale; a.dropout_p = (float)dropout_p; a.seed = seed;
+  a.rel_bias = rel.defined() ? rel.data_ptr<float>() : nullptr;
+  a.d_rel_bias = rel.defined() ? d_rel_bias.data_ptr<float>() : nullptr;
+  a.rel_len = rel.defined() ? (int32_t)rel.size(1) : 0;
+  a.softcap = (float)softcap;
   C10_CUDA_CHECK(
       janus_cuda_attention_bwd(&a, c10::cuda::getCurrentCUDAStream(q_.device().index())));
   return {dq, dk, dv, d_rel_bias};

@@ -9,6 +9,7 @@
 // head_dim % 8 == 0. Mask: janus/mask.h (params (B, NUM_FIELDS) int32 contiguous, side table
 // rank (B, *) int32 with row stride rank_stride: permutation ranks, or the (B, Lq + Lk)
 // document ids of the documents kind). Dropout: janus/philox.h.
+// Score modifiers (softcap, rel_bias): attention_score_mods.cuh.
 #pragma once
 #include <stdint.h>
 
@@ -38,6 +39,10 @@ typedef struct JanusAttnFwdArgs {
   float scale;
   float dropout_p;
   uint64_t seed;
+  // score modifiers (attention_score_mods.cuh); nullptr / 0 = off
+  const float* rel_bias;      // (H, rel_len) fp32 contiguous, rel_len = Lq + Lk - 1
+  int32_t rel_len;
+  float softcap;              // 0 or a finite value > 0
 } JanusAttnFwdArgs;
 
 typedef struct JanusAttnBwdArgs {
@@ -67,6 +72,12 @@ typedef struct JanusAttnBwdArgs {
   float scale;
   float dropout_p;
   uint64_t seed;
+  // score modifiers, as in JanusAttnFwdArgs; d_rel_bias (H, rel_len) fp32, zero-filled by the
+  // caller, receives the bias gradient by atomicAdd (required when rel_bias is set)
+  const float* rel_bias;
+  float* d_rel_bias;
+  int32_t rel_len;
+  float softcap;
 } JanusAttnBwdArgs;
 
 // Enqueue the forward / backward on `stream`. Return cudaErrorInvalidValue for unsupported

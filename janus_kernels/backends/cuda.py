@@ -60,7 +60,8 @@ class CudaBackend(Backend):
     serves = (
         Serves(("attention",), "cuda", _ATTN_DTYPES, priority=30,
                head_dims=lambda d: d % 8 == 0 and 8 <= d <= 128,
-               head_dims_text="a multiple of 8 in [8, 128]"),
+               head_dims_text="a multiple of 8 in [8, 128]",
+               features=("softcap", "rel_bias")),   # csrc/cuda/attention_score_mods.cuh
         # the loss kernels are correct (emulation-tested) but not yet timed on a GPU: Triton
         # (priority 20) stays the default for them
         Serves(("symmetric_kl", "cross_entropy", "janus_rows"), "cuda", _LOSS_DTYPES,

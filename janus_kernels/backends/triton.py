@@ -15,6 +15,8 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # fuzz test measured 1.4e-7 errors in dV), so fp64 calls go to the reference
 _ATTN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _HEAD_DIMS = dict(head_dims=lambda d: 1 <= d <= 256, head_dims_text="in [1, 256]")
+# the score modifiers are applied in the score tile of every attention kernel
+_MODS = ("softcap", "rel_bias")
 
 
 def interpreted() -> bool:
@@ -41,10 +43,11 @@ def _lazy(module: str, fn: str):
 class TritonBackend(Backend):
     name = "triton"
     serves = (
-        Serves(("attention",), "cuda", _ATTN_DTYPES, priority=20, **_HEAD_DIMS),
+        Serves(("attention",), "cuda", _ATTN_DTYPES, priority=20, features=_MODS, **_HEAD_DIMS),
         Serves(tuple(o for o in OPS if o != "attention"), "cuda", _DTYPES, priority=20),
         # the interpreter: correct and slow, so below the reference
-        Serves(("attention",), "cpu", _ATTN_DTYPES, priority=-1, **_HEAD_DIMS),
+        Serves(("attention",), "cpu", _ATTN_DTYPES, priority=-1, features=_MODS,
+               **_HEAD_DIMS),
         Serves(tuple(o for o in OPS if o != "attention"), "cpu", _DTYPES, priority=-1),
     )
 

@@ -45,27 +45,29 @@ def _kernel_fn(name: str):
 def _arg_type(name: str, dtype: str) -> str:
     if name in ("PARAMS", "RANK"):
         return "*i32"
-    if name in ("LSE", "DELTA"):
+    if name in ("LSE", "DELTA", "REL", "DREL"):
         return "*fp32"
     if name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV"):
         return "*" + dtype
-    if name in ("qk_scale", "scale", "keep_scale"):
+    if name in ("qk_scale", "scale", "keep_scale", "softcap", "inv_softcap"):
         return "fp32"
     return "i32"
 
 
-def kernel_spec(kernel: str, dtype: str, head_dim: int, kind: int = 0, dropout: bool = False):
+def kernel_spec(kernel: str, dtype: str, head_dim: int, kind: int = 0, dropout: bool = False,
+                mods: bool = False):
     """(fn, signature, constexprs, attrs, num_warps, num_stages, config) of one kernel
-    variant, with the config the launcher would pick."""
+    variant, with the config the launcher would pick; `mods`: both score modifiers on."""
     import torch
     from . import attention as A
     fn = _kernel_fn(kernel)
     d_pad = A.head_dim_pad(head_dim)
     bm, bn, warps, stages = A.get_config(kernel, d_pad, getattr(torch, _TORCH_DTYPES[dtype]),
-                                         tf32=dtype == "tf32")
+                                         tf32=dtype == "tf32", mods=mods)
     consts: Dict[str, object] = {"D": head_dim, "D_PAD": d_pad, "BLOCK_M": bm}
     if kernel != "pre":
-        consts.update(BLOCK_N=bn, KIND=kind, DROPOUT=dropout, TF32=dtype == "tf32")
+        consts.update(BLOCK_N=bn, KIND=kind, DROPOUT=dropout, TF32=dtype == "tf32",
+                      HAS_SOFTCAP=mods, HAS_REL_BIAS=mods)
     signature, attrs = {}, {}
     for idx, name in enumerate(fn.arg_names):
         if name.startswith("stride_") and name.endswith("d"):
@@ -115,13 +117,13 @@ def _config_str(kernel: str, cfg) -> str:
 
 
 def compile_one(kernel: str, dtype: str, head_dim: int, arch: int, kind: int = 0,
-                dropout: bool = False) -> Dict[str, object]:
+                dropout: bool = False, mods: bool = False) -> Dict[str, object]:
     """Compile one kernel variant for sm_<arch>; return its resource row."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     fn, sig, consts, attrs, warps, stages, cfg = kernel_spec(kernel, dtype, head_dim, kind,
-                                                             dropout)
+                                                             dropout, mods)
     t0 = time.perf_counter()
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
@@ -134,7 +136,7 @@ def compile_one(kernel: str, dtype: str, head_dim: int, arch: int, kind: int = 0
     use = resource_usage(cubin)
     return {
         "kernel": kernel, "dtype": dtype, "head_dim": head_dim, "arch": arch, "kind": kind,
-        "dropout": dropout, "config": _config_str(kernel, cfg),
+        "dropout": dropout, "mods": mods, "config": _config_str(kernel, cfg),
         "regs": use["reg"], "spill_stack_bytes": use["stack"] + use["local"],
         "smem": int(k.metadata.shared), "smem_limit": SMEM_LIMIT.get(arch, 48 * 1024),
         "mma": "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "none"),
@@ -159,9 +161,18 @@ def variants(dtypes: Iterable[str], head_dims: Iterable[int], archs: Iterable[in
     return out
 
 
+def mods_variants(dtypes: Iterable[str], head_dims: Iterable[int], archs: Iterable[int]):
+    """The score-modifier kernels (both modifiers on; MODS_CONFIGS) of every dtype and head
+    dim for the window kind without dropout."""
+    return [(kernel, dtype, d, arch, 0, False, True) for arch in archs for dtype in dtypes
+            for d in head_dims for kernel in ("fwd", "dkdv", "dq")]
+
+
 def run(dtypes=("fp16", "bf16", "fp32"), head_dims=(64, 128), archs=(80, 90),
-        jobs: int = 1) -> List[Dict[str, object]]:
+        jobs: int = 1, mods: bool = False) -> List[Dict[str, object]]:
     todo = variants(dtypes, head_dims, archs)
+    if mods:
+        todo += mods_variants(dtypes, head_dims, archs)
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(jobs) as ex:
@@ -174,7 +185,7 @@ def _compile_tuple(t):
 
 
 def format_table(rows: List[Dict[str, object]]) -> str:
-    cols = ("kernel", "dtype", "head_dim", "kind", "dropout", "config", "arch", "regs",
+    cols = ("kernel", "dtype", "head_dim", "kind", "dropout", "mods", "config", "arch", "regs",
             "spill_stack_bytes", "smem", "mma")
     lines = [" | ".join(cols), " | ".join("---" for _ in cols)]
     for r in rows:
@@ -194,9 +205,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                     choices=sorted(_TORCH_DTYPES))
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--mods", action="store_true",
+                    help="also the score-modifier kernels (softcap / rel_bias on)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    rows = run(args.dtypes, args.head_dims, args.arch, args.jobs)
+    rows = run(args.dtypes, args.head_dims, args.arch, args.jobs, args.mods)
     print(format_table(rows))
     bad = [r for r in rows if r["spill_stack_bytes"] or r["smem"] > r["smem_limit"]]
     print(f"\n{len(rows)} kernels compiled in {time.perf_counter() - t0:.1f} s; "

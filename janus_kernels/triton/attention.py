@@ -24,6 +24,11 @@ One kernel per key tile and kv head accumulates dK/dV over the query tiles of bo
 that can see the key tile (closed-form row range, ``mask.window_query_range``) and over the
 query heads of its GQA group, so no atomics are needed; a second kernel per query row tile
 accumulates dQ over the same key tiles as the forward.
+
+Score modifiers (softcap, relative bias; :mod:`janus_kernels.triton.score_mods`) enter every
+kernel's score tile under constexpr flags (the plain path compiles as before); the dK/dV
+kernel adds dS to the bias table's gradient with float32 atomics (summation order, hence the
+last bits of d_rel_bias, vary between GPU runs; dq/dk/dv stay deterministic).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ import triton
 import triton.language as tl
 
 from . import mask as jm
+from . import score_mods as sm
 
 __all__ = ["attention_fwd", "attention_bwd", "CONFIGS", "get_config", "head_dim_pad", "launch_grid",
            "use_tf32"]
@@ -47,7 +53,7 @@ _LOG2E = tl.constexpr(1.4426950408889634)
 
 # Lengths and seeds change from batch to batch: without this, Triton would compile a new
 # variant whenever one of them switches between "== 1", "divisible by 16" and other.
-_VARYING = ["Lq", "Lk", "q_split", "seed_lo", "seed_hi"]
+_VARYING = ["Lq", "Lk", "q_split", "seed_lo", "seed_hi", "rel_len"]
 
 
 # ============================================================================ helpers
@@ -197,8 +203,10 @@ def _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, wi
 def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, stride_vd,
               offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width, ks,
               rank_b, rank_r, row_min, row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
+              Lq, scale, softcap, inv_softcap, rel_h, rel_len,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              KIND: tl.constexpr, DROPOUT: tl.constexpr, TF32: tl.constexpr):
+              KIND: tl.constexpr, DROPOUT: tl.constexpr, TF32: tl.constexpr,
+              HAS_SOFTCAP: tl.constexpr, HAS_REL_BIAS: tl.constexpr):
     """Online-softmax update of a row tile with key tile n: rescale the running (acc, l) by
     2^(m_old - m_new) and add this tile's 2^(s - m_new) (dropped entries only leave acc)."""
     j0 = n * BLOCK_N
@@ -214,9 +222,10 @@ def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, 
         rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
     if KIND == jm.KIND_DOCUMENTS:   # rank_b points at the key documents (see _row_docs)
         rank_j = jm.load_key_docs(rank_b, offs_j, 0, Lk, offs_j < kv)
-    s, cls = _mask_scores(_dot(q, tl.trans(k), TF32) * qk_scale, offs_r, offs_j, r0, r1,
-                          j0, j1, kv, pre, rows, off, hmin, width, ks, rank_r, rank_j,
-                          row_min, row_max, KIND, False)
+    s, _ = sm.score_tile(_dot(q, tl.trans(k), TF32), offs_i, offs_j, Lq, qk_scale, scale,
+                         softcap, inv_softcap, rel_h, rel_len, HAS_SOFTCAP, HAS_REL_BIAS, False)
+    s, cls = _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width,
+                          ks, rank_r, rank_j, row_min, row_max, KIND, False)
     if cls != jm.TILE_SKIP:  # only the permutation kind has dead tiles inside its range
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing seen yet
@@ -232,15 +241,16 @@ def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, 
 
 
 @triton.jit(do_not_specialize=_VARYING)
-def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
+def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK, REL,
               stride_qb, stride_qh, stride_qm, stride_qd,
               stride_kb, stride_kh, stride_kn, stride_kd,
               stride_vb, stride_vh, stride_vn, stride_vd,
               stride_ob, stride_oh, stride_om, stride_od,
               stride_rank, H, G, Lq, Lk, q_split, qk_scale, keep_scale,
-              drop_thr, seed_lo, seed_hi,
+              drop_thr, seed_lo, seed_hi, scale, softcap, inv_softcap, rel_len,
               D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr, TF32: tl.constexpr):
+              BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr, TF32: tl.constexpr,
+              HAS_SOFTCAP: tl.constexpr, HAS_REL_BIAS: tl.constexpr):
     # accumulate in float64 for float64 inputs (gradcheck), else float32
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
     b, h, hk, s_id, r0, r1, seg_start, seg_len, kv, pre, rows, off, hmin, width = \
@@ -269,6 +279,7 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
     ks = jm.load_key_start(PARAMS, b)
     n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min,
                                    row_max, rank_b, KIND, BLOCK_N)
+    rel_h = REL + h.to(tl.int64) * rel_len
 
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
@@ -278,13 +289,17 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
                                   stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk,
                                   kv, pre, rows, off, hmin, width, ks, rank_b, rank_r, row_min,
                                   row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
-                                  D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
+                                  Lq, scale, softcap, inv_softcap, rel_h, rel_len,
+                                  D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32,
+                                  HAS_SOFTCAP, HAS_REL_BIAS)
     for n in range(n_lo, n_hi):
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd,
                                   stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk,
                                   kv, pre, rows, off, hmin, width, ks, rank_b, rank_r, row_min,
                                   row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
-                                  D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
+                                  Lq, scale, softcap, inv_softcap, rel_h, rel_len,
+                                  D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32,
+                                  HAS_SOFTCAP, HAS_REL_BIAS)
 
     seen = l_i > 0
     l_safe = tl.where(seen, l_i, 1.0)
@@ -323,13 +338,17 @@ def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_od,
 def _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i, offs_j,
                r0, r1, j0, j1, kv, pre, rows, off, hmin, width, ks, rank_r, rank_j,
                row_min, row_max, bh, drop_thr, seed_lo, seed_hi,
+               Lq, scale, softcap, inv_softcap, rel_h, rel_len,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
-               DROPOUT: tl.constexpr, TF32: tl.constexpr):
+               DROPOUT: tl.constexpr, TF32: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+               HAS_REL_BIAS: tl.constexpr):
     """Recompute a (rows x keys) tile for dQ: p = 2^(s - lse log2 e), p * z (the dropped
-    probabilities) and dS = p * (dP - delta) with dP = z * (dO . v)."""
-    s, cls = _mask_scores(_dot(q, tl.trans(k), TF32) * qk_scale, offs_r, offs_j, r0, r1,
-                          j0, j1, kv, pre, rows, off, hmin, width, ks, rank_r, rank_j,
-                          row_min, row_max, KIND, False)
+    probabilities) and dS = p * (dP - delta) with dP = z * (dO . v), taken back through the
+    softcap (the gradient w.r.t. the scaled dot)."""
+    s, t = sm.score_tile(_dot(q, tl.trans(k), TF32), offs_i, offs_j, Lq, qk_scale, scale,
+                         softcap, inv_softcap, rel_h, rel_len, HAS_SOFTCAP, HAS_REL_BIAS, False)
+    s, cls = _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width,
+                          ks, rank_r, rank_j, row_min, row_max, KIND, False)
     # lse = -inf only on rows that see no key, whose scores are all -inf: use 0 there so
     # exp2(-inf - 0) = 0 instead of NaN.
     lse2 = tl.where(lse == float("-inf"), 0.0, lse * _LOG2E)
@@ -340,7 +359,7 @@ def _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i, of
         keep = jm.dropout_keep(seed_lo, seed_hi, bh, offs_i, j0, drop_thr, BLOCK_M, BLOCK_N)
         pz = tl.where(keep, p * keep_scale, 0.0)
         dp = tl.where(keep, dp * keep_scale, 0.0)
-    ds = p * (dp - delta[:, None])
+    ds = sm.pre_softcap_grad(p * (dp - delta[:, None]), t, HAS_SOFTCAP)
     return pz, ds, cls
 
 
@@ -348,9 +367,11 @@ def _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i, of
 def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, stride_qm, stride_qd, stride_dom, stride_dod,
                lse_ptr, delta_ptr, n_rows, offs_m, offs_d, offs_r, offs_j, r0, r1, j0, j1,
                kv, pre, rows, off, hmin, width, ks, rank_b, rank_j, qk_scale, keep_scale, bh,
-               drop_thr, seed_lo, seed_hi, seg_start, Lk, D: tl.constexpr,
+               drop_thr, seed_lo, seed_hi, seg_start, Lk, Lq, scale, softcap, inv_softcap,
+               rel_h, drel_h, rel_len, D: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
-               DROPOUT: tl.constexpr, TF32: tl.constexpr):
+               DROPOUT: tl.constexpr, TF32: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+               HAS_REL_BIAS: tl.constexpr):
     """One query tile's contribution to dK/dV, computed transposed (keys x rows) so k and v
     are the left MMA operands and no probability tile needs a register transpose:
     sT = k qT, pT = 2^(sT - lse), dV += (pT z) dO, dK += (pT (z dPT - delta)) q."""
@@ -369,27 +390,33 @@ def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, stride_qm, stride_qd, stride_dom, st
         row_min, row_max = jm.rank_extrema(rank_r, row_ok)
     if KIND == jm.KIND_DOCUMENTS:   # rank_b: the sample's row documents
         rank_r, row_min, row_max, _ = _row_docs(rank_b, offs_r, rows, seg_start, seg_start + rows)
-    sT, cls = _mask_scores(_dot(k, qT, TF32) * qk_scale, offs_r, offs_j, r0, r1, j0, j1,
-                           kv, pre, rows, off, hmin, width, ks, rank_r, rank_j, row_min,
-                           row_max, KIND, True)
+    offs_i = seg_start + offs_r
+    sT, tT = sm.score_tile(_dot(k, qT, TF32), offs_i, offs_j, Lq, qk_scale, scale, softcap,
+                           inv_softcap, rel_h, rel_len, HAS_SOFTCAP, HAS_REL_BIAS, True)
+    sT, cls = _mask_scores(sT, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin,
+                           width, ks, rank_r, rank_j, row_min, row_max, KIND, True)
     if cls != jm.TILE_SKIP:  # only the permutation kind has dead tiles inside its range
         lse2 = tl.where(lse == float("-inf"), 0.0, lse * _LOG2E)  # see _bwd_probs
         pT = tl.math.exp2(sT - lse2[None, :])
         dpT = _dot(v, tl.trans(do), TF32)
         pzT = pT
         if DROPOUT:
-            keepT = tl.trans(jm.dropout_keep(seed_lo, seed_hi, bh, seg_start + offs_r, j0,
+            keepT = tl.trans(jm.dropout_keep(seed_lo, seed_hi, bh, offs_i, j0,
                                              drop_thr, BLOCK_M, BLOCK_N))
             pzT = tl.where(keepT, pT * keep_scale, 0.0)
             dpT = tl.where(keepT, dpT * keep_scale, 0.0)
         dsT = pT * (dpT - delta[None, :])
+        if HAS_REL_BIAS:
+            sm.accumulate_rel_grad(dsT, offs_i, offs_j, (offs_j[:, None] < Lk) & row_in[None, :],
+                                   Lq, rel_len, drel_h, True)
+        dsT = sm.pre_softcap_grad(dsT, tT, HAS_SOFTCAP)
         dv = _dot_acc(pzT.to(do.dtype), do, dv, TF32)
         dk = _dot_acc(dsT.to(qT.dtype), tl.trans(qT), dk, TF32)
     return dk, dv
 
 
 @triton.jit(do_not_specialize=_VARYING)
-def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK, REL, DREL,
                    stride_qb, stride_qh, stride_qm, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
                    stride_vb, stride_vh, stride_vn, stride_vd,
@@ -397,10 +424,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
                    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
                    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
                    stride_rank, H, G, Lq, Lk, q_split, qk_scale, scale, keep_scale,
-                   drop_thr, seed_lo, seed_hi,
+                   drop_thr, seed_lo, seed_hi, softcap, inv_softcap, rel_len,
                    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr,
-                   TF32: tl.constexpr):
+                   TF32: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_REL_BIAS: tl.constexpr):
     """dK, dV of key tile program_id(1) and kv head program_id(0) (= b*Hkv + hk): loop over
     both streams, the G query heads of the group, and the query tiles that see the keys."""
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
@@ -450,6 +477,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
             bh = b * H + h
             q_bh = Q + b64 * stride_qb + h.to(tl.int64) * stride_qh
             do_bh = DO + b64 * stride_dob + h.to(tl.int64) * stride_doh
+            rel_h = REL + h.to(tl.int64) * rel_len
+            drel_h = DREL + h.to(tl.int64) * rel_len
             for r0 in range(ra, rb, BLOCK_M):
                 offs_r = r0 + offs_m
                 r1 = tl.minimum(r0 + BLOCK_M, seg_len) - 1
@@ -461,7 +490,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
                                     offs_m, offs_d, offs_r, offs_j, r0, r1, j0, j1, kv, pre,
                                     rows, off, hmin, width, ks, rank_b, rank_j, qk_scale,
                                     keep_scale, bh, drop_thr, seed_lo, seed_hi, seg_start, Lk,
-                                    D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
+                                    Lq, scale, softcap, inv_softcap, rel_h, drel_h, rel_len,
+                                    D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32, HAS_SOFTCAP,
+                                    HAS_REL_BIAS)
     dk = dk * scale
     n_in = (offs_n[:, None] < Lk - j0) & (offs_d[None, :] < D)
     dk_ptr = DK + b64 * stride_dkb + hk.to(tl.int64) * stride_dkh + j0.to(tl.int64) * stride_dkn
@@ -476,8 +507,10 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
 def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, stride_vd,
              offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width, ks,
              rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh, drop_thr,
-             seed_lo, seed_hi, D: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr, TF32: tl.constexpr):
+             seed_lo, seed_hi, Lq, scale, softcap, inv_softcap, rel_h, rel_len,
+             D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
+             DROPOUT: tl.constexpr, TF32: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+             HAS_REL_BIAS: tl.constexpr):
     """dQ += dS k for key tile n (same key tiles as the forward)."""
     j0 = n * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
@@ -495,24 +528,25 @@ def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_
     pz, ds, cls = _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i,
                              offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width, ks,
                              rank_r, rank_j, row_min, row_max, bh, drop_thr, seed_lo,
-                             seed_hi, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
+                             seed_hi, Lq, scale, softcap, inv_softcap, rel_h, rel_len,
+                             BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32, HAS_SOFTCAP, HAS_REL_BIAS)
     if cls != jm.TILE_SKIP:
         dq = _dot_acc(ds.to(k.dtype), k, dq, TF32)
     return dq
 
 
 @triton.jit(do_not_specialize=_VARYING)
-def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
+def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK, REL,
                  stride_qb, stride_qh, stride_qm, stride_qd,
                  stride_kb, stride_kh, stride_kn, stride_kd,
                  stride_vb, stride_vh, stride_vn, stride_vd,
                  stride_dob, stride_doh, stride_dom, stride_dod,
                  stride_dqb, stride_dqh, stride_dqm, stride_dqd,
                  stride_rank, H, G, Lq, Lk, q_split, qk_scale, scale, keep_scale,
-                 drop_thr, seed_lo, seed_hi,
+                 drop_thr, seed_lo, seed_hi, softcap, inv_softcap, rel_len,
                  D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr,
-                 TF32: tl.constexpr):
+                 TF32: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_REL_BIAS: tl.constexpr):
     """dQ of one (stream row tile, b*H + h): the forward's key-tile loops, recomputing p."""
     ACC: tl.constexpr = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
     b, h, hk, s_id, r0, r1, seg_start, seg_len, kv, pre, rows, off, hmin, width = \
@@ -546,17 +580,22 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
     ks = jm.load_key_start(PARAMS, b)
     n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min,
                                    row_max, rank_b, KIND, BLOCK_N)
+    rel_h = REL + h.to(tl.int64) * rel_len
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
     for n in range(0, n_pre):
         dq = _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
                       stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin,
                       width, ks, rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh,
-                      drop_thr, seed_lo, seed_hi, D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
+                      drop_thr, seed_lo, seed_hi, Lq, scale, softcap, inv_softcap, rel_h,
+                      rel_len, D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32, HAS_SOFTCAP,
+                      HAS_REL_BIAS)
     for n in range(n_lo, n_hi):
         dq = _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
                       stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin,
                       width, ks, rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh,
-                      drop_thr, seed_lo, seed_hi, D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
+                      drop_thr, seed_lo, seed_hi, Lq, scale, softcap, inv_softcap, rel_h,
+                      rel_len, D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32, HAS_SOFTCAP,
+                      HAS_REL_BIAS)
     dq = dq * scale
     dq_ptr = DQ + b64 * stride_dqb + h.to(tl.int64) * stride_dqh + row0 * stride_dqm
     tl.store(dq_ptr + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
@@ -603,6 +642,17 @@ TF32_CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
     "fwd": {16: (64, 32, 4, 2), 32: (64, 32, 4, 2), 64: (64, 32, 4, 2), 128: (64, 32, 4, 2),
             256: (16, 16, 4, 1)},
 }
+#: Kernels with score modifiers (HAS_SOFTCAP / HAS_REL_BIAS) where the plain config spills
+#: (the bias gather and the tanh add (BLOCK_M, BLOCK_N) tiles of live values per score tile),
+#: per input kind ("16bit", "fp32" IEEE, "tf32"); the others keep the plain config. Every
+#: entry AOT-compiles with 0 spills on sm_80 and sm_90
+#: (`python -m janus_kernels.triton.aot --mods`).
+MODS_CONFIGS: Dict[str, Dict[str, Dict[int, Tuple[int, int, int, int]]]] = {
+    "16bit": {"fwd": {128: (128, 32, 8, 2)},
+              "dq": {64: (32, 64, 4, 2), 128: (32, 64, 8, 2)}},
+    "fp32": {"fwd": {64: (32, 32, 8, 2), 128: (16, 32, 4, 1)}},
+    "tf32": {"fwd": {128: (32, 32, 8, 2)}, "dkdv": {64: (16, 32, 8, 1)}},
+}
 #: Blocks used under TRITON_INTERPRET=1 (the interpreter costs ~ms per tile iteration, so
 #: small tiles keep the tests fast and exercise many tile boundaries). Tests may patch it.
 INTERPRETER_BLOCKS: Tuple[int, int] = (16, 16)
@@ -618,12 +668,17 @@ def head_dim_pad(d: int) -> int:
 
 
 def get_config(kernel: str, d_pad: int, dtype: torch.dtype,
-               tf32: bool = False) -> Tuple[int, int, int, int]:
+               tf32: bool = False, mods: bool = False) -> Tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of `kernel` ('fwd', 'dkdv', 'dq', 'pre');
-    `tf32`: fp32 inputs with TF32 dots."""
+    `tf32`: fp32 inputs with TF32 dots; `mods`: score modifiers on."""
     if _interpreting():
         bm, bn = INTERPRETER_BLOCKS
         return bm, bn, 4, 1
+    if mods:
+        kind = "16bit" if dtype.itemsize == 2 else "tf32" if tf32 else "fp32"
+        cfg = MODS_CONFIGS[kind].get(kernel, {}).get(d_pad)
+        if cfg is not None:
+            return cfg
     if tf32 and dtype == torch.float32 and kernel in TF32_CONFIGS:
         return TF32_CONFIGS[kernel][d_pad]
     if dtype.itemsize >= 4 and kernel in FP32_CONFIGS:
@@ -691,11 +746,50 @@ def _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed) -> None
                          f"got {_describe(seed)}")
 
 
-def _check_score_mods(rel_bias, softcap) -> None:
-    # not implemented by these kernels yet; the backend contract (backends/triton.py) does not
-    # declare the score modifiers, so dispatch never sends them here
-    if rel_bias is not None or softcap:
-        raise NotImplementedError("triton attention: softcap / rel_bias are not implemented")
+def _check_score_mods(q, k, rel_bias, softcap) -> None:
+    """The op schema's modifiers: softcap a finite float >= 0 (0 = off), rel_bias None or
+    float32 (H, Lq + Lk - 1) on q's device."""
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) \
+            or not math.isfinite(softcap) or softcap < 0:
+        raise ValueError(f"triton attention: softcap must be a finite float >= 0 (0 = off), "
+                         f"got {softcap!r}")
+    if rel_bias is None:
+        return
+    want = (q.shape[1], q.shape[2] + k.shape[2] - 1)
+    if want[1] >= 2 ** 31:
+        raise ValueError(f"triton attention: rel_bias has Lq + Lk - 1 = {want[1]} columns, "
+                         f"beyond the kernels' int32 index")
+    if not isinstance(rel_bias, torch.Tensor) or rel_bias.dtype != torch.float32 \
+            or tuple(rel_bias.shape) != want or rel_bias.device != q.device:
+        raise ValueError(f"triton attention: rel_bias must be float32 (H, Lq + Lk - 1) = {want} "
+                         f"on {q.device}, got {_describe(rel_bias)}")
+
+
+def _alert_nondeterministic_rel_grad(q: torch.Tensor) -> None:
+    """d_rel_bias is summed with float32 atomics on a GPU (the interpreter runs programs in
+    order): under torch.use_deterministic_algorithms, raise (or warn with warn_only) as torch's
+    own nondeterministic ops do."""
+    if q.device.type != "cuda" or not torch.are_deterministic_algorithms_enabled():
+        return
+    msg = ("triton attention backward with rel_bias: d_rel_bias is accumulated with atomic "
+           "adds, which is not deterministic (dq/dk/dv are)")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        import warnings
+        warnings.warn(msg)
+    else:
+        raise RuntimeError(msg + "; torch.use_deterministic_algorithms(True) is set")
+
+
+def _mod_args(rel_bias: Optional[torch.Tensor], softcap: float, placeholder: torch.Tensor):
+    """Kernel arguments of the score modifiers: (REL tensor, softcap, 1 / softcap, rel_len)
+    and the constexpr flags (HAS_SOFTCAP, HAS_REL_BIAS). Without rel_bias, `placeholder`
+    stands in for the never-read table pointer."""
+    softcap = float(softcap)
+    inv = 1.0 / softcap if softcap > 0 else 0.0
+    if rel_bias is None:
+        return (placeholder, softcap, inv, 0), dict(HAS_SOFTCAP=softcap > 0, HAS_REL_BIAS=False)
+    rel = rel_bias.contiguous()
+    return (rel, softcap, inv, rel.shape[1]), dict(HAS_SOFTCAP=softcap > 0, HAS_REL_BIAS=True)
 
 
 def _describe(x) -> str:
@@ -779,7 +873,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: tor
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward: ``(out (B, H, Lq, d) in q's dtype, lse (B, H, Lq) float32)``."""
     _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed)
-    _check_score_mods(rel_bias, softcap)
+    _check_score_mods(q, k, rel_bias, softcap)
     B, H, Lq, d = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     # every in-tensor row is written by the kernel (rows that see nothing: 0 and -inf)
@@ -789,17 +883,20 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: tor
         return out, lse
     d_pad = head_dim_pad(d)
     tf32 = use_tf32(q)
-    bm, bn, warps, stages = get_config("fwd", d_pad, q.dtype, tf32)
+    (rel, cap, inv_cap, rel_len), flags = _mod_args(rel_bias, softcap, lse)
+    mods = flags["HAS_SOFTCAP"] or flags["HAS_REL_BIAS"]
+    bm, bn, warps, stages = get_config("fwd", d_pad, q.dtype, tf32, mods)
     keep_scale, thr, s_lo, s_hi = _dropout_args(dropout_p, seed)
     params, rank_t, rank_stride = _mask_args(params, rank, k)
     grid = launch_grid(B * H, _stream_row_tiles(Lq, q_split, bm))
     with _device_ctx(q):
-        _attn_fwd[grid](q, k, v, out, lse, params, rank_t, *_strides(q), *_strides(k),
+        _attn_fwd[grid](q, k, v, out, lse, params, rank_t, rel, *_strides(q), *_strides(k),
                         *_strides(v), *_strides(out), rank_stride, H, H // Hkv, Lq, Lk,
                         q_split, float(scale) * LOG2E, keep_scale, thr, s_lo, s_hi,
+                        float(scale), cap, inv_cap, rel_len,
                         D=d, D_PAD=d_pad, BLOCK_M=bm, BLOCK_N=bn, KIND=int(kind),
                         DROPOUT=dropout_p > 0, TF32=tf32, num_warps=warps,
-                        num_stages=stages)
+                        num_stages=stages, **flags)
     return out, lse
 
 
@@ -812,8 +909,12 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     """Backward: ``(dq, dk, dv, d_rel_bias)`` in the dtypes of q, k, v (dK/dV summed over GQA
     groups); d_rel_bias is a (0,) float32 tensor without rel_bias."""
     _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed)
-    _check_score_mods(rel_bias, softcap)
-    no_rel = torch.empty((0,), dtype=torch.float32, device=q.device)
+    _check_score_mods(q, k, rel_bias, softcap)
+    if rel_bias is not None:
+        _alert_nondeterministic_rel_grad(q)
+    # float32 atomics accumulate it (dK/dV kernel): zero-initialised, unordered sums on a GPU
+    d_rel = torch.zeros((0,) if rel_bias is None else tuple(rel_bias.shape),
+                        dtype=torch.float32, device=q.device)
     B, H, Lq, d = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     for name, t in (("dout", dout), ("out", out)):
@@ -826,7 +927,7 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
         raise ValueError(f"triton attention: lse must be float32 ({B}, {H}, {Lq}) on {q.device}, "
                          f"got {_describe(lse)}")
     if B * H * Lq * Lk == 0:  # nothing attends: all gradients are zero
-        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), no_rel
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), d_rel
     # every element is written by the kernels (unseen keys/rows get exact zeros)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
@@ -840,23 +941,29 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     keep_scale, thr, s_lo, s_hi = _dropout_args(dropout_p, seed)
     params, rank_t, rank_stride = _mask_args(params, rank, k)
     qk_scale = float(scale) * LOG2E
-    common = dict(D=d, D_PAD=d_pad, KIND=int(kind), DROPOUT=dropout_p > 0, TF32=use_tf32(q))
+    (rel, cap, inv_cap, rel_len), flags = _mod_args(rel_bias, softcap, delta)
+    d_rel_ptr = d_rel if rel_bias is not None else delta   # never written without rel_bias
+    common = dict(D=d, D_PAD=d_pad, KIND=int(kind), DROPOUT=dropout_p > 0, TF32=use_tf32(q),
+                  **flags)
     with _device_ctx(q):
         bm, _, warps, stages = get_config("pre", d_pad, q.dtype)
         _bwd_preprocess[launch_grid(B * H, triton.cdiv(Lq, bm))](
             out, dout, delta, *_strides(out), *_strides(dout), H, Lq,
             D=d, D_PAD=d_pad, BLOCK_M=bm, num_warps=warps, num_stages=stages)
-        bm, bn, warps, stages = get_config("dkdv", d_pad, q.dtype)
+        mods = flags["HAS_SOFTCAP"] or flags["HAS_REL_BIAS"]
+        bm, bn, warps, stages = get_config("dkdv", d_pad, q.dtype, common["TF32"], mods)
         _attn_bwd_dkdv[launch_grid(B * Hkv, triton.cdiv(Lk, bn))](
-            q, k, v, dout, lse, delta, dk, dv, params, rank_t, *_strides(q), *_strides(k),
-            *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv), rank_stride,
-            H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr, s_lo, s_hi,
-            BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
-        bm, bn, warps, stages = get_config("dq", d_pad, q.dtype)
+            q, k, v, dout, lse, delta, dk, dv, params, rank_t, rel, d_rel_ptr, *_strides(q),
+            *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
+            rank_stride, H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr,
+            s_lo, s_hi, cap, inv_cap, rel_len, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
+            num_stages=stages, **common)
+        bm, bn, warps, stages = get_config("dq", d_pad, q.dtype, common["TF32"], mods)
         grid = launch_grid(B * H, _stream_row_tiles(Lq, q_split, bm))
         _attn_bwd_dq[grid](
-            q, k, v, dout, lse, delta, dq, params, rank_t, *_strides(q), *_strides(k),
+            q, k, v, dout, lse, delta, dq, params, rank_t, rel, *_strides(q), *_strides(k),
             *_strides(v), *_strides(dout), *_strides(dq), rank_stride,
             H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr, s_lo, s_hi,
-            BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
-    return dq, dk, dv, no_rel
+            cap, inv_cap, rel_len, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
+            num_stages=stages, **common)
+    return dq, dk, dv, d_rel
