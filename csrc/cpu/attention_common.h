@@ -108,6 +108,36 @@ struct ScoreMods {
   bool on() const { return softcap > 0.f || rel_bias != nullptr; }
 };
 
+// Applies the score modifiers to n scores of one tile row, in place: x = scale x, then
+// x = softcap tanh(x / softcap) (kCap), then x += bias[0, n) (when bias is set: the rel_bias
+// entries of the row's keys, a contiguous run). g (when set) receives 1 - tanh^2, the
+// softcap's derivative the backward multiplies dS by. The kernels call it only when
+// ScoreMods::on(), so the no-modifier path keeps its loops as they were.
+template <bool kCap>
+inline void modify_scores_row(float* x, int64_t n, float scale, float softcap, const float* bias,
+                              float* g) {
+  const Vec vscale(kCap ? scale / softcap : scale), vcap(softcap), one(1.f);
+  auto step = [&](int64_t t, int64_t cnt) {
+    Vec s = Vec::loadu(x + t, cnt) * vscale;
+    if constexpr (kCap) {
+      const Vec th = s.tanh();
+      if (g) (one - th * th).store(g + t, cnt);
+      s = vcap * th;
+    }
+    if (bias) s = s + Vec::loadu(bias + t, cnt);
+    s.store(x + t, cnt);
+  };
+  int64_t t = 0;
+  for (; t + Vec::size() <= n; t += Vec::size()) step(t, Vec::size());
+  if (t < n) step(t, n - t);   // partial loads: never reads bias past the row's keys
+}
+
+inline void modify_scores_row(float* x, int64_t n, float scale, float softcap, const float* bias,
+                              float* g = nullptr) {
+  if (softcap > 0.f) modify_scores_row<true>(x, n, scale, softcap, bias, g);
+  else modify_scores_row<false>(x, n, scale, softcap, bias, g);
+}
+
 struct Dropout {
   float p = 0.f;
   uint32_t threshold = 0;
@@ -316,12 +346,13 @@ inline std::pair<const float*, int64_t> rows_f32(const T* src, int64_t n, int64_
 // out / lse (and dq / dk / dv) are allocated by the caller in the inputs' dtype; every element
 // is written. native_bf16: bf16 inputs with an even head dim run bf16 brgemm (AMX) tiles;
 // otherwise bf16 / fp16 tiles are widened to fp32 as above.
+// mods: the score modifiers (ScoreMods; the backward adds into mods.d_rel_bias).
 void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const MaskArgs& ma, float scale, const Dropout& drop, bool native_bf16,
-                   at::Tensor& out, at::Tensor& lse);
+                   const MaskArgs& ma, float scale, const ScoreMods& mods, const Dropout& drop,
+                   bool native_bf16, at::Tensor& out, at::Tensor& lse);
 void attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                   const MaskArgs& ma, float scale, const Dropout& drop, bool native_bf16,
-                   at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
+                   const MaskArgs& ma, float scale, const ScoreMods& mods, const Dropout& drop,
+                   bool native_bf16, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
 
 }  // namespace janus_cpu
