@@ -79,6 +79,18 @@ def test_rows_without_keys(dtype):
     assert torch.all(lse[0] == float("-inf")) and torch.isfinite(lse[1]).all()
 
 
+@pytest.mark.parametrize("softcap,gain", [(0.5, 30.0), (50.0, 0.05)])
+def test_softcap_extremes(softcap, gain):
+    """Both branches of the kernels' tanh at their ends: scores hundreds of softcaps away
+    (exp(2|x|) overflows: tanh = +-1 exactly, zero gradient) and tiny ones (the series)."""
+    mask = masks.causal_mask([40, 17])
+    q, k, v, do, rel = _inputs(mask, d=16)
+    q = q * gain
+    got = run_cpu(q, k, v, do, mask, softcap, rel)
+    assert_close_to_reference(got, q, k, v, do, mask.materialize(), softcap=softcap,
+                              rel_bias=rel)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_with_mods(dtype):
     mask = masks.janus_nar_mask([5, 30], [3, 20])
