@@ -66,17 +66,22 @@ def assert_within_rule(name: str, got: torch.Tensor, exact: torch.Tensor, same: 
 
 def assert_close_to_reference(ours: Sequence[torch.Tensor], q, k, v, do, allowed, *,
                               scale=None, keep=None, dropout_p=0.0, names=("out", "dq", "dk", "dv"),
-                              floor: Optional[float] = None) -> None:
-    """ours = [out, dq, dk, dv] in the input dtype, against fp64 and same-precision references
-    by ``assert_within_rule``; the default floor covers the rounding of a single result to the
-    input dtype."""
+                              floor: Optional[float] = None, softcap=None, rel_bias=None) -> None:
+    """ours = [out, dq, dk, dv] in the input dtype (then d_rel_bias, float32, with a
+    relative-bias table), against fp64 and same-precision references by ``assert_within_rule``;
+    the default floor covers the rounding of a single result to the input dtype."""
     exact = ref_outputs(q.double(), k.double(), v.double(), do.double(), allowed, upcast=True,
-                        scale=scale, keep=keep, dropout_p=dropout_p)
+                        scale=scale, keep=keep, dropout_p=dropout_p, softcap=softcap,
+                        rel_bias=None if rel_bias is None else rel_bias.double())
     same = ref_outputs(q, k, v, do, allowed, upcast=False, scale=scale, keep=keep,
-                       dropout_p=dropout_p)
+                       dropout_p=dropout_p, softcap=softcap, rel_bias=rel_bias)
+    if rel_bias is not None and len(names) == 4:
+        names = tuple(names) + ("d_rel_bias",)
+    assert len(ours) == len(names), f"{len(ours)} results for {names}"
     eps = torch.finfo(q.dtype).eps
     for idx, (name, a, e, s) in enumerate(zip(names, ours, exact, same)):
-        assert a.dtype == q.dtype, (name, a.dtype)
+        want = torch.float32 if name == "d_rel_bias" else q.dtype
+        assert a.dtype == want, (name, a.dtype)
         assert torch.isfinite(a).all(), f"{name}: non-finite values"
         fl = floor if floor is not None else 8 * eps * max(e.abs().max().item(), 1.0)
         assert_within_rule(name, a, e, s, grad=idx > 0, floor=fl)

@@ -4,6 +4,8 @@
 // brgemm has a plain row-major B operand (cpublas::brgemm cannot transpose B):
 //   S^T = K Q^T, P^T = exp(scale S^T - lse), dV += P^T dO, dP^T = V dO^T,
 //   dS^T = P^T (dP^T - delta), dK += scale dS^T Q, dQ^T += scale K^T dS^T.
+// Score modifiers (ScoreMods): P^T = exp(s_mod - lse) from the modified scores, d_rel_bias
+// gathers dS along the diagonals, and softcap turns dS into dS (1 - tanh^2) before dQ / dK.
 // bf16 with AMX (even d) runs the same steps with bf16 VNNI brgemm operands and fp32
 // accumulators (attention_bwd_native_bf16); bf16 / fp16 elsewhere widen each tile to fp32 and
 // run the fp32 steps (attention_bwd_f32<T>).
@@ -64,21 +66,72 @@ void bwd_row_stats(const janus::SampleMask& m, int i0, int rows, int d, const T*
   }
 }
 
+// The score modifiers of one (b, h), as the backward tile applies them. bias / dbias are
+// shifted by Lq - 1: bias[j - i] is the rel_bias entry of (row i, key j), dbias[j - i] the
+// (b, h) slab of d_rel_bias it accumulates into (one writer per (b, h): no races).
+struct BwdHeadMods {
+  bool on = false;
+  float softcap = 0.f;
+  const float* bias = nullptr;
+  float* dbias = nullptr;
+};
+
+// The tile's rel_bias entries along its transposed rows: key row t (key c0 + t) needs
+// bias[c0 + t - i0 - rr] for rows rr = 0.., a run that DEcreases along rr, so the tile's
+// diagonals are copied reversed once, rev[u] = bias[top - u] with top = c0 + w - 1 - i0, and
+// key row t reads the increasing run rev[w - 1 - t + rr]. d_rel_bias goes the same way back.
+struct ReversedDiagonals {
+  static constexpr int kMax = kChunkBwd + kBlockMBwd;   // w + rows - 1 entries
+  alignas(64) float v[kMax];
+  int top = 0, n = 0;
+  void load(const float* bias, int c0, int w, int i0, int rows) {
+    top = c0 + w - 1 - i0;
+    n = w + rows - 1;
+    for (int u = 0; u < n; ++u) v[u] = bias[top - u];
+  }
+  void zero(int c0, int w, int i0, int rows) {
+    top = c0 + w - 1 - i0;
+    n = w + rows - 1;
+    std::fill_n(v, n, 0.f);
+  }
+  void add_to(float* dbias) const { for (int u = 0; u < n; ++u) dbias[top - u] += v[u]; }
+};
+
+// The BwdHeadMods of (b, h). mods.d_rel_bias here is a (B, H, rel_len) slab (attention_bwd).
+inline BwdHeadMods head_mods(const ScoreMods& mods, int b, int h, int H, int Lq) {
+  BwdHeadMods hm;
+  hm.on = mods.on();
+  hm.softcap = mods.softcap;
+  if (mods.rel_bias) {
+    hm.bias = mods.rel_bias + h * mods.rel_len + (Lq - 1);
+    if (mods.d_rel_bias) hm.dbias = mods.d_rel_bias + ((int64_t)b * H + h) * mods.rel_len + (Lq - 1);
+  }
+  return hm;
+}
+
 // Elementwise step of one (row block, key chunk) tile, in transposed form (w x rows, ld rows):
 // on entry pt = S^T and dpt = dP^T; on exit pt = P^T (dropped when dropout is on: it feeds dV)
-// and dpt = dS^T = P^T (keep dP^T / (1-p) - delta) (unscaled). emit(t, prow, dsrow) is called
-// after key row t is final, while it is still in cache.
+// and dpt = dS^T = P^T (keep dP^T / (1-p) - delta) (unscaled; times 1 - tanh^2 with softcap).
+// emit(t, prow, dsrow) is called after key row t is final, while it is still in cache.
 template <class Emit>
 void bwd_p_ds_tile(const janus::SampleMask& m, int i0, int i1, int c0, int w, float scale,
-                   const Dropout& drop, int bh, const BwdRowStats& st, float* pt, float* dpt,
-                   Emit&& emit) {
+                   const BwdHeadMods& hm, const Dropout& drop, int bh, const BwdRowStats& st,
+                   float* pt, float* dpt, Emit&& emit) {
   const int rows = i1 - i0 + 1;
   const bool full = m.tile_class(i0, i1, c0, c0 + w - 1) == janus::TILE_FULL;
-  const Vec vscale(scale);
+  // with modifiers the scores are modified (scale folded in) before the exp
+  const Vec vscale(hm.on ? 1.f : scale);
+  ReversedDiagonals bias, dbias;
+  alignas(64) float dtanh[kBlockMBwd];   // 1 - tanh^2 of the current key row (softcap)
+  if (hm.bias) bias.load(hm.bias, c0, w, i0, rows);
+  if (hm.dbias) dbias.zero(c0, w, i0, rows);
   for (int t = 0; t < w; ++t) {
     const int j = c0 + t;
     float* prow = pt + (int64_t)t * rows;
     float* dprow = dpt + (int64_t)t * rows;
+    if (hm.on)
+      modify_scores_row(prow, rows, scale, hm.softcap, hm.bias ? bias.v + (w - 1 - t) : nullptr,
+                        dtanh);
     int64_t r = 0;
     for (; r < rows; r += Vec::size()) {   // partial load/store on the tail
       const int n = std::min<int>(Vec::size(), rows - r);
@@ -106,8 +159,15 @@ void bwd_p_ds_tile(const janus::SampleMask& m, int i0, int i1, int c0, int w, fl
     } else {
       for (int rr = 0; rr < rows; ++rr) dprow[rr] = prow[rr] * (dprow[rr] - st.delta[rr]);
     }
+    if (hm.dbias) {   // d_rel_bias takes dS, the gradient of the final score
+      float* acc = dbias.v + (w - 1 - t);
+      for (int rr = 0; rr < rows; ++rr) acc[rr] += dprow[rr];
+    }
+    if (hm.softcap > 0.f)
+      for (int rr = 0; rr < rows; ++rr) dprow[rr] *= dtanh[rr];
     emit(t, prow, dprow);
   }
+  if (hm.dbias) dbias.add_to(hm.dbias);
 }
 
 // Shapes, raw pointers and strides of one backward call, shared by the fp32 and bf16 paths
@@ -173,8 +233,8 @@ struct BwdItemScratch {
 template <typename T>
 void attention_bwd_f32(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                         const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                        const MaskArgs& ma, float scale, const Dropout& drop,
-                        at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+                        const MaskArgs& ma, float scale, const ScoreMods& mods,
+                        const Dropout& drop, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
   const auto [B, H, Lq, d, Hkv, group, Lk, qp, kp, vp, op, gp, lp, dqp, dkp, dvp,
               qs, ks, vs, os, gs, lss] = bwd_view<T>(dout, q, k, v, out, lse, dq, dk, dv);
   const int64_t Lkp = round_up(Lk, 16) + 16;
@@ -197,6 +257,7 @@ void attention_bwd_f32(const at::Tensor& dout, const at::Tensor& q, const at::Te
 
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
       const int bh = b * H + h;
+      const BwdHeadMods hm = head_mods(mods, b, h, H, Lq);
       zero_uncovered_rows<T>(blocks, Lq, d, dqp + ((int64_t)b * H + h) * Lq * d, d, nullptr);
       for (const auto& blk : blocks) {
         const int i0 = blk.i0, rows = blk.i1 - blk.i0 + 1;
@@ -222,7 +283,7 @@ void attention_bwd_f32(const at::Tensor& dout, const at::Tensor& q, const at::Te
                                       dot, dpt);
           // dV += P^T dO ; dK += scale dS^T Q ; dQ^T += scale K^T dS^T
           // (dV uses the unscaled P^T, so dS^T is scaled row by row as it is produced)
-          bwd_p_ds_tile(m, i0, blk.i1, c0, w, scale, drop, bh, st, pt, dpt,
+          bwd_p_ds_tile(m, i0, blk.i1, c0, w, scale, hm, drop, bh, st, pt, dpt,
                         [&](int, float*, float* dsrow) {
                           for (int r = 0; r < rows; ++r) dsrow[r] *= scale;
                         });
@@ -259,8 +320,8 @@ void attention_bwd_f32(const at::Tensor& dout, const at::Tensor& q, const at::Te
 // accumulate in fp32 per item, dQ^T per row block, and are rounded to bf16 at the end.
 void attention_bwd_native_bf16(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                              const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                             const MaskArgs& ma, float scale, const Dropout& drop,
-                             at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+                             const MaskArgs& ma, float scale, const ScoreMods& mods,
+                             const Dropout& drop, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
   using T = BFloat16;
   using at::native::cpublas::brgemm;
   const auto [B, H, Lq, d, Hkv, group, Lk, qp, kp, vp, op, gp, lp, dqp, dkp, dvp,
@@ -294,6 +355,7 @@ void attention_bwd_native_bf16(const at::Tensor& dout, const at::Tensor& q, cons
 
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
       const int bh = b * H + h;
+      const BwdHeadMods hm = head_mods(mods, b, h, H, Lq);
       zero_uncovered_rows<T>(blocks, Lq, d, dqp + ((int64_t)b * H + h) * Lq * d, d, nullptr);
       for (const auto& blk : blocks) {
         const int i0 = blk.i0, rows = blk.i1 - blk.i0 + 1;
@@ -313,7 +375,7 @@ void attention_bwd_native_bf16(const at::Tensor& dout, const at::Tensor& q, cons
         for_each_key_chunk(pre, lo, hi, kChunkBwd, [&](int c0, int w) {
           brgemm(w, rows, d, ks[2], rows, rows, false, kb + c0 * ks[2], qt, pt, true);
           brgemm(w, rows, d, vs[2], rows, rows, false, vb + c0 * vs[2], dot, dpt, true);
-          bwd_p_ds_tile(m, i0, blk.i1, c0, w, scale, drop, bh, st, pt, dpt,
+          bwd_p_ds_tile(m, i0, blk.i1, c0, w, scale, hm, drop, bh, st, pt, dpt,
                         [&](int t, float* prow, float* dsrow) {
                           T* pb = p + (int64_t)t * rows2;
                           T* db = ds + (int64_t)t * rows2;
@@ -340,20 +402,45 @@ void attention_bwd_native_bf16(const at::Tensor& dout, const at::Tensor& q, cons
 }
 }  // namespace
 
+// d_rel_bias: each (b, h) is owned by one work item, which accumulates into its own row of a
+// (B, H, rel_len) slab (B = 1: d_rel_bias itself); the rows are summed over b in a fixed order
+// afterwards, so the result does not depend on the thread schedule.
 void attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                   const MaskArgs& ma, float scale, const Dropout& drop, bool native_bf16,
-                   at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+                   const MaskArgs& ma, float scale, const ScoreMods& mods, const Dropout& drop,
+                   bool native_bf16, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
+  const int64_t B = q.size(0), H = q.size(1);
+  ScoreMods per_bh = mods;
+  at::Tensor slab;
+  if (mods.d_rel_bias && B > 1) {
+    slab = at::zeros({B, H, mods.rel_len}, q.options().dtype(at::kFloat));
+    per_bh.d_rel_bias = slab.data_ptr<float>();
+  }
   switch (q.scalar_type()) {
     case at::kFloat:
-      return attention_bwd_f32<float>(dout, q, k, v, out, lse, ma, scale, drop, dq, dk, dv);
+      attention_bwd_f32<float>(dout, q, k, v, out, lse, ma, scale, per_bh, drop, dq, dk, dv);
+      break;
     case at::kBFloat16:
       if (native_bf16)
-        return attention_bwd_native_bf16(dout, q, k, v, out, lse, ma, scale, drop, dq, dk, dv);
-      return attention_bwd_f32<BFloat16>(dout, q, k, v, out, lse, ma, scale, drop, dq, dk, dv);
+        attention_bwd_native_bf16(dout, q, k, v, out, lse, ma, scale, per_bh, drop, dq, dk, dv);
+      else
+        attention_bwd_f32<BFloat16>(dout, q, k, v, out, lse, ma, scale, per_bh, drop, dq, dk, dv);
+      break;
     case at::kHalf:
-      return attention_bwd_f32<Half>(dout, q, k, v, out, lse, ma, scale, drop, dq, dk, dv);
+      attention_bwd_f32<Half>(dout, q, k, v, out, lse, ma, scale, per_bh, drop, dq, dk, dv);
+      break;
     default: TORCH_CHECK(false, "attention (cpu): unsupported dtype ", q.scalar_type());
+  }
+  if (slab.defined()) {
+    const float* src = slab.data_ptr<float>();
+    const int64_t n = H * mods.rel_len;
+    at::parallel_for(0, n, 2048, [&](int64_t a, int64_t e) {
+      for (int64_t x = a; x < e; ++x) {
+        float sum = 0.f;
+        for (int64_t b = 0; b < B; ++b) sum += src[b * n + x];
+        mods.d_rel_bias[x] += sum;
+      }
+    });
   }
 }
 

@@ -109,6 +109,57 @@ struct ScoreMods {
   bool on() const { return softcap > 0.f || rel_bias != nullptr; }
 };
 
+// tanh for the softcap, cheaper than at::vec's (Sleef's u10 tanh, which the forward's
+// modifier pass spent most of its time in) at a few ulp: |x| < 0.4, the odd Taylor series to
+// x^15 (truncation < 3e-10 relative); otherwise 1 - 2 / (exp(2|x|) + 1), whose cancellation
+// costs at most a factor 1.7 on exp's 1 ulp; the sign copied back. exp overflowing to inf
+// gives exactly 1.
+inline Vec softcap_tanh(const Vec& x) {
+  const Vec a = x.abs(), z = x * x;
+  Vec p(-929569.f / 638512875.f);   // Taylor coefficients of tanh, x^15 down to x^3
+  p = at::vec::fmadd(p, z, Vec(21844.f / 6081075.f));
+  p = at::vec::fmadd(p, z, Vec(-1382.f / 155925.f));
+  p = at::vec::fmadd(p, z, Vec(62.f / 2835.f));
+  p = at::vec::fmadd(p, z, Vec(-17.f / 315.f));
+  p = at::vec::fmadd(p, z, Vec(2.f / 15.f));
+  p = at::vec::fmadd(p, z, Vec(-1.f / 3.f));
+  const Vec small = at::vec::fmadd(p * z, x, x);
+  const Vec one(1.f);
+  const Vec big = one - Vec(2.f) / ((a + a).exp() + one);
+  const Vec big_signed = Vec::blendv(big, Vec(0.f) - big, x < Vec(0.f));
+  return Vec::blendv(small, big_signed, a >= Vec(0.4f));
+}
+
+// Applies the score modifiers to n scores of one tile row, in place: x = scale x, then
+// x = softcap tanh(x / softcap) (kCap), then x += bias[0, n) (when bias is set: the rel_bias
+// entries of the row's keys, a contiguous run). g (when set) receives 1 - tanh^2, the
+// softcap's derivative the backward multiplies dS by. The kernels call it only when
+// ScoreMods::on(), so the no-modifier path keeps its loops as they were.
+template <bool kCap>
+inline void modify_scores_row(float* x, int64_t n, float scale, float softcap, const float* bias,
+                              float* g) {
+  const Vec vscale(kCap ? scale / softcap : scale), vcap(softcap), one(1.f);
+  auto step = [&](int64_t t, int64_t cnt) {
+    Vec s = Vec::loadu(x + t, cnt) * vscale;
+    if constexpr (kCap) {
+      const Vec th = softcap_tanh(s);
+      if (g) (one - th * th).store(g + t, cnt);
+      s = vcap * th;
+    }
+    if (bias) s = s + Vec::loadu(bias + t, cnt);
+    s.store(x + t, cnt);
+  };
+  int64_t t = 0;
+  for (; t + Vec::size() <= n; t += Vec::size()) step(t, Vec::size());
+  if (t < n) step(t, n - t);   // partial loads: never reads bias past the row's keys
+}
+
+inline void modify_scores_row(float* x, int64_t n, float scale, float softcap, const float* bias,
+                              float* g = nullptr) {
+  if (softcap > 0.f) modify_scores_row<true>(x, n, scale, softcap, bias, g);
+  else modify_scores_row<false>(x, n, scale, softcap, bias, g);
+}
+
 struct Dropout {
   float p = 0.f;
   uint32_t threshold = 0;
@@ -317,12 +368,13 @@ inline std::pair<const float*, int64_t> rows_f32(const T* src, int64_t n, int64_
 // out / lse (and dq / dk / dv) are allocated by the caller in the inputs' dtype; every element
 // is written. native_bf16: bf16 inputs with an even head dim run bf16 brgemm (AMX) tiles;
 // otherwise bf16 / fp16 tiles are widened to fp32 as above.
+// mods: the score modifiers (ScoreMods; the backward adds into mods.d_rel_bias).
 void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const MaskArgs& ma, float scale, const Dropout& drop, bool native_bf16,
-                   at::Tensor& out, at::Tensor& lse);
+                   const MaskArgs& ma, float scale, const ScoreMods& mods, const Dropout& drop,
+                   bool native_bf16, at::Tensor& out, at::Tensor& lse);
 void attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                   const MaskArgs& ma, float scale, const Dropout& drop, bool native_bf16,
-                   at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
+                   const MaskArgs& ma, float scale, const ScoreMods& mods, const Dropout& drop,
+                   bool native_bf16, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
 
 }  // namespace janus_cpu

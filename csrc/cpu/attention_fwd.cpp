@@ -4,6 +4,7 @@
 //   keys needed by the block = [0, pre) U [lo(first row), hi(last row))   (janus/mask.h)
 //   for each chunk of those keys (dead key tiles are never touched):
 //     S = Q_blk K_chunk^T                      oneDNN brgemm (fp32, or bf16 with VNNI-packed B)
+//     score modifiers (softcap, rel_bias; only when on): S = modified scores, scale folded in
 //     mask: only tiles that are not FULL are masked, by per-row interval fills (no predicate
 //           is evaluated per element except for the permutation kind)
 //     online softmax (at::vec), O_acc = O_acc * exp(m_old - m_new) + P V_chunk
@@ -195,8 +196,8 @@ struct FwdItem { int b, h, blk_begin, blk_end; int64_t cost; };
 
 template <typename T, typename C>
 void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const MaskArgs& ma, float scale, const Dropout& drop,
-                        at::Tensor& out, at::Tensor& lse) {
+                        const MaskArgs& ma, float scale, const ScoreMods& mods,
+                        const Dropout& drop, at::Tensor& out, at::Tensor& lse) {
   constexpr bool kBf16 = std::is_same_v<C, BFloat16>;   // native bf16 tiles
   const int B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
   const int Hkv = k.size(1), group = H / Hkv, Lk = k.size(2);
@@ -244,6 +245,8 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
     }
     const int64_t Lkp = ph.Lkp;
     const C* kt = ph.kt;
+    // rel_bias of head h shifted so that bias_h[j - i] is the entry of (i, j)
+    const float* bias_h = mods.rel_bias ? mods.rel_bias + h * mods.rel_len + (Lq - 1) : nullptr;
     if (item.blk_begin == 0)
       zero_uncovered_rows<T>(blocks[b], Lq, d, op + b * os_b + h * os_h, os_l,
                              lp + b * ls_b + h * ls_h);
@@ -279,8 +282,15 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           at::native::cpublas::brgemm(rows, wr, d, q_ld, Lkp, wr, false, qblk, kt + c0, S);
         }
         const bool full = m.tile_class(it.i0, it.i1, c0, c0 + w - 1) == janus::TILE_FULL;
-        softmax_chunk<C>(m, it.i0, rows, c0, w, wr, full, scale, drop, b * H + h, S, P, mrow,
-                         lrow, acc, d);
+        // with modifiers S becomes the final scores (scale applied; FULL tiles too) before the
+        // mask and the softmax, which then run with scale 1
+        if (mods.on()) {
+          for (int r = 0; r < rows; ++r)
+            modify_scores_row(S + (int64_t)r * wr, w, scale, mods.softcap,
+                              bias_h ? bias_h + c0 - (it.i0 + r) : nullptr);
+        }
+        softmax_chunk<C>(m, it.i0, rows, c0, w, wr, full, mods.on() ? 1.f : scale, drop,
+                         b * H + h, S, P, mrow, lrow, acc, d);
         // O_acc += P V_chunk
         if constexpr (kBf16) {
           const C* vchunk = ph.v + (int64_t)c0 * d;
@@ -316,15 +326,17 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
 }  // namespace
 
 void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const MaskArgs& ma, float scale, const Dropout& drop, bool native_bf16,
-                   at::Tensor& out, at::Tensor& lse) {
+                   const MaskArgs& ma, float scale, const ScoreMods& mods, const Dropout& drop,
+                   bool native_bf16, at::Tensor& out, at::Tensor& lse) {
   switch (q.scalar_type()) {
-    case at::kFloat: return attention_fwd_impl<float, float>(q, k, v, ma, scale, drop, out, lse);
+    case at::kFloat:
+      return attention_fwd_impl<float, float>(q, k, v, ma, scale, mods, drop, out, lse);
     case at::kBFloat16:
       if (native_bf16)
-        return attention_fwd_impl<BFloat16, BFloat16>(q, k, v, ma, scale, drop, out, lse);
-      return attention_fwd_impl<BFloat16, float>(q, k, v, ma, scale, drop, out, lse);
-    case at::kHalf: return attention_fwd_impl<Half, float>(q, k, v, ma, scale, drop, out, lse);
+        return attention_fwd_impl<BFloat16, BFloat16>(q, k, v, ma, scale, mods, drop, out, lse);
+      return attention_fwd_impl<BFloat16, float>(q, k, v, ma, scale, mods, drop, out, lse);
+    case at::kHalf:
+      return attention_fwd_impl<Half, float>(q, k, v, ma, scale, mods, drop, out, lse);
     default: TORCH_CHECK(false, "attention (cpu): unsupported dtype ", q.scalar_type());
   }
 }

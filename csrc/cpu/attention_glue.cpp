@@ -154,7 +154,6 @@ struct ScoreModTensors {
     }
     if (backward && !d_rel_bias.defined())
       d_rel_bias = at::empty({0}, q.options().dtype(at::kFloat));
-    TORCH_CHECK(!args.on(), "softcap / rel_bias: not implemented by this build's CPU kernels");
   }
 };
 
@@ -187,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q_, const at::Tensor& k
   at::Tensor out = pooled_empty(q.sizes(), q.options(), kPoolMinBytes);   // contiguous
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   if (q.numel() > 0 && k.size(2) > 0) {
-    attention_fwd(q, k, v, mt.args, (float)scale, drop, native_bf16, out, lse);
+    attention_fwd(q, k, v, mt.args, (float)scale, mods.args, drop, native_bf16, out, lse);
   } else {
     out.zero_();
     lse.fill_(-INFINITY);
@@ -229,7 +228,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(
   at::Tensor dk = pooled_empty(k.sizes(), opt, kPoolMinBytes);
   at::Tensor dv = pooled_empty(v.sizes(), opt, kPoolMinBytes);
   if (q.numel() > 0 && k.size(2) > 0) {
-    attention_bwd(g, q, k, v, o, lse, mt.args, (float)scale, drop, native_bf16, dq, dk, dv);
+    attention_bwd(g, q, k, v, o, lse, mt.args, (float)scale, mods.args, drop, native_bf16, dq, dk,
+                  dv);
   } else {
     dq.zero_(); dk.zero_(); dv.zero_();
   }

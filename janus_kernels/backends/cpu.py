@@ -1,8 +1,9 @@
 """The compiled CPU kernels (csrc/cpu), at the ISA level chosen per call (cpu_isa.py).
 
 Attention computes float32, bfloat16 and float16 (bf16 natively on AMX, otherwise each tile
-widened to fp32 inside the kernel); float64 attention is not served (the default falls back to
-the reference; asking for "cpu" explicitly raises). The loss kernels serve every float dtype.
+widened to fp32 inside the kernel), with the score modifiers softcap and rel_bias; float64
+attention is not served (the default falls back to the reference; asking for "cpu" explicitly
+raises). The loss kernels serve every float dtype.
 The raw ``janus::<op>`` CPU entries (e.g. ``torch.ops.janus.flash_attention_fwd`` on CPU
 tensors) forward to the active level's namespace too.
 """
@@ -38,7 +39,8 @@ class CpuBackend(Backend):
     name = "cpu"
     serves = (
         Serves(("attention",), "cpu", _ATTN_DTYPES, priority=30,
-               head_dims=lambda d: 1 <= d <= MAX_HEAD_DIM, head_dims_text=f"in [1, {MAX_HEAD_DIM}]"),
+               head_dims=lambda d: 1 <= d <= MAX_HEAD_DIM, head_dims_text=f"in [1, {MAX_HEAD_DIM}]",
+               features=("softcap", "rel_bias")),
         Serves(("symmetric_kl", "cross_entropy", "janus_rows"), "cpu", _LOSS_DTYPES,
                priority=30),
     )
