@@ -5,7 +5,8 @@ interpreter and the compiler cannot share a process) and checks every shipped co
 a cubin exists, shared memory fits the architecture, no register spills (stack frame 0),
 the 16-bit kernels use tensor cores (mma.sync on sm_80, wgmma on sm_90), the fp32 ones do
 not by default (IEEE fp32 products) and do, with tf32 operands, in the TF32 variant (torch's
-float32 matmul precision "high"/"medium", attention.use_tf32)."""
+float32 matmul precision "high"/"medium", attention.use_tf32). The score-modifier variants
+(softcap / rel_bias on, ``aot --mods``) are held to the same rules."""
 import json
 import os
 import subprocess
@@ -35,7 +36,7 @@ def rows(tmp_path_factory):
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "janus_kernels.triton.aot", "--json", str(out), "--jobs", "2",
            "--dtypes", *DTYPES, "--head-dims", *map(str, HEAD_DIMS),
-           "--arch", *map(str, ARCHS)]
+           "--arch", *map(str, ARCHS), "--mods"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     if not out.exists():
         raise AssertionError(f"AOT compile failed (rc={proc.returncode}):\n"
@@ -45,10 +46,11 @@ def rows(tmp_path_factory):
 
 def test_every_kernel_and_config_compiled(rows):
     from janus_kernels.triton import aot
-    want = {(k, dt, d, a, kind, drop) for k, dt, d, a, kind, drop
+    want = {(k, dt, d, a, kind, drop, False) for k, dt, d, a, kind, drop
             in aot.variants(DTYPES, HEAD_DIMS, ARCHS)}
-    got = {(r["kernel"], r["dtype"], r["head_dim"], r["arch"], r["kind"], r["dropout"])
-           for r in rows}
+    want |= set(aot.mods_variants(DTYPES, HEAD_DIMS, ARCHS))   # softcap / rel_bias kernels
+    got = {(r["kernel"], r["dtype"], r["head_dim"], r["arch"], r["kind"], r["dropout"],
+            bool(r["mods"])) for r in rows}
     assert got == want
     assert {r["kernel"] for r in rows} == set(aot.KERNELS)
 

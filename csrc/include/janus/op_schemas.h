@@ -9,8 +9,9 @@ namespace janus {
 
 inline void define_kernel_ops(torch::Library& m) {
   // Structured-mask flash attention. q (B, H, Lq, d), k/v (B, Hkv, Lk, d), mask_params
-  // (B, NUM_FIELDS) int32 (see csrc/include/janus/mask.h), mask_rank (B, Lk) int32 for the
-  // permutation kind. rng_seed: int64 tensor of shape (1,) when dropout_p > 0.
+  // (B, NUM_FIELDS) int32 (see csrc/include/janus/mask.h), mask_rank int32: (B, Lk) ranks for the
+  // permutation kind, (B, Lq + Lk) document ids for the documents kind. rng_seed: int64
+  // tensor of shape (1,) when dropout_p > 0.
   // Score modifiers: s = scale q.k; softcap > 0: s = softcap tanh(s / softcap); rel_bias
   // (H, Lq + Lk - 1) float32: s += rel_bias[h, j - i + Lq - 1]; then the mask and softmax.
   // Returns out (B, H, Lq, d) in q's dtype and lse (B, H, Lq) float32 (-inf for rows that
