@@ -11,9 +11,9 @@ from . import _ext, cpu_isa, losses, masks  # noqa: F401
 from .attention import attention  # noqa: F401
 from .backends import BackendError, available_backends, default_backend  # noqa: F401
 from .cpu_isa import cap_cpu_isa  # noqa: F401
-from .masks import (MaskDescriptor, causal_mask, full_mask, janus_ar_mask,  # noqa: F401
-                    janus_nar_mask, key_padding_mask, permutation_mask, prefix_lm_mask,
-                    sliding_window_mask)
+from .masks import (MaskDescriptor, causal_mask, document_mask, full_mask,  # noqa: F401
+                    hf_mask, janus_ar_mask, janus_nar_mask, key_padding_mask,
+                    permutation_mask, prefix_lm_mask, sliding_window_mask, varlen_mask)
 from .losses import (JanusLossWeights, cross_entropy, empty_cache,  # noqa: F401
                      fused_linear_janus_loss, janus_loss, symmetric_kl)
 

@@ -6,8 +6,11 @@ Per sample ``b`` (``L = 2**30 = UNBOUNDED``)::
     0 <= KV_LEN <= kv_len          0 <= PREFIX <= kv_len
     0 <= ROWS0 <= q_split          0 <= ROWS1 <= q_len - q_split
     -L <= OFF[s], HMIN[s] <= L     0 <= WIDTH[s] <= L
+    0 <= KEY_START <= KV_LEN
     permutation kind: ROWS[s] <= kv_len (rank is read at the row index) and every rank entry
     read (index < max(KV_LEN, ROWS0, ROWS1)) in [-L, L)
+    documents kind: rank is (B, q_len + kv_len), row docs then key docs, each run
+    nondecreasing, every entry in [-L, L)
 
 and ``0 <= q_split <= q_len <= L``, ``kv_len <= L``. Within these bounds no intermediate of
 the predicate (``r + OFF``, ``hi - WIDTH``, ``j + WIDTH``, ``rank + OFF``) leaves int32, and
@@ -33,7 +36,8 @@ import torch
 from .mask_fields import NUM_FIELDS, UNBOUNDED, Field, Kind
 
 __all__ = ["set_descriptor_checks", "descriptor_checks_enabled", "values_checkable",
-           "int_arg", "check_table", "check_rank", "rank_read_extent", "LIMIT"]
+           "int_arg", "check_table", "check_rank", "check_documents", "rank_read_extent",
+           "side_table_width", "LIMIT"]
 
 #: Bound on sizes and window integers (see the module docstring).
 LIMIT = UNBOUNDED
@@ -98,9 +102,9 @@ def _bounds(q_len: int, kv_len: int, q_split: int, kind: int) -> Tuple[List[int]
     if kind == Kind.PERMUTATION:            # the rank is read at the row index too
         rows0, rows1 = min(rows0, kv_len), min(rows1, kv_len)
     L = LIMIT
-    #      KV_LEN  PREFIX  ROWS0  OFF0 HMIN0 WIDTH0 ROWS1  OFF1 HMIN1 WIDTH1
-    lo = [0,      0,      0,     -L,  -L,   0,     0,     -L,  -L,   0]
-    hi = [kv_len, kv_len, rows0, L,   L,    L,     rows1, L,   L,    L]
+    #      KV_LEN  PREFIX  ROWS0  OFF0 HMIN0 WIDTH0 ROWS1  OFF1 HMIN1 WIDTH1 KEY_START
+    lo = [0,      0,      0,     -L,  -L,   0,     0,     -L,  -L,   0,     0]
+    hi = [kv_len, kv_len, rows0, L,   L,    L,     rows1, L,   L,    L,     kv_len]
     return lo, hi
 
 
@@ -112,6 +116,7 @@ def _reason(f: Field, q_len: int, kv_len: int, q_split: int, kind: int) -> str:
         Field.ROWS0: f"the real rows must fit the q_split={q_split} rows of stream 0{rank}",
         Field.ROWS1: f"the real rows must fit the q_len - q_split={q_len - q_split} rows "
                      f"of stream 1{rank}",
+        Field.KEY_START: f"the first real key must lie in the kv_len={kv_len} padded keys",
     }.get(f, "0 <= WIDTH <= 2^30 (2^30 = UNBOUNDED: no lower window end)"
           if f in (Field.WIDTH0, Field.WIDTH1)
           else "|value| <= 2^30 so that r + OFF and hi - WIDTH stay in int32")
@@ -129,17 +134,31 @@ def check_table(table: torch.Tensor, q_len: int, kv_len: int, q_split: int, kind
         p = table.numpy()
         bad = (p < np.asarray(lo)) | (p > np.asarray(hi))
         if not bad.any():
+            if (p[:, Field.KEY_START] > p[:, Field.KV_LEN]).any():
+                _check_key_start(table, what)
             return
         b, f = (int(x) for x in np.argwhere(bad)[0])
     else:                                          # opt-in checking mode: syncs
         p = table.long()
         bad = (p < p.new_tensor(lo)) | (p > p.new_tensor(hi))
         if not bool(bad.any()):
+            _check_key_start(table, what)
             return
         b, f = (int(x) for x in bad.nonzero()[0])
     v, name = int(table[b, f]), Field(f).name
     raise ValueError(f"{what}[{b}, Field.{name}] = {v} (sample {b}): expected {lo[f]} <= "
                      f"{name} <= {hi[f]}: {_reason(Field(f), q_len, kv_len, q_split, kind)}")
+
+
+def _check_key_start(table: torch.Tensor, what: str) -> None:
+    """The one cross-field rule: the real keys [KEY_START, KV_LEN) are a (maybe empty) run."""
+    t = table.long()
+    bad = t[:, Field.KEY_START] > t[:, Field.KV_LEN]
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0])
+        raise ValueError(f"{what}[{b}, Field.KEY_START] = {int(t[b, Field.KEY_START])} "
+                         f"(sample {b}): expected KEY_START <= KV_LEN = "
+                         f"{int(t[b, Field.KV_LEN])} (the real keys are [KEY_START, KV_LEN))")
 
 
 def rank_read_extent(table: torch.Tensor) -> torch.Tensor:
@@ -164,6 +183,36 @@ def check_rank(rank: torch.Tensor, read: torch.Tensor, what: str = "MaskDescript
                          f"[-2^30, 2^30) so that rank + OFF stays in int32")
 
 
+def check_documents(docs: torch.Tensor, q_len: int, what: str = "MaskDescriptor.rank") -> None:
+    """Raise ValueError unless the DOCUMENTS side table (B, q_len + kv_len) holds, per sample,
+    a nondecreasing run of row documents (columns [0, q_len)) and one of key documents
+    (columns [q_len, ...)), every id in [-2^30, 2^30). Monotone runs are what make a row's
+    keys one contiguous run (found by binary search in the kernels) and the tile classes
+    exact-or-conservative from the corner documents."""
+    if docs.numel() == 0:
+        return
+    d = docs.long()
+    out = (d < -LIMIT) | (d >= LIMIT)
+    if bool(out.any()):
+        b, c = (int(x) for x in out.nonzero()[0])
+        raise ValueError(f"{what}[{b}, {c}] = {int(d[b, c])} (sample {b}): expected document "
+                         f"ids in [-2^30, 2^30)")
+    step = d[:, 1:] < d[:, :-1]
+    step[:, q_len - 1:q_len] = False               # the row run ends, the key run starts
+    if bool(step.any()):
+        b, c = (int(x) for x in step.nonzero()[0])
+        part, col = ("row", c + 1) if c + 1 < q_len else ("key", c + 1 - q_len)
+        raise ValueError(f"{what}[{b}, {c + 1}] = {int(d[b, c + 1])} (sample {b}, {part} "
+                         f"{col}) is smaller than the entry before it ({int(d[b, c])}): the "
+                         f"row documents (columns [0, q_len={q_len})) and the key documents "
+                         f"(the rest) must each be nondecreasing")
+
+
+def side_table_width(kind: int, q_len: int, kv_len: int) -> int:
+    """Columns of the ``rank`` side table a kind reads (0: none)."""
+    return {Kind.PERMUTATION: kv_len, Kind.DOCUMENTS: q_len + kv_len}.get(kind, 0)
+
+
 def check_structure(params, rank, q_len, kv_len, q_split, kind) -> Tuple[int, int, int, Kind]:
     """Types, dtypes, shapes and devices of a descriptor (no values read); returns the
     normalized (q_len, kv_len, q_split, kind)."""
@@ -181,14 +230,17 @@ def check_structure(params, rank, q_len, kv_len, q_split, kind) -> Tuple[int, in
         raise ValueError(f"MaskDescriptor.kind: expected one of "
                          f"{[f'{k.name}={int(k)}' for k in Kind]}, got {kind!r}")
     kind = Kind(kind)
-    if kind == Kind.PERMUTATION:
+    width = side_table_width(kind, q_len, kv_len)
+    if kind != Kind.WINDOW:
         if not isinstance(rank, torch.Tensor) or rank.dtype != torch.int32 \
-                or tuple(rank.shape) != (params.shape[0], kv_len) or rank.device != params.device:
-            raise ValueError(f"MaskDescriptor.rank: expected int32 ({params.shape[0]}, "
-                             f"{kv_len}) on {params.device}, got {describe(rank)}")
+                or tuple(rank.shape) != (params.shape[0], width) or rank.device != params.device:
+            what = "kv_len" if kind == Kind.PERMUTATION else "q_len + kv_len"
+            raise ValueError(f"MaskDescriptor.rank: the {kind.name} kind needs int32 "
+                             f"({params.shape[0]}, {width}) (B, {what}) on {params.device}, "
+                             f"got {describe(rank)}")
     elif rank is not None:
-        raise ValueError(f"MaskDescriptor.rank: only the PERMUTATION kind reads a rank; got "
-                         f"{describe(rank)} for kind {kind.name}")
+        raise ValueError(f"MaskDescriptor.rank: only the PERMUTATION and DOCUMENTS kinds read "
+                         f"a rank table; got {describe(rank)} for kind {kind.name}")
     return q_len, kv_len, q_split, kind
 
 

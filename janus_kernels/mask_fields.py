@@ -23,6 +23,8 @@ class Field(enum.IntEnum):
     OFF1 = 7
     HMIN1 = 8
     WIDTH1 = 9
+    KEY_START = 10  # keys j < KEY_START are padding too (left padding): valid keys are
+                    # KEY_START <= j < KV_LEN, for every kind
 
 
 NUM_FIELDS = len(Field)
@@ -31,6 +33,9 @@ NUM_FIELDS = len(Field)
 class Kind(enum.IntEnum):
     WINDOW = 0       # the prefix + per-row window predicate
     PERMUTATION = 1  # rank[j] + OFF[s] <= rank[r]
+    DOCUMENTS = 2    # the WINDOW predicate and q_doc[i] == k_doc[j] (packed sequences): the
+                     # rank table is (B, q_len + kv_len), row docs then key docs, each run
+                     # nondecreasing
 
 
 class TileClass(enum.IntEnum):

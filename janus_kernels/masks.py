@@ -1,8 +1,9 @@
 """Mask descriptors: structured attention masks as a few integers per sample.
 
 A :class:`MaskDescriptor` never holds a ``(B, Lq, Lk)`` tensor. It holds an int32
-table ``params`` of shape ``(B, NUM_FIELDS)`` (and, for the permutation family only,
-an int32 ``rank`` array of shape ``(B, Lk)``). Every backend (the dense reference,
+table ``params`` of shape ``(B, NUM_FIELDS)`` (and an int32 side table ``rank``: for the
+permutation kind the ``(B, Lk)`` ranks, for the documents kind the ``(B, Lq + Lk)`` row
+then key document ids). Every backend (the dense reference,
 the C++ CPU kernel, Triton, CUDA) evaluates the *same* predicate from these numbers;
 ``csrc/include/janus/mask.h`` and ``janus_kernels/triton/mask.py`` are the other two
 spellings of the functions in this file.
@@ -15,10 +16,11 @@ stream 0 and query rows in stream 1; single-stream masks have ``q_split == Lq``.
 For sample ``b``, row ``i`` (stream ``s``, local row ``r``) and key ``j``::
 
     valid_row = r < ROWS[s]                 # padding rows see nothing -> output 0
-    valid_key = j < KV_LEN
+    valid_key = KEY_START <= j < KV_LEN     # left and right key padding
     hi = max(r + OFF[s], HMIN[s])           # nondecreasing in r
     lo = hi - WIDTH[s]                      # WIDTH = 0: no window; UNBOUNDED: [0, hi)
     allowed = valid_row and valid_key and (j < PREFIX or lo <= j < hi)
+    DOCUMENTS kind: allowed = allowed and q_doc[i] == k_doc[j]   (packed sequences)
 
 Because ``lo`` and ``hi`` are nondecreasing in ``r``, the keys a block of rows needs are
 ``[0, PREFIX) ∪ [lo(r_first), hi(r_last))`` and a tile's class (skip / partial / full)
@@ -33,6 +35,9 @@ Families (one factory each, below)::
     JANUS AR             two causal streams sharing content keys
     JANUS NAR/AUX        PREFIX = U; content: hi = max(r+1, U+M); query: hi = U+M+r; WIDTH = M
     permutation          rank[j] + strict[s] <= rank[r]  (needs the (B, Lk) rank array)
+    HF / torch           hf_mask: causal / sliding / chunked / bidirectional, key padding
+                         [KEY_START, KV_LEN), diagonal offset (mask_factories_hf.py)
+    packed documents     document_mask, varlen_mask (the DOCUMENTS kind)
 
 Example, JANUS NAR/AUX for U=3, M=2 (rows = 7 content + 2 query, keys = 7 content;
 ``X`` may attend)::
@@ -56,7 +61,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .mask_checks import (check_rank, check_structure, check_table, describe as _describe,
+from .mask_checks import (check_documents, check_rank, check_structure, check_table,
+                          describe as _describe,
                           int_arg, rank_read_extent, set_descriptor_checks,
                           values_checkable)
 from .mask_fields import NUM_FIELDS, UNBOUNDED, Field, Kind, TileClass
@@ -64,7 +70,8 @@ from .mask_fields import NUM_FIELDS, UNBOUNDED, Field, Kind, TileClass
 __all__ = [
     "UNBOUNDED", "Field", "Kind", "TileClass", "MaskDescriptor", "set_descriptor_checks",
     "full_mask", "key_padding_mask", "causal_mask", "sliding_window_mask", "prefix_lm_mask",
-    "janus_nar_mask", "janus_ar_mask", "permutation_mask",
+    "janus_nar_mask", "janus_ar_mask", "permutation_mask", "hf_mask", "document_mask",
+    "varlen_mask",
 ]
 
 IntsLike = Union[torch.Tensor, Sequence[int], int]
@@ -85,7 +92,8 @@ class MaskDescriptor:
     kv_len: int                   # padded keys
     q_split: int                  # first row of stream 1 (== q_len for one stream)
     kind: Kind = Kind.WINDOW
-    rank: Optional[torch.Tensor] = None  # (B, kv_len) int32, permutation family only
+    rank: Optional[torch.Tensor] = None  # int32 side table: (B, kv_len) permutation ranks,
+                                         # (B, q_len + kv_len) documents (rows, then keys)
     family: str = "custom"
 
     def __post_init__(self) -> None:
@@ -102,7 +110,7 @@ class MaskDescriptor:
 
     def validate(self) -> None:
         """Check every value against the contract (``janus_kernels.mask_checks``) and raise a
-        ValueError naming the field and the sample. O(B) (O(B * kv_len) with a rank); a
+        ValueError naming the field and the sample. O(B) (O(B * width) with a side table); a
         host sync when the tables live on a GPU. A table already checked and not modified
         since (torch's in-place version counter) is not read again."""
         version = (self.params._version, None if self.rank is None else self.rank._version)
@@ -111,6 +119,8 @@ class MaskDescriptor:
         check_table(self.params, self.q_len, self.kv_len, self.q_split, self.kind)
         if self.kind == Kind.PERMUTATION:
             check_rank(self.rank, rank_read_extent(self.params))
+        elif self.kind == Kind.DOCUMENTS:
+            check_documents(self.rank, self.q_len)
         object.__setattr__(self, "_checked_version", version)   # frozen dataclass
 
     # ------------------------------------------------------------------ basics
@@ -143,7 +153,7 @@ class MaskDescriptor:
         r = i - s * self.q_split
         rows = torch.where(s == 0, p[b, Field.ROWS0], p[b, Field.ROWS1])
         off = torch.where(s == 0, p[b, Field.OFF0], p[b, Field.OFF1])
-        ok = (r < rows) & (j < p[b, Field.KV_LEN])
+        ok = (r < rows) & (j < p[b, Field.KV_LEN]) & (j >= p[b, Field.KEY_START])
         if self.kind == Kind.PERMUTATION:
             rk = self.rank.long()
             jc = j.clamp(max=max(self.kv_len - 1, 0))
@@ -152,7 +162,17 @@ class MaskDescriptor:
         hmin = torch.where(s == 0, p[b, Field.HMIN0], p[b, Field.HMIN1])
         width = torch.where(s == 0, p[b, Field.WIDTH0], p[b, Field.WIDTH1])
         hi = torch.maximum(r + off, hmin)
-        return ok & ((j < p[b, Field.PREFIX]) | ((hi - width <= j) & (j < hi)))
+        ok = ok & ((j < p[b, Field.PREFIX]) | ((hi - width <= j) & (j < hi)))
+        if self.kind == Kind.DOCUMENTS:
+            q_doc, k_doc = self._docs()
+            ok = ok & (q_doc[b, i.clamp(0, max(self.q_len - 1, 0))]
+                       == k_doc[b, j.clamp(0, max(self.kv_len - 1, 0))])
+        return ok
+
+    def _docs(self):
+        """(row documents (B, q_len), key documents (B, kv_len)) of the DOCUMENTS kind."""
+        d = self.rank.long()
+        return d[:, :self.q_len], d[:, self.q_len:]
 
     def materialize(self) -> torch.Tensor:
         """Dense bool mask (B, q_len, kv_len), True = may attend: the dense 3D baseline."""
@@ -169,7 +189,10 @@ class MaskDescriptor:
 
         A tile covers rows ``[m*block_m, min((m+1)*block_m, q_len))`` and keys
         ``[n*block_n, min((n+1)*block_n, kv_len))``. A tile that straddles the stream
-        boundary is classified per stream and the two results are combined.
+        boundary is classified per stream and the two results are combined. Exact for the
+        window and permutation kinds; for documents exact-or-conservative: SKIP also when
+        the document ranges of the segment's corner rows and the tile's corner keys are
+        disjoint, FULL only when all four corner documents are equal.
         """
         if block_m <= 0 or block_n <= 0:
             raise ValueError(f"tile_class: block sizes must be positive, got "
@@ -198,13 +221,15 @@ class MaskDescriptor:
         """Class of rows [r0, r1] (local to stream s, may be an empty range) x keys [j0, j1]."""
         p = self.params.long()[:, :, None, None]              # (B, F, 1, 1)
         kv, pre = p[:, Field.KV_LEN], p[:, Field.PREFIX]
+        ks = p[:, Field.KEY_START]
+        j0k = torch.maximum(j0, ks)                           # first real key of the tile
         rows = p[:, Field.ROWS0 + 4 * s]
         off = p[:, Field.OFF0 + 4 * s]
         r1v = torch.minimum(r1, rows - 1)                     # last valid row
         any_row = r1v >= r0
         all_rows = r1 < rows
         if self.kind == Kind.PERMUTATION:
-            skip, full = self._perm_segment(s, r0, r1v, j0, j1, kv, off)
+            skip, full = self._perm_segment(s, r0, r1v, j0k, j1, kv, off)
         else:
             hmin = p[:, Field.HMIN0 + 4 * s]
             width = p[:, Field.WIDTH0 + 4 * s]
@@ -214,15 +239,31 @@ class MaskDescriptor:
             jl = torch.minimum(j1, kv - 1)                    # last real key of the tile
             # some row sees some key: prefix hit, or a window value h in [hi_first, hi_last]
             # with j0 < h <= jl + width (h takes every integer in that range)
-            win_hit = (width > 0) & (hi_last > j0) & (hi_first <= jl + width)
-            skip = (j0 >= kv) | ((j0 >= pre) & ~win_hit)
+            win_hit = (width > 0) & (hi_last > j0k) & (hi_first <= jl + width)
+            skip = (j0k > jl) | ((j0k >= pre) & ~win_hit)
             full = (j1 < kv) & ((j1 < pre) | (
                 (width > 0) & (lo_last <= torch.maximum(j0, pre)) & (j1 < hi_first)))
+            if self.kind == Kind.DOCUMENTS:
+                skip, full = self._doc_segment(s, r0, r1, j0, j1, skip, full)
+        full = full & (j0 >= ks)
         cls = torch.full(torch.broadcast_shapes(skip.shape, any_row.shape), int(TileClass.PARTIAL),
                          dtype=torch.int8, device=self.device)
         cls[(full & all_rows & any_row).expand_as(cls)] = int(TileClass.FULL)
         cls[(skip | ~any_row).expand_as(cls)] = int(TileClass.SKIP)
         return cls
+
+    def _doc_segment(self, s, r0, r1, j0, j1, skip, full):
+        """Documents on top of the window class, from the corner documents (both runs are
+        nondecreasing): SKIP if [q_doc(first row), q_doc(last row)] and [k_doc(j0), k_doc(j1)]
+        are disjoint, FULL only if all four are equal."""
+        q_doc, k_doc = self._docs()
+        g0 = (r0 + s * self.q_split).clamp(0, max(self.q_len - 1, 0))
+        g1 = (r1 + s * self.q_split).clamp(0, max(self.q_len - 1, 0))
+        qa, qb = q_doc[:, g0[0, :, 0]][:, :, None], q_doc[:, g1[0, :, 0]][:, :, None]
+        ka, kb = k_doc[:, j0[0, 0, :]][:, None, :], k_doc[:, j1[0, 0, :]][:, None, :]
+        disjoint = (qb < ka) | (kb < qa)
+        same = (qa == qb) & (ka == kb) & (qa == ka)
+        return skip | disjoint, full & same
 
     def _perm_segment(self, s, r0, r1v, j0, j1, kv, off):
         """Permutation tiles from per-tile rank min/max (exact: full iff every key rank +
@@ -460,3 +501,7 @@ def permutation_mask(rank: torch.Tensor, lengths: Optional[IntsLike] = None, *,
     return _make(B, rank.device, q_len, L, L, "permutation", Kind.PERMUTATION,
                  rank.to(torch.int32).contiguous(), KV_LEN=ln, ROWS0=ln, OFF0=0,
                  ROWS1=ln if two_stream else 0, OFF1=1)
+
+
+# The HF / packed-sequence factories live in their own module (they import _make from here).
+from .mask_factories_hf import document_mask, hf_mask, varlen_mask  # noqa: E402
