@@ -218,9 +218,12 @@ def _hf_mask_pair(creator, config, embeds, am, cache=None, **kw):
                                   "chunked"])
 def test_mask_function_matches_hf(kind, past, side):
     """The descriptor equals HF's own sdpa mask for every pattern, padding side and cache
-    offset (past tokens in a DynamicCache; a window of 3 makes the sliding cache drop keys)."""
+    offset (past tokens in a DynamicCache; a window / chunk of 3 makes the cache keep a suffix:
+    kv_offset > 0)."""
     config = transformers.MistralConfig(**TINY, sliding_window=3)
     config.attention_chunk_size = None
+    if kind == "chunked":
+        config.attention_chunk_size, config.sliding_window = 3, None
     q = 4 if past else L
     total = past + q
     am = None if side == "none" else padding_mask(side if side != "none" else "right")
@@ -228,7 +231,8 @@ def test_mask_function_matches_hf(kind, past, side):
         am = torch.cat([am, torch.ones(B, max(total - L, 0), dtype=am.dtype)], 1)[:, :total]
     cache = None
     if past:
-        config.layer_types = ["sliding_attention" if kind == "sliding" else "full_attention"] * 2
+        layer = {"sliding": "sliding_attention", "chunked": "chunked_attention"}
+        config.layer_types = [layer.get(kind, "full_attention")] * 2   # local caches drop keys
         cache = DynamicCache(config=config)
         kv = torch.zeros(B, 2, past, 16)
         for i in range(2):
@@ -241,7 +245,6 @@ def test_mask_function_matches_hf(kind, past, side):
         got, want = _hf_mask_pair(mu.create_sliding_window_causal_mask, config, embeds, am,
                                   cache, allow_is_causal_skip=False)
     elif kind == "chunked":
-        config.attention_chunk_size, config.sliding_window = 3, None
         got, want = _hf_mask_pair(mu.create_chunked_causal_mask, config, embeds, am, cache,
                                   allow_is_causal_skip=False)
     else:

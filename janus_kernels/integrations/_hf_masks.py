@@ -135,13 +135,7 @@ def build_descriptor(pattern: Pattern, batch_size: int, q_length: int, kv_length
     pos0 = q_offset - kv_offset
     if isinstance(pos0, torch.Tensor):
         pos0 = pos0.to(device=device, dtype=torch.long).reshape(-1).expand(batch_size)
-    if not pattern.causal:
-        if pattern.window is None:
-            return masks.hf_mask(local, q_length, kv_length, causal=False)
-        # |pos - j| <= w  <=>  j <= pos + w  and  j > (pos + w) - (2w + 1)
-        return masks.hf_mask(local, q_length, kv_length, causal=True,
-                             sliding_window=2 * pattern.window + 1, q_offset=pos0 + pattern.window)
-    desc = masks.hf_mask(local, q_length, kv_length, causal=True,
+    desc = masks.hf_mask(local, q_length, kv_length, causal=pattern.causal,
                          sliding_window=pattern.window, q_offset=pos0)
     if pattern.chunk is None:
         return desc
