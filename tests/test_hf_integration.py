@@ -292,3 +292,73 @@ def test_importing_janus_kernels_does_not_import_transformers():
     code = "import sys, janus_kernels; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("decoder,q_len,kv_len,past", [(False, 9, 9, 0), (True, 6, 6, 0),
+                                                       (True, 1, 12, 11), (True, 3, 20, 17)])
+def test_t5_position_bias_is_the_rel_bias_table(decoder, q_len, kv_len, past):
+    """T5's position_bias depends on (head, j - i) only, so the two slices the integration
+    takes are the whole (H, Lq + Lk - 1) table: spread back over (i, j) they give HF's
+    position_bias bit for bit (with a cache offset too), and they equal score_mods.t5_bias
+    built from the bucket embedding."""
+    config = _config("t5")
+    config.is_decoder = decoder
+    module = transformers.models.t5.modeling_t5.T5Attention(
+        config, has_relative_attention_bias=True, layer_idx=0)
+    pb = module.compute_bias(q_len, kv_len, past_seen_tokens=past)
+    query = torch.zeros(1, config.num_heads, q_len, config.d_kv)
+    table, reason = jk_hf._t5_rel_bias(module, pb, query, kv_len)
+    assert reason is None
+    diag = torch.arange(kv_len)[None, :] - torch.arange(q_len)[:, None] + q_len - 1
+    assert torch.equal(table[:, diag], pb[0].float())
+    score_mods = pytest.importorskip("janus_kernels.score_mods")
+    want = score_mods.t5_bias(module.relative_attention_bias.weight.t(), q_len, kv_len,
+                              bidirectional=not decoder, num_buckets=8, max_distance=16,
+                              q_offset=past)
+    assert torch.equal(table, want)
+
+
+def test_position_bias_of_other_modules_falls_back(monkeypatch):
+    monkeypatch.setattr(jk_hf, "_WARNED", set())
+    q = torch.randn(1, 2, 4, 8)
+    bias = torch.randn(1, 2, 4, 4)
+    module = torch.nn.Module()
+    module.is_causal = False
+    with pytest.warns(jk_hf.JanusFallbackWarning, match="position_bias from Module"):
+        out, _ = jk_hf.janus_attention_forward(module, q, q, q, None, position_bias=bias)
+    want = torch.softmax(q @ q.transpose(-1, -2) / 8 ** 0.5 + bias, -1) @ q
+    assert max_err(out, want.transpose(1, 2)) < 1e-6
+
+
+def test_attention_sinks_fall_back_to_the_eager_formula(monkeypatch):
+    """gpt-oss attention sinks (s_aux) are outside the kernel: the dense fallback matches
+    transformers' own gpt-oss eager attention, weights included."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+    monkeypatch.setattr(jk_hf, "_WARNED", set())
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, s, 5, 8, generator=g) for s in (4, 2, 2))
+    module = torch.nn.Module().eval()
+    module.sinks, module.num_key_value_groups = torch.randn(4, generator=g), 2
+    am = padding_mask("left")[:2, -5:]
+    desc = jk_hf.janus_mask(2, 5, 5, attention_mask=am.bool())
+    dense = torch.where(desc.materialize()[:, None], 0.0, torch.finfo(torch.float32).min)
+    want = eager_attention_forward(module, q, k, v, dense, scaling=0.3)
+    with pytest.warns(jk_hf.JanusFallbackWarning, match="sinks"):
+        got = jk_hf.janus_attention_forward(module, q, k, v, desc, scaling=0.3, s_aux=module.sinks)
+    assert max_err(got[0], want[0]) < 1e-6 and max_err(got[1], want[1]) < 1e-6
+
+
+def test_benchmark_quick_runs(tmp_path):
+    """benchmarks/hf_llama.py --quick: every implementation timed, janus without fallback."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "hf.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.hf_llama", "--quick", "--threads", "1",
+                        "--json", str(out)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["impl"] for row in rows] == ["janus", "sdpa", "eager"]
+    assert all(row["status"] == "ok" and row["ms"] > 0 for row in rows)

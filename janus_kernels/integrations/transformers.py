@@ -58,6 +58,7 @@ class JanusFallbackWarning(UserWarning):
 
 
 _WARNED: set = set()
+_WEIGHTS = "output_attentions=True (the kernel returns no attention weights)"
 
 
 def _warn_once(reason: str, target: str) -> None:
@@ -92,8 +93,9 @@ def _t5_rel_bias(module, position_bias: torch.Tensor, query: torch.Tensor,
 
 def _dense_fallback(module, query, key, value, mask, scaling, dropout, softcap, s_aux,
                     position_bias, is_causal):
-    """Eager attention for what neither the kernel nor sdpa serves (softcap, attention sinks):
-    HF's eager formula -- scaled scores, softcap, bias, mask, sinks, fp32 softmax, dropout."""
+    """Eager attention for what neither the kernel nor sdpa serves (softcap, attention sinks,
+    attention weights): HF's eager formula -- scaled scores, softcap, bias, mask, sinks, fp32
+    softmax, dropout; returns the weights as eager does."""
     B, H, Lq, d = query.shape
     rep = H // key.shape[1]
     key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
@@ -114,7 +116,7 @@ def _dense_fallback(module, query, key, value, mask, scaling, dropout, softcap, 
     else:
         p = torch.softmax(s.float(), dim=-1)
     p = torch.nn.functional.dropout(p.to(value.dtype), p=dropout, training=module.training)
-    return torch.matmul(p, value).transpose(1, 2).contiguous(), None
+    return torch.matmul(p, value).transpose(1, 2).contiguous(), p
 
 
 def _causal(module, is_causal: Optional[bool]) -> bool:
@@ -138,12 +140,14 @@ def janus_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
     elif s_aux is not None:
         reason = "attention sinks (s_aux)"
     elif kwargs.get("output_attentions", False):
-        reason = "output_attentions=True"
+        reason = _WEIGHTS
     rel_bias = None
     if reason is None and position_bias is not None:
         rel_bias, reason = _t5_rel_bias(module, position_bias, query, key.shape[2])
     if reason is not None:
-        if softcap is None and s_aux is None:
+        if isinstance(mask, MaskDescriptor):   # a reason found after the mask was built
+            mask = mask.materialize()[:, None]
+        if softcap is None and s_aux is None and reason != _WEIGHTS:
             from transformers.integrations.sdpa_attention import sdpa_attention_forward
             _warn_once(reason, "sdpa")
             return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout,
