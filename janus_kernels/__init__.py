@@ -7,7 +7,7 @@
 """
 import torch  # noqa: F401  (must precede the extension import)
 
-from . import _ext, cpu_isa, losses, masks  # noqa: F401
+from . import _ext, cpu_isa, losses, masks, score_mods  # noqa: F401
 from .attention import attention  # noqa: F401
 from .backends import BackendError, available_backends, default_backend  # noqa: F401
 from .cpu_isa import cap_cpu_isa  # noqa: F401

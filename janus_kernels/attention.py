@@ -6,9 +6,10 @@ backend; ``janus::attention_fwd`` / ``janus::attention_bwd`` are ``torch.library
 custom ops (fake impls + autograd, so ``torch.compile(fullgraph=True)`` and ``opcheck``
 work); each backend implements the same two raw functions::
 
-    fwd(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed) -> (out, lse)
-    bwd(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed)
-        -> (dq, dk, dv)
+    fwd(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, rel_bias, softcap)
+        -> (out, lse)
+    bwd(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed,
+        rel_bias, softcap) -> (dq, dk, dv, d_rel_bias)
 
 Backends (janus_kernels/backends: each declares what it serves, dispatch follows): ``"cpu"``
 (the compiled CPU kernels at the CPU's ISA level), ``"cuda"`` (CUDA C++), ``"triton"`` (GPU,
@@ -44,14 +45,16 @@ def _impl(backend: str):
 def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: torch.Tensor,
                    rank: Optional[torch.Tensor], q_split: int, kind: int, scale: float,
                    dropout_p: float, seed: Optional[torch.Tensor], backend: str,
-                   lse_grad: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                   lse_grad: bool = False, rel_bias: Optional[torch.Tensor] = None,
+                   softcap: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
     o, lse = _impl(backend).attention_fwd(q, k, v, params, rank, q_split, kind, scale,
-                                          dropout_p, seed)
+                                          dropout_p, seed, rel_bias, softcap)
     return o, lse
 
 
 @_attention_fwd.register_fake
-def _(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend, lse_grad=False):
+def _(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend, lse_grad=False,
+      rel_bias=None, softcap=0.0):
     B, H, Lq, _ = q.shape   # contiguous, like every backend's outputs
     return q.new_empty(q.shape[:-1] + (v.shape[-1],)), q.new_empty((B, H, Lq), dtype=torch.float32)
 
@@ -60,18 +63,22 @@ def _(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend, lse
 def _attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    out: torch.Tensor, lse: torch.Tensor, params: torch.Tensor,
                    rank: Optional[torch.Tensor], q_split: int, kind: int, scale: float,
-                   dropout_p: float, seed: Optional[torch.Tensor], backend: str
-                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dq, dk, dv = _impl(backend).attention_bwd(dout, q, k, v, out, lse, params, rank, q_split,
-                                              kind, scale, dropout_p, seed)
-    return dq, dk, dv
+                   dropout_p: float, seed: Optional[torch.Tensor], backend: str,
+                   rel_bias: Optional[torch.Tensor] = None, softcap: float = 0.0
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv, drel = _impl(backend).attention_bwd(dout, q, k, v, out, lse, params, rank,
+                                                    q_split, kind, scale, dropout_p, seed,
+                                                    rel_bias, softcap)
+    return dq, dk, dv, drel
 
 
 @_attention_bwd.register_fake
-def _(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed, backend):
+def _(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed, backend,
+      rel_bias=None, softcap=0.0):
     # every backend returns contiguous gradients, whatever the inputs' strides (e.g. the
     # (B, L, H, d).transpose(1, 2) layout of nn.MultiheadAttention and HF models)
-    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
+    drel = q.new_empty((0,) if rel_bias is None else rel_bias.shape, dtype=torch.float32)
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), drel)
 
 
 def _no_double_backward(ctx, *grads):
@@ -84,10 +91,11 @@ _attention_bwd.register_autograd(_no_double_backward)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend, lse_grad = inputs
+    (q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend, lse_grad, rel_bias,
+     softcap) = inputs
     o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, params, rank, seed)
-    ctx.args = (q_split, kind, scale, dropout_p, backend, lse_grad)
+    ctx.save_for_backward(q, k, v, o, lse, params, rank, seed, rel_bias)
+    ctx.args = (q_split, kind, scale, dropout_p, backend, lse_grad, softcap)
 
 
 def _grads(bwd, ctx, dout, dlse):
@@ -98,22 +106,25 @@ def _grads(bwd, ctx, dout, dlse):
     dS_ij += dlse_i P_ij. The kernels' backward computes dS = P (dP - delta) with
     dP_ij = dO_i . v_j and delta_i = dO_i . o_i; a second call with dO' = [dlse, 0, ...],
     V' = [1, 0, ...] and O' = 0 (so dP'_ij = dlse_i, delta' = 0) and no dropout (lse is
-    taken before dropout) gives exactly that term's dq and dk on every backend."""
-    q, k, v, o, lse, params, rank, seed = ctx.saved_tensors
-    q_split, kind, scale, dropout_p, backend, lse_grad = ctx.args
+    taken before dropout) gives exactly that term's dq, dk (and relative-bias gradient) on
+    every backend."""
+    q, k, v, o, lse, params, rank, seed, rel_bias = ctx.saved_tensors
+    q_split, kind, scale, dropout_p, backend, lse_grad, softcap = ctx.args
     if dout is None:
         dout = torch.zeros_like(o)
-    dq, dk, dv = bwd(dout.contiguous(), q, k, v, o, lse, params, rank, q_split, kind, scale,
-                     dropout_p, seed, backend)
+    dq, dk, dv, drel = bwd(dout.contiguous(), q, k, v, o, lse, params, rank, q_split, kind,
+                           scale, dropout_p, seed, backend, rel_bias, softcap)
     if lse_grad and dlse is not None:   # lse_grad: the caller returned lse (return_lse=True)
         g = torch.zeros_like(o)
         g[..., 0] = dlse.to(g.dtype)
         ones = torch.zeros_like(v)
         ones[..., 0] = 1
-        dq2, dk2, _ = bwd(g, q, k, ones, torch.zeros_like(o), lse, params, rank, q_split, kind,
-                          scale, 0.0, None, backend)
+        dq2, dk2, _, drel2 = bwd(g, q, k, ones, torch.zeros_like(o), lse, params, rank, q_split,
+                                 kind, scale, 0.0, None, backend, rel_bias, softcap)
         dq, dk = dq + dq2, dk + dk2
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+        if rel_bias is not None:
+            drel = drel + drel2
+    return (dq, dk, dv) + (None,) * 9 + (drel if rel_bias is not None else None, None)
 
 
 def _backward(ctx, dout, dlse):
@@ -132,9 +143,10 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend,
-                lse_grad):
-        inputs = (q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend, lse_grad)
-        out = _impl(backend).attention_fwd(*inputs[:-2])
+                lse_grad, rel_bias, softcap):
+        inputs = (q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, backend, lse_grad,
+                  rel_bias, softcap)
+        out = _impl(backend).attention_fwd(*inputs[:10], rel_bias, softcap)
         _setup_context(ctx, inputs, out)
         ctx.set_materialize_grads(False)   # an unused lse gets None: no second pass
         return out
@@ -142,10 +154,35 @@ class _EagerAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlse):
-        return _grads(lambda *a: _impl(a[-1]).attention_bwd(*a[:-1]), ctx, dout, dlse)
+        return _grads(lambda *a: _impl(a[13]).attention_bwd(*a[:13], *a[14:]), ctx, dout, dlse)
 
 
 # ========================================================================== public API
+def _check_score_mods(q, k, softcap, rel_bias) -> Tuple[float, Optional[torch.Tensor]]:
+    """Validated (softcap as a float, 0 = off; rel_bias as float32 contiguous or None)."""
+    if softcap is not None:
+        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+            raise TypeError(f"attention: softcap must be a float or None, got "
+                            f"{type(softcap).__name__}")
+        if not (math.isfinite(softcap) and softcap > 0):
+            raise ValueError(f"attention: softcap must be finite and > 0 (None: off), got "
+                             f"{softcap}")
+    if rel_bias is not None:
+        H, Lq, Lk = q.shape[1], q.shape[2], k.shape[2]
+        want = (H, max(Lq + Lk - 1, 0))
+        if not isinstance(rel_bias, torch.Tensor):
+            raise TypeError(f"attention: rel_bias must be a torch.Tensor or None, got "
+                            f"{type(rel_bias).__name__}")
+        if tuple(rel_bias.shape) != want or not rel_bias.is_floating_point() \
+                or rel_bias.device != q.device:
+            raise ValueError(f"attention: rel_bias must be a float tensor of shape (H, Lq + Lk "
+                             f"- 1) = {want} on {q.device} (janus_kernels.score_mods builds "
+                             f"one), got {str(rel_bias.dtype).replace('torch.', '')} "
+                             f"{tuple(rel_bias.shape)} on {rel_bias.device}")
+        rel_bias = rel_bias.float().contiguous()
+    return float(softcap or 0.0), rel_bias
+
+
 def _check_inputs(q, k, v, mask, dropout_p) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -184,7 +221,8 @@ def _check_inputs(q, k, v, mask, dropout_p) -> None:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescriptor, *,
               scale: Optional[float] = None, dropout_p: float = 0.0,
               seed: Optional[int] = None, return_lse: bool = False,
-              backend: Optional[str] = None):
+              backend: Optional[str] = None, softcap: Optional[float] = None,
+              rel_bias: Optional[torch.Tensor] = None):
     """Scaled dot-product attention under a structured mask, never materialized.
 
     Args:
@@ -199,6 +237,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescr
         backend: "cpu", "cuda", "triton" or "reference" (default: the serving backend of
             highest priority, ``janus_kernels.default_backend("attention", ...)``); one
             that cannot serve the call raises ``BackendError`` saying why.
+        softcap: logit soft-capping (Gemma-2): the scaled score s becomes
+            ``softcap * tanh(s / softcap)``.
+        rel_bias: (H, Lq + Lk - 1) table added to the score of row i and key j at column
+            ``j - i + Lq - 1`` (after the softcap): ALiBi, T5 relative positions (see
+            ``janus_kernels.score_mods``); differentiable.
 
     Returns:
         out (B, H, Lq, d) in q's dtype, contiguous (and lse, differentiable). Rows that see
@@ -206,8 +249,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescr
         with zero gradients.
     """
     _check_inputs(q, k, v, mask, dropout_p)
+    softcap, rel_bias = _check_score_mods(q, k, softcap, rel_bias)
+    features = (("softcap",) if softcap else ()) + (("rel_bias",) if rel_bias is not None else ())
     backend = _backends.resolve("attention", backend, q.device, q.dtype, q.shape[-1],
-                                "attention")
+                                "attention", features)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"attention: scale must be a finite positive number, got {scale}")
@@ -218,5 +263,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescr
         seed_t = torch.tensor([seed], dtype=torch.int64)
     fn = _attention_fwd if torch.compiler.is_compiling() else _EagerAttention.apply
     o, lse = fn(q, k, v, mask.params, mask.rank, mask.q_split, int(mask.kind), scale,
-                float(dropout_p), seed_t, backend, bool(return_lse))
+                float(dropout_p), seed_t, backend, bool(return_lse), rel_bias, softcap)
     return (o, lse) if return_lse else o

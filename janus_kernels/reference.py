@@ -17,23 +17,40 @@ def _expand_kv(k: torch.Tensor, H: int) -> torch.Tensor:
     return k if Hkv == H else k.repeat_interleave(H // Hkv, dim=1)
 
 
+def _scores(qc: torch.Tensor, kc: torch.Tensor, scale: float, softcap: Optional[float],
+            bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """scale Q K^T, then softcap * tanh(. / softcap), then + bias; also tanh (for the
+    softcap's derivative 1 - t^2) when softcap is on."""
+    s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+    t = None
+    if softcap:
+        t = torch.tanh(s / softcap)
+        s = softcap * t
+    if bias is not None:
+        s = s + bias.to(s.dtype)
+    return s, t
+
+
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         allowed: torch.Tensor, *, scale: Optional[float] = None,
                         upcast: bool = True, keep: Optional[torch.Tensor] = None,
-                        dropout_p: float = 0.0, return_lse: bool = False):
+                        dropout_p: float = 0.0, return_lse: bool = False,
+                        softcap: Optional[float] = None, bias: Optional[torch.Tensor] = None):
     """Eager bmm + masked_fill + softmax + bmm with a dense bool mask (True = may attend),
     broadcast over heads. Fully masked rows give zeros (lse = -inf).
 
     upcast: compute in float32 (float64 stays float64) and cast back, the accurate
     reference; False computes in the input precision (the same-precision reference).
     keep: optional dense keep-mask (B, H, Lq, Lk) for dropout with probability dropout_p.
+    softcap, bias: score modifiers, s = softcap * tanh(scale q.k / softcap) + bias, with
+    bias a dense tensor broadcastable to (B, H, Lq, Lk).
     """
     B, H, Lq, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     dt = q.dtype
     ct = (torch.float64 if dt == torch.float64 else torch.float32) if upcast else dt
     qc, kc, vc = q.to(ct), _expand_kv(k, H).to(ct), _expand_kv(v, H).to(ct)
-    s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+    s, _ = _scores(qc, kc, scale, softcap, bias)
     m = allowed[:, None, :, :] if allowed.dim() == 3 else allowed
     s = s.masked_fill(~m, float("-inf"))
     lse = torch.logsumexp(s.float() if ct != torch.float64 else s, dim=-1)
@@ -104,21 +121,26 @@ def reference_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.T
                                  v: torch.Tensor, allowed: torch.Tensor, *,
                                  scale: Optional[float] = None,
                                  keep: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-                                 out: Optional[torch.Tensor] = None):
+                                 out: Optional[torch.Tensor] = None,
+                                 softcap: Optional[float] = None,
+                                 bias: Optional[torch.Tensor] = None):
     """Dense gradients of `reference_attention` by the explicit formulas (fp32, fp64 kept):
     P = softmax(scale QK^T) masked, P_d = P * keep / (1-p), dV = P_d^T dO,
     dP = (dO V^T) * keep / (1-p), dS = P * (dP - rowsum(P * dP)), dQ = scale dS K,
     dK = scale dS^T Q; grouped-query heads are summed into their k/v head. With `out` (the
     forward's output) the row term rowsum(P * dP) is taken as rowsum(dO * out), as the
     flash kernels do; the two are equal when out is the forward's output, and the attention
-    op relies on the second form for the lse gradient (janus_kernels/attention.py)."""
+    op relies on the second form for the lse gradient (janus_kernels/attention.py).
+    With score modifiers (see reference_attention) dS is the gradient w.r.t. the final score
+    (returned as a fourth output, (B, H, Lq, Lk) in the compute dtype, when ``bias`` is
+    given) and the softcap multiplies it by 1 - tanh^2 before dQ and dK."""
     B, H, Lq, d = q.shape
     Hkv = k.shape[1]
     scale = d ** -0.5 if scale is None else scale
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     qc, kc, vc, g = q.to(ct), _expand_kv(k, H).to(ct), _expand_kv(v, H).to(ct), dout.to(ct)
     m = allowed[:, None] if allowed.dim() == 3 else allowed
-    s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+    s, t = _scores(qc, kc, scale, softcap, bias)
     s = s.masked_fill(~m, float("-inf"))
     p = torch.softmax(s, dim=-1)
     p = torch.where(m, p, torch.zeros((), dtype=ct, device=p.device))
@@ -131,9 +153,11 @@ def reference_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.T
     delta = (p * dp).sum(-1, keepdim=True) if out is None else \
         (g * out.to(ct)).sum(-1, keepdim=True)
     ds = p * (dp - delta)
-    dq = torch.matmul(ds, kc) * scale
-    dk = torch.matmul(ds.transpose(-1, -2), qc) * scale
+    ds_raw = ds if t is None else ds * (1 - t * t)
+    dq = torch.matmul(ds_raw, kc) * scale
+    dk = torch.matmul(ds_raw.transpose(-1, -2), qc) * scale
     if Hkv != H:
         dk = dk.view(B, Hkv, H // Hkv, *dk.shape[2:]).sum(2)
         dv = dv.view(B, Hkv, H // Hkv, *dv.shape[2:]).sum(2)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    grads = (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype))
+    return grads + (ds,) if bias is not None else grads

@@ -19,14 +19,22 @@ def make_qkv(desc, H: int = 2, Hkv: Optional[int] = None, d: int = 32,
     return q, k, v, do
 
 
-def ref_outputs(q, k, v, do, allowed, *, upcast: bool, scale=None, keep=None, dropout_p=0.0):
+def ref_outputs(q, k, v, do, allowed, *, upcast: bool, scale=None, keep=None, dropout_p=0.0,
+                softcap=None, rel_bias=None):
     """Output and grads of the dense eager reference, through torch autograd (independent of
-    any hand-written backward). upcast=True with fp64 inputs is the accurate reference."""
-    qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    o = reference_attention(qr, kr, vr, allowed, scale=scale, upcast=upcast, keep=keep,
-                            dropout_p=dropout_p)
-    grads = torch.autograd.grad(o, (qr, kr, vr), do.to(o.dtype), allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, (qr, kr, vr))]
+    any hand-written backward). upcast=True with fp64 inputs is the accurate reference.
+    With a relative-bias table (score modifiers) its gradient comes last."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    bias = None
+    if rel_bias is not None:
+        leaves.append(rel_bias.detach().clone().requires_grad_())
+        Lq, Lk = q.shape[2], k.shape[2]
+        diag = torch.arange(Lk)[None, :] - torch.arange(Lq)[:, None] + (Lq - 1)
+        bias = leaves[3][:, diag]          # (H, Lq, Lk), a gather: autograd sums per diagonal
+    o = reference_attention(*leaves[:3], allowed, scale=scale, upcast=upcast, keep=keep,
+                            dropout_p=dropout_p, softcap=softcap, bias=bias)
+    grads = torch.autograd.grad(o, leaves, do.to(o.dtype), allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
     return [o.detach()] + list(grads)
 
 

@@ -220,7 +220,7 @@ def _raw(m, q, k, v, do, scale, p=0.0, seed=None, backend=tri):
     args = (m.params.to(q.device), None if m.rank is None else m.rank.to(q.device),
             m.q_split, int(m.kind), scale, p, seed)
     o, lse = backend.attention_fwd(q, k, v, *args)
-    dq, dk, dv = backend.attention_bwd(do, q, k, v, o, lse, *args)
+    dq, dk, dv, _ = backend.attention_bwd(do, q, k, v, o, lse, *args)
     return o, lse, dq, dk, dv
 
 

@@ -97,6 +97,17 @@ struct MaskArgs {
   }
 };
 
+// Score modifiers (op_schemas.h): s = scale q.k; softcap > 0: s = softcap tanh(s / softcap);
+// then s += rel_bias[h * rel_len + (j - i + Lq - 1)] (rel_len = Lq + Lk - 1). The backward
+// adds the score gradient of each (h, i, j) into d_rel_bias at the same index.
+struct ScoreMods {
+  float softcap = 0.f;             // 0: off
+  const float* rel_bias = nullptr; // (H, rel_len) float32 contiguous, or nullptr
+  float* d_rel_bias = nullptr;     // backward only: (H, rel_len) float32, zero-initialized
+  int64_t rel_len = 0;
+  bool on() const { return softcap > 0.f || rel_bias != nullptr; }
+};
+
 struct Dropout {
   float p = 0.f;
   uint32_t threshold = 0;

@@ -108,6 +108,35 @@ struct MaskTensors {
   }
 };
 
+// The score modifiers' tensors, validated (kept alive), and the raw view the kernels read.
+struct ScoreModTensors {
+  at::Tensor rel_bias, d_rel_bias;
+  ScoreMods args;
+  ScoreModTensors(const c10::optional<at::Tensor>& rb, double softcap, const at::Tensor& q,
+                  int64_t Lk, bool backward) {
+    TORCH_CHECK(std::isfinite(softcap) && softcap >= 0,
+                "softcap: must be finite and >= 0 (0 = off), got ", softcap);
+    args.softcap = (float)softcap;
+    const int64_t H = q.size(1), rel_len = q.size(2) + Lk - 1;
+    if (rb.has_value() && rb->defined()) {
+      TORCH_CHECK(rb->scalar_type() == at::kFloat && rb->device().is_cpu() && rb->dim() == 2 &&
+                      rb->size(0) == H && rb->size(1) == rel_len,
+                  "rel_bias: expected a float32 CPU tensor (H=", H, ", Lq + Lk - 1=", rel_len,
+                  "), got ", rb->scalar_type(), " ", rb->sizes());
+      rel_bias = rb->contiguous();
+      args.rel_bias = rel_bias.data_ptr<float>();
+      args.rel_len = rel_len;
+      if (backward) {
+        d_rel_bias = at::zeros({H, rel_len}, q.options().dtype(at::kFloat));
+        args.d_rel_bias = d_rel_bias.data_ptr<float>();
+      }
+    }
+    if (backward && !d_rel_bias.defined())
+      d_rel_bias = at::empty({0}, q.options().dtype(at::kFloat));
+    TORCH_CHECK(!args.on(), "softcap / rel_bias: not implemented by this build's CPU kernels");
+  }
+};
+
 // brgemm needs unit stride in the last dim; everything else is handled through strides.
 at::Tensor last_dim_contiguous(const at::Tensor& t) {
   return t.stride(-1) == 1 ? t : t.contiguous();
@@ -119,11 +148,14 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q_, const at::Tensor& k
                                        const at::Tensor& v_, const at::Tensor& params,
                                        const c10::optional<at::Tensor>& rank, int64_t q_split,
                                        int64_t kind, double scale, double dropout_p,
-                                       const c10::optional<at::Tensor>& seed) {
+                                       const c10::optional<at::Tensor>& seed,
+                                       const c10::optional<at::Tensor>& rel_bias,
+                                       double softcap) {
   check_common(q_, k_, v_, params, rank, q_split, kind);
   TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale: must be finite and positive, got ",
               scale);
   const MaskTensors mt(params, rank, q_split, kind, q_.size(2), k_.size(2));
+  const ScoreModTensors mods(rel_bias, softcap, q_, k_.size(2), /*backward=*/false);
   const Dropout drop = make_dropout(dropout_p, seed);
   const bool native_bf16 = kNativeBf16 && q_.scalar_type() == at::kBFloat16 && q_.size(3) % 2 == 0;
   const at::Tensor q = last_dim_contiguous(q_), k = last_dim_contiguous(k_),
@@ -143,11 +175,12 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q_, const at::Tensor& k
 }
 
 template <bool kNativeBf16>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(
     const at::Tensor& dout_, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
     const at::Tensor& out_, const at::Tensor& lse_, const at::Tensor& params,
     const c10::optional<at::Tensor>& rank, int64_t q_split, int64_t kind, double scale,
-    double dropout_p, const c10::optional<at::Tensor>& seed) {
+    double dropout_p, const c10::optional<at::Tensor>& seed,
+    const c10::optional<at::Tensor>& rel_bias, double softcap) {
   check_common(q_, k_, v_, params, rank, q_split, kind);
   TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale: must be finite and positive, got ",
               scale);
@@ -161,6 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(
                   lse_.size(2) == q_.size(2) && lse_.scalar_type() == at::kFloat,
               "lse: expected float32 (B, H, Lq)");
   const MaskTensors mt(params, rank, q_split, kind, q_.size(2), k_.size(2));
+  const ScoreModTensors mods(rel_bias, softcap, q_, k_.size(2), /*backward=*/true);
   const Dropout drop = make_dropout(dropout_p, seed);
   const bool native_bf16 = kNativeBf16 && q_.scalar_type() == at::kBFloat16 && q_.size(3) % 2 == 0;
   const at::Tensor q = last_dim_contiguous(q_), k = last_dim_contiguous(k_),
@@ -178,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bwd(
   } else {
     dq.zero_(); dk.zero_(); dv.zero_();
   }
-  return {dq, dk, dv};
+  return {dq, dk, dv, mods.d_rel_bias};
 }
 
 void register_attention(torch::Library& m) {

@@ -83,6 +83,13 @@ MaskInputs check_mask(const Tensor& params, const std::optional<Tensor>& rank, i
   return m;
 }
 
+// Score modifiers (op_schemas.h) are not implemented by the CUDA kernels yet: the backend
+// contract (janus_kernels/backends/cuda.py) does not declare them, so dispatch never sends them.
+void check_score_mods(const std::optional<Tensor>& rel_bias, double softcap) {
+  TORCH_CHECK(!(rel_bias.has_value() && rel_bias->defined()) && softcap == 0.0,
+              "softcap / rel_bias: not implemented by the CUDA kernels");
+}
+
 uint64_t dropout_seed(double p, const std::optional<Tensor>& seed) {
   TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout_p: must be in [0, 1), got ", p);
   if (p == 0.0) return 0;
@@ -135,8 +142,11 @@ std::tuple<Tensor, Tensor> flash_attention_fwd_cuda(const Tensor& q_, const Tens
                                                     const std::optional<Tensor>& mask_rank,
                                                     int64_t q_split, int64_t mask_kind,
                                                     double scale, double dropout_p,
-                                                    const std::optional<Tensor>& rng_seed) {
+                                                    const std::optional<Tensor>& rng_seed,
+                                                    const std::optional<Tensor>& rel_bias,
+                                                    double softcap) {
   const auto [B, H, Hkv, Lq, Lk, d] = check_qkv(q_, k_, v_);
+  check_score_mods(rel_bias, softcap);
   const c10::cuda::CUDAGuard guard(q_.device());
   const MaskInputs m =
       check_mask(mask_params, mask_rank, q_split, mask_kind, B, Lq, Lk, q_.device());
@@ -167,12 +177,15 @@ std::tuple<Tensor, Tensor> flash_attention_fwd_cuda(const Tensor& q_, const Tens
   return {out, lse};
 }
 
-std::tuple<Tensor, Tensor, Tensor> flash_attention_bwd_cuda(
+std::tuple<Tensor, Tensor, Tensor, Tensor> flash_attention_bwd_cuda(
     const Tensor& dout_, const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& out_,
     const Tensor& lse_, const Tensor& mask_params, const std::optional<Tensor>& mask_rank,
     int64_t q_split, int64_t mask_kind, double scale, double dropout_p,
-    const std::optional<Tensor>& rng_seed) {
+    const std::optional<Tensor>& rng_seed, const std::optional<Tensor>& rel_bias,
+    double softcap) {
   const auto [B, H, Hkv, Lq, Lk, d] = check_qkv(q_, k_, v_);
+  check_score_mods(rel_bias, softcap);
+  const Tensor d_rel_bias = at::empty({0}, q_.options().dtype(at::kFloat));
   const c10::cuda::CUDAGuard guard(q_.device());
   check_tensor(dout_, "grad_out", q_.device());
   check_tensor(out_, "out", q_.device());
@@ -201,7 +214,7 @@ std::tuple<Tensor, Tensor, Tensor> flash_attention_bwd_cuda(
   Tensor dq = at::empty({B, H, Lq, d}, q_.options());
   Tensor dk = at::empty({B, Hkv, Lk, d}, q_.options());
   Tensor dv = at::empty({B, Hkv, Lk, d}, q_.options());
-  if (B == 0) return {dq, dk, dv};
+  if (B == 0) return {dq, dk, dv, d_rel_bias};
   const Tensor dq_v = kernel_layout(dq, a.dq_stride);
   const Tensor dk_v = kernel_layout(dk, a.dk_stride);
   const Tensor dv_v = kernel_layout(dv, a.dv_stride);
@@ -219,7 +232,7 @@ std::tuple<Tensor, Tensor, Tensor> flash_attention_bwd_cuda(
   a.scale = (float)scale; a.dropout_p = (float)dropout_p; a.seed = seed;
   C10_CUDA_CHECK(
       janus_cuda_attention_bwd(&a, c10::cuda::getCurrentCUDAStream(q_.device().index())));
-  return {dq, dk, dv};
+  return {dq, dk, dv, d_rel_bias};
 }
 
 }  // namespace

@@ -5,15 +5,17 @@ A backend (one module each: ``cpu``, ``cuda``, ``triton``, ``reference``) is a
 :class:`Backend` with
 
 * ``serves``: :class:`Serves` declarations -- which ops, on which device type, for which
-  dtypes (and attention head dims), at what priority;
+  dtypes (and attention head dims), with which optional features (attention's score
+  modifiers ``"softcap"`` and ``"rel_bias"``), at what priority;
 * ``unavailable(device, dtype)``: the run-time requirement (extension built, CPU ISA level, GPU
   compute capability against the built architectures, Triton importable), as a reason string
   or None;
 * the raw functions of the ops it serves (one signature per op, shared by all backends)::
 
-    attention_fwd(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed) -> (out, lse)
+    attention_fwd(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed,
+                  rel_bias=None, softcap=0.0) -> (out, lse)
     attention_bwd(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p,
-                  seed) -> (dq, dk, dv)
+                  seed, rel_bias=None, softcap=0.0) -> (dq, dk, dv, d_rel_bias)
     kl_fwd(x, y, row_mask, inv_t) -> (loss (R,), stats)
     kl_bwd(grad (R,), x, y, stats, row_mask, inv_t) -> (dx, dy)
     ce_fwd(x, target, eps, ignore_index) -> (loss (R,), stats)
@@ -24,8 +26,8 @@ A backend (one module each: ``cpu``, ``cuda``, ``triton``, ``reference``) is a
               ignore_index) -> (d_ar, d_nar, d_aux)
 
 Ops: ``attention``, ``symmetric_kl``, ``cross_entropy``, ``janus_rows`` (the fused JANUS
-criterion rows). ``default_backend(op, device, dtype, head_dim)`` is the serving backend with
-the highest priority; an explicitly requested backend that cannot serve a call raises a
+criterion rows). ``default_backend(op, device, dtype, head_dim, features)`` is the serving
+backend with the highest priority; an explicitly requested backend that cannot serve a call raises a
 :class:`BackendError` naming the op, backend, device and reason. ``"cpp"``, the former name
 of both compiled backends, is accepted as an alias of ``"cpu"`` / ``"cuda"`` by device.
 """
@@ -51,18 +53,23 @@ class BackendError(ValueError):
 class Serves:
     """One declaration: the backend serves `ops` for tensors on `device` ("cpu", "cuda", or
     "any" device type) in
-    `dtypes`, with head dims accepted by `head_dims` (attention only; None: any)."""
+    `dtypes`, with head dims accepted by `head_dims` (attention only; None: any) and the
+    optional `features` (attention's score modifiers: "softcap", "rel_bias")."""
     ops: Tuple[str, ...]
     device: str
     dtypes: Tuple[torch.dtype, ...]
     priority: int
     head_dims: Optional[Callable[[int], bool]] = None
     head_dims_text: str = ""
+    features: Tuple[str, ...] = ()
 
     def reject(self, op: str, device: torch.device, dtype: Optional[torch.dtype],
-               head_dim: Optional[int]) -> Optional[str]:
+               head_dim: Optional[int], features: Tuple[str, ...] = ()) -> Optional[str]:
         if op not in self.ops or self.device not in (device.type, "any"):
             return f"does not serve {op} on {device.type}"
+        missing = [f for f in features if f not in self.features]
+        if missing:
+            return f"{op} on {device.type} does not implement {', '.join(missing)}"
         if dtype is not None and dtype not in self.dtypes:
             names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
             return f"{op} on {device.type} supports dtypes {names}, not {str(dtype).replace('torch.', '')}"
@@ -112,14 +119,15 @@ def get(name: str) -> Backend:
 
 @torch.compiler.assume_constant_result   # see resolve()
 def why_not(op: str, name: str, device: Union[str, torch.device],
-            dtype: Optional[torch.dtype] = None, head_dim: Optional[int] = None) -> Optional[str]:
+            dtype: Optional[torch.dtype] = None, head_dim: Optional[int] = None,
+            features: Tuple[str, ...] = ()) -> Optional[str]:
     """None when backend `name` can serve `op` for this call, else the reason."""
     _ensure_loaded()
     device = torch.device(device)
     be = _REGISTRY[name]
     reasons = []
     for s in be.serves:
-        r = s.reject(op, device, dtype, head_dim)
+        r = s.reject(op, device, dtype, head_dim, features)
         if r is None:
             return be.unavailable(device, dtype)
         if op in s.ops and s.device in (device.type, "any"):   # the declaration that was meant
@@ -127,33 +135,37 @@ def why_not(op: str, name: str, device: Union[str, torch.device],
     return "; ".join(dict.fromkeys(reasons)) or f"does not serve {op} on {device.type}"
 
 
-def _priority(op: str, name: str, device: torch.device, dtype, head_dim) -> int:
+def _priority(op: str, name: str, device: torch.device, dtype, head_dim, features) -> int:
     return max(s.priority for s in _REGISTRY[name].serves
-               if s.reject(op, device, dtype, head_dim) is None)
+               if s.reject(op, device, dtype, head_dim, features) is None)
 
 
 @torch.compiler.assume_constant_result   # see resolve()
 def default_backend(op: str, device: Union[str, torch.device],
                     dtype: Optional[torch.dtype] = torch.float32,
-                    head_dim: Optional[int] = None) -> str:
-    """The backend `op` uses when none is given: the serving backend of highest priority."""
+                    head_dim: Optional[int] = None, features: Tuple[str, ...] = ()) -> str:
+    """The backend `op` uses when none is given: the serving backend of highest priority
+    (that implements every one of `features`)."""
     if op not in OPS:
         raise ValueError(f"default_backend: op must be one of {OPS}, got {op!r}")
     _ensure_loaded()
     device = torch.device(device)
-    ok = [n for n in _REGISTRY if why_not(op, n, device, dtype, head_dim) is None]
+    features = tuple(features)
+    ok = [n for n in _REGISTRY if why_not(op, n, device, dtype, head_dim, features) is None]
     if not ok:   # the reference serves everything; only reachable with a broken registry
         raise RuntimeError(f"no backend serves {op} on {device} for {dtype}")
-    return max(ok, key=lambda n: _priority(op, n, device, dtype, head_dim))
+    return max(ok, key=lambda n: _priority(op, n, device, dtype, head_dim, features))
 
 
 def available_backends(device: Union[str, torch.device] = "cpu", op: str = "attention",
                        dtype: Optional[torch.dtype] = None,
-                       head_dim: Optional[int] = None) -> Dict[str, str]:
-    """Backend name -> "yes" or the reason it cannot serve `op` on `device` (for `dtype` and
-    `head_dim` when given)."""
+                       head_dim: Optional[int] = None,
+                       features: Tuple[str, ...] = ()) -> Dict[str, str]:
+    """Backend name -> "yes" or the reason it cannot serve `op` on `device` (for `dtype`,
+    `head_dim` and `features` when given)."""
     _ensure_loaded()
-    return {n: why_not(op, n, device, dtype, head_dim) or "yes" for n in _REGISTRY}
+    return {n: why_not(op, n, device, dtype, head_dim, tuple(features)) or "yes"
+            for n in _REGISTRY}
 
 
 # torch.compile: the choice depends only on constants (op, names, device, dtype, head dim) and
@@ -161,19 +173,19 @@ def available_backends(device: Union[str, torch.device] = "cpu", op: str = "atte
 # call, inside the op).
 @torch.compiler.assume_constant_result
 def resolve(op: str, backend: Optional[str], device: torch.device, dtype: torch.dtype,
-            head_dim: Optional[int], who: str) -> str:
+            head_dim: Optional[int], who: str, features: Tuple[str, ...] = ()) -> str:
     """The backend name to use: the default, or the requested one after checking that it
     can serve this call (BackendError otherwise)."""
     _ensure_loaded()
     if backend is None:
-        return default_backend(op, device, dtype, head_dim)
+        return default_backend(op, device, dtype, head_dim, features)
     if not isinstance(backend, str):
         raise TypeError(f"{who}: backend must be a str or None, got {type(backend).__name__}")
     name = ALIASES.get(backend, {}).get(device.type, backend)
     if name not in _REGISTRY:
         raise ValueError(f"{who}: backend must be one of {sorted(_REGISTRY)} (or None for the "
                          f"default), got {backend!r}")
-    reason = why_not(op, name, device, dtype, head_dim)
+    reason = why_not(op, name, device, dtype, head_dim, features)
     if reason is not None:
         raise BackendError(f"{who}: backend {name!r} cannot run {op} on {device}: {reason}")
     return name

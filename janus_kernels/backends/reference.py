@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..dropout import dropout_keep_mask
 from ..masks import MaskDescriptor
 from ..reference import reference_attention, reference_attention_backward
+from ..score_mods import dense_rel_bias, rel_bias_grad
 from . import Backend, OPS, Serves, register
 
 _ALL = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -26,21 +27,34 @@ def _keep(seed, B, H, Lq, Lk, dropout_p, device) -> Optional[torch.Tensor]:
     return dropout_keep_mask(int(seed[0]), B, H, Lq, Lk, dropout_p, device)
 
 
-def attention_fwd(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed):
+def _dense_bias(rel_bias, Lq, Lk):
+    return None if rel_bias is None else dense_rel_bias(rel_bias, Lq, Lk)
+
+
+def attention_fwd(q, k, v, params, rank, q_split, kind, scale, dropout_p, seed, rel_bias=None,
+                  softcap=0.0):
     B, H, Lq, _ = q.shape
-    allowed = _descriptor(params, rank, q_split, kind, Lq, k.shape[2]).materialize()
-    keep = _keep(seed, B, H, Lq, k.shape[2], dropout_p, q.device)
+    Lk = k.shape[2]
+    allowed = _descriptor(params, rank, q_split, kind, Lq, Lk).materialize()
+    keep = _keep(seed, B, H, Lq, Lk, dropout_p, q.device)
     o, lse = reference_attention(q, k, v, allowed, scale=scale, keep=keep,
-                                 dropout_p=dropout_p, return_lse=True)
+                                 dropout_p=dropout_p, return_lse=True, softcap=softcap or None,
+                                 bias=_dense_bias(rel_bias, Lq, Lk))
     return o, lse.float()
 
 
-def attention_bwd(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed):
+def attention_bwd(dout, q, k, v, out, lse, params, rank, q_split, kind, scale, dropout_p, seed,
+                  rel_bias=None, softcap=0.0):
     B, H, Lq, _ = q.shape
-    allowed = _descriptor(params, rank, q_split, kind, Lq, k.shape[2]).materialize()
-    keep = _keep(seed, B, H, Lq, k.shape[2], dropout_p, q.device)
-    return reference_attention_backward(dout, q, k, v, allowed, scale=scale, keep=keep,
-                                        dropout_p=dropout_p, out=out)
+    Lk = k.shape[2]
+    allowed = _descriptor(params, rank, q_split, kind, Lq, Lk).materialize()
+    keep = _keep(seed, B, H, Lq, Lk, dropout_p, q.device)
+    grads = reference_attention_backward(dout, q, k, v, allowed, scale=scale, keep=keep,
+                                         dropout_p=dropout_p, out=out, softcap=softcap or None,
+                                         bias=_dense_bias(rel_bias, Lq, Lk))
+    if rel_bias is None:
+        return grads + (q.new_empty((0,), dtype=torch.float32),)
+    return grads[:3] + (rel_bias_grad(grads[3]),)
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -132,7 +146,8 @@ def ce_bwd(grad, x, target, stats, eps, ignore_index):
 
 class ReferenceBackend(Backend):
     name = "reference"
-    serves = (Serves(tuple(o for o in OPS if o != "janus_rows"), "any", _ALL, priority=0),)
+    serves = (Serves(tuple(o for o in OPS if o != "janus_rows"), "any", _ALL, priority=0,
+                     features=("softcap", "rel_bias")),)
     attention_fwd = staticmethod(attention_fwd)
     attention_bwd = staticmethod(attention_bwd)
     kl_fwd, kl_bwd = staticmethod(kl_fwd), staticmethod(kl_bwd)

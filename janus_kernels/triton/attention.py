@@ -640,6 +640,13 @@ def _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed) -> None
                          f"got {_describe(seed)}")
 
 
+def _check_score_mods(rel_bias, softcap) -> None:
+    # not implemented by these kernels yet; the backend contract (backends/triton.py) does not
+    # declare the score modifiers, so dispatch never sends them here
+    if rel_bias is not None or softcap:
+        raise NotImplementedError("triton attention: softcap / rel_bias are not implemented")
+
+
 def _describe(x) -> str:
     if isinstance(x, torch.Tensor):
         return f"tensor(dtype={x.dtype}, shape={tuple(x.shape)}, device={x.device})"
@@ -716,10 +723,12 @@ def _stream_row_tiles(Lq: int, q_split: int, bm: int) -> int:
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: torch.Tensor,
                   rank: Optional[torch.Tensor], q_split: int, kind: int, scale: float,
-                  dropout_p: float, seed: Optional[torch.Tensor]
+                  dropout_p: float, seed: Optional[torch.Tensor],
+                  rel_bias: Optional[torch.Tensor] = None, softcap: float = 0.0
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward: ``(out (B, H, Lq, d) in q's dtype, lse (B, H, Lq) float32)``."""
     _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed)
+    _check_score_mods(rel_bias, softcap)
     B, H, Lq, d = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     # every in-tensor row is written by the kernel (rows that see nothing: 0 and -inf)
@@ -746,10 +755,14 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: tor
 def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   out: torch.Tensor, lse: torch.Tensor, params: torch.Tensor,
                   rank: Optional[torch.Tensor], q_split: int, kind: int, scale: float,
-                  dropout_p: float, seed: Optional[torch.Tensor]
-                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward: ``(dq, dk, dv)`` in the dtypes of q, k, v (dK/dV summed over GQA groups)."""
+                  dropout_p: float, seed: Optional[torch.Tensor],
+                  rel_bias: Optional[torch.Tensor] = None, softcap: float = 0.0
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward: ``(dq, dk, dv, d_rel_bias)`` in the dtypes of q, k, v (dK/dV summed over GQA
+    groups); d_rel_bias is a (0,) float32 tensor without rel_bias."""
     _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed)
+    _check_score_mods(rel_bias, softcap)
+    no_rel = torch.empty((0,), dtype=torch.float32, device=q.device)
     B, H, Lq, d = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     for name, t in (("dout", dout), ("out", out)):
@@ -762,7 +775,7 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
         raise ValueError(f"triton attention: lse must be float32 ({B}, {H}, {Lq}) on {q.device}, "
                          f"got {_describe(lse)}")
     if B * H * Lq * Lk == 0:  # nothing attends: all gradients are zero
-        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), no_rel
     # every element is written by the kernels (unseen keys/rows get exact zeros)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
@@ -795,4 +808,4 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
             *_strides(v), *_strides(dout), *_strides(dq), rank_stride,
             H, H // Hkv, Lq, Lk, q_split, qk_scale, float(scale), keep_scale, thr, s_lo, s_hi,
             BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **common)
-    return dq, dk, dv
+    return dq, dk, dv, no_rel

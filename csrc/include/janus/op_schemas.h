@@ -11,14 +11,18 @@ inline void define_kernel_ops(torch::Library& m) {
   // Structured-mask flash attention. q (B, H, Lq, d), k/v (B, Hkv, Lk, d), mask_params
   // (B, NUM_FIELDS) int32 (see csrc/include/janus/mask.h), mask_rank (B, Lk) int32 for the
   // permutation kind. rng_seed: int64 tensor of shape (1,) when dropout_p > 0.
+  // Score modifiers: s = scale q.k; softcap > 0: s = softcap tanh(s / softcap); rel_bias
+  // (H, Lq + Lk - 1) float32: s += rel_bias[h, j - i + Lq - 1]; then the mask and softmax.
   // Returns out (B, H, Lq, d) in q's dtype and lse (B, H, Lq) float32 (-inf for rows that
-  // see no key; their output is 0).
+  // see no key; their output is 0). The backward also returns d_rel_bias (H, Lq + Lk - 1)
+  // float32 (the score gradient summed per diagonal), a (0,) tensor without rel_bias.
   m.def("flash_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor mask_params, "
         "Tensor? mask_rank, int q_split, int mask_kind, float scale, float dropout_p, "
-        "Tensor? rng_seed) -> (Tensor, Tensor)");
+        "Tensor? rng_seed, Tensor? rel_bias=None, float softcap=0.0) -> (Tensor, Tensor)");
   m.def("flash_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
         "Tensor lse, Tensor mask_params, Tensor? mask_rank, int q_split, int mask_kind, "
-        "float scale, float dropout_p, Tensor? rng_seed) -> (Tensor, Tensor, Tensor)");
+        "float scale, float dropout_p, Tensor? rng_seed, Tensor? rel_bias=None, "
+        "float softcap=0.0) -> (Tensor, Tensor, Tensor, Tensor)");
   // Row-wise fused losses (see the math at the top of csrc/cpu/loss.cpp). Logits (R, V) with a
   // unit last stride; loss/stats/grad are float32 (float64 for float64 logits).
   m.def("symkl_rows_fwd(Tensor logits_p, Tensor logits_q, Tensor? row_mask, "
