@@ -281,6 +281,24 @@ def test_compiled_fullgraph_matches_eager():
     assert max_err(got[rows], want[rows]) < 1e-5
 
 
+def test_compiled_fallback_is_exact_and_warns(monkeypatch):
+    """Under torch.compile(fullgraph=True) a fallback (an explicit 4-D mask) traces without a
+    graph break, gives sdpa's result, and its warning is issued while tracing."""
+    monkeypatch.setattr(jk_hf, "_WARNED", set())
+    kw = inputs("llama", "right")
+    am = kw.pop("attention_mask").bool()
+    mask4 = torch.ones(L, L, dtype=torch.bool).tril() & am[:, None, None, :]
+    with torch.no_grad():
+        want = build("llama", "sdpa")(**kw, attention_mask=mask4).logits
+        torch._dynamo.reset()
+        model = torch.compile(build("llama", "janus"), fullgraph=True, backend="aot_eager")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jk_hf.JanusFallbackWarning)
+            got = model(**kw, attention_mask=mask4).logits
+    assert jk_hf._WARNED == {"an explicit 4-D attention mask"}
+    assert torch.equal(got, want)
+
+
 def test_register_rejects_builtin_names():
     with pytest.raises(ValueError, match="own implementations"):
         jk_hf.register("sdpa")

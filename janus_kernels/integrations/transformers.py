@@ -61,13 +61,25 @@ _WARNED: set = set()
 _WEIGHTS = "output_attentions=True (the kernel returns no attention weights)"
 
 
-def _warn_once(reason: str, target: str) -> None:
+def _warn(reason: str, target: str) -> None:
     if reason in _WARNED:
         return
     _WARNED.add(reason)
     warnings.warn(f"attn_implementation='janus': {reason} cannot run on the janus kernel; "
                   f"using {target} for it (this warning is shown once)",
-                  JanusFallbackWarning, stacklevel=3)
+                  JanusFallbackWarning, stacklevel=4)
+
+
+def _warn_once(reason: str, target: str) -> None:
+    """One JanusFallbackWarning per reason and process. dynamo cannot trace ``warnings.warn``,
+    so under torch.compile the warning is issued while the graph is traced (a ``comptime``
+    callback, which reads the two locals as constants): once per compilation, not per run."""
+    if torch.compiler.is_compiling():
+        from torch._dynamo.comptime import comptime
+        comptime(lambda ctx: _warn(ctx.get_local("reason").as_python_constant(),
+                                   ctx.get_local("target").as_python_constant()))
+    else:
+        _warn(reason, target)
 
 
 def _is_t5_style(module: torch.nn.Module) -> bool:
