@@ -141,9 +141,10 @@ def janus_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
                             s_aux: Optional[torch.Tensor] = None,
                             position_bias: Optional[torch.Tensor] = None,
                             is_causal: Optional[bool] = None, *, backend: Optional[str] = None,
-                            **kwargs) -> Tuple[torch.Tensor, None]:
+                            **kwargs) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``AttentionInterface`` entry: (B, H, Lq, d) query, (B, Hkv, Lk, d) key / value and the
-    mask function's descriptor in; (B, Lq, H, d) out, no attention weights."""
+    mask function's descriptor in; (B, Lq, H, d) out and no attention weights (the eager
+    fallback returns them)."""
     reason, mask = None, attention_mask
     if isinstance(attention_mask, Fallback):
         reason, mask = attention_mask
@@ -174,7 +175,7 @@ def janus_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
         # no mask from HF (the model skipped mask creation): sdpa's meaning of None -- causal
         # (upper-left, as sdpa's is_causal) for a causal module with more than one query
         mask = masks.hf_mask(torch.ones(B, Lk, dtype=torch.bool, device=query.device), Lq, Lk,
-                       causal=_causal(module, is_causal) and Lq > 1, q_offset=0)
+                             causal=_causal(module, is_causal) and Lq > 1, q_offset=0)
     mods = {}
     if softcap is not None:
         mods["softcap"] = float(softcap)
