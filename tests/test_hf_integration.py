@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 transformers = pytest.importorskip("transformers")
 
@@ -253,6 +254,44 @@ def test_mask_function_matches_hf(kind, past, side):
         creator = mu.create_bidirectional_mask if kind == "bidirectional" \
             else mu.create_bidirectional_sliding_window_mask
         got, want = _hf_mask_pair(creator, config, embeds, am, allow_is_bidirectional_skip=False)
+    assert not isinstance(got, Fallback), got.reason
+    assert torch.equal(got.materialize(), want[:, 0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_mask_function_matches_sdpa_mask_property(data):
+    """Random sizes, padding runs, cache offsets (q_offset, kv_offset) and patterns: the
+    descriptor equals HF's sdpa_mask called with the same arguments the creators pass."""
+    b = data.draw(st.integers(1, 3))
+    q_len = data.draw(st.integers(1, 6))
+    kv_offset = data.draw(st.integers(0, 4))
+    kv_len = data.draw(st.integers(q_len, 9))
+    q_offset = kv_offset + kv_len - q_len                   # HF: queries are the newest tokens
+    total = kv_offset + kv_len
+    am = torch.zeros(b, total, dtype=torch.bool)
+    for i in range(b):
+        lo = data.draw(st.integers(0, total))
+        am[i, lo:data.draw(st.integers(lo, total))] = True
+    size = data.draw(st.integers(1, 5))
+    kind = data.draw(st.sampled_from(["causal", "sliding", "chunked", "bidirectional",
+                                      "bidirectional_sliding"]))
+    kw = dict(batch_size=b, q_length=q_len, kv_length=kv_len, q_offset=q_offset,
+              kv_offset=kv_offset, attention_mask=am)
+    if kind == "causal":
+        kw.update(mask_function=mu.causal_mask_function)
+    elif kind == "sliding":
+        kw.update(mask_function=mu.sliding_window_causal_mask_function(size), local_size=size)
+    elif kind == "chunked":
+        lp = (am.cumsum(-1) == torch.zeros_like(am)).sum(-1)
+        kw.update(mask_function=mu.chunked_causal_mask_function(size, lp), local_size=size)
+    elif kind == "bidirectional":
+        kw.update(mask_function=mu.bidirectional_mask_function, allow_is_bidirectional_skip=False)
+    else:
+        kw.update(mask_function=mu.sliding_window_bidirectional_mask_function(size),
+                  local_size=size, allow_is_bidirectional_skip=False)
+    got = jk_hf.janus_mask(**kw)
+    want = mu.sdpa_mask(**dict(kw, allow_is_causal_skip=False, allow_is_bidirectional_skip=False))
     assert not isinstance(got, Fallback), got.reason
     assert torch.equal(got.materialize(), want[:, 0])
 
