@@ -19,6 +19,7 @@ import torch
 from transformers import masking_utils as mu
 
 from .. import masks
+from ..mask_checks import values_checkable
 
 # Code objects of HF's combinators: recognising a closure by its code works while dynamo
 # traces (reading ``__closure__`` does not), so the structure test below needs no tracing.
@@ -128,7 +129,9 @@ def build_descriptor(pattern: Pattern, batch_size: int, q_length: int, kv_length
         local = mu.prepare_padding_mask(attention_mask.to(device=device, dtype=torch.bool),
                                         kv_length, kv_offset)
         local = local[:, kv_offset:kv_offset + kv_length]
-        if not torch.compiler.is_compiling() and kv_length > 0 and bool((_runs(local) > 1).any()):
+        # read where that is free (CPU, not tracing); elsewhere hf_mask asserts on the device
+        # (an error, never a silent wrong answer) rather than syncing on every forward
+        if values_checkable(local) and kv_length > 0 and bool((_runs(local) > 1).any()):
             return "a 2-D attention_mask whose real tokens are not one contiguous run " \
                    "(padding in the middle)"
     # position of query row i in local key coordinates: a Python int or a (B,) tensor
