@@ -32,8 +32,11 @@ any other module falls back.
 What the kernel cannot express falls back -- to transformers' sdpa path, or, when sdpa cannot
 serve it either (``softcap``, attention sinks), to a dense eager formula -- with ONE warning
 (:class:`JanusFallbackWarning`) per reason: explicit 4-D masks, custom / packed-sequence mask
-functions, padding that is not one contiguous run per sample, attention sinks (``s_aux``),
-``output_attentions``, a ``position_bias`` that is not T5's. ALiBi models (BLOOM, MPT) compute
+functions, padding that is not one contiguous run per sample (seen on CPU in eager mode; on
+GPUs and under torch.compile, where reading the mask would cost a sync, ``hf_mask``'s device
+assert fails loudly instead), attention sinks (``s_aux``), ``output_attentions`` (eager, which
+returns the weights), a ``position_bias`` that is not T5's. Under torch.compile the warning
+is issued while tracing. ALiBi models (BLOOM, MPT) compute
 attention inline, never through ``AttentionInterface``, so ``attn_implementation`` does not
 reach them; :mod:`janus_kernels.score_mods` builds their table for direct kernel calls.
 """
