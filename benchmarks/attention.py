@@ -189,17 +189,22 @@ def make_case(family: str, shape: Shape, gen: torch.Generator, device: str) -> C
 # ================================================================================= flex
 def flex_mask_mod(desc: MaskDescriptor) -> Callable:
     """A FlexAttention mask_mod computing the descriptor's predicate from its per-sample
-    tensors (params (B, 10), rank (B, Lk)): the same integers our kernel reads."""
+    tensors (params (B, NUM_FIELDS), the rank / document side table): the same integers our
+    kernel reads."""
     p, qs, rank = desc.params, desc.q_split, desc.rank
     kvmax = max(desc.kv_len - 1, 0)
     perm = desc.kind == Kind.PERMUTATION
+    docs = desc.kind == Kind.DOCUMENTS
+    Lq = desc.q_len
 
     def mask_mod(b, h, q_idx, kv_idx):
         s1 = q_idx >= qs
         r = torch.where(s1, q_idx - qs, q_idx)
         rows = torch.where(s1, p[b, Field.ROWS1], p[b, Field.ROWS0])
         off = torch.where(s1, p[b, Field.OFF1], p[b, Field.OFF0])
-        ok = (r < rows) & (kv_idx < p[b, Field.KV_LEN])
+        ok = (r < rows) & (kv_idx < p[b, Field.KV_LEN]) & (kv_idx >= p[b, Field.KEY_START])
+        if docs:
+            ok = ok & (rank[b, q_idx] == rank[b, Lq + kv_idx])
         if perm:
             return ok & (rank[b, kv_idx] + off <= rank[b, torch.clamp(r, max=kvmax)])
         hmin = torch.where(s1, p[b, Field.HMIN1], p[b, Field.HMIN0])

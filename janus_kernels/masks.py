@@ -238,13 +238,13 @@ class MaskDescriptor:
             lo_last = torch.maximum(r1 + off, hmin) - width
             jl = torch.minimum(j1, kv - 1)                    # last real key of the tile
             # some row sees some key: prefix hit, or a window value h in [hi_first, hi_last]
-            # with j0 < h <= jl + width (h takes every integer in that range)
+            # with j0k < h <= jl + width (h takes every integer in that range)
             win_hit = (width > 0) & (hi_last > j0k) & (hi_first <= jl + width)
             skip = (j0k > jl) | ((j0k >= pre) & ~win_hit)
             full = (j1 < kv) & ((j1 < pre) | (
                 (width > 0) & (lo_last <= torch.maximum(j0, pre)) & (j1 < hi_first)))
             if self.kind == Kind.DOCUMENTS:
-                skip, full = self._doc_segment(s, r0, r1, j0, j1, skip, full)
+                skip, full = self._doc_segment(s, r0, r1v, j0k, jl, skip, full)
         full = full & (j0 >= ks)
         cls = torch.full(torch.broadcast_shapes(skip.shape, any_row.shape), int(TileClass.PARTIAL),
                          dtype=torch.int8, device=self.device)
@@ -252,15 +252,23 @@ class MaskDescriptor:
         cls[(skip | ~any_row).expand_as(cls)] = int(TileClass.SKIP)
         return cls
 
-    def _doc_segment(self, s, r0, r1, j0, j1, skip, full):
-        """Documents on top of the window class, from the corner documents (both runs are
-        nondecreasing): SKIP if [q_doc(first row), q_doc(last row)] and [k_doc(j0), k_doc(j1)]
-        are disjoint, FULL only if all four are equal."""
+    def _doc_segment(self, s, r0, r1v, j0k, jl, skip, full):
+        """Documents on top of the window class, from the corner documents of the segment's
+        valid rows [r0, r1v] and the tile's real keys [j0k, jl] (both runs are nondecreasing):
+        SKIP if their document ranges are disjoint, FULL only if all four are equal. (Where
+        the window already says SKIP the indices may be out of range: clamped, unused.)"""
         q_doc, k_doc = self._docs()
-        g0 = (r0 + s * self.q_split).clamp(0, max(self.q_len - 1, 0))
-        g1 = (r1 + s * self.q_split).clamp(0, max(self.q_len - 1, 0))
-        qa, qb = q_doc[:, g0[0, :, 0]][:, :, None], q_doc[:, g1[0, :, 0]][:, :, None]
-        ka, kb = k_doc[:, j0[0, 0, :]][:, None, :], k_doc[:, j1[0, 0, :]][:, None, :]
+        B, nm, nn = self.batch_size, r0.shape[1], j0k.shape[2]
+
+        def pick(table, idx, n):
+            idx = idx.reshape(idx.shape[0], n).expand(B, n)
+            return table.gather(1, idx.clamp(0, max(table.shape[1] - 1, 0)))
+
+        base = s * self.q_split
+        qa = pick(q_doc, r0 + base, nm)[:, :, None]
+        qb = pick(q_doc, r1v + base, nm)[:, :, None]
+        ka = pick(k_doc, j0k, nn)[:, None, :]
+        kb = pick(k_doc, jl, nn)[:, None, :]
         disjoint = (qb < ka) | (kb < qa)
         same = (qa == qb) & (ka == kb) & (qa == ka)
         return skip | disjoint, full & same

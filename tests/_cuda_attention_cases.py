@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from attention_utils import assert_within_rule
+from _mask_cases_hf import HF_CASES
 
 import janus_kernels as jk
 from janus_kernels.dropout import dropout_keep_mask
@@ -62,6 +63,12 @@ CASES = [
     Case("len1", lambda: jk.causal_mask([1], 1), H=1, Hkv=1),
     Case("full", lambda: jk.full_mask(1, 40, 33), H=2, Hkv=1),
     Case("permutation", _perm_mask),
+    # issue 14: KEY_START (left padding, decode, chunked prefill) and DOCUMENTS (packed
+    # sequences, chunked attention); hand-built: a prefix above KEY_START, permutation + KEY_START
+    *(Case(name, HF_CASES[name], H=1, Hkv=1, d=32) for name in (
+        "hf_left_pad_113", "hf_decode", "hf_chunked_prefill", "hf_sliding",
+        "hf_chunked_attention", "documents_causal", "documents_bidirectional",
+        "key_start_prefix", "documents_prefix", "permutation_key_start")),
 ]
 
 

@@ -26,7 +26,7 @@ import traceback
 import torch
 
 import janus_kernels as jk
-from janus_kernels.masks import MaskDescriptor
+from janus_kernels.masks import NUM_FIELDS, MaskDescriptor
 from attention_utils import assert_close_to_reference
 from test_masks import _random_descriptor
 
@@ -41,7 +41,7 @@ def build_descriptor(case) -> MaskDescriptor:
     if fam == "hand_built":
         h = case["hand"]
         rank = None if h["rank"] is None else torch.tensor(h["rank"], dtype=torch.int32)
-        return MaskDescriptor(torch.tensor(h["params"], dtype=torch.int32).reshape(-1, 10),
+        return MaskDescriptor(torch.tensor(h["params"], dtype=torch.int32).reshape(-1, NUM_FIELDS),
                               h["q_len"], h["kv_len"], h["q_split"], h["kind"], rank)
     g = torch.Generator().manual_seed(case["seed"])
     base_family = case.get("base_family", fam)
@@ -58,7 +58,7 @@ def raw_tables(case):
     """(params, rank, q_len, kv_len, q_split, kind) without any validation."""
     h = case["hand"]
     rank = None if h["rank"] is None else torch.tensor(h["rank"], dtype=torch.int32)
-    return (torch.tensor(h["params"], dtype=torch.int32).reshape(-1, 10), rank, h["q_len"],
+    return (torch.tensor(h["params"], dtype=torch.int32).reshape(-1, NUM_FIELDS), rank, h["q_len"],
             h["kv_len"], h["q_split"], h["kind"])
 
 

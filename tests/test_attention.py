@@ -10,6 +10,7 @@ from janus_kernels import _ext
 from janus_kernels.dropout import dropout_keep_mask
 
 from attention_utils import assert_close_to_reference, make_qkv
+from _mask_cases_hf import HF_CASES
 
 # every test runs once per CPU ISA level this machine has (conftest.cpu_isa_level)
 pytestmark = [pytest.mark.skipif(not _ext.available(), reason="compiled extension missing"),
@@ -40,6 +41,7 @@ CASES = {
     "key_padding": lambda: jk.key_padding_mask([3, 203, 1], q_len=20, kv_len=203),
     "full": lambda: jk.full_mask(2, 7, 203),
     "permutation": lambda: jk.permutation_mask(_perm(3, 37, G), [37, 20, 1]),
+    **HF_CASES,     # KEY_START and DOCUMENTS (issue 14)
 }
 
 
@@ -51,7 +53,8 @@ def test_fp32_matches_reference(case):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", ["janus_nar", "causal", "permutation", "key_padding"])
+@pytest.mark.parametrize("case", ["janus_nar", "causal", "permutation", "key_padding",
+                                  "hf_left_pad_113", "documents_causal", "key_start_prefix"])
 def test_low_precision(case, dtype):
     desc = CASES[case]()
     q, k, v, do = make_qkv(desc, H=2, d=64, dtype=dtype)
@@ -69,6 +72,9 @@ def test_bf16_odd_head_dim_and_gqa():
     ("janus_nar_padded", 3, 1, 16),
     ("sliding_window", 2, 2, 2),      # tiny even head dim, odd key-chunk widths
     ("prefix_lm", 2, 1, 32),
+    ("hf_chunked_attention", 4, 2, 64),   # documents: classes from corner documents
+    ("documents_prefix", 2, 1, 32),       # per-element path (prefix above a document start)
+    ("hf_decode", 2, 2, 16),              # one row at an offset, left padding
 ])
 def test_bf16_native_backward_shapes(case, H, Hkv, d):
     """Even d in bf16 runs the native bf16 backward (VNNI brgemm); check GQA and odd tiles."""

@@ -153,16 +153,25 @@ def hand_built(draw) -> dict:
     B = draw(st.integers(1, 3))
     q_len, kv_len = draw(st.integers(0, 9)), draw(st.integers(0, 9))
     L = max(q_len, kv_len)
-    kind = draw(st.sampled_from([0, 0, 1, 1, 2, -1]))
+    kind = draw(st.sampled_from([0, 0, 1, 1, 2, 2, 3, -1]))
     rank = None
-    if kind == 1 or draw(st.integers(0, 9)) == 0:   # sometimes a stray rank on a window kind
-        rank = draw(st.lists(st.lists(st.one_of(st.integers(-2, 12), st.sampled_from(EDGES)),
-                                      min_size=kv_len, max_size=kv_len),
-                             min_size=B, max_size=B))
+    if kind in (1, 2) or draw(st.integers(0, 9)) == 0:   # sometimes a stray rank on a window
+        # permutation: (B, kv_len) ranks; documents: (B, q_len + kv_len) ids, often two
+        # nondecreasing runs (valid), sometimes not, sometimes of the wrong width
+        width = kv_len if kind != 2 else q_len + kv_len + draw(st.sampled_from([0, 0, 0, -1, 1]))
+        entry = st.one_of(st.integers(-2, 12), st.sampled_from(EDGES))
+        rows = []
+        for _ in range(B):
+            row = draw(st.lists(entry, min_size=max(width, 0), max_size=max(width, 0)))
+            if kind == 2 and draw(st.booleans()):
+                row = sorted(row[:q_len]) + sorted(row[q_len:])
+            rows.append(row)
+        rank = rows
     return {"B": B, "hand": {
         "q_len": q_len, "kv_len": kv_len, "kind": kind, "rank": rank,
         "q_split": draw(st.one_of(st.integers(0, q_len), st.integers(-1, q_len + 1))),
-        "params": draw(st.lists(st.lists(_field_value(L), min_size=10, max_size=10),
+        "params": draw(st.lists(st.lists(_field_value(L), min_size=len(Field),
+                                         max_size=len(Field)),
                                 min_size=B, max_size=B))}}
 
 
@@ -198,10 +207,11 @@ def known_bad(raw: bool, **fields) -> dict:
     issue 13 (KV_LEN > kv_len: garbage and a backward segfault; KV_LEN < 0: heap
     corruption; PREFIX < 0: disagrees with materialize(); int32 overflow; ...)."""
     row = dict(KV_LEN=6, PREFIX=0, ROWS0=6, OFF0=1, HMIN0=0, WIDTH0=1 << 30,
-               ROWS1=0, OFF1=0, HMIN1=0, WIDTH1=0)
+               ROWS1=0, OFF1=0, HMIN1=0, WIDTH1=0, KEY_START=0)
     kind = fields.pop("kind", 0)
+    docs = fields.pop("docs", [0] * 6 + [0] * 6)    # documents kind: (B, q_len + kv_len)
     row.update(fields)
-    rank = [[0, 1, 2, 3, 4, I32[1]]] * 2 if kind == 1 else None
+    rank = [[0, 1, 2, 3, 4, I32[1]]] * 2 if kind == 1 else ([docs] * 2 if kind == 2 else None)
     return {"family": "hand_built", "seed": 7, "raw": raw, "B": 2, "H": 2, "Hkv": 1, "d": 8,
             "dtype": "float32", "layouts": ["contiguous"] * 3, "grads": [True] * 3,
             "scale": None, "hand": {"q_len": 6, "kv_len": 6, "q_split": 6, "kind": kind,
@@ -211,7 +221,14 @@ def known_bad(raw: bool, **fields) -> dict:
 KNOWN_BAD = [dict(KV_LEN=-1), dict(KV_LEN=22), dict(KV_LEN=1 << 20), dict(PREFIX=-1),
              dict(PREFIX=9), dict(ROWS0=9), dict(ROWS1=3), dict(WIDTH0=-2),
              dict(OFF0=I32[1]), dict(HMIN0=I32[0], OFF0=I32[0]),
-             dict(kind=1, OFF0=0, WIDTH0=0), dict(kind=1, OFF0=I32[0], WIDTH0=0), dict(kind=3)]
+             dict(kind=1, OFF0=0, WIDTH0=0), dict(kind=1, OFF0=I32[0], WIDTH0=0), dict(kind=3),
+             # issue 14: KEY_START outside [0, KV_LEN], bad document tables
+             dict(KEY_START=-1), dict(KEY_START=7), dict(KEY_START=I32[1]),
+             dict(KEY_START=I32[0]), dict(KV_LEN=3, KEY_START=4),
+             dict(kind=2, docs=[0, 1, 2, 0, 1, 2] + [0, 0, 1, 1, 2, 2]),
+             dict(kind=2, docs=[0, 0, 1, 1, 2, 2] + [2, 1, 0, 0, 0, 0]),
+             dict(kind=2, docs=[I32[0]] * 6 + [I32[1]] * 6),
+             dict(kind=2, docs=[0, 0, 1, 1, 2, 2] + [0, 1, 1, 2, 2, 3], KEY_START=2)]
 
 
 def _with_known_bad(raw: bool):
@@ -290,7 +307,7 @@ def test_worker_reports_a_crash_and_recovers():
     is reported as a crash, and the next case runs in a fresh worker."""
     w = FuzzWorker()
     ok = known_bad(False)                          # the unmodified table is valid
-    ok["hand"]["params"] = [[6, 0, 6, 1, 0, 1 << 30, 0, 0, 0, 0]] * 2
+    ok["hand"]["params"] = [[6, 0, 6, 1, 0, 1 << 30, 0, 0, 0, 0, 0]] * 2
     try:
         for case, expect in ((ok, "ok"), (dict(ok, family="__abort__"), "crash"), (ok, "ok")):
             assert w.run(dict(case, backends=["reference"]))["reference"]["status"] == expect

@@ -15,7 +15,7 @@ L30 = 1 << 30
 def _table(**fields) -> torch.Tensor:
     """A valid one-sample causal table for q_len = kv_len = 4, with fields overridden."""
     base = dict(KV_LEN=4, PREFIX=0, ROWS0=4, OFF0=1, HMIN0=0, WIDTH0=L30,
-                ROWS1=0, OFF1=0, HMIN1=0, WIDTH1=0)
+                ROWS1=0, OFF1=0, HMIN1=0, WIDTH1=0, KEY_START=0)
     base.update(fields)
     return torch.tensor([[base[f.name] for f in Field]], dtype=torch.int32)
 
@@ -24,6 +24,7 @@ def _table(**fields) -> torch.Tensor:
     ("KV_LEN", 5), ("KV_LEN", -1), ("PREFIX", -1), ("PREFIX", 5), ("ROWS0", 5), ("ROWS0", -1),
     ("ROWS1", 1), ("WIDTH0", -1), ("WIDTH1", -3), ("WIDTH0", L30 + 1), ("OFF0", L30 + 1),
     ("OFF1", -L30 - 1), ("HMIN0", 2 ** 31 - 1), ("HMIN1", -2 ** 31),
+    ("KEY_START", -1), ("KEY_START", 5), ("KEY_START", 2 ** 31 - 1),
 ])
 def test_hand_built_out_of_contract_raises_naming_field(field, value):
     with pytest.raises(ValueError, match=rf"Field\.{field}\] = {value} \(sample 0\)"):
@@ -32,7 +33,8 @@ def test_hand_built_out_of_contract_raises_naming_field(field, value):
 
 @pytest.mark.parametrize("field,value", [
     ("KV_LEN", 0), ("KV_LEN", 4), ("PREFIX", 4), ("ROWS0", 0), ("OFF0", -L30), ("OFF0", L30),
-    ("HMIN0", L30), ("HMIN0", -L30), ("WIDTH0", 0), ("WIDTH0", L30),
+    ("HMIN0", L30), ("HMIN0", -L30), ("WIDTH0", 0), ("WIDTH0", L30), ("KEY_START", 4),
+    ("KEY_START", 2),
 ])
 def test_boundary_values_are_accepted_and_match_the_predicate(field, value):
     d = MaskDescriptor(_table(**{field: value}), 4, 4, 4)
@@ -60,7 +62,8 @@ def test_two_stream_rows_bounded_by_each_stream():
     (dict(q_split=5), ValueError, "q_split"),
     (dict(q_split=-1), ValueError, "q_split"),
     (dict(q_len=L30 + 1, q_split=0), ValueError, "q_len"),
-    (dict(kind=2), ValueError, "kind"),
+    (dict(kind=3), ValueError, "kind"),
+    (dict(kind=Kind.DOCUMENTS), ValueError, r"DOCUMENTS kind needs int32 \(1, 8\)"),
     (dict(kind=True), ValueError, "kind"),
     (dict(kind=Kind.PERMUTATION), ValueError, "rank"),
     (dict(rank=torch.zeros(1, 4, dtype=torch.int32)), ValueError, "only the PERMUTATION"),
@@ -79,6 +82,32 @@ def test_bad_rank_dtype_shape_device():
                                                                  device="meta")):
         with pytest.raises(ValueError, match="MaskDescriptor.rank"):
             MaskDescriptor(p, 4, 4, 4, Kind.PERMUTATION, rank)
+
+
+def test_key_start_above_kv_len_is_named():
+    with pytest.raises(ValueError, match=r"KEY_START\] = 3 \(sample 0\).*KEY_START <= KV_LEN = 2"):
+        MaskDescriptor(_table(KV_LEN=2, KEY_START=3), 4, 4, 4)
+
+
+@pytest.mark.parametrize("docs,match", [
+    ([[0, 1, 1, 2, 0, 0, 1, 2]], None),                          # two nondecreasing runs
+    ([[0, 1, 0, 2, 0, 0, 1, 2]], r"rank\[0, 2\] = 0 \(sample 0, row 2\)"),
+    ([[0, 1, 1, 2, 0, 1, 0, 2]], r"rank\[0, 6\] = 0 \(sample 0, key 2\)"),
+    ([[0, 1, 1, 2, 0, 0, 1, L30]], r"rank\[0, 7\] = 1073741824.*\[-2\^30, 2\^30\)"),
+])
+def test_document_table_contract(docs, match):
+    p = _table()
+    docs = torch.tensor(docs, dtype=torch.int32)
+    if match is None:
+        d = MaskDescriptor(p, 4, 4, 4, Kind.DOCUMENTS, docs)
+        assert d.materialize()[0, 3].tolist() == [False, False, False, True]
+        return
+    with pytest.raises(ValueError, match=match):
+        MaskDescriptor(p, 4, 4, 4, Kind.DOCUMENTS, docs)
+    d = MaskDescriptor(p, 4, 4, 4, Kind.DOCUMENTS, torch.zeros(1, 8, dtype=torch.int32))
+    d.rank.copy_(docs)                                    # an in-place edit after building
+    with pytest.raises(ValueError, match=match):
+        d.check(1, 4, 4, torch.device("cpu"))
 
 
 def test_permutation_rows_bounded_by_rank_length():
@@ -132,7 +161,8 @@ def test_in_place_edit_is_caught_at_call_time():
 
 
 @pytest.mark.skipif(not _ext.available(), reason="compiled extension missing")
-@pytest.mark.parametrize("field,value", [("KV_LEN", 6), ("KV_LEN", -1), ("PREFIX", -2)])
+@pytest.mark.parametrize("field,value", [("KV_LEN", 6), ("KV_LEN", -1), ("PREFIX", -2),
+                                         ("KEY_START", -1), ("KEY_START", 5)])
 def test_attention_rejects_before_the_kernel(field, value):
     """Today's main: KV_LEN > kv_len gives garbage (backward segfaults), KV_LEN < 0 aborts,
     PREFIX < 0 disagrees with materialize(). The descriptor now never reaches the kernel."""
@@ -155,6 +185,8 @@ def test_gpu_tables_are_not_read_unless_asked(monkeypatch):
     jk.prefix_lm_mask(torch.zeros(3, **meta), torch.zeros(3, **meta), 5)
     jk.janus_ar_mask(torch.zeros(3, **meta), 5)
     jk.permutation_mask(torch.zeros(3, 5, **meta))
+    jk.hf_mask(torch.ones(3, 5, **meta), 2, 5, sliding_window=2, chunk_size=3)
+    jk.document_mask(torch.zeros(3, 5, **meta), causal=True)
     d.check(3, 12, 8, torch.device("meta"))
 
 

@@ -85,7 +85,7 @@ void bwd_p_ds_tile(const janus::SampleMask& m, int i0, int i1, int c0, int w, fl
       Vec p = (Vec::loadu(prow + r, n) * vscale - Vec::loadu(st.lse.data() + r, n)).exp_u20();
       p.store(prow + r, n);
     }
-    if (!full && m.kind == janus::KIND_PERMUTATION) {
+    if (!full && !m.ranges_exact()) {
       for (int rr = 0; rr < rows; ++rr) if (!m.allowed(i0 + rr, j)) prow[rr] = 0.f;
     } else if (!full) {   // branch-free so the compiler vectorizes it over rows
       const int* pre = st.pre.data();

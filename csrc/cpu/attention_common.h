@@ -92,8 +92,9 @@ struct MaskArgs {
   int64_t rank_stride;
   int q_split;
   int kind;
+  int Lq, Lk;
   janus::SampleMask sample(int b) const {
-    return janus::sample_mask(params, rank, rank_stride, b, q_split, kind);
+    return janus::sample_mask(params, rank, rank_stride, b, q_split, kind, Lq, Lk);
   }
 };
 

@@ -18,7 +18,7 @@ namespace {
 
 // Per-row visibility inside a key chunk [c0, c0 + w): fill masked entries of row `s` with v.
 inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, float* s, float v) {
-  if (m.kind == janus::KIND_PERMUTATION) {
+  if (!m.ranges_exact()) {
     for (int t = 0; t < w; ++t) if (!m.allowed(i, c0 + t)) s[t] = v;
     return;
   }

@@ -1,9 +1,11 @@
 // CPU attention glue: argument and descriptor validation, output allocation, dtype dispatch
 // (attention_fwd.cpp / attention_bwd.cpp) and op registration for this ISA build.
 //
-// The descriptor is validated here, on the host, in O(B): the kernels index q/k/v and the rank
-// array with the descriptor's numbers, so a hand-built descriptor with KV_LEN > Lk, negative
-// counts or values whose window arithmetic overflows int32 must never reach them.
+// The descriptor is validated here, on the host, in O(B) (plus the side table): the kernels
+// index q/k/v and the rank / document table with the descriptor's numbers, so a hand-built
+// descriptor with KV_LEN > Lk, KEY_START outside [0, KV_LEN], negative counts, values whose
+// window arithmetic overflows int32 or a document table that is not two nondecreasing runs
+// must never reach them.
 #include <string>
 
 #include "attention_common.h"
@@ -42,13 +44,17 @@ void check_common(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   TORCH_CHECK(params.device().is_cpu(), "mask_params: must be a CPU tensor for CPU attention");
   TORCH_CHECK(q_split >= 0 && q_split <= q.size(2), "q_split: must be in [0, Lq=", q.size(2),
               "], got ", q_split);
-  TORCH_CHECK(kind == janus::KIND_WINDOW || kind == janus::KIND_PERMUTATION,
-              "mask_kind: must be 0 (window) or 1 (permutation), got ", kind);
-  if (kind == janus::KIND_PERMUTATION)
+  TORCH_CHECK(janus::kind_valid((int)kind),
+              "mask_kind: must be 0 (window), 1 (permutation) or 2 (documents), got ", kind);
+  const int64_t width = janus::side_table_width((int)kind, q.size(2), k.size(2));
+  if (width > 0)
     TORCH_CHECK(rank.has_value() && rank->dtype() == at::kInt && rank->dim() == 2 &&
-                    rank->size(0) == q.size(0) && rank->size(1) == k.size(2) &&
+                    rank->size(0) == q.size(0) && rank->size(1) == width &&
                     rank->device().is_cpu(),
-                "mask_rank: the permutation kind needs an int32 CPU tensor (B, Lk)");
+                "mask_rank: ", kind == janus::KIND_PERMUTATION
+                    ? "the permutation kind needs an int32 CPU tensor (B, Lk)"
+                    : "the documents kind needs an int32 CPU tensor (B, Lq + Lk)",
+                " = (", q.size(0), ", ", width, ")");
 }
 
 // Every sample's fields against the tensors they index (see janus/mask.h for the predicate).
@@ -67,6 +73,9 @@ void check_descriptor(const int32_t* p, const int32_t* rank, int64_t B, int64_t 
     if (f[janus::KV_LEN] < 0 || f[janus::KV_LEN] > Lk)
       bad("KV_LEN", f[janus::KV_LEN], "in [0, Lk=" + std::to_string(Lk) + "]");
     if (f[janus::PREFIX] < 0) bad("PREFIX", f[janus::PREFIX], ">= 0");
+    if (f[janus::KEY_START] < 0 || f[janus::KEY_START] > f[janus::KV_LEN])
+      bad("KEY_START", f[janus::KEY_START],
+          "in [0, KV_LEN=" + std::to_string(f[janus::KV_LEN]) + "] (real keys [KEY_START, KV_LEN))");
     for (int s = 0; s < 2; ++s) {
       const int64_t rows = f[janus::ROWS0 + 4 * s], off = f[janus::OFF0 + 4 * s];
       const int64_t hmin = f[janus::HMIN0 + 4 * s], width = f[janus::WIDTH0 + 4 * s];
@@ -89,6 +98,18 @@ void check_descriptor(const int32_t* p, const int32_t* rank, int64_t B, int64_t 
         TORCH_CHECK(rb[j] >= -kBig && rb[j] < kBig, "mask_rank: sample ", b, ", entry ", j,
                     ": rank = ", rb[j], " must be in [-2^30, 2^30) (rank + OFF stays in int32)");
     }
+    if (kind == janus::KIND_DOCUMENTS) {
+      // two nondecreasing runs: row documents [0, Lq), key documents [Lq, Lq + Lk)
+      const int32_t* db = rank + b * (Lq + Lk);
+      for (int64_t c = 0; c < Lq + Lk; ++c) {
+        TORCH_CHECK(db[c] >= -kBig && db[c] < kBig, "mask_rank: sample ", b, ", column ", c,
+                    ": document id ", db[c], " must be in [-2^30, 2^30)");
+        TORCH_CHECK(c == 0 || c == Lq || db[c] >= db[c - 1], "mask_rank: sample ", b,
+                    ", column ", c, ": document id ", db[c], " < ", db[c - 1],
+                    " before it; the row documents (columns [0, Lq=", Lq,
+                    ")) and the key documents (the rest) must each be nondecreasing");
+      }
+    }
   }
 }
 
@@ -99,12 +120,12 @@ struct MaskTensors {
   MaskArgs args;
   MaskTensors(const at::Tensor& p, const c10::optional<at::Tensor>& r, int64_t q_split,
               int64_t kind, int64_t Lq, int64_t Lk)
-      : params(p.contiguous()), rank(r && kind == janus::KIND_PERMUTATION ? r->contiguous()
-                                                                          : at::Tensor()) {
+      : params(p.contiguous()), rank(r && kind != janus::KIND_WINDOW ? r->contiguous()
+                                                                     : at::Tensor()) {
     const int32_t* rp = rank.defined() ? rank.data_ptr<int32_t>() : nullptr;
     check_descriptor(params.data_ptr<int32_t>(), rp, params.size(0), Lq, Lk, q_split, kind);
     args = MaskArgs{params.data_ptr<int32_t>(), rp, rank.defined() ? rank.size(1) : 0,
-                    (int)q_split, (int)kind};
+                    (int)q_split, (int)kind, (int)Lq, (int)Lk};
   }
 };
 

@@ -83,7 +83,7 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
                          p.head_dim, tid);
   ptx::cp_async_commit();
   const SampleMask mask = block_sample_mask(sParams, p.mask_params, p.mask_rank, p.rank_stride,
-                                            b, p.q_split, p.mask_kind);
+                                            b, p.q_split, p.mask_kind, p.Lq, p.Lk);
 
   const float sl2 = p.scale * kLog2e;
   const bool dropout = p.dropout_p > 0.f;
@@ -142,8 +142,7 @@ attention_bwd_dkdv_kernel(const JanusAttnBwdArgs p) {
         for (int x = 0; x < NT_Q * 4; ++x) {
           const int ql = (x >> 2) * 8 + 2 * t + (x & 1), second = (x >> 1) & 1;
           const RowMask rm = sRow[ql];
-          if (row_allows(rm.kv, rm.pre, rm.lo, rm.hi, key_a + 8 * second,
-                         second ? key_rank[1] : key_rank[0], perm))
+          if (row_allows(rm, key_a + 8 * second, second ? key_rank[1] : key_rank[0], perm))
             allow |= 1u << x;
         }
       }
@@ -243,7 +242,7 @@ attention_bwd_dq_kernel(const JanusAttnBwdArgs p) {
   const bool perm = p.mask_kind == KIND_PERMUTATION;
 
   const SampleMask mask = block_sample_mask(sParams, p.mask_params, p.mask_rank, p.rank_stride,
-                                            b, p.q_split, p.mask_kind);
+                                            b, p.q_split, p.mask_kind, p.Lq, p.Lk);
   const KeyRanges kr = key_ranges<BN>(mask, i0, i1, p.Lk);
   T* dq = static_cast<T*>(p.dq) + b * p.dq_stride[0] + h * p.dq_stride[1];
 
@@ -400,8 +399,8 @@ extern "C" cudaError_t janus_cuda_attention_bwd(const JanusAttnBwdArgs* a, cudaS
   if (!a || a->B < 0 || a->H <= 0 || a->Hkv <= 0 || a->H % a->Hkv != 0 || a->Lq < 0 ||
       a->Lk < 0 || a->q_split < 0 || a->q_split > a->Lq || a->head_dim < 8 ||
       a->head_dim > 128 || a->head_dim % 8 != 0 ||
-      (a->mask_kind != janus::KIND_WINDOW && a->mask_kind != janus::KIND_PERMUTATION) ||
-      (a->mask_kind == janus::KIND_PERMUTATION && !a->mask_rank) || !(a->dropout_p >= 0.f) ||
+      !janus::kind_valid(a->mask_kind) ||
+      (a->mask_kind != janus::KIND_WINDOW && !a->mask_rank) || !(a->dropout_p >= 0.f) ||
       !(a->dropout_p < 1.f))
     return cudaErrorInvalidValue;
   const int64_t* strides[] = {a->do_stride, a->q_stride, a->k_stride, a->v_stride,

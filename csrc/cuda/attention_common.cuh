@@ -54,8 +54,8 @@ struct BwdCfg {
   static constexpr int BN = 64;
   static constexpr int BM = D <= 64 ? 64 : 32;
   static constexpr int PITCH = D + 8;
-  static constexpr int kSmemBytes = (2 * BN + 2 * BM) * PITCH * 2 + 2 * BM * 4 + BM * 16 +
-                                    kParamInts * 4;
+  static constexpr int kSmemBytes = (2 * BN + 2 * BM) * PITCH * 2 + 2 * BM * 4 + BM * 20 +
+                                    kParamInts * 4;   // BM * 20: the RowMasks
 };
 
 // Backward dQ (the deterministic dQ pass): a block owns BM rows of one stream (16 per warp),
@@ -103,8 +103,8 @@ constexpr int64_t kGridXMax = 2147483647;
 __device__ __forceinline__ SampleMask block_sample_mask(int32_t* sp, const int32_t* params,
                                                         const int32_t* rank,
                                                         int64_t rank_stride, int b,
-                                                        int q_split, int kind) {
-  const SampleMask g = sample_mask(params, rank, rank_stride, b, q_split, kind);
+                                                        int q_split, int kind, int Lq, int Lk) {
+  const SampleMask g = sample_mask(params, rank, rank_stride, b, q_split, kind, Lq, Lk);
   if ((int)threadIdx.x < NUM_FIELDS) sp[threadIdx.x] = g.p[threadIdx.x];
   __syncthreads();
   SampleMask m = g;
@@ -114,33 +114,45 @@ __device__ __forceinline__ SampleMask block_sample_mask(int32_t* sp, const int32
 
 // The mask of one row, hoisted out of the per-element loops: SampleMask::allowed(i, j) for a
 // fixed row i (janus/mask.h) becomes
-//   window:       j < kv && (j < pre || (lo <= j && j < hi))
-//   permutation:  j < kv && rank[j] <= lo          (lo = rank[r] - OFF[s])
+//   window, documents: ks <= j < kv && (j < pre || (lo <= j && j < hi))
+//   permutation:       ks <= j < kv && rank[j] <= lo          (lo = rank[r] - OFF[s])
 // with kv = 0 for rows that are not real (padding rows, rows past the block's stream segment).
-// kv is clamped to Lk, so an allowed key is always a real key of the tensor.
+// kv is clamped to Lk, so an allowed key is always a real key of the tensor. For the window
+// and documents kinds the row's visible keys are two intervals (SampleMask::intervals: the
+// prefix part and the window part, inside the real keys and the row's document), written
+// with the lower one first as [ks, pre) U [lo, hi): exact for every descriptor.
 struct RowMask {
-  int kv, pre, lo, hi;
+  int ks, kv, pre, lo, hi;
 };
+static_assert(sizeof(RowMask) == 20, "BwdCfg::kSmemBytes holds BM RowMasks of 20 bytes");
 
 __device__ __forceinline__ RowMask row_mask(const SampleMask& m, int i, int i_end, int Lk) {
-  RowMask r{0, 0, 0, 0};
+  RowMask r{0, 0, 0, 0, 0};
   const int s = m.stream(i), lr = m.local_row(i);
   if (i >= i_end || lr >= m.rows(s)) return r;
   r.kv = imin(m.kv_len(), Lk);
   if (m.kind == KIND_PERMUTATION) {
+    r.ks = m.key_start();
     r.lo = m.rank[lr] - m.p[OFF0 + 4 * s];
-  } else {
-    r.pre = m.p[PREFIX];
-    r.hi = m.win_hi(s, lr);
-    r.lo = r.hi - m.p[WIDTH0 + 4 * s];
+    return r;
+  }
+  int a0, a1, w0, w1;
+  m.intervals(s, lr, lr, &a0, &a1, &w0, &w1);
+  const bool has_a = a1 > a0, has_w = w1 > w0;
+  if (!has_a && !has_w) { r.kv = 0; return r; }
+  if (!has_w || (has_a && a0 <= w0)) {   // prefix part first
+    r.ks = a0; r.pre = a1;
+    if (has_w) { r.lo = w0; r.hi = w1; }
+  } else {                               // window part first (or alone)
+    r.ks = w0; r.pre = w1;
+    if (has_a) { r.lo = a0; r.hi = a1; }
   }
   return r;
 }
 
-__device__ __forceinline__ bool row_allows(int kv, int pre, int lo, int hi, int j, int rank_j,
-                                           bool perm) {
-  if (j >= kv) return false;
-  return perm ? rank_j <= lo : (j < pre || (lo <= j && j < hi));
+__device__ __forceinline__ bool row_allows(const RowMask& r, int j, int rank_j, bool perm) {
+  if (j < r.ks || j >= r.kv) return false;
+  return perm ? rank_j <= r.lo : (j < r.pre || (r.lo <= j && j < r.hi));
 }
 
 // Ranks of the keys [j0, j0 + BN) into shared memory (0 past Lk: never read as allowed), for
@@ -166,9 +178,9 @@ __device__ __forceinline__ uint32_t row_tile_allow_bits(const RowMask& r0, const
     const bool second = (x >> 1) & 1;   // field-wise selects: no dynamically indexed struct
     const int jl = (x >> 2) * 8 + 2 * t + (x & 1);
     const int rank_j = perm ? s_rank[jl] : 0;
-    if (row_allows(second ? r1.kv : r0.kv, second ? r1.pre : r0.pre, second ? r1.lo : r0.lo,
-                   second ? r1.hi : r0.hi, j0 + jl, rank_j, perm))
-      allow |= 1u << x;
+    const RowMask r{second ? r1.ks : r0.ks, second ? r1.kv : r0.kv, second ? r1.pre : r0.pre,
+                    second ? r1.lo : r0.lo, second ? r1.hi : r0.hi};
+    if (row_allows(r, j0 + jl, rank_j, perm)) allow |= 1u << x;
   }
   return allow;
 }

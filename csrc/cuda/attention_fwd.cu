@@ -45,7 +45,7 @@ attention_fwd_kernel(const JanusAttnFwdArgs p) {
   const bool perm = p.mask_kind == KIND_PERMUTATION;
 
   const SampleMask mask = block_sample_mask(sParams, p.mask_params, p.mask_rank, p.rank_stride,
-                                            b, p.q_split, p.mask_kind);
+                                            b, p.q_split, p.mask_kind, p.Lq, p.Lk);
   const KeyRanges kr = key_ranges<BN>(mask, i0, i1, p.Lk);
 
   const int row_a = i0 + warp * 16 + g;   // this thread's rows: row_a and row_a + 8
@@ -204,8 +204,8 @@ extern "C" cudaError_t janus_cuda_attention_fwd(const JanusAttnFwdArgs* a, cudaS
   if (!a || a->B < 0 || a->H <= 0 || a->Hkv <= 0 || a->H % a->Hkv != 0 || a->Lq < 0 ||
       a->Lk < 0 || a->q_split < 0 || a->q_split > a->Lq || a->head_dim < 8 ||
       a->head_dim > 128 || a->head_dim % 8 != 0 ||
-      (a->mask_kind != janus::KIND_WINDOW && a->mask_kind != janus::KIND_PERMUTATION) ||
-      (a->mask_kind == janus::KIND_PERMUTATION && !a->mask_rank) || !(a->dropout_p >= 0.f) ||
+      !janus::kind_valid(a->mask_kind) ||
+      (a->mask_kind != janus::KIND_WINDOW && !a->mask_rank) || !(a->dropout_p >= 0.f) ||
       !(a->dropout_p < 1.f))
     return cudaErrorInvalidValue;
   for (int d = 0; d < 3; ++d)

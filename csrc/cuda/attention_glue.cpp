@@ -66,17 +66,19 @@ MaskInputs check_mask(const Tensor& params, const std::optional<Tensor>& rank, i
               params.scalar_type(), " ", params.sizes());
   TORCH_CHECK(q_split >= 0 && q_split <= Lq, "q_split: must be in [0, Lq=", Lq, "], got ",
               q_split);
-  TORCH_CHECK(kind == janus::KIND_WINDOW || kind == janus::KIND_PERMUTATION,
-              "mask_kind: must be 0 (window) or 1 (permutation), got ", kind);
+  TORCH_CHECK(janus::kind_valid((int)kind),
+              "mask_kind: must be 0 (window), 1 (permutation) or 2 (documents), got ", kind);
   MaskInputs m;
   m.params = params.contiguous();
-  if (kind == janus::KIND_PERMUTATION) {
-    TORCH_CHECK(rank.has_value() && rank->defined(), "mask_rank: required for mask_kind 1");
+  if (kind != janus::KIND_WINDOW) {
+    const bool docs = kind == janus::KIND_DOCUMENTS;
+    TORCH_CHECK(rank.has_value() && rank->defined(), "mask_rank: required for mask_kind ", kind);
     check_tensor(*rank, "mask_rank", dev);
+    // documents: (B, Lq + Lk) exactly (the key documents start at column Lq)
     TORCH_CHECK(rank->scalar_type() == at::kInt && rank->dim() == 2 && rank->size(0) == B &&
-                    rank->size(1) >= Lk,
-                "mask_rank: expected int32 (B=", B, ", Lk=", Lk, "), got ", rank->scalar_type(),
-                " ", rank->sizes());
+                    (docs ? rank->size(1) == Lq + Lk : rank->size(1) >= Lk),
+                "mask_rank: expected int32 (B=", B, docs ? ", Lq + Lk=" : ", Lk=",
+                docs ? Lq + Lk : Lk, "), got ", rank->scalar_type(), " ", rank->sizes());
     m.rank = rank->stride(1) == 1 ? *rank : rank->contiguous();
     m.rank_stride = m.rank.stride(0);
   }

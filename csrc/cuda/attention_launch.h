@@ -6,8 +6,9 @@
 // Strides are in elements for the batch, head and row dimensions; the last dimension is
 // contiguous. Pointers and all strides must be multiples of 16 bytes (8 elements) for the
 // 16-byte cp.async loads. dtype: 0 = float16, 1 = bfloat16. 8 <= head_dim <= 128,
-// head_dim % 8 == 0. Mask: janus/mask.h (params (B, 10) int32 contiguous, rank (B, *) int32
-// with row stride rank_stride for the permutation kind). Dropout: janus/philox.h.
+// head_dim % 8 == 0. Mask: janus/mask.h (params (B, NUM_FIELDS) int32 contiguous, side table
+// rank (B, *) int32 with row stride rank_stride: permutation ranks, or the (B, Lq + Lk)
+// document ids of the documents kind). Dropout: janus/philox.h.
 #pragma once
 #include <stdint.h>
 
@@ -26,7 +27,7 @@ typedef struct JanusAttnFwdArgs {
   void* out;
   float* lse;                 // (B, H, Lq) contiguous
   const int32_t* mask_params;
-  const int32_t* mask_rank;   // nullptr unless mask_kind == 1
+  const int32_t* mask_rank;   // nullptr unless mask_kind == 1 or 2
   int64_t rank_stride;
   int64_t q_stride[3];        // batch, head, row
   int64_t k_stride[3];

@@ -119,26 +119,40 @@ def _load_tile(base, offs, n_valid, stride_n, offs_d, stride_d, D: tl.constexpr)
 
 
 @triton.jit
-def _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, KIND: tl.constexpr,
+def _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, KIND: tl.constexpr,
                BLOCK_N: tl.constexpr):
-    """Key-tile loops of a row block: ``[0, n_pre)`` then ``[n_lo, n_hi)`` (disjoint)."""
-    if KIND == jm.KIND_WINDOW:
-        pre_end, lo, hi = jm.window_key_range(r0, r1, kv, pre, rows, off, hmin, width)
+    """Key-tile loops of a row block: ``[0, n_pre)`` then ``[n_lo, n_hi)`` (disjoint).
+    Documents: the window's tiles (other documents' tiles are SKIP by class)."""
+    if KIND != jm.KIND_PERMUTATION:
+        pre_end, lo, hi = jm.window_key_range(r0, r1, kv, pre, rows, off, hmin, width, ks)
         n_pre = tl.cdiv(pre_end, BLOCK_N)
         n_lo = tl.maximum(lo // BLOCK_N, n_pre)
         n_hi = tl.maximum(tl.cdiv(hi, BLOCK_N), n_lo)
     else:  # permutation: every real key may be visible; dead tiles skipped by class
-        n_pre = tl.where(r0 < rows, tl.cdiv(kv, BLOCK_N), 0)
-        n_lo = n_pre
-        n_hi = n_pre
+        n_pre = 0
+        n_lo = ks // BLOCK_N
+        n_hi = tl.where(r0 < rows, tl.maximum(tl.cdiv(kv, BLOCK_N), n_lo), n_lo)
     return n_pre, n_lo, n_hi
 
 
 @triton.jit
-def _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width,
+def _row_docs(rank_b, offs_r, rows, seg_start, Lq):
+    """Documents kind: the row documents of a row tile (local rows ``offs_r`` of the stream
+    starting at global row ``seg_start``), their extrema over the valid rows, and the pointer
+    to the sample's key documents (column Lq of its side table), which the key-tile steps
+    read as ``rank_b``."""
+    row_ok = offs_r < rows
+    docs = jm.load_row_docs(rank_b, seg_start + offs_r, Lq, row_ok)
+    lo, hi = jm.rank_extrema(docs, row_ok)
+    return docs, lo, hi, rank_b + Lq
+
+
+@triton.jit
+def _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width, ks,
                  rank_r, rank_j, row_min, row_max, KIND: tl.constexpr, TRANS: tl.constexpr):
     """Apply the mask to a score tile (rows x keys, or keys x rows if TRANS) when the tile
-    is PARTIAL; return the scores and the tile's class."""
+    is PARTIAL; return the scores and the tile's class. ``rank_r``/``rank_j`` (and the row
+    extrema) are ranks for the permutation kind, documents for the documents kind."""
     if TRANS:
         rr = offs_r[None, :]
         jj = offs_j[:, None]
@@ -149,17 +163,22 @@ def _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, wi
         jj = offs_j[None, :]
         rank_rr = rank_r[:, None]
         rank_jj = rank_j[None, :]
-    if KIND == jm.KIND_WINDOW:
-        cls = jm.window_tile_class(r0, r1, j0, j1, kv, pre, rows, off, hmin, width)
+    if KIND != jm.KIND_PERMUTATION:
+        cls = jm.window_tile_class(r0, r1, j0, j1, kv, pre, rows, off, hmin, width, ks)
+        if KIND == jm.KIND_DOCUMENTS:
+            key_min, key_max = jm.rank_extrema(rank_j, (offs_j < kv) & (offs_j >= ks))
+            cls = jm.doc_tile_class(cls, row_min, row_max, key_min, key_max)
         if cls != jm.TILE_FULL:
-            s = tl.where(jm.window_allowed(rr, jj, kv, pre, rows, off, hmin, width), s,
-                         float("-inf"))
+            ok = jm.window_allowed(rr, jj, kv, pre, rows, off, hmin, width, ks)
+            if KIND == jm.KIND_DOCUMENTS:
+                ok = ok & (rank_rr == rank_jj)
+            s = tl.where(ok, s, float("-inf"))
     else:
-        key_min, key_max = jm.rank_extrema(rank_j, offs_j < kv)
+        key_min, key_max = jm.rank_extrema(rank_j, (offs_j < kv) & (offs_j >= ks))
         cls = jm.perm_tile_class(r0, r1, j0, j1, kv, rows, off, row_min, row_max,
-                                 key_min, key_max)
+                                 key_min, key_max, ks)
         if cls != jm.TILE_FULL:
-            s = tl.where(jm.perm_allowed(rr, jj, rank_rr, rank_jj, kv, rows, off), s,
+            s = tl.where(jm.perm_allowed(rr, jj, rank_rr, rank_jj, kv, rows, off, ks), s,
                          float("-inf"))
     return s, cls
 
@@ -167,7 +186,7 @@ def _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, wi
 # ============================================================================ forward
 @triton.jit
 def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, stride_vd,
-              offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width,
+              offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width, ks,
               rank_b, rank_r, row_min, row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               KIND: tl.constexpr, DROPOUT: tl.constexpr, TF32: tl.constexpr):
@@ -184,8 +203,10 @@ def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, 
     rank_j = offs_j
     if KIND == jm.KIND_PERMUTATION:
         rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
+    if KIND == jm.KIND_DOCUMENTS:   # rank_b points at the key documents (see _row_docs)
+        rank_j = jm.load_key_docs(rank_b, offs_j, 0, Lk, offs_j < kv)
     s, cls = _mask_scores(_dot(q, tl.trans(k), TF32) * qk_scale, offs_r, offs_j, r0, r1,
-                          j0, j1, kv, pre, rows, off, hmin, width, rank_r, rank_j,
+                          j0, j1, kv, pre, rows, off, hmin, width, ks, rank_r, rank_j,
                           row_min, row_max, KIND, False)
     if cls != jm.TILE_SKIP:  # only the permutation kind has dead tiles inside its range
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -234,7 +255,10 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
         row_ok = offs_r < rows
         rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
         row_min, row_max = jm.rank_extrema(rank_r, row_ok)
-    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, KIND, BLOCK_N)
+    if KIND == jm.KIND_DOCUMENTS:
+        rank_r, row_min, row_max, rank_b = _row_docs(rank_b, offs_r, rows, seg_start, Lq)
+    ks = jm.load_key_start(PARAMS, b)
+    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, KIND, BLOCK_N)
 
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
@@ -242,13 +266,13 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
     for n in range(0, n_pre):
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd,
                                   stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk,
-                                  kv, pre, rows, off, hmin, width, rank_b, rank_r, row_min,
+                                  kv, pre, rows, off, hmin, width, ks, rank_b, rank_r, row_min,
                                   row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
                                   D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
     for n in range(n_lo, n_hi):
         acc, m_i, l_i = _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd,
                                   stride_vn, stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk,
-                                  kv, pre, rows, off, hmin, width, rank_b, rank_r, row_min,
+                                  kv, pre, rows, off, hmin, width, ks, rank_b, rank_r, row_min,
                                   row_max, qk_scale, bh, drop_thr, seed_lo, seed_hi,
                                   D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
 
@@ -287,14 +311,14 @@ def _bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_od,
 
 @triton.jit
 def _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i, offs_j,
-               r0, r1, j0, j1, kv, pre, rows, off, hmin, width, rank_r, rank_j,
+               r0, r1, j0, j1, kv, pre, rows, off, hmin, width, ks, rank_r, rank_j,
                row_min, row_max, bh, drop_thr, seed_lo, seed_hi,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
                DROPOUT: tl.constexpr, TF32: tl.constexpr):
     """Recompute a (rows x keys) tile for dQ: p = 2^(s - lse log2 e), p * z (the dropped
     probabilities) and dS = p * (dP - delta) with dP = z * (dO . v)."""
     s, cls = _mask_scores(_dot(q, tl.trans(k), TF32) * qk_scale, offs_r, offs_j, r0, r1,
-                          j0, j1, kv, pre, rows, off, hmin, width, rank_r, rank_j,
+                          j0, j1, kv, pre, rows, off, hmin, width, ks, rank_r, rank_j,
                           row_min, row_max, KIND, False)
     # lse = -inf only on rows that see no key, whose scores are all -inf: use 0 there so
     # exp2(-inf - 0) = 0 instead of NaN.
@@ -313,7 +337,7 @@ def _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i, of
 @triton.jit
 def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, stride_qm, stride_qd, stride_dom, stride_dod,
                lse_ptr, delta_ptr, n_rows, offs_m, offs_d, offs_r, offs_j, r0, r1, j0, j1,
-               kv, pre, rows, off, hmin, width, rank_b, rank_j, qk_scale, keep_scale, bh,
+               kv, pre, rows, off, hmin, width, ks, rank_b, rank_j, qk_scale, keep_scale, bh,
                drop_thr, seed_lo, seed_hi, seg_start, Lk, D: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KIND: tl.constexpr,
                DROPOUT: tl.constexpr, TF32: tl.constexpr):
@@ -333,9 +357,11 @@ def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, stride_qm, stride_qd, stride_dom, st
         row_ok = offs_r < rows
         rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
         row_min, row_max = jm.rank_extrema(rank_r, row_ok)
+    if KIND == jm.KIND_DOCUMENTS:   # rank_b: the sample's row documents
+        rank_r, row_min, row_max, _ = _row_docs(rank_b, offs_r, rows, seg_start, seg_start + rows)
     sT, cls = _mask_scores(_dot(k, qT, TF32) * qk_scale, offs_r, offs_j, r0, r1, j0, j1,
-                           kv, pre, rows, off, hmin, width, rank_r, rank_j, row_min, row_max,
-                           KIND, True)
+                           kv, pre, rows, off, hmin, width, ks, rank_r, rank_j, row_min,
+                           row_max, KIND, True)
     if cls != jm.TILE_SKIP:  # only the permutation kind has dead tiles inside its range
         lse2 = tl.where(lse == float("-inf"), 0.0, lse * _LOG2E)  # see _bwd_probs
         pT = tl.math.exp2(sT - lse2[None, :])
@@ -387,6 +413,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
                    + j0.to(tl.int64) * stride_vn, offs_n, Lk - j0, stride_vn, offs_d,
                    stride_vd, D)
     rank_b = RANK + b64 * stride_rank
+    ks = jm.load_key_start(PARAMS, b)
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=ACC)
     dv = tl.zeros([BLOCK_N, D_PAD], dtype=ACC)
     for s_id in tl.static_range(2):
@@ -396,11 +423,13 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
         kv = tl.minimum(kv, Lk)
         rows = tl.minimum(rows, seg_len)
         rank_j = offs_j
-        if KIND == jm.KIND_WINDOW:
-            ra, rb = jm.window_query_range(j0, j1, kv, pre, rows, off, hmin, width)
+        if KIND != jm.KIND_PERMUTATION:
+            ra, rb = jm.window_query_range(j0, j1, kv, pre, rows, off, hmin, width, ks)
+            if KIND == jm.KIND_DOCUMENTS:
+                rank_j = jm.load_key_docs(rank_b, offs_j, Lq, Lk, offs_j < kv)
         else:
             ra = 0
-            rb = tl.where(j0 < kv, rows, 0)
+            rb = tl.where(tl.maximum(j0, ks) < kv, rows, 0)
             rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
         for g in range(0, G):
             h = hk * G + g
@@ -416,7 +445,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
                                     stride_dom, stride_dod, LSE + bh.to(tl.int64) * Lq + row0,
                                     DELTA + bh.to(tl.int64) * Lq + row0, seg_len - r0,
                                     offs_m, offs_d, offs_r, offs_j, r0, r1, j0, j1, kv, pre,
-                                    rows, off, hmin, width, rank_b, rank_j, qk_scale,
+                                    rows, off, hmin, width, ks, rank_b, rank_j, qk_scale,
                                     keep_scale, bh, drop_thr, seed_lo, seed_hi, seg_start, Lk,
                                     D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
     dk = dk * scale
@@ -431,7 +460,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
 
 @triton.jit
 def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, stride_vd,
-             offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width,
+             offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin, width, ks,
              rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh, drop_thr,
              seed_lo, seed_hi, D: tl.constexpr, BLOCK_M: tl.constexpr,
              BLOCK_N: tl.constexpr, KIND: tl.constexpr, DROPOUT: tl.constexpr, TF32: tl.constexpr):
@@ -447,8 +476,10 @@ def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_
     rank_j = offs_j
     if KIND == jm.KIND_PERMUTATION:
         rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
+    if KIND == jm.KIND_DOCUMENTS:   # rank_b points at the key documents (see _row_docs)
+        rank_j = jm.load_key_docs(rank_b, offs_j, 0, Lk, offs_j < kv)
     pz, ds, cls = _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i,
-                             offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width,
+                             offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width, ks,
                              rank_r, rank_j, row_min, row_max, bh, drop_thr, seed_lo,
                              seed_hi, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
     if cls != jm.TILE_SKIP:
@@ -496,17 +527,20 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
         row_ok = offs_r < rows
         rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
         row_min, row_max = jm.rank_extrema(rank_r, row_ok)
-    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, KIND, BLOCK_N)
+    if KIND == jm.KIND_DOCUMENTS:
+        rank_r, row_min, row_max, rank_b = _row_docs(rank_b, offs_r, rows, seg_start, Lq)
+    ks = jm.load_key_start(PARAMS, b)
+    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, KIND, BLOCK_N)
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
     for n in range(0, n_pre):
         dq = _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
                       stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin,
-                      width, rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh,
+                      width, ks, rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh,
                       drop_thr, seed_lo, seed_hi, D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
     for n in range(n_lo, n_hi):
         dq = _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
                       stride_vd, offs_d, offs_r, offs_i, r0, r1, Lk, kv, pre, rows, off, hmin,
-                      width, rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh,
+                      width, ks, rank_b, rank_r, row_min, row_max, qk_scale, keep_scale, bh,
                       drop_thr, seed_lo, seed_hi, D, BLOCK_M, BLOCK_N, KIND, DROPOUT, TF32)
     dq = dq * scale
     dq_ptr = DQ + b64 * stride_dqb + h.to(tl.int64) * stride_dqh + row0 * stride_dqm
@@ -624,13 +658,15 @@ def _check_common(q, k, v, params, rank, q_split, kind, dropout_p, seed) -> None
             or tuple(params.shape) != (B, jm.NUM_FIELDS.value) or params.device != q.device:
         raise ValueError(f"triton attention: params must be int32 ({B}, {jm.NUM_FIELDS.value}) on "
                          f"{q.device}, got {_describe(params)}")
-    if kind not in (0, 1):
-        raise ValueError(f"triton attention: kind must be 0 (window) or 1 (permutation), "
-                         f"got {kind}")
-    if kind == 1 and (not isinstance(rank, torch.Tensor) or rank.dtype != torch.int32
-                      or tuple(rank.shape) != (B, k.shape[2]) or rank.device != q.device):
-        raise ValueError(f"triton attention: rank must be int32 ({B}, {k.shape[2]}) on "
-                         f"{q.device} for the permutation kind, got {_describe(rank)}")
+    if kind not in (0, 1, 2):
+        raise ValueError(f"triton attention: kind must be 0 (window), 1 (permutation) or 2 "
+                         f"(documents), got {kind}")
+    width = {1: k.shape[2], 2: Lq + k.shape[2]}.get(kind)
+    if width is not None and (not isinstance(rank, torch.Tensor) or rank.dtype != torch.int32
+                              or tuple(rank.shape) != (B, width) or rank.device != q.device):
+        what = "the permutation kind (B, Lk)" if kind == 1 else "the documents kind (B, Lq + Lk)"
+        raise ValueError(f"triton attention: rank must be int32 ({B}, {width}) on "
+                         f"{q.device} for {what}, got {_describe(rank)}")
     if not 0 <= q_split <= Lq:
         raise ValueError(f"triton attention: q_split must be in [0, {Lq}], got {q_split}")
     if not 0.0 <= dropout_p < 1.0:

@@ -7,8 +7,16 @@ integers ``ROWS[s], OFF[s], HMIN[s], WIDTH[s]``. For a local row ``r`` of stream
 key ``j``::
 
     hi = max(r + OFF, HMIN);  lo = hi - WIDTH          (both nondecreasing in r)
-    WINDOW:      allowed = r < ROWS and j < KV_LEN and (j < PREFIX or lo <= j < hi)
-    PERMUTATION: allowed = r < ROWS and j < KV_LEN and rank[j] + OFF <= rank[r]
+    WINDOW:      allowed = r < ROWS and KS <= j < KV_LEN and (j < PREFIX or lo <= j < hi)
+    PERMUTATION: allowed = r < ROWS and KS <= j < KV_LEN and rank[j] + OFF <= rank[r]
+    DOCUMENTS:   allowed = WINDOW and q_doc[i] == k_doc[j]
+
+(``KS`` = ``KEY_START``, loaded by :func:`load_key_start`.) The documents kind reads its side
+table like the permutation kind reads ranks: the row documents of a row tile and the key
+documents of a key tile (:func:`load_row_docs`, :func:`load_key_docs`) go through the same
+``rank_r`` / ``rank_j`` / ``row_min`` / ``row_max`` values, and :func:`doc_tile_class`
+refines the window class from their extrema (= the corner documents, both runs being
+nondecreasing).
 
 The kernels tile the query rows *per stream* (a row tile never straddles ``q_split``), so
 every helper below works on one stream's scalars, loaded once per program by
@@ -29,12 +37,14 @@ import triton
 import triton.language as tl
 
 # Field indices (janus_kernels.masks.Field) and enums (Kind, TileClass).
-NUM_FIELDS = tl.constexpr(10)
+NUM_FIELDS = tl.constexpr(11)
 F_KV_LEN = tl.constexpr(0)
 F_PREFIX = tl.constexpr(1)
 F_ROWS0 = tl.constexpr(2)
+F_KEY_START = tl.constexpr(10)
 KIND_WINDOW = tl.constexpr(0)
 KIND_PERMUTATION = tl.constexpr(1)
+KIND_DOCUMENTS = tl.constexpr(2)
 TILE_SKIP = tl.constexpr(0)
 TILE_PARTIAL = tl.constexpr(1)
 TILE_FULL = tl.constexpr(2)
@@ -53,22 +63,54 @@ def load_stream(params_ptr, b, s):
 
 
 @triton.jit
+def load_key_start(params_ptr, b):
+    """KEY_START of sample ``b`` (first real key), clamped to >= 0."""
+    return tl.maximum(tl.load(params_ptr + b * NUM_FIELDS + F_KEY_START), 0)
+
+
+@triton.jit
+def load_row_docs(docs_ptr, i, Lq, valid):
+    """Documents of global rows ``i`` (clamped into [0, Lq)) where ``valid``, 0 elsewhere."""
+    return tl.load(docs_ptr + tl.maximum(tl.minimum(i, Lq - 1), 0), mask=valid & (Lq > 0),
+                   other=0)
+
+
+@triton.jit
+def load_key_docs(docs_ptr, j, Lq, Lk, valid):
+    """Documents of keys ``j`` (columns ``Lq + j`` of the side table, clamped) where
+    ``valid``, 0 elsewhere."""
+    return tl.load(docs_ptr + Lq + tl.maximum(tl.minimum(j, Lk - 1), 0),
+                   mask=valid & (Lk > 0), other=0)
+
+
+@triton.jit
+def doc_tile_class(cls, row_min, row_max, key_min, key_max):
+    """The window class ``cls`` refined by documents (``SampleMask::segment_class``): SKIP
+    if the rows' and the keys' document ranges are disjoint, FULL only if all four extrema
+    are equal. ``key_min``/``key_max`` are over the tile's real keys (``rank_extrema``)."""
+    disjoint = (row_max < key_min) | (key_max < row_min)
+    same = (row_min == row_max) & (key_min == key_max) & (row_min == key_min)
+    cls = tl.where(disjoint, TILE_SKIP, cls)
+    return tl.where((cls == TILE_FULL) & ~same, TILE_PARTIAL, cls)
+
+
+@triton.jit
 def window_hi(r, off, hmin):
     """Exclusive upper end of row r's window, ``max(r + OFF, HMIN)``."""
     return tl.maximum(r + off, hmin)
 
 
 @triton.jit
-def window_allowed(r, j, kv, pre, rows, off, hmin, width):
+def window_allowed(r, j, kv, pre, rows, off, hmin, width, ks):
     """WINDOW-kind predicate on broadcastable local rows ``r`` and keys ``j``."""
     hi = tl.maximum(r + off, hmin)
-    return (r < rows) & (j < kv) & ((j < pre) | ((hi - width <= j) & (j < hi)))
+    return (r < rows) & (j < kv) & (j >= ks) & ((j < pre) | ((hi - width <= j) & (j < hi)))
 
 
 @triton.jit
-def perm_allowed(r, j, rank_r, rank_j, kv, rows, off):
+def perm_allowed(r, j, rank_r, rank_j, kv, rows, off, ks):
     """PERMUTATION-kind predicate; ``rank_r``/``rank_j`` are the loaded ranks of r and j."""
-    return (r < rows) & (j < kv) & (rank_j + off <= rank_r)
+    return (r < rows) & (j < kv) & (j >= ks) & (rank_j + off <= rank_r)
 
 
 @triton.jit
@@ -87,54 +129,61 @@ def mask_allowed(params_ptr, rank_ptr, rank_stride, b, i, j, q_split, Lq, Lk,
     r = i - s * q_split
     stream_len = tl.where(s == 0, q_split, Lq - q_split)
     kv, pre, rows, off, hmin, width = load_stream(params_ptr, b, s)
+    ks = load_key_start(params_ptr, b)
     kv = tl.minimum(kv, Lk)
     rows = tl.minimum(rows, stream_len)
-    if KIND == KIND_WINDOW:
-        ok = window_allowed(r, j, kv, pre, rows, off, hmin, width)
-    else:
+    rk = rank_ptr + b * rank_stride
+    if KIND == KIND_PERMUTATION:
         row_ok = r < rows
         key_ok = j < kv
-        rk = rank_ptr + b * rank_stride
         ok = perm_allowed(r, j, load_rank(rk, r, Lk, row_ok), load_rank(rk, j, Lk, key_ok),
-                          kv, rows, off)
+                          kv, rows, off, ks)
+    else:
+        ok = window_allowed(r, j, kv, pre, rows, off, hmin, width, ks)
+        if KIND == KIND_DOCUMENTS:
+            ok = ok & (load_row_docs(rk, i, Lq, ok) == load_key_docs(rk, j, Lq, Lk, ok))
     return ok
 
 
 @triton.jit
-def window_key_range(r0, r1, kv, pre, rows, off, hmin, width):
-    """Keys needed by local rows ``[r0, r1]`` of one stream: ``[0, pre) U [lo, hi)``, exact
-    (``SampleMask::block_ranges``). Empty parts come back as ``pre = 0`` / ``lo = hi = 0``."""
+def window_key_range(r0, r1, kv, pre, rows, off, hmin, width, ks):
+    """Keys needed by local rows ``[r0, r1]`` of one stream: ``[0, pre) U [lo, hi)``
+    (``SampleMask::block_ranges``): exact unless a prefix part lies above ``KEY_START > 0``
+    (then keys [0, KEY_START) are included; their tiles are SKIP). Empty parts come back as
+    ``pre = 0`` / ``lo = hi = 0``."""
     r1v = tl.minimum(r1, rows - 1)
     no_rows = r1v < r0
-    pre_end = tl.where(no_rows, 0, tl.minimum(pre, kv))
-    lo = tl.maximum(window_hi(r0, off, hmin) - width, 0)
+    pre_end = tl.where(no_rows | (tl.minimum(pre, kv) <= ks), 0, tl.minimum(pre, kv))
+    lo = tl.maximum(window_hi(r0, off, hmin) - width, ks)
     hi = tl.minimum(window_hi(r1v, off, hmin), kv)
     empty = no_rows | (width <= 0) | (lo >= hi)
     return pre_end, tl.where(empty, 0, lo), tl.where(empty, 0, hi)
 
 
 @triton.jit
-def window_query_range(j0, j1, kv, pre, rows, off, hmin, width):
+def window_query_range(j0, j1, kv, pre, rows, off, hmin, width, ks):
     """Local rows ``[ra, rb)`` of one stream that see at least one key of ``[j0, j1]``.
 
-    If ``j0 < PREFIX`` every valid row does. Otherwise row r sees a window key of the
-    block iff ``hi(r) > j0`` and ``lo(r) <= jl`` (``jl`` = last real key of the block):
+    Only the real keys ``[max(j0, KEY_START), jl]`` count (``jl`` = last real key of the
+    block; ``j0`` below is that first real key). If ``j0 < PREFIX`` every valid row does.
+    Otherwise row r sees a window key of the block iff ``hi(r) > j0`` and ``lo(r) <= jl``:
     ``hi(r) > j0``  <=>  ``HMIN > j0`` or ``r >= j0 - OFF + 1``, and
     ``lo(r) <= jl`` <=>  ``HMIN - WIDTH <= jl`` and ``r <= jl + WIDTH - OFF``.
     """
     jl = tl.minimum(j1, kv - 1)
+    j0 = tl.maximum(j0, ks)
     ra = tl.where(hmin > j0, 0, tl.maximum(j0 - off + 1, 0))
     rb = tl.where(hmin - width > jl, 0, tl.minimum(jl + width - off + 1, rows))
     rb = tl.where(width > 0, rb, 0)
     in_prefix = j0 < pre
     ra = tl.where(in_prefix, 0, ra)
     rb = tl.where(in_prefix, rows, rb)
-    empty = (j0 >= kv) | (rb <= ra)
+    empty = (j0 > jl) | (rb <= ra)
     return tl.where(empty, 0, ra), tl.where(empty, 0, rb)
 
 
 @triton.jit
-def window_tile_class(r0, r1, j0, j1, kv, pre, rows, off, hmin, width):
+def window_tile_class(r0, r1, j0, j1, kv, pre, rows, off, hmin, width, ks):
     """Class of local rows ``[r0, r1]`` x keys ``[j0, j1]`` (inclusive), exactly
     ``SampleMask::segment_class``: SKIP if no entry is visible, FULL if every entry is (all
     rows real, all keys real and in the prefix or every row's window). The kernels pass the
@@ -142,10 +191,11 @@ def window_tile_class(r0, r1, j0, j1, kv, pre, rows, off, hmin, width):
     (lanes past the tensor would otherwise enter the softmax unmasked)."""
     r1v = tl.minimum(r1, rows - 1)
     jl = tl.minimum(j1, kv - 1)
-    win_hit = (width > 0) & (window_hi(r1v, off, hmin) > j0) & \
+    j0k = tl.maximum(j0, ks)                  # first real key of the tile
+    win_hit = (width > 0) & (window_hi(r1v, off, hmin) > j0k) & \
         (window_hi(r0, off, hmin) <= jl + width)
-    skip = (r1v < r0) | (j0 >= kv) | ((j0 >= pre) & ~win_hit)
-    covered = (j1 < kv) & ((j1 < pre) | (
+    skip = (r1v < r0) | (j0k > jl) | ((j0k >= pre) & ~win_hit)
+    covered = (j0 >= ks) & (j1 < kv) & ((j1 < pre) | (
         (width > 0) & (window_hi(r1, off, hmin) - width <= tl.maximum(j0, pre))
         & (j1 < window_hi(r0, off, hmin))))
     full = (r1 < rows) & covered
@@ -161,13 +211,15 @@ def rank_extrema(rank_vals, valid):
 
 
 @triton.jit
-def perm_tile_class(r0, r1, j0, j1, kv, rows, off, row_min, row_max, key_min, key_max):
-    """PERMUTATION tile class from the rank extrema of the tile's real rows / real keys:
-    SKIP iff even the smallest key rank misses the largest row rank, FULL iff the largest
-    key rank passes the smallest row rank (and every row and key of the tile is real)."""
+def perm_tile_class(r0, r1, j0, j1, kv, rows, off, row_min, row_max, key_min, key_max, ks):
+    """PERMUTATION tile class from the rank extrema of the tile's real rows / real keys
+    (``[max(j0, KEY_START), min(j1, KV_LEN - 1)]``): SKIP iff even the smallest key rank
+    misses the largest row rank, FULL iff the largest key rank passes the smallest row rank
+    (and every row and key of the tile is real)."""
     r1v = tl.minimum(r1, rows - 1)
-    skip = (r1v < r0) | (j0 >= kv) | (key_min + off > row_max)
-    full = (r1 < rows) & (j1 < kv) & (key_max + off <= row_min)
+    skip = (r1v < r0) | (tl.maximum(j0, ks) > tl.minimum(j1, kv - 1)) | \
+        (key_min + off > row_max)
+    full = (r1 < rows) & (j1 < kv) & (j0 >= ks) & (key_max + off <= row_min)
     return tl.where(skip, TILE_SKIP, tl.where(full, TILE_FULL, TILE_PARTIAL))
 
 
