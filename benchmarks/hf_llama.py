@@ -157,8 +157,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--json", default=None, help="also write the result as JSON here")
     args = ap.parse_args(argv)
     setup, timing = ("quick", "quick") if args.quick else (args.setup, args.timing)
+    # no per-call time-box: every contender is a whole model step (seconds each), all timed
     settings = Settings.for_mode(timing, device=args.device, threads=args.threads,
-                                 seed=args.seed)
+                                 seed=args.seed, call_budget_s=0.0)
     settings.apply()
     res = run(settings, setup, args.padding, args.kv_heads)
     print("\n".join(f"* {n}" for n in res["notes"]))
