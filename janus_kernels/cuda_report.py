@@ -37,9 +37,9 @@ NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
 ATTENTION_GEOMETRY = {
     ("attention_fwd_kernel", 64): dict(block_m=64, block_n=64, threads=128, dyn_smem=27968),
     ("attention_fwd_kernel", 128): dict(block_m=64, block_n=64, threads=128, dyn_smem=52544),
-    ("attention_bwd_dkdv_kernel", 64): dict(block_m=64, block_n=64, threads=128, dyn_smem=38464),
+    ("attention_bwd_dkdv_kernel", 64): dict(block_m=64, block_n=64, threads=128, dyn_smem=38720),
     ("attention_bwd_dkdv_kernel", 128): dict(block_m=32, block_n=64, threads=128,
-                                             dyn_smem=53056),
+                                             dyn_smem=53184),
     ("attention_bwd_dq_kernel", 64): dict(block_m=64, block_n=64, threads=128, dyn_smem=37184),
     ("attention_bwd_dq_kernel", 128): dict(block_m=64, block_n=64, threads=128, dyn_smem=69952),
 }

@@ -93,6 +93,12 @@ GPU_CASES = [
     Case("sliding_1500_bshd", lambda: jk.sliding_window_mask([1500, 1100], 200, 1500),
          bshd=True),
     Case("permutation_1024", _perm_mask_1024),
+    # issue 14 at real sizes: left-padded prefill and packed documents (many doc boundaries)
+    Case("hf_left_pad_2048", lambda: jk.hf_mask(
+        torch.arange(2048)[None, :].expand(2, 2048).ge(torch.tensor([[300], [0]])).long(),
+        2048, 2048), H=2, Hkv=1),
+    Case("documents_causal_2048", lambda: jk.document_mask(
+        (torch.arange(2048) // 333)[None, :].expand(2, 2048), causal=True), bshd=True),
 ]
 
 

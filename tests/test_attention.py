@@ -300,3 +300,27 @@ def test_pooled_output_blocks_are_fully_rewritten(dtype):
         del got
     assert_close_to_reference(expect, q, k, v, do, desc.materialize())
     assert jk.empty_cache() > 0
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_torch_compile_fullgraph_hf_mask(chunk):
+    """The HF path as the integration runs it: the descriptor built from the 2-D padding mask
+    inside the compiled graph (no data-dependent branch), then attention with its backward;
+    also opcheck of the op with a documents side table."""
+    am = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    desc = jk.hf_mask(am, 7, 7, chunk_size=chunk)
+    q, k, v, do = make_qkv(desc, H=2, d=8)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(q, k, v, am):
+        return jk.attention(q, k, v, jk.hf_mask(am, 7, 7, chunk_size=chunk))
+
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    out = f(qr, kr, vr, am)
+    out.backward(do)
+    ref = run(q, k, v, do, desc)
+    assert (out.detach() - ref[0]).abs().max() < 1e-5
+    assert (kr.grad - ref[2]).abs().max() < 1e-5
+    args = (q, k, v, desc.params, desc.rank, desc.q_split, int(desc.kind), 0.35, 0.0, None,
+            "cpu")
+    torch.library.opcheck(torch.ops.janus.attention_fwd.default, args)

@@ -119,15 +119,24 @@ def _load_tile(base, offs, n_valid, stride_n, offs_d, stride_d, D: tl.constexpr)
 
 
 @triton.jit
-def _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, KIND: tl.constexpr,
-               BLOCK_N: tl.constexpr):
+def _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min, row_max, kdoc,
+               KIND: tl.constexpr, BLOCK_N: tl.constexpr):
     """Key-tile loops of a row block: ``[0, n_pre)`` then ``[n_lo, n_hi)`` (disjoint).
-    Documents: the window's tiles (other documents' tiles are SKIP by class)."""
+    Documents: the window's tiles inside the key run of the block's documents
+    ``[row_min, row_max]`` (``kdoc``: the key documents), one loop."""
     if KIND != jm.KIND_PERMUTATION:
         pre_end, lo, hi = jm.window_key_range(r0, r1, kv, pre, rows, off, hmin, width, ks)
         n_pre = tl.cdiv(pre_end, BLOCK_N)
         n_lo = tl.maximum(lo // BLOCK_N, n_pre)
         n_hi = tl.maximum(tl.cdiv(hi, BLOCK_N), n_lo)
+        if KIND == jm.KIND_DOCUMENTS:
+            start = tl.maximum(jm.doc_key_bound(kdoc, row_min, ks, kv, False),
+                               tl.where(pre_end > 0, 0, lo))
+            end = tl.minimum(jm.doc_key_bound(kdoc, row_max, ks, kv, True),
+                             tl.maximum(pre_end, hi))
+            n_pre = 0
+            n_lo = start // BLOCK_N
+            n_hi = tl.maximum(tl.cdiv(end, BLOCK_N), n_lo)
     else:  # permutation: every real key may be visible; dead tiles skipped by class
         n_pre = 0
         n_lo = ks // BLOCK_N
@@ -258,7 +267,8 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK,
     if KIND == jm.KIND_DOCUMENTS:
         rank_r, row_min, row_max, rank_b = _row_docs(rank_b, offs_r, rows, seg_start, Lq)
     ks = jm.load_key_start(PARAMS, b)
-    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, KIND, BLOCK_N)
+    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min,
+                                   row_max, rank_b, KIND, BLOCK_N)
 
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
@@ -530,7 +540,8 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK,
     if KIND == jm.KIND_DOCUMENTS:
         rank_r, row_min, row_max, rank_b = _row_docs(rank_b, offs_r, rows, seg_start, Lq)
     ks = jm.load_key_start(PARAMS, b)
-    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, KIND, BLOCK_N)
+    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min,
+                                   row_max, rank_b, KIND, BLOCK_N)
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
     for n in range(0, n_pre):
         dq = _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
