@@ -135,13 +135,19 @@ def test_logits_and_gradients_match(name, side, monkeypatch):
         assert_within_rule(f"{name}/{side}/{label}", g, e, same, grad=False, floor=floor)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "mistral", "bart", "t5"])
-def test_generate_matches_sdpa(name):
+@pytest.mark.parametrize("name,cache", [("gpt2", "dynamic"), ("llama", "dynamic"),
+                                        ("mistral", "dynamic"), ("bart", "dynamic"),
+                                        ("t5", "dynamic"), ("llama", "static"),
+                                        ("mistral", "static")])
+def test_generate_matches_sdpa(name, cache):
     """Greedy decoding with a KV cache on a left-padded batch (decoder-only: every step is
-    Lq = 1 against a cache; Mistral's window 4 makes its cache keep a suffix)."""
+    Lq = 1 against a cache; Mistral's window 4 makes its cache keep a suffix). A static cache
+    makes generate() build the masks ahead and pass them back into the forward."""
     kw = inputs(name, "left" if name not in SEQ2SEQ else "right")
     kw = {k: v for k, v in kw.items() if not k.startswith("decoder_")}
     gen = dict(max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+    if cache == "static":
+        gen["cache_implementation"] = "static"
     with torch.no_grad():
         want = build(name, "sdpa").generate(**kw, **gen)
         got = build(name, "janus").generate(**kw, **gen)

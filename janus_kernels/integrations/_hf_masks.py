@@ -48,6 +48,30 @@ class Fallback(NamedTuple):
     reason: str
     mask: Optional[torch.Tensor]
 
+    @property
+    def ndim(self) -> int:      # a prepared mask to transformers (see HFMaskDescriptor)
+        return 4
+
+
+@dataclasses.dataclass(frozen=True)
+class HFMaskDescriptor(masks.MaskDescriptor):
+    """A MaskDescriptor that transformers takes for a prepared mask (``ndim`` 4, ``shape``
+    (B, 1, Lq, Lk)): ``generate()`` with a static cache builds the masks ahead of the forward
+    (``create_masks_for_generate``) and passes them back in as ``attention_mask``; the mask
+    function then returns them unchanged (a 2-D mask would have ``ndim`` 2)."""
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    @property
+    def shape(self) -> tuple:
+        return (self.batch_size, 1, self.q_len, self.kv_len)
+
+
+def _for_hf(desc: masks.MaskDescriptor) -> HFMaskDescriptor:
+    return HFMaskDescriptor(**{f.name: getattr(desc, f.name) for f in dataclasses.fields(desc)})
+
 
 def _cells(fn: Callable) -> dict:
     return dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in fn.__closure__ or ())))
@@ -169,16 +193,18 @@ def _chunked(desc: masks.MaskDescriptor, chunk: int, attention_mask, batch_size:
 def janus_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: int = 0,
                mask_function: Callable = mu.causal_mask_function,
                attention_mask: Optional[torch.Tensor] = None, device=None,
-               **kwargs) -> Union[masks.MaskDescriptor, Fallback]:
+               **kwargs) -> Union[HFMaskDescriptor, Fallback]:
     """``AttentionMaskInterface`` entry: a MaskDescriptor, or a :class:`Fallback` carrying HF's
     sdpa mask and the reason the kernel cannot serve it."""
+    if isinstance(attention_mask, (HFMaskDescriptor, Fallback)):
+        return attention_mask           # built ahead by generate() (static cache), passed back
     device = torch.device("cpu") if device is None else torch.device(device)
     pattern = mask_pattern(mask_function, attention_mask, kwargs)
     if isinstance(pattern, Pattern):
         desc = build_descriptor(pattern, batch_size, q_length, kv_length, q_offset, kv_offset,
                                 attention_mask, device)
         if not isinstance(desc, str):
-            return desc
+            return _for_hf(desc)
         pattern = desc
     sdpa_kwargs = {k: v for k, v in kwargs.items()
                    if k not in ("allow_is_causal_skip", "allow_is_bidirectional_skip")}
