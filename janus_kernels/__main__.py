@@ -7,6 +7,7 @@ import torch
 from . import __version__, _ext, backends, cpu_isa
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_FEATURES = ("softcap", "rel_bias")   # attention's score modifiers (backends declare them)
 
 
 def _name(dt: torch.dtype) -> str:
@@ -34,6 +35,10 @@ def main() -> None:
                 name = backends.default_backend(op, device, dt, hd)
                 picks.append(f"{_name(dt)}->{name}")
             print(f"    {op:14s} " + "  ".join(picks))
+        for feature in _FEATURES:
+            picks = [f"{_name(dt)}->{backends.default_backend('attention', device, dt, 64, (feature,))}"
+                     for dt in _DTYPES]
+            print(f"    {'+ ' + feature:14s} " + "  ".join(picks))
         for name in backends.names():
             reasons = {backends.why_not(op, name, device, None, None) or "yes"
                        for op in backends.OPS}

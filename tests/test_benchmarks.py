@@ -194,6 +194,19 @@ def test_flex_mask_mod_matches_descriptor():
         assert torch.equal(dense & rows, d.materialize()), fam
 
 
+def test_flex_mask_mod_reads_key_start_and_documents():
+    """KEY_START and the DOCUMENTS kind (issue 14) in the FlexAttention contender's mask_mod."""
+    from _mask_cases_hf import HF_CASES
+    for name, make in HF_CASES.items():
+        d = make()
+        mm = batt.flex_mask_mod(d)
+        b = torch.arange(d.batch_size)[:, None, None]
+        i = torch.arange(d.q_len)[None, :, None]
+        j = torch.arange(d.kv_len)[None, None, :]
+        got = mm(b, torch.zeros((), dtype=torch.long), i, j)
+        assert torch.equal(got.expand(d.batch_size, d.q_len, d.kv_len), d.materialize()), name
+
+
 def test_peak_memory_and_timing_helpers():
     n = 16 * 1024 * 1024                      # 64 MiB of float32, touched
     mb = peak_memory_mb(lambda: torch.ones(n), "cpu")

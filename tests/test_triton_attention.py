@@ -296,13 +296,15 @@ def test_fwd_bwd_fp32_all_families(name):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["janus_nar", "causal_37", "permutation"])
+@pytest.mark.parametrize("name", ["janus_nar", "causal_37", "permutation", "hf_left_pad",
+                                  "documents_bidirectional"])
 def test_fwd_bwd_half(name, dtype):
     _run_case(ZOO[name], dtype=dtype)
 
 
 @pytest.mark.parametrize("name,H,Hkv", [("janus_nar", 4, 2), ("causal_kv", 3, 1),
-                                        ("permutation", 4, 1)])
+                                        ("permutation", 4, 1), ("hf_decode", 4, 2),
+                                        ("hf_chunked_attention", 2, 1)])
 def test_gqa(name, H, Hkv):
     _run_case(ZOO[name], H=H, Hkv=Hkv)
 

@@ -130,9 +130,9 @@ def _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min, row_max, kd
         n_lo = tl.maximum(lo // BLOCK_N, n_pre)
         n_hi = tl.maximum(tl.cdiv(hi, BLOCK_N), n_lo)
         if KIND == jm.KIND_DOCUMENTS:
-            start = tl.maximum(jm.doc_key_bound(kdoc, row_min, ks, kv, False),
+            start = tl.maximum(jm.doc_bound(kdoc, row_min, ks, kv, False),
                                tl.where(pre_end > 0, 0, lo))
-            end = tl.minimum(jm.doc_key_bound(kdoc, row_max, ks, kv, True),
+            end = tl.minimum(jm.doc_bound(kdoc, row_max, ks, kv, True),
                              tl.maximum(pre_end, hi))
             n_pre = 0
             n_lo = start // BLOCK_N
@@ -435,8 +435,12 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, PARAMS, RANK,
         rank_j = offs_j
         if KIND != jm.KIND_PERMUTATION:
             ra, rb = jm.window_query_range(j0, j1, kv, pre, rows, off, hmin, width, ks)
-            if KIND == jm.KIND_DOCUMENTS:
-                rank_j = jm.load_key_docs(rank_b, offs_j, Lq, Lk, offs_j < kv)
+            if KIND == jm.KIND_DOCUMENTS:   # only the rows of the key tile's documents
+                key_ok = (offs_j < kv) & (offs_j >= ks)
+                rank_j = jm.load_key_docs(rank_b, offs_j, Lq, Lk, key_ok)
+                kd_min, kd_max = jm.rank_extrema(rank_j, key_ok)
+                ra = tl.maximum(ra, jm.doc_bound(rank_b + seg_start, kd_min, 0, rows, False))
+                rb = tl.minimum(rb, jm.doc_bound(rank_b + seg_start, kd_max, 0, rows, True))
         else:
             ra = 0
             rb = tl.where(tl.maximum(j0, ks) < kv, rows, 0)

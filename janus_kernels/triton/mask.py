@@ -95,16 +95,17 @@ def doc_tile_class(cls, row_min, row_max, key_min, key_max):
 
 
 @triton.jit
-def doc_key_bound(kdoc_ptr, d, a, e, STRICT: tl.constexpr):
-    """First key ``j`` in ``[a, e)`` with ``k_doc[j] >= d`` (``STRICT``: ``> d``), else ``e``:
-    bisection over the nondecreasing key documents (``SampleMask::doc_bound``; 31 steps
-    cover 2^30 keys; loads stay inside ``[a, e)``)."""
+def doc_bound(docs_ptr, d, a, e, STRICT: tl.constexpr):
+    """First index ``x`` in ``[a, e)`` with ``docs[x] >= d`` (``STRICT``: ``> d``), else ``e``:
+    bisection over a nondecreasing run of documents (key documents:
+    ``SampleMask::doc_bound``; row documents of a stream for the dK/dV kernel). 31 steps
+    cover 2^30 entries; loads stay inside ``[a, e)``."""
     lo = a
     hi = tl.maximum(e, a)
     for _ in range(0, 31):
         active = lo < hi
         mid = lo + (hi - lo) // 2
-        v = tl.load(kdoc_ptr + tl.where(active, mid, a), mask=active, other=0)
+        v = tl.load(docs_ptr + tl.where(active, mid, a), mask=active, other=0)
         if STRICT:
             right = v <= d
         else:
