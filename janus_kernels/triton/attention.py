@@ -650,7 +650,7 @@ TF32_CONFIGS: Dict[str, Dict[int, Tuple[int, int, int, int]]] = {
 MODS_CONFIGS: Dict[str, Dict[str, Dict[int, Tuple[int, int, int, int]]]] = {
     "16bit": {"fwd": {128: (128, 32, 8, 2)},
               "dq": {64: (32, 64, 4, 2), 128: (32, 64, 8, 2)}},
-    "fp32": {"fwd": {64: (32, 32, 8, 2), 128: (16, 32, 4, 1)}},
+    "fp32": {"fwd": {64: (32, 32, 8, 2), 128: (16, 32, 4, 1)}, "dq": {64: (16, 16, 4, 1)}},
     "tf32": {"fwd": {128: (32, 32, 8, 2)}, "dkdv": {64: (16, 32, 8, 1)}},
 }
 #: Blocks used under TRITON_INTERPRET=1 (the interpreter costs ~ms per tile iteration, so
