@@ -6,8 +6,8 @@ import triton.language as tl
 
 from . import mask as jm
 from . import score_mods as sm
-from .attention_tiles import (_LN2, _LOG2E, _VARYING, _dot, _dot_acc, _key_tiles, _load_tile,
-                              _mask_scores, _program_rows, _row_docs)
+from .attention_tiles import (_LN2, _LOG2E, _VARYING, _dot, _dot_acc, _load_tile, _mask_scores,
+                              _program_rows, _row_docs, _row_tile_keys)
 
 # ============================================================================ forward
 @triton.jit
@@ -77,19 +77,9 @@ def _attn_fwd(Q, K, V, O, LSE, PARAMS, RANK, REL,
                    offs_m, seg_len - r0, stride_qm, offs_d, stride_qd, D)
     K_bh = K + b64 * stride_kb + hk.to(tl.int64) * stride_kh
     V_bh = V + b64 * stride_vb + hk.to(tl.int64) * stride_vh
-    rank_b = RANK + b64 * stride_rank
-    rank_r = offs_r
-    row_min = 0
-    row_max = 0
-    if KIND == jm.KIND_PERMUTATION:
-        row_ok = offs_r < rows
-        rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
-        row_min, row_max = jm.rank_extrema(rank_r, row_ok)
-    if KIND == jm.KIND_DOCUMENTS:
-        rank_r, row_min, row_max, rank_b = _row_docs(rank_b, offs_r, rows, seg_start, Lq)
-    ks = jm.load_key_start(PARAMS, b)
-    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min,
-                                   row_max, rank_b, KIND, BLOCK_N)
+    rank_b, rank_r, row_min, row_max, ks, n_pre, n_lo, n_hi = _row_tile_keys(
+        RANK + b64 * stride_rank, PARAMS, b, offs_r, r0, r1, seg_start, Lq, Lk, kv, pre, rows,
+        off, hmin, width, KIND, BLOCK_N)
     rel_h = REL + h.to(tl.int64) * rel_len
 
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
@@ -378,19 +368,9 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, PARAMS, RANK, REL,
     delta = tl.load(DELTA + bh.to(tl.int64) * Lq + offs_i, mask=row_in, other=0.0)
     K_bh = K + b64 * stride_kb + hk.to(tl.int64) * stride_kh
     V_bh = V + b64 * stride_vb + hk.to(tl.int64) * stride_vh
-    rank_b = RANK + b64 * stride_rank
-    rank_r = offs_r
-    row_min = 0
-    row_max = 0
-    if KIND == jm.KIND_PERMUTATION:
-        row_ok = offs_r < rows
-        rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
-        row_min, row_max = jm.rank_extrema(rank_r, row_ok)
-    if KIND == jm.KIND_DOCUMENTS:
-        rank_r, row_min, row_max, rank_b = _row_docs(rank_b, offs_r, rows, seg_start, Lq)
-    ks = jm.load_key_start(PARAMS, b)
-    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min,
-                                   row_max, rank_b, KIND, BLOCK_N)
+    rank_b, rank_r, row_min, row_max, ks, n_pre, n_lo, n_hi = _row_tile_keys(
+        RANK + b64 * stride_rank, PARAMS, b, offs_r, r0, r1, seg_start, Lq, Lk, kv, pre, rows,
+        off, hmin, width, KIND, BLOCK_N)
     rel_h = REL + h.to(tl.int64) * rel_len
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=ACC)
     for n in range(0, n_pre):

@@ -155,3 +155,25 @@ def _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, wi
             s = tl.where(jm.perm_allowed(rr, jj, rank_rr, rank_jj, kv, rows, off, ks), s,
                          float("-inf"))
     return s, cls
+
+
+@triton.jit
+def _row_tile_keys(rank_b, PARAMS, b, offs_r, r0, r1, seg_start, Lq, Lk, kv, pre, rows, off,
+                   hmin, width, KIND: tl.constexpr, BLOCK_N: tl.constexpr):
+    """What a row tile (the forward's and dQ's) needs of the mask before its key loop: the
+    side-table pointer (advanced to the key documents for the DOCUMENTS kind), the rows'
+    ranks / documents and their extrema, KEY_START, and the key-tile ranges
+    [0, n_pre) U [n_lo, n_hi)."""
+    rank_r = offs_r
+    row_min = 0
+    row_max = 0
+    if KIND == jm.KIND_PERMUTATION:
+        row_ok = offs_r < rows
+        rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
+        row_min, row_max = jm.rank_extrema(rank_r, row_ok)
+    if KIND == jm.KIND_DOCUMENTS:
+        rank_r, row_min, row_max, rank_b = _row_docs(rank_b, offs_r, rows, seg_start, Lq)
+    ks = jm.load_key_start(PARAMS, b)
+    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min,
+                                   row_max, rank_b, KIND, BLOCK_N)
+    return rank_b, rank_r, row_min, row_max, ks, n_pre, n_lo, n_hi
