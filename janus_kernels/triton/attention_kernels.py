@@ -6,8 +6,8 @@ import triton.language as tl
 
 from . import mask as jm
 from . import score_mods as sm
-from .attention_tiles import (_LN2, _LOG2E, _VARYING, _dot, _dot_acc, _load_tile, _mask_scores,
-                              _program_rows, _row_docs, _row_tile_keys)
+from .attention_tiles import (_LN2, _LOG2E, _VARYING, _dot, _dot_acc, _key_tile, _load_tile,
+                              _mask_scores, _program_rows, _row_ranks, _row_tile_keys)
 
 # ============================================================================ forward
 @triton.jit
@@ -20,19 +20,9 @@ def _fwd_step(acc, m_i, l_i, q, n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, 
               HAS_SOFTCAP: tl.constexpr, HAS_REL_BIAS: tl.constexpr):
     """Online-softmax update of a row tile with key tile n: rescale the running (acc, l) by
     2^(m_old - m_new) and add this tile's 2^(s - m_new) (dropped entries only leave acc)."""
-    j0 = n * BLOCK_N
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_j = j0 + offs_n
-    j1 = j0 + BLOCK_N - 1  # last lane: FULL must cover lanes past Lk too
-    k = _load_tile(K_bh + j0.to(tl.int64) * stride_kn, offs_n, Lk - j0, stride_kn, offs_d,
-                   stride_kd, D)
-    v = _load_tile(V_bh + j0.to(tl.int64) * stride_vn, offs_n, Lk - j0, stride_vn, offs_d,
-                   stride_vd, D)
-    rank_j = offs_j
-    if KIND == jm.KIND_PERMUTATION:
-        rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
-    if KIND == jm.KIND_DOCUMENTS:   # rank_b points at the key documents (see _row_docs)
-        rank_j = jm.load_key_docs(rank_b, offs_j, 0, Lk, offs_j < kv)
+    j0, j1, offs_j, k, v, rank_j = _key_tile(n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
+                                             stride_vd, offs_d, rank_b, Lk, kv, KIND,
+                                             BLOCK_N, D)
     s, _ = sm.score_tile(_dot(q, tl.trans(k), TF32), offs_i, offs_j, Lq, qk_scale, scale,
                          softcap, inv_softcap, rel_h, rel_len, HAS_SOFTCAP, HAS_REL_BIAS, False)
     s, cls = _mask_scores(s, offs_r, offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width,
@@ -182,15 +172,9 @@ def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, stride_qm, stride_qd, stride_dom, st
     do = _load_tile(do_ptr, offs_m, n_rows, stride_dom, offs_d, stride_dod, D)
     lse = tl.load(lse_ptr + offs_m, mask=row_in, other=0.0)
     delta = tl.load(delta_ptr + offs_m, mask=row_in, other=0.0)
-    rank_r = offs_r
-    row_min = 0
-    row_max = 0
-    if KIND == jm.KIND_PERMUTATION:
-        row_ok = offs_r < rows
-        rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
-        row_min, row_max = jm.rank_extrema(rank_r, row_ok)
-    if KIND == jm.KIND_DOCUMENTS:   # rank_b: the sample's row documents
-        rank_r, row_min, row_max, _ = _row_docs(rank_b, offs_r, rows, seg_start, seg_start + rows)
+    # rank_b: the sample's row documents (DOCUMENTS), read up to the segment's last row
+    rank_r, row_min, row_max, _ = _row_ranks(rank_b, offs_r, rows, seg_start, seg_start + rows,
+                                             Lk, KIND)
     offs_i = seg_start + offs_r
     sT, tT = sm.score_tile(_dot(k, qT, TF32), offs_i, offs_j, Lq, qk_scale, scale, softcap,
                            inv_softcap, rel_h, rel_len, HAS_SOFTCAP, HAS_REL_BIAS, True)
@@ -313,19 +297,9 @@ def _dq_step(dq, q, do, lse, delta, n, K_bh, V_bh, stride_kn, stride_kd, stride_
              DROPOUT: tl.constexpr, TF32: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
              HAS_REL_BIAS: tl.constexpr):
     """dQ += dS k for key tile n (same key tiles as the forward)."""
-    j0 = n * BLOCK_N
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_j = j0 + offs_n
-    j1 = j0 + BLOCK_N - 1  # last lane: FULL must cover lanes past Lk too
-    k = _load_tile(K_bh + j0.to(tl.int64) * stride_kn, offs_n, Lk - j0, stride_kn, offs_d,
-                   stride_kd, D)
-    v = _load_tile(V_bh + j0.to(tl.int64) * stride_vn, offs_n, Lk - j0, stride_vn, offs_d,
-                   stride_vd, D)
-    rank_j = offs_j
-    if KIND == jm.KIND_PERMUTATION:
-        rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
-    if KIND == jm.KIND_DOCUMENTS:   # rank_b points at the key documents (see _row_docs)
-        rank_j = jm.load_key_docs(rank_b, offs_j, 0, Lk, offs_j < kv)
+    j0, j1, offs_j, k, v, rank_j = _key_tile(n, K_bh, V_bh, stride_kn, stride_kd, stride_vn,
+                                             stride_vd, offs_d, rank_b, Lk, kv, KIND,
+                                             BLOCK_N, D)
     pz, ds, cls = _bwd_probs(q, k, do, v, lse, delta, qk_scale, keep_scale, offs_r, offs_i,
                              offs_j, r0, r1, j0, j1, kv, pre, rows, off, hmin, width, ks,
                              rank_r, rank_j, row_min, row_max, bh, drop_thr, seed_lo,

@@ -164,6 +164,19 @@ def _row_tile_keys(rank_b, PARAMS, b, offs_r, r0, r1, seg_start, Lq, Lk, kv, pre
     side-table pointer (advanced to the key documents for the DOCUMENTS kind), the rows'
     ranks / documents and their extrema, KEY_START, and the key-tile ranges
     [0, n_pre) U [n_lo, n_hi)."""
+    rank_r, row_min, row_max, rank_b = _row_ranks(rank_b, offs_r, rows, seg_start, Lq, Lk, KIND)
+    ks = jm.load_key_start(PARAMS, b)
+    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min,
+                                   row_max, rank_b, KIND, BLOCK_N)
+    return rank_b, rank_r, row_min, row_max, ks, n_pre, n_lo, n_hi
+
+
+@triton.jit
+def _row_ranks(rank_b, offs_r, rows, seg_start, doc_hi, Lk, KIND: tl.constexpr):
+    """The side-table view of a tile's rows: their ranks (PERMUTATION) or documents
+    (DOCUMENTS, via _row_docs with `doc_hi`; the pointer it returns is advanced to the key
+    documents) and the extrema over the real rows; the rows themselves and (0, 0) for the
+    window kind."""
     rank_r = offs_r
     row_min = 0
     row_max = 0
@@ -172,8 +185,26 @@ def _row_tile_keys(rank_b, PARAMS, b, offs_r, r0, r1, seg_start, Lq, Lk, kv, pre
         rank_r = jm.load_rank(rank_b, offs_r, Lk, row_ok)
         row_min, row_max = jm.rank_extrema(rank_r, row_ok)
     if KIND == jm.KIND_DOCUMENTS:
-        rank_r, row_min, row_max, rank_b = _row_docs(rank_b, offs_r, rows, seg_start, Lq)
-    ks = jm.load_key_start(PARAMS, b)
-    n_pre, n_lo, n_hi = _key_tiles(r0, r1, kv, pre, rows, off, hmin, width, ks, row_min,
-                                   row_max, rank_b, KIND, BLOCK_N)
-    return rank_b, rank_r, row_min, row_max, ks, n_pre, n_lo, n_hi
+        rank_r, row_min, row_max, rank_b = _row_docs(rank_b, offs_r, rows, seg_start, doc_hi)
+    return rank_r, row_min, row_max, rank_b
+
+
+@triton.jit
+def _key_tile(n, K_bh, V_bh, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, rank_b, Lk,
+              kv, KIND: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """Key tile n of a row tile's loop (forward, dQ): its bounds, K and V tiles and the keys'
+    ranks / documents (rank_b points at the key documents for DOCUMENTS, see _row_docs)."""
+    j0 = n * BLOCK_N
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_j = j0 + offs_n
+    j1 = j0 + BLOCK_N - 1  # last lane: FULL must cover lanes past Lk too
+    k = _load_tile(K_bh + j0.to(tl.int64) * stride_kn, offs_n, Lk - j0, stride_kn, offs_d,
+                   stride_kd, D)
+    v = _load_tile(V_bh + j0.to(tl.int64) * stride_vn, offs_n, Lk - j0, stride_vn, offs_d,
+                   stride_vd, D)
+    rank_j = offs_j
+    if KIND == jm.KIND_PERMUTATION:
+        rank_j = jm.load_rank(rank_b, offs_j, Lk, offs_j < kv)
+    if KIND == jm.KIND_DOCUMENTS:
+        rank_j = jm.load_key_docs(rank_b, offs_j, 0, Lk, offs_j < kv)
+    return j0, j1, offs_j, k, v, rank_j
