@@ -1,6 +1,7 @@
-"""The numeric suite shared by the CUDA attention tests: the emulated kernels
-(test_cuda_emu.py) and the real ones on a GPU (test_cuda_gpu.py) run the same cases against
-the same dense references with the same tolerance rule.
+"""The numeric runner shared by the CUDA attention tests: the emulated kernels
+(test_cuda_emu.py) and the real ones on a GPU (test_cuda_gpu.py) run the cases of the one
+attention table (_attention_cases.py) against the same dense references with the same
+tolerance rule; also the score-modifier cases (MOD_CASES, run by the Triton suite too).
 
 Tolerance (COMMON standards): the kernel's max error against the fp64 reference must be at
 most 2x (outputs, lse) or 3x (gradients) the error of the same-precision dense reference
@@ -16,7 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from attention_utils import assert_within_rule, ref_outputs
-from _mask_cases_hf import HF_CASES
+from _attention_cases import CASES, DROPOUT_SEED, AttnCase, make_inputs
 
 import janus_kernels as jk
 from janus_kernels.dropout import dropout_keep_mask
@@ -27,91 +28,6 @@ from janus_kernels.reference import reference_attention
 # bwd(dout, q, k, v, out, lse, mask, scale, dropout_p, seed) -> (dq, dk, dv); CPU tensors in/out
 FwdFn = Callable[..., tuple]
 BwdFn = Callable[..., tuple]
-
-
-@dataclasses.dataclass
-class Case:
-    name: str
-    mask: Callable[[], MaskDescriptor]
-    H: int = 2
-    Hkv: int = 2
-    d: int = 64
-    dropout: float = 0.0
-    scale: Optional[float] = None
-    bshd: bool = False          # q/k/v/dout as (B, L, H, d) transposed: non-contiguous strides
-
-
-def _perm_mask() -> MaskDescriptor:
-    g = torch.Generator().manual_seed(3)
-    rank = torch.stack([torch.randperm(20, generator=g) for _ in range(2)]).int()
-    return jk.permutation_mask(rank, [20, 13])
-
-
-CASES = [
-    # JANUS NAR/AUX: padding rows and keys, M = 0 (no query rows, no window) in sample 1
-    Case("janus_nar", lambda: jk.janus_nar_mask([5, 9, 3], [3, 0, 2], 20, 5)),
-    Case("janus_nar_gqa_d128", lambda: jk.janus_nar_mask([6, 2], [4, 1], 24, 6), H=4, Hkv=2, d=128),
-    Case("janus_nar_dropout", lambda: jk.janus_nar_mask([5, 9], [3, 2], 20, 5), dropout=0.25),
-    Case("janus_ar", lambda: jk.janus_ar_mask([10, 6], 12), H=2, Hkv=1),
-    # causal over several 64-tiles: FULL tiles (no predicate), dead tiles skipped, L = 113
-    Case("causal_113", lambda: jk.causal_mask([113], 113), H=1, Hkv=1),
-    Case("causal_7_bshd", lambda: jk.causal_mask([7, 5], 7), bshd=True, scale=0.3),
-    Case("sliding_window_d32", lambda: jk.sliding_window_mask([70, 40], 9, 70), H=1, Hkv=1, d=32),
-    Case("key_padding_d80", lambda: jk.key_padding_mask([13, 1], 9, 16), d=80),
-    Case("prefix_lm_dropout", lambda: jk.prefix_lm_mask([4, 0], [30, 17], 30), dropout=0.1, H=4,
-         Hkv=1),
-    Case("len1", lambda: jk.causal_mask([1], 1), H=1, Hkv=1),
-    Case("full", lambda: jk.full_mask(1, 40, 33), H=2, Hkv=1),
-    Case("permutation", _perm_mask),
-    # issue 14: KEY_START (left padding, decode, chunked prefill) and DOCUMENTS (packed
-    # sequences, chunked attention); hand-built: a prefix above KEY_START, permutation + KEY_START
-    *(Case(name, HF_CASES[name], H=1, Hkv=1, d=32) for name in (
-        "hf_left_pad_113", "hf_decode", "hf_chunked_prefill", "hf_sliding",
-        "hf_chunked_attention", "documents_causal", "documents_bidirectional",
-        "key_start_prefix", "documents_prefix", "permutation_key_start")),
-]
-
-
-def _janus_nar_b8_n512() -> MaskDescriptor:
-    g = torch.Generator().manual_seed(5)
-    n = torch.randint(256, 513, (8,), generator=g)
-    m = (0.55 * n).long()
-    return jk.janus_nar_mask(n + 2 - m, m)
-
-
-def _perm_mask_1024() -> MaskDescriptor:
-    g = torch.Generator().manual_seed(4)
-    rank = torch.stack([torch.randperm(1024, generator=g) for _ in range(2)]).int()
-    return jk.permutation_mask(rank, [1024, 1000])
-
-
-#: Real sizes for a GPU (test_cuda_gpu.py): long key-tile loops, many row blocks, GQA with
-#: dropout at the JANUS NAR shape, the model's transposed layout (the emulation runs CASES).
-GPU_CASES = [
-    Case("causal_2048", lambda: jk.causal_mask([2048, 1777], 2048), H=2, Hkv=1),
-    Case("janus_nar_B8_N512_d128_dropout", _janus_nar_b8_n512, H=4, Hkv=2, d=128, dropout=0.1),
-    Case("sliding_1500_bshd", lambda: jk.sliding_window_mask([1500, 1100], 200, 1500),
-         bshd=True),
-    Case("permutation_1024", _perm_mask_1024),
-    # issue 14 at real sizes: left-padded prefill and packed documents (many doc boundaries)
-    Case("hf_left_pad_2048", lambda: jk.hf_mask(
-        torch.arange(2048)[None, :].expand(2, 2048).ge(torch.tensor([[300], [0]])).long(),
-        2048, 2048), H=2, Hkv=1),
-    Case("documents_causal_2048", lambda: jk.document_mask(
-        (torch.arange(2048) // 333)[None, :].expand(2, 2048), causal=True), bshd=True),
-]
-
-
-def make_inputs(case: Case, mask: MaskDescriptor, dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    B, Lq, Lk = mask.batch_size, mask.q_len, mask.kv_len
-
-    def make(h, L):
-        if case.bshd:
-            return torch.randn(B, L, h, case.d, generator=g).to(dtype).transpose(1, 2)
-        return torch.randn(B, h, L, case.d, generator=g).to(dtype)
-
-    return make(case.H, Lq), make(case.Hkv, Lk), make(case.Hkv, Lk), make(case.H, Lq)
 
 
 def references(q, k, v, dout, allowed, scale, keep, p):
@@ -134,13 +50,13 @@ def check_close(name: str, got: torch.Tensor, acc: torch.Tensor, same: torch.Ten
     assert_within_rule(name, got, acc, same, grad=factor > 2.0, floor=floor)
 
 
-def run_case(fwd: FwdFn, bwd: BwdFn, case: Case, dtype: torch.dtype) -> None:
+def run_case(fwd: FwdFn, bwd: BwdFn, case: AttnCase, dtype: torch.dtype) -> None:
     """Forward + backward of one case through (fwd, bwd), checked against the references."""
     mask = case.mask()
     q, k, v, dout = make_inputs(case, mask, dtype)
     q0, k0, v0, do0 = (t.clone() for t in (q, k, v, dout))
-    scale = case.scale if case.scale is not None else case.d ** -0.5
-    seed = 0x1234_5678_9ABC_DEF0 if case.dropout else 0
+    scale = case.softmax_scale
+    seed = DROPOUT_SEED if case.dropout else 0
     B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     keep = dropout_keep_mask(seed, B, H, Lq, Lk, case.dropout) if case.dropout else None
     allowed = mask.materialize()
@@ -197,11 +113,15 @@ class ModCase:
     bshd: bool = False
     q_gain: float = 3.0         # scores of a few units, so the softcap bends them
 
+    @property
+    def kv_heads(self) -> int:
+        return self.Hkv
+
 
 MOD_CASES = [
     # padding rows / keys, a sample with no query rows, GQA, both modifiers
-    ModCase("janus_nar_both_gqa", lambda: jk.janus_nar_mask([5, 9, 3], [3, 0, 2], 20, 5),
-            softcap=2.5, rel_bias=True, H=4, Hkv=2),
+    ModCase("janus_nar_both_gqa", CASES["janus_nar_d64"].mask, softcap=2.5, rel_bias=True,
+            H=4, Hkv=2),
     # several 64-tiles with FULL tiles (keys past Lk in the last one), odd length
     ModCase("causal_113_softcap", lambda: jk.causal_mask([113, 70], 113), softcap=4.0, H=1,
             Hkv=1, d=32),
@@ -210,11 +130,11 @@ MOD_CASES = [
     ModCase("full_7x70_both_d128", lambda: jk.full_mask(2, 7, 70), softcap=3.0, rel_bias=True,
             H=2, Hkv=1, d=128),
     # d = 128: the dK/dV kernel's 16-row query tiles (BwdCfg<128, true>) over several tiles
-    ModCase("janus_nar_gqa_d128_both", lambda: jk.janus_nar_mask([6, 2], [4, 1], 24, 6),
-            softcap=3.0, rel_bias=True, H=4, Hkv=2, d=128),
-    ModCase("prefix_lm_dropout_both_bshd", lambda: jk.prefix_lm_mask([4, 0], [30, 17], 30),
-            softcap=5.0, rel_bias=True, dropout=0.2, bshd=True),
-    ModCase("permutation_rel", _perm_mask, rel_bias=True, d=80),
+    ModCase("janus_nar_gqa_d128_both", CASES["janus_nar_gqa_d128"].mask, softcap=3.0,
+            rel_bias=True, H=4, Hkv=2, d=128),
+    ModCase("prefix_lm_dropout_both_bshd", CASES["prefix_lm_dropout"].mask, softcap=5.0,
+            rel_bias=True, dropout=0.2, bshd=True),
+    ModCase("permutation_rel", CASES["permutation_20"].mask, rel_bias=True, d=80),
 ]
 
 

@@ -1,7 +1,9 @@
 """The CUDA attention kernels (csrc/cuda/attention_{fwd,bwd}.cu, compiled UNCHANGED by g++
 against the CPU emulation in csrc/cuda_emu/) run through their raw launchers (ctypes) on the
-shared numeric suite (_cuda_attention_cases.py: dense fp64 / same-precision references and the
-COMMON tolerance rule), under several schedules of the emulated threads.
+cases of the one attention table (_attention_cases.py, the SMALL ones: the emulation pays per
+emulated thread) with the shared runner (_cuda_attention_cases.py: dense fp64 /
+same-precision references and the COMMON tolerance rule), under several schedules of the
+emulated threads.
 
 Also: the emulator itself (mma/ldmatrix fragment tables against an independent Python model
 of the PTX ISA tables, shuffles, cp.async timing, atomics, deadlock and shared-memory checks).
@@ -19,7 +21,8 @@ import torch
 
 import _cuda_emu_lib as emu_lib
 import janus_kernels as jk
-from _cuda_attention_cases import CASES, MOD_CASES, keep_mask_case, run_case, run_mods_case
+from _attention_cases import SLOW_SIZES, params
+from _cuda_attention_cases import MOD_CASES, keep_mask_case, run_case, run_mods_case
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "g++")) is None or emu_lib.cuda_include_dir() is None,
@@ -69,7 +72,7 @@ SCHEDULES = {"fwd_lazy": (0, 0), "rev_eager": (1, 1)}
 
 @pytest.mark.parametrize("sched", list(SCHEDULES))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", params("cuda", SLOW_SIZES))
 def test_attention_matches_reference(kern, case, dtype, sched):
     _run_emulated(kern, case, dtype, *SCHEDULES[sched])
 
@@ -111,7 +114,8 @@ def test_launcher_rejects_bad_score_mods(kern):
 
 
 @pytest.mark.parametrize("cp_eager", [0, 1])
-@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[-1]], ids=lambda c: c.name)
+@pytest.mark.parametrize("case", params("cuda", SLOW_SIZES, names=(
+    "janus_nar_d64", "causal_113", "permutation_key_start")))
 def test_attention_random_thread_order(kern, case, cp_eager):
     _run_emulated(kern, case, torch.bfloat16, order=2, cp_eager=cp_eager)
 

@@ -1,6 +1,6 @@
 """The CUDA attention kernels on a real GPU (marker cuda; skipped without one, or when the
-extension was built without CUDA): the numeric suite of the emulated tests
-(_cuda_attention_cases.py) through torch.ops.janus.flash_attention_fwd / _bwd, the dropout
+extension was built without CUDA): every case of the one attention table (_attention_cases.py,
+real sizes included) with the runner of the emulated tests (_cuda_attention_cases.py) through torch.ops.janus.flash_attention_fwd / _bwd, the dropout
 keep-mask, the autograd path of janus_kernels.attention, layouts the kernels must copy, and
 the glue's errors."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import janus_kernels as jk
-from _cuda_attention_cases import (CASES, GPU_CASES, MOD_CASES, keep_mask_case, run_case,
-                                   run_mods_case)
+from _attention_cases import GPU_SIZES, params
+from _cuda_attention_cases import MOD_CASES, keep_mask_case, run_case, run_mods_case
 from janus_kernels import _ext
 
 pytestmark = [
@@ -46,7 +46,7 @@ def _bwd(dout, q, k, v, out, lse, mask, scale, p, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("case", CASES + GPU_CASES, ids=[c.name for c in CASES + GPU_CASES])
+@pytest.mark.parametrize("case", params("cuda", GPU_SIZES))
 def test_attention_matches_reference(case, dtype):
     run_case(_fwd, _bwd, case, dtype)
 
