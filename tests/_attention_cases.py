@@ -82,7 +82,11 @@ def _hf_left_pad_2048() -> MaskDescriptor:
     return jk.hf_mask(am, 2048, 2048)
 
 
-CPU, TRITON, BOTH = ("cpu",), ("triton",), ("cpu", "triton")
+CPU, BOTH = ("cpu",), ("cpu", "triton")
+#: the shared KEY_START / DOCUMENTS cases also run in bf16 / fp16 (the Triton interpreter takes
+#: the two of them it can afford)
+_HF_HALF = {"hf_left_pad": BOTH, "hf_left_pad_113": CPU, "documents_causal": CPU,
+            "documents_bidirectional": BOTH, "key_start_prefix": CPU}
 C = AttnCase
 _S, _M, _R = Size.SMALL, Size.MEDIUM, Size.REAL
 
@@ -92,7 +96,7 @@ _TABLE: List[AttnCase] = [
     C("janus_nar_padded", lambda: jk.janus_nar_mask([100, 7], [80, 3], 270, 85), _M),
     C("janus_nar_M0", lambda: jk.janus_nar_mask([7, 2], [0, 0])),
     C("janus_nar_M0_mixed", lambda: jk.janus_nar_mask([6, 3, 1], [0, 3, 0], 9, 4), d=16),
-    C("janus_nar_small", lambda: jk.janus_nar_mask([3, 5], [2, 4], 14, 5), d=16, half=TRITON),
+    C("janus_nar_small", lambda: jk.janus_nar_mask([3, 5], [2, 4], 14, 5), d=16, half=BOTH),
     C("janus_nar_d64", lambda: jk.janus_nar_mask([5, 9, 3], [3, 0, 2], 20, 5), d=64),
     C("janus_nar_gqa_d128", lambda: jk.janus_nar_mask([6, 2], [4, 1], 24, 6), H=4, Hkv=2,
       d=128),
@@ -105,7 +109,7 @@ _TABLE: List[AttnCase] = [
     # --- causal: L = 1, 7, 37, 113; rectangular (kv longer than q); (B, L, H, d) layout
     C("causal", lambda: jk.causal_mask([7, 113, 1], 113), _M, half=CPU),
     C("causal_rect", lambda: jk.causal_mask([7, 50], 60, kv_lengths=[20, 70], kv_len=80), _M),
-    C("causal_37", lambda: jk.causal_mask([37, 20]), d=16, half=TRITON),
+    C("causal_37", lambda: jk.causal_mask([37, 20]), d=16, half=BOTH),
     C("causal_kv", lambda: jk.causal_mask([5, 9], kv_lengths=[12, 9]), d=16),
     # several 64-tiles: FULL tiles (no predicate), dead tiles skipped
     C("causal_113", lambda: jk.causal_mask([113], 113), H=1, d=64),
@@ -130,13 +134,13 @@ _TABLE: List[AttnCase] = [
     # --- permutation (two streams; one stream)
     C("permutation", lambda: jk.permutation_mask(_perm(3, 37, 1), [37, 20, 1]), _M, half=CPU),
     C("permutation_13", lambda: jk.permutation_mask(_perm(2, 13, 7), [13, 9]), d=16,
-      half=TRITON),
+      half=BOTH),
     C("permutation_1s", lambda: jk.permutation_mask(_perm(2, 7, 8), [7, 5], two_stream=False),
       d=16),
     C("permutation_20", lambda: jk.permutation_mask(_perm(2, 20, 3), [20, 13]), d=64),
     # --- KEY_START and DOCUMENTS (issue 14): HF padding / decode / chunked prefill, packed
     # documents, varlen, hand-built tables reaching the kernels' per-element path
-    *(C(name, make) for name, make in HF_CASES.items()),
+    *(C(name, make, half=_HF_HALF.get(name, ())) for name, make in HF_CASES.items()),
     # --- real sizes (compiled GPU kernels): long tile loops, FULL / PARTIAL / SKIP tiles,
     # the IWSLT-like JANUS NAR shape (B = 8, N up to 512), d = 256 (Triton only)
     C("causal_2048", lambda: jk.causal_mask([2048, 1777], 2048), _R, Hkv=1, d=64,

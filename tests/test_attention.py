@@ -1,6 +1,8 @@
 """janus_kernels.attention on CPU (backend "cpu", the compiled kernel; "reference" where
-noted): numerics vs the dense eager reference for every mask family, awkward shapes, GQA,
-bf16/fp16, dropout, non-contiguous inputs, bad input, opcheck, torch.compile."""
+noted): numerics vs the dense eager reference for every case of the one attention table
+(_attention_cases.py: every mask family, awkward shapes, GQA, dropout, (B, L, H, d) layouts;
+the CPU takes the SMALL and MEDIUM cases), bf16/fp16, non-contiguous inputs, bad input,
+opcheck, torch.compile."""
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -10,7 +12,7 @@ from janus_kernels import _ext
 from janus_kernels.dropout import dropout_keep_mask
 
 from attention_utils import assert_close_to_reference, make_qkv
-from _mask_cases_hf import HF_CASES
+from _attention_cases import CASES, CPU_SIZES, DROPOUT_SEED, AttnCase, make_inputs, params, shaped
 
 # every test runs once per CPU ISA level this machine has (conftest.cpu_isa_level)
 pytestmark = [pytest.mark.skipif(not _ext.available(), reason="compiled extension missing"),
@@ -24,47 +26,34 @@ def run(q, k, v, do, desc, **kw):
     return [o.detach()] + list(grads)
 
 
-def _perm(B, L, g):
-    return torch.stack([torch.randperm(L, generator=g) for _ in range(B)])
+def check_case(case: AttnCase, dtype: torch.dtype, grad_gain: float = 1.0) -> None:
+    """One table case through jk.attention (autograd) at its shape, against the references."""
+    desc = case.mask()
+    q, k, v, do = make_inputs(case, desc, dtype)
+    do = grad_gain * do
+    kw, keep = {}, None
+    if case.dropout:
+        kw = dict(dropout_p=case.dropout, seed=DROPOUT_SEED)
+        keep = dropout_keep_mask(DROPOUT_SEED, desc.batch_size, case.H, desc.q_len, desc.kv_len,
+                                 case.dropout)
+    assert_close_to_reference(run(q, k, v, do, desc, scale=case.scale, **kw), q, k, v, do,
+                              desc.materialize(), scale=case.scale, keep=keep,
+                              dropout_p=case.dropout)
 
 
-G = torch.Generator().manual_seed(1)
-CASES = {
-    "janus_nar": lambda: jk.janus_nar_mask([5, 30, 1, 60], [3, 20, 0, 70]),
-    "janus_nar_M0": lambda: jk.janus_nar_mask([7, 2], [0, 0]),
-    "janus_nar_padded": lambda: jk.janus_nar_mask([100, 7], [80, 3], 270, 85),
-    "janus_ar": lambda: jk.janus_ar_mask([7, 113, 1]),
-    "causal": lambda: jk.causal_mask([7, 113, 1], 113),
-    "causal_rect": lambda: jk.causal_mask([7, 50], 60, kv_lengths=[20, 70], kv_len=80),
-    "sliding_window": lambda: jk.sliding_window_mask([70, 113, 1], 9, 113),
-    "prefix_lm": lambda: jk.prefix_lm_mask([3, 50, 0], [7, 113, 1], 113),
-    "key_padding": lambda: jk.key_padding_mask([3, 203, 1], q_len=20, kv_len=203),
-    "full": lambda: jk.full_mask(2, 7, 203),
-    "permutation": lambda: jk.permutation_mask(_perm(3, 37, G), [37, 20, 1]),
-    **HF_CASES,     # KEY_START and DOCUMENTS (issue 14)
-}
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", params("cpu", CPU_SIZES))
 def test_fp32_matches_reference(case):
-    desc = CASES[case]()
-    q, k, v, do = make_qkv(desc, H=2, d=32)
-    assert_close_to_reference(run(q, k, v, 2.0 * do, desc), q, k, v, 2.0 * do, desc.materialize())
+    check_case(case, case.dtype, grad_gain=2.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", ["janus_nar", "causal", "permutation", "key_padding",
-                                  "hf_left_pad_113", "documents_causal", "key_start_prefix"])
+@pytest.mark.parametrize("case", params("cpu", CPU_SIZES, half=True))
 def test_low_precision(case, dtype):
-    desc = CASES[case]()
-    q, k, v, do = make_qkv(desc, H=2, d=64, dtype=dtype)
-    assert_close_to_reference(run(q, k, v, do, desc), q, k, v, do, desc.materialize())
+    check_case(case, dtype)
 
 
 def test_bf16_odd_head_dim_and_gqa():
-    desc = CASES["janus_nar"]()
-    q, k, v, do = make_qkv(desc, H=4, Hkv=2, d=33, dtype=torch.bfloat16)
-    assert_close_to_reference(run(q, k, v, do, desc), q, k, v, do, desc.materialize())
+    check_case(shaped("janus_nar", H=4, Hkv=2, d=33), torch.bfloat16)
 
 
 @pytest.mark.parametrize("case,H,Hkv,d", [
@@ -78,15 +67,12 @@ def test_bf16_odd_head_dim_and_gqa():
 ])
 def test_bf16_native_backward_shapes(case, H, Hkv, d):
     """Even d in bf16 runs the native bf16 backward (VNNI brgemm); check GQA and odd tiles."""
-    desc = CASES[case]()
-    q, k, v, do = make_qkv(desc, H=H, Hkv=Hkv, d=d, dtype=torch.bfloat16)
-    assert_close_to_reference(run(q, k, v, 3.0 * do, desc), q, k, v, 3.0 * do,
-                              desc.materialize())
+    check_case(shaped(case, H=H, Hkv=Hkv, d=d), torch.bfloat16, grad_gain=3.0)
 
 
 @pytest.mark.parametrize("case,Hkv", [("janus_nar", 1), ("permutation", 2)])
 def test_bf16_dropout_matches_dense_keep_mask(case, Hkv):
-    desc = CASES[case]()
+    desc = CASES[case].mask()
     q, k, v, do = make_qkv(desc, H=2, Hkv=Hkv, d=64, dtype=torch.bfloat16)
     p, seed = 0.25, 99
     keep = dropout_keep_mask(seed, desc.batch_size, 2, desc.q_len, desc.kv_len, p)
@@ -96,7 +82,7 @@ def test_bf16_dropout_matches_dense_keep_mask(case, Hkv):
 
 @pytest.mark.parametrize("H,Hkv", [(4, 1), (6, 2), (3, 3)])
 def test_gqa(H, Hkv):
-    desc = CASES["janus_nar_padded"]()
+    desc = CASES["janus_nar_padded"].mask()
     q, k, v, do = make_qkv(desc, H=H, Hkv=Hkv, d=16)
     assert_close_to_reference(run(q, k, v, do, desc), q, k, v, do, desc.materialize())
 
@@ -138,7 +124,7 @@ def test_fully_masked_rows_give_zero_and_finite_grads():
 
 
 def test_inputs_not_modified():
-    desc = CASES["janus_nar"]()
+    desc = CASES["janus_nar"].mask()
     q, k, v, do = make_qkv(desc)
     copies = [t.clone() for t in (q, k, v, do)]
     params = desc.params.clone()
@@ -148,7 +134,7 @@ def test_inputs_not_modified():
 
 
 def test_lse_matches_reference():
-    desc = CASES["janus_nar_padded"]()
+    desc = CASES["janus_nar_padded"].mask()
     q, k, v, _ = make_qkv(desc)
     _, lse = jk.attention(q, k, v, desc, return_lse=True)
     _, lse_ref = jk.attention(q.double(), k.double(), v.double(), desc, return_lse=True,
@@ -160,7 +146,7 @@ def test_lse_matches_reference():
 
 @pytest.mark.parametrize("case", ["janus_nar", "causal", "permutation"])
 def test_dropout_matches_dense_keep_mask(case):
-    desc = CASES[case]()
+    desc = CASES[case].mask()
     q, k, v, do = make_qkv(desc, H=2, d=16)
     p, seed = 0.3, 1234
     keep = dropout_keep_mask(seed, desc.batch_size, 2, desc.q_len, desc.kv_len, p)
@@ -178,14 +164,14 @@ def test_dropout_keep_rate():
 
 
 def test_scale_argument():
-    desc = CASES["causal"]()
+    desc = CASES["causal"].mask()
     q, k, v, do = make_qkv(desc)
     assert_close_to_reference(run(q, k, v, do, desc, scale=0.3), q, k, v, do,
                               desc.materialize(), scale=0.3)
 
 
 def test_reference_backend_agrees():
-    desc = CASES["janus_nar"]()
+    desc = CASES["janus_nar"].mask()
     q, k, v, do = make_qkv(desc)
     a = run(q, k, v, do, desc, backend="cpu")
     b = run(q, k, v, do, desc, backend="reference")
