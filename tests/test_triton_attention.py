@@ -1,9 +1,11 @@
 """Triton backend under TRITON_INTERPRET=1 (conftest): the @jit mask helpers against
 masks.py, the Philox keep-mask against dropout.py, and attention fwd/bwd against the dense
 reference with the tolerance rule (kernel error vs an fp64 reference <= 2x (grads: 3x) the
-error of the same-precision dense reference, plus a tiny absolute floor).
+error of the same-precision dense reference, plus a tiny absolute floor), for every case of the
+one attention table (_attention_cases.py) the suite can afford.
 
-Shapes are small on purpose: the interpreter costs milliseconds per tile iteration."""
+Shapes are small on purpose: the interpreter costs milliseconds per tile iteration, so it takes
+the table's SMALL cases; compiled on a GPU the suite takes the MEDIUM and REAL ones too."""
 import math
 
 import pytest
@@ -22,7 +24,8 @@ from attention_utils import assert_within_rule  # noqa: E402
 from janus_kernels.triton import mask as jm  # noqa: E402
 
 from _device_sizes import INTERPRET as _INTERPRET, REAL_SIZES, TRITON_DEVICE  # noqa: E402
-from _mask_cases_hf import HF_CASES  # noqa: E402
+from _attention_cases import (CASES, CPU_SIZES, DROPOUT_SEED, SLOW_SIZES, AttnCase,  # noqa: E402
+                              Size, params)
 from _cuda_attention_cases import MOD_CASES, run_mods_case  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _INTERPRET and not torch.cuda.is_available(),
@@ -32,30 +35,9 @@ DEV = TRITON_DEVICE
 
 
 # ============================================================================ mask zoo
-def _perm_rank(B, L, g):
-    return torch.stack([torch.randperm(L, generator=g) for _ in range(B)]).to(torch.int32)
-
-
-def _zoo():
-    g = torch.Generator().manual_seed(7)
-    return {
-        "janus_nar": masks.janus_nar_mask([3, 5], [2, 4], 14, 5),
-        "janus_nar_M0": masks.janus_nar_mask([6, 3, 1], [0, 3, 0], 9, 4),
-        "janus_ar": masks.janus_ar_mask([7, 4]),
-        "causal_37": masks.causal_mask([37, 20]),
-        "causal_kv": masks.causal_mask([5, 9], kv_lengths=[12, 9]),
-        "sliding": masks.sliding_window_mask([37, 30], 5),
-        "prefix_lm": masks.prefix_lm_mask([5, 10], [37, 25]),
-        "key_padding": masks.key_padding_mask([7, 1], 9, 7, q_lengths=[9, 4]),
-        "full_1": masks.full_mask(1, 1, 1),
-        "permutation": masks.permutation_mask(_perm_rank(2, 13, g), [13, 9]),
-        "permutation_1s": masks.permutation_mask(_perm_rank(2, 7, g), [7, 5], two_stream=False),
-        # KEY_START and DOCUMENTS (issue 14): the shared cases of every backend suite
-        **{name: make() for name, make in HF_CASES.items()},
-    }
-
-
-ZOO = {name: m.to(DEV) for name, m in _zoo().items()}
+#: the table's size classes this suite takes: the interpreter only affords the SMALL cases
+SIZES = SLOW_SIZES if _INTERPRET else CPU_SIZES
+ZOO = {c.name: c.mask().to(DEV) for c in CASES.values() if c.size in SIZES}
 
 
 # ============================================================== @jit helpers vs masks.py
@@ -140,8 +122,9 @@ def _stream_tiles(m, bm):
     return tiles
 
 
-@pytest.mark.parametrize("name", ["janus_nar", "janus_nar_M0", "janus_ar", "causal_kv",
-                                  "sliding", "prefix_lm", "key_padding", "permutation",
+@pytest.mark.parametrize("name", ["janus_nar_small", "janus_nar_M0_mixed", "janus_ar_small",
+                                  "causal_kv", "sliding", "prefix_lm_37",
+                                  "key_padding_q_lengths", "permutation_13",
                                   "hf_left_pad", "hf_decode", "hf_chunked_attention",
                                   "documents_causal", "key_start_prefix",
                                   "permutation_key_start"])
@@ -228,6 +211,10 @@ def _inputs(m, B, H, Hkv, d, dtype, layout="contiguous"):
         q = torch.randn(B, H, Lq, d)
         k = torch.randn(B, Hkv, Lk, d)
         v = torch.randn(B, Hkv, Lk, d)
+    elif layout == "bshd":    # (B, L, H, d) storage seen as (B, H, L, d)
+        q = torch.randn(B, Lq, H, d).transpose(1, 2)
+        k = torch.randn(B, Lk, Hkv, d).transpose(1, 2)
+        v = torch.randn(B, Lk, Hkv, d).transpose(1, 2)
     else:  # (B, L, H, d) storage seen as (B, H, L, d); v with a non-unit d stride
         q = torch.randn(B, Lq, H, d).transpose(1, 2)
         k = torch.randn(B, Lk, Hkv, d + 3).transpose(1, 2)[..., 1:d + 1]
@@ -269,19 +256,23 @@ def _check_tolerance(kernel, accurate, same, dtype):
 
 
 def _run_case(m, dtype=torch.float32, B=None, H=2, Hkv=None, d=16, layout="contiguous",
-              scale=None):
+              scale=None, dropout=0.0):
     B = m.batch_size if B is None else B
     Hkv = H if Hkv is None else Hkv
     q, k, v = _inputs(m, B, H, Hkv, d, dtype, layout)
     do = torch.randn(q.shape, dtype=dtype, device=DEV)
     scale = d ** -0.5 if scale is None else scale
+    seed, keep = None, None
+    if dropout:
+        seed = torch.tensor([DROPOUT_SEED], dtype=torch.int64)
+        keep = dropout_keep_mask(DROPOUT_SEED, B, H, m.q_len, m.kv_len, dropout)
     snapshot = [t.clone() for t in (q, k, v, do)]
-    kern = _raw(m, q, k, v, do, scale)
+    kern = _raw(m, q, k, v, do, scale, dropout, seed)
     for before, after in zip(snapshot, (q, k, v, do)):
         assert torch.equal(before, after), "inputs modified"
     allowed = m.materialize().cpu()
-    acc = _dense(q, k, v, do, allowed, scale, upcast=True)
-    same = _dense(q, k, v, do, allowed, scale, upcast=False)
+    acc = _dense(q, k, v, do, allowed, scale, upcast=True, keep=keep, p=dropout)
+    same = _dense(q, k, v, do, allowed, scale, upcast=False, keep=keep, p=dropout)
     _check_tolerance(kern, acc, same, dtype)
     # rows that see no key: zero output and zero dq
     dead = ~allowed.any(-1)
@@ -291,20 +282,26 @@ def _run_case(m, dtype=torch.float32, B=None, H=2, Hkv=None, d=16, layout="conti
     return kern
 
 
-@pytest.mark.parametrize("name", sorted(ZOO))
-def test_fwd_bwd_fp32_all_families(name):
-    _run_case(ZOO[name])
+def _run_table_case(case: AttnCase, dtype: torch.dtype):
+    """A case of the one table at its shape (heads, head dim, dropout, scale, layout)."""
+    return _run_case(case.mask().to(DEV), dtype=dtype, H=case.H, Hkv=case.kv_heads, d=case.d,
+                     layout="bshd" if case.bshd else "contiguous", scale=case.scale,
+                     dropout=case.dropout)
+
+
+@pytest.mark.parametrize("case", params("triton", SIZES))
+def test_fwd_bwd_fp32_all_families(case):
+    _run_table_case(case, case.dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["janus_nar", "causal_37", "permutation", "hf_left_pad",
-                                  "documents_bidirectional"])
-def test_fwd_bwd_half(name, dtype):
-    _run_case(ZOO[name], dtype=dtype)
+@pytest.mark.parametrize("case", params("triton", SIZES, half=True))
+def test_fwd_bwd_half(case, dtype):
+    _run_table_case(case, dtype)
 
 
-@pytest.mark.parametrize("name,H,Hkv", [("janus_nar", 4, 2), ("causal_kv", 3, 1),
-                                        ("permutation", 4, 1), ("hf_decode", 4, 2),
+@pytest.mark.parametrize("name,H,Hkv", [("janus_nar_small", 4, 2), ("causal_kv", 3, 1),
+                                        ("permutation_13", 4, 1), ("hf_decode", 4, 2),
                                         ("hf_chunked_attention", 2, 1)])
 def test_gqa(name, H, Hkv):
     _run_case(ZOO[name], H=H, Hkv=Hkv)
@@ -312,16 +309,16 @@ def test_gqa(name, H, Hkv):
 
 @pytest.mark.parametrize("d", [1, 8, 40])
 def test_head_dims_padded(d):
-    _run_case(ZOO["janus_ar"], d=d, H=1)
+    _run_case(ZOO["janus_ar_small"], d=d, H=1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_non_contiguous_inputs(dtype):
-    _run_case(ZOO["janus_nar"], dtype=dtype, H=3, d=16, layout="strided", scale=0.3)
+    _run_case(ZOO["janus_nar_small"], dtype=dtype, H=3, d=16, layout="strided", scale=0.3)
 
 
 @pytest.mark.parametrize("blocks", [(32, 16), (16, 32)])
-@pytest.mark.parametrize("name", ["janus_nar", "sliding", "permutation"])
+@pytest.mark.parametrize("name", ["janus_nar_small", "sliding", "permutation_13"])
 def test_unequal_blocks(monkeypatch, blocks, name):
     monkeypatch.setattr(tri, "INTERPRETER_BLOCKS", blocks)
     _run_case(ZOO[name], H=1)
@@ -339,7 +336,7 @@ def test_length_one_and_empty():
 
 
 # ========================================================================== dropout
-@pytest.mark.parametrize("name,H,Hkv", [("janus_nar", 2, 1), ("permutation", 2, 2),
+@pytest.mark.parametrize("name,H,Hkv", [("janus_nar_small", 2, 1), ("permutation_13", 2, 2),
                                         ("causal_37", 1, 1)])
 def test_dropout_matches_reference_backend(name, H, Hkv):
     """Same seed -> the Triton kernels drop exactly the entries of dropout_keep_mask: fwd and
@@ -437,8 +434,9 @@ def test_rel_grad_alerts_under_deterministic_algorithms():
 
 
 # ======================================================================== public API
-@pytest.mark.parametrize("name,dtype", [("janus_nar", torch.float32), ("prefix_lm", torch.bfloat16),
-                                        ("permutation", torch.float32)])
+@pytest.mark.parametrize("name,dtype", [("janus_nar_small", torch.float32),
+                                        ("prefix_lm_37", torch.bfloat16),
+                                        ("permutation_13", torch.float32)])
 def test_public_api_autograd(name, dtype):
     m = ZOO[name]
     q, k, v = (t.requires_grad_() for t in _inputs(m, m.batch_size, 2, 1, 16, dtype))
@@ -469,7 +467,7 @@ def _args(m):
 
 
 def test_bad_inputs_raise_clear_errors(monkeypatch):
-    m = ZOO["janus_nar"]
+    m = ZOO["janus_nar_small"]
     q, k, v = _inputs(m, 2, 2, 2, 16, torch.float32)
     with pytest.raises(TypeError, match="share a dtype"):
         tri.attention_fwd(q, k.half(), v, *_args(m))
@@ -496,28 +494,7 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
 
 
 # ================================================================ real sizes (GPU only)
-def _real_masks():
-    g = torch.Generator().manual_seed(11)
-    n = torch.randint(256, 513, (8,), generator=g)
-    m_cnt = (0.55 * n).long()
-    return {
-        # long tile loops, FULL / PARTIAL / SKIP tiles, several streams of row blocks
-        "causal_2048": (lambda: masks.causal_mask([2048, 1901]), 2, 2, 64, torch.bfloat16),
-        # the IWSLT-like JANUS NAR shape: B = 8, N up to 512, GQA, every tile partial
-        "janus_nar_B8_N512": (lambda: masks.janus_nar_mask(n + 2 - m_cnt, m_cnt), 4, 2, 128,
-                              torch.float16),
-        # a bidirectional prefix then causal rows, d = 256 (Triton only: CUDA C++ stops at 128)
-        "prefix_window_d256": (lambda: masks.prefix_lm_mask([300, 17], [1500, 1200]), 2, 1, 256,
-                               torch.bfloat16),
-        "sliding_1500_fp32": (lambda: masks.sliding_window_mask([1500, 1024], 128), 2, 2, 64,
-                              torch.float32),
-        "permutation_1024": (lambda: masks.permutation_mask(_perm_rank(2, 1024, g), [1024, 999]),
-                             2, 2, 64, torch.bfloat16),
-    }
-
-
 @pytest.mark.skipif(not REAL_SIZES, reason="real sizes: compiled Triton kernels on a GPU")
-@pytest.mark.parametrize("name", sorted(_real_masks()))
-def test_real_sizes_compiled(name):
-    make, H, Hkv, d, dtype = _real_masks()[name]
-    _run_case(make().to(DEV), dtype=dtype, H=H, Hkv=Hkv, d=d)
+@pytest.mark.parametrize("case", params("triton", (Size.REAL,)))
+def test_real_sizes_compiled(case):
+    _run_table_case(case, case.dtype)
