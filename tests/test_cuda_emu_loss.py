@@ -22,6 +22,10 @@ import torch
 
 import _cuda_emu_lib as emu_lib
 import janus_kernels  # noqa: F401  (loads the C++ ops)
+# the raw janus:: CPU entries (torch.ops.janus.*_rows_* on CPU tensors, the reference here) are
+# registered when the CPU backend module loads; janus_kernels loads backends lazily
+import janus_kernels.backends.cpu  # noqa: F401
+from _loss_cases import CE_CASES, KL_CASES, LABEL_SMOOTHING, SLOW_SIZES, params
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "g++")) is None or emu_lib.cuda_include_dir() is None,
@@ -97,10 +101,6 @@ def symkl_oracle(x, y, mask, it, grad):
     return loss, dx, dy
 
 
-# (rows, V): empty, single entries, odd widths, more than one backward column block (1024).
-KL_SHAPES = [(0, 7), (1, 1), (5, 7), (5, 113), (3, 1271), (2, 2051)]
-
-
 def _symkl_inputs(R, V, dtype, seed, special: bool):
     gen = torch.Generator().manual_seed(seed)
     x, y = _logits(R, V, dtype, gen), _logits(R, V, dtype, gen)
@@ -121,11 +121,11 @@ def _symkl_inputs(R, V, dtype, seed, special: bool):
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("shape", KL_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_symkl_matches_cpu_and_oracle(kern, shape, dtype, order):
-    R, V = shape
+@pytest.mark.parametrize("case", params(KL_CASES, SLOW_SIZES))   # the one loss case table
+def test_symkl_matches_cpu_and_oracle(kern, case, dtype, order):
+    R, V = case.R, case.V
     kern.configure(order=order, workers=2)
-    it = 1.0 / 1.7
+    it = 1.0 / case.T
     x, y, mask = _symkl_inputs(R, V, dtype, seed=R * 7919 + V, special=True)
     acc = emu_lib._acc(dtype)
     loss, st = kern.symkl_fwd(x, y, mask, it)
@@ -184,9 +184,6 @@ def ce_oracle(x, target, eps, ignore_index, grad):
     return loss, dx
 
 
-CE_SHAPES = [(0, 7), (1, 1), (5, 7), (5, 113), (4, 1271), (3, 2051)]
-
-
 def _ce_inputs(R, V, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     x = _logits(R, V, dtype, gen)
@@ -201,11 +198,11 @@ def _ce_inputs(R, V, dtype, seed):
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("eps", LABEL_SMOOTHING)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("shape", CE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_ce_matches_cpu_and_oracle(kern, shape, dtype, eps, order):
-    R, V = shape
+@pytest.mark.parametrize("case", params(CE_CASES, SLOW_SIZES))   # the one loss case table
+def test_ce_matches_cpu_and_oracle(kern, case, dtype, eps, order):
+    R, V = case.R, case.V
     kern.configure(order=order, workers=2)
     x, target = _ce_inputs(R, V, dtype, seed=R * 131 + V)
     acc = emu_lib._acc(dtype)

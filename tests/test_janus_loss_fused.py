@@ -8,6 +8,7 @@ import torch
 from janus_kernels import _ext
 from janus_kernels import losses as L
 from test_losses import assert_symkl_ce_cpp_matches_reference, check, janus_oracle
+from _loss_cases import CPU_SIZES, JANUS_CASES, JanusCase, params
 
 pytestmark = [pytest.mark.skipif(not _ext.available(), reason="extension not built"),
               pytest.mark.usefixtures("cpu_isa_level")]   # once per CPU ISA level
@@ -17,7 +18,7 @@ ONLY_KL = L.JanusLossWeights(0.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 
 
 def make_case(N, M, V, *, dtype=torch.float32, scale=3.0, seed=0, ignore=(), ignore_ar=(),
-              dup=False, sorted_idx=False):
+              dup=False, sorted_idx=False, dup_ar_ignored=False):
     g = torch.Generator().manual_seed(seed)
     logits = [(torch.randn(n, V, generator=g, dtype=torch.float64) * scale).to(dtype)
               for n in (N, M, M)]
@@ -33,7 +34,15 @@ def make_case(N, M, V, *, dtype=torch.float32, scale=3.0, seed=0, ignore=(), ign
     if dup and M >= 3:
         idx[2] = idx[0]
         idx[-1] = idx[0]
+    if dup_ar_ignored:
+        ar_t[idx[0]] = -100  # an AR row with claims but no CE of its own
     return logits, ar_t, m_t, idx
+
+
+def make_table_case(case: JanusCase, dtype=torch.float32):
+    """Inputs of a case of the one loss table (_loss_cases.JANUS_CASES)."""
+    return make_case(case.N, case.M, case.V, dtype=dtype, ignore=case.ignore,
+                     ignore_ar=case.ignore_ar, dup=case.dup, dup_ar_ignored=case.dup_ar_ignored)
 
 
 def fused_and_grads(logits, ar_t, m_t, idx, weights, scale=1.3, composed=False):
@@ -50,17 +59,6 @@ def oracle_and_grads(logits, ar_t, m_t, idx, weights, dtype, scale=1.3):
     total, terms = janus_oracle(*xs, ar_t, m_t, idx, weights)
     (total * scale).backward()
     return total.detach(), terms, [z.grad for z in xs]
-
-
-CASES = [  # (N, M, V, ignored masked rows, ignored AR rows, duplicate AR rows)
-    (1, 1, 1, (), (), False),
-    (7, 3, 7, (1,), (0,), False),
-    (13, 7, 113, (), (2, 5), False),
-    (25, 11, 1271, (3, 4), (), True),
-    (9, 0, 203, (), (), False),          # M = 0: AR CE only
-    (6, 4, 64, (0, 1, 2, 3), (), False),  # every masked row ignored
-    (5, 5, 2051, (), (0, 1, 2, 3, 4), False),  # every AR target ignored, KLs still on
-]
 
 
 def assert_matches_oracle(total, terms, grads, logits, ar_t, m_t, idx, weights, dtype):
@@ -90,11 +88,10 @@ def assert_matches_oracle(total, terms, grads, logits, ar_t, m_t, idx, weights, 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64],
                          ids=str)
-@pytest.mark.parametrize("N,M,V,ign,ign_ar,dup", CASES)
+@pytest.mark.parametrize("case", params(JANUS_CASES, CPU_SIZES))   # the one loss case table
 @pytest.mark.parametrize("weights", [RELEASED, PAPER], ids=["released", "paper"])
-def test_fused_rows_match_oracle(dtype, N, M, V, ign, ign_ar, dup, weights):
-    logits, ar_t, m_t, idx = make_case(N, M, V, dtype=dtype, ignore=ign, ignore_ar=ign_ar,
-                                       dup=dup)
+def test_fused_rows_match_oracle(dtype, case, weights):
+    logits, ar_t, m_t, idx = make_table_case(case, dtype)
     total, terms, grads = fused_and_grads(logits, ar_t, m_t, idx, weights)
     assert_matches_oracle(total, terms, grads, logits, ar_t, m_t, idx, weights, dtype)
 

@@ -13,11 +13,15 @@ import torch
 pytest.importorskip("triton")
 
 from janus_kernels import _ext  # noqa: E402
+# the raw janus:: CPU entries (torch.ops.janus.janus_rows_* on CPU tensors, the reference here)
+# are registered when the CPU backend module loads; janus_kernels loads backends lazily
+import janus_kernels.backends.cpu  # noqa: E402,F401
 from janus_kernels import losses as L  # noqa: E402
 from test_janus_loss_fused import (ONLY_KL, PAPER, RELEASED,  # noqa: E402
                                    assert_matches_oracle, make_case, oracle_and_grads)
 from _triton_aot_utils import run_aot_script  # noqa: E402
 from test_losses import janus_inputs  # noqa: E402
+from _loss_cases import CPU_SIZES, JANUS_CASES, SLOW_SIZES, JanusCase, params  # noqa: E402
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 needs_interp = pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1 (CPU tensors)")
@@ -49,24 +53,18 @@ def small_blocks(monkeypatch):
 def case(N, M, V, dtype=torch.float32, ign=(), ign_ar=(), dup=False, ar_of_dup_ignored=False,
          seed=0):
     logits, ar_t, m_t, idx = make_case(N, M, V, dtype=dtype, ignore=ign, ignore_ar=ign_ar,
-                                       dup=dup, seed=seed)
+                                       dup=dup, seed=seed, dup_ar_ignored=ar_of_dup_ignored)
     logits[0][:, : V // 2] += 4.0  # the running max grows across blocks: the rescale path
-    if ar_of_dup_ignored:
-        ar_t[idx[0]] = -100  # an AR row with claims but no CE of its own
     return logits, ar_t, m_t, idx
 
 
-CASES = [  # (N, M, V, ignored masked rows, ignored AR rows, duplicate AR rows, ar of dup ignored)
-    (1, 1, 1, (), (), False, False),
-    (7, 3, 7, (1,), (0,), False, False),
-    (13, 7, 113, (), (2, 5), False, False),
-    (25, 11, 1271, (3, 4), (), True, False),   # AR row idx[0] claimed by rows 0, 2 and 10
-    (9, 5, 300, (0,), (), True, True),         # its first claim ignored, target ignored too
-    (9, 0, 203, (), (), False, False),         # M = 0: AR CE only
-    (6, 4, 64, (0, 1, 2, 3), (), False, False),  # every masked row ignored
-    (5, 5, 257, (), (0, 1, 2, 3, 4), False, False),  # every AR target ignored, KLs still on
-]
-CASE_IDS = [f"N{c[0]}-M{c[1]}-V{c[2]}{'-dup' if c[5] else ''}" for c in CASES]
+def table_case(jc: JanusCase, dtype=torch.float32):
+    """Inputs of a case of the one loss table (_loss_cases.JANUS_CASES)."""
+    return case(jc.N, jc.M, jc.V, dtype, jc.ignore, jc.ignore_ar, jc.dup, jc.dup_ar_ignored)
+
+
+#: the loss table's size classes: the interpreter takes the SMALL cases, a GPU all of them
+SIZES = SLOW_SIZES if INTERP else CPU_SIZES
 
 
 def upstream(N, M, seed=1):
@@ -101,10 +99,11 @@ def ulp(dtype):  # one rounding of the output dtype: two correct kernels may dif
 @needs_triton
 @needs_ext
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("N,M,V,ign,ign_ar,dup,dup_ar_ign", CASES, ids=CASE_IDS)
-def test_raw_rows_match_cpp_op(small_blocks, dtype, N, M, V, ign, ign_ar, dup, dup_ar_ign):
+@pytest.mark.parametrize("jc", params(JANUS_CASES, SIZES))   # the one loss case table
+def test_raw_rows_match_cpp_op(small_blocks, dtype, jc):
     from janus_kernels.triton import janus_loss as J
-    logits, ar_t, m_t, idx = case(N, M, V, dtype, ign, ign_ar, dup, dup_ar_ign)
+    N, M = jc.N, jc.M
+    logits, ar_t, m_t, idx = table_case(jc, dtype)
     before = [z.clone() for z in logits]
     got = _on_triton_device(J.janus_rows_fwd, *logits, ar_t, m_t, idx, 0.1, -100)
     ref = torch.ops.janus.janus_rows_fwd(*logits, ar_t, m_t, idx, 0.1, -100)
@@ -151,14 +150,13 @@ def triton_and_grads(logits, ar_t, m_t, idx, weights, scale=1.3):
 
 @needs_interp
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("N,M,V,ign,ign_ar,dup,dup_ar_ign", CASES, ids=CASE_IDS)
-def test_janus_loss_triton_matches_oracle(small_blocks, monkeypatch, dtype, N, M, V, ign, ign_ar,
-                                          dup, dup_ar_ign):
+@pytest.mark.parametrize("jc", params(JANUS_CASES, SIZES))   # the one loss case table
+def test_janus_loss_triton_matches_oracle(small_blocks, monkeypatch, dtype, jc):
     def no_composed(*a):
         raise AssertionError("janus_loss took the composed path")
     monkeypatch.setattr(L, "_janus_terms_composed", no_composed)
     weights = PAPER if dtype == torch.float16 else RELEASED
-    logits, ar_t, m_t, idx = case(N, M, V, dtype, ign, ign_ar, dup, dup_ar_ign)
+    logits, ar_t, m_t, idx = table_case(jc, dtype)
     total, terms, grads = triton_and_grads(logits, ar_t, m_t, idx, weights)
     assert_matches_oracle(total, terms, grads, logits, ar_t, m_t, idx, weights, dtype)
 
