@@ -29,10 +29,15 @@ DROPOUT_SEED = 0x1234_5678_9ABC_DEF0
 
 
 class Size(enum.IntEnum):
-    """Cost class of a case (B * Lq * Lk * H * d work; the interpreters pay per tile)."""
+    """Cost class of a case (B * H * Lq * Lk score entries; the interpreters pay per tile)."""
     SMALL = 1    # every backend: the Triton interpreter and the CUDA emulation take these
     MEDIUM = 2   # the CPU kernels too (the slow backends cover the family with a SMALL mask)
     REAL = 3     # compiled GPU kernels only: long tile loops, many row blocks, d = 256
+
+
+#: the most score entries (B * H * Lq * Lk) a case of each class may have
+#: (tests/test_attention.py checks the table against it)
+MAX_SCORE_ENTRIES = {Size.SMALL: 120_000, Size.MEDIUM: 1_000_000}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +57,6 @@ class AttnCase:
     #: fp32-capable backends that also run the case in bfloat16 and float16 (the slow ones
     #: take fewer: their time is spent per tile)
     half: Tuple[str, ...] = ()
-    #: backend -> why it cannot take this case (on top of LIMITS)
-    cannot: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def kv_heads(self) -> int:
@@ -62,6 +65,11 @@ class AttnCase:
     @property
     def softmax_scale(self) -> float:
         return self.d ** -0.5 if self.scale is None else self.scale
+
+    def score_entries(self) -> int:
+        """B * H * Lq * Lk: the work of one forward, what a size class bounds."""
+        m = self.mask()
+        return m.batch_size * self.H * m.q_len * m.kv_len
 
 
 # ------------------------------------------------------------------------------ masks
@@ -178,7 +186,7 @@ def why_not(case: AttnCase, backend: str) -> Optional[str]:
     for ok, reason in LIMITS[backend]:
         if not ok(case):
             return f"{case.name}: {reason} (d = {case.d})"
-    return dict(case.cannot).get(backend)
+    return None
 
 
 #: the size classes each kind of suite takes

@@ -12,7 +12,8 @@ from janus_kernels import _ext
 from janus_kernels.dropout import dropout_keep_mask
 
 from attention_utils import assert_close_to_reference, make_qkv
-from _attention_cases import CASES, CPU_SIZES, DROPOUT_SEED, AttnCase, make_inputs, params, shaped
+from _attention_cases import (CASES, CPU_SIZES, DROPOUT_SEED, MAX_SCORE_ENTRIES, AttnCase,
+                              make_inputs, params, shaped)
 
 # every test runs once per CPU ISA level this machine has (conftest.cpu_isa_level)
 pytestmark = [pytest.mark.skipif(not _ext.available(), reason="compiled extension missing"),
@@ -50,6 +51,15 @@ def test_fp32_matches_reference(case):
 @pytest.mark.parametrize("case", params("cpu", CPU_SIZES, half=True))
 def test_low_precision(case, dtype):
     check_case(case, dtype)
+
+
+def test_case_table_size_classes():
+    """The size classes of the one case table hold what they promise: the SMALL cases, which
+    the Triton interpreter and the CUDA emulation run, stay cheap; names are unique."""
+    assert len(set(CASES)) == len(CASES)
+    for case in CASES.values():
+        if case.size in MAX_SCORE_ENTRIES:
+            assert case.score_entries() <= MAX_SCORE_ENTRIES[case.size], case.name
 
 
 def test_bf16_odd_head_dim_and_gqa():
