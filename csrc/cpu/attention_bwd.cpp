@@ -9,72 +9,10 @@
 // bf16 with AMX (even d) runs the same steps with bf16 VNNI brgemm operands and fp32
 // accumulators (attention_bwd_native_bf16); bf16 / fp16 elsewhere widen each tile to fp32 and
 // run the fp32 steps (attention_bwd_f32<T>).
-#include "attention_common.h"
+#include "attention_bwd_common.h"
 
 namespace janus_cpu {
 namespace {
-
-// Shared by the fp32 and the native bf16 backward: work items, per-row statistics of a row
-// block, and the elementwise P / dS step (always fp32).
-
-// One item per (b, kv head): it owns dK/dV of that head and dQ of its query heads.
-struct BwdItem { int b, hk; int64_t cost; };
-
-std::vector<BwdItem> make_bwd_items(const MaskArgs& ma, int B, int Hkv) {
-  std::vector<BwdItem> items;
-  for (int b = 0; b < B; ++b) {
-    const auto m = ma.sample(b);
-    const int64_t cost = (int64_t)m.kv_len() * (m.rows(0) + m.rows(1));
-    for (int hk = 0; hk < Hkv; ++hk) items.push_back({b, hk, cost});
-  }
-  return items;
-}
-
-// Per-row data of a row block: delta = rowsum(dO * O), lse (-inf -> +inf so exp gives 0 for
-// rows that see nothing), and each row's key ranges.
-struct BwdRowStats {
-  std::vector<float> delta, lse, tmp;
-  std::vector<int> pre, lo, hi;
-  void resize(int n, int d) {
-    delta.resize(n); lse.resize(n); pre.resize(n); lo.resize(n); hi.resize(n); tmp.resize(2 * d);
-  }
-};
-
-
-template <typename T>
-void bwd_row_stats(const janus::SampleMask& m, int i0, int rows, int d, const T* gblk,
-                   int64_t gs_l, const T* oblk, int64_t os_l, const float* lrow, int64_t ls_l,
-                   BwdRowStats& st) {
-  for (int r = 0; r < rows; ++r) {
-    const float* g = reinterpret_cast<const float*>(gblk + r * gs_l);
-    const float* o = reinterpret_cast<const float*>(oblk + r * os_l);
-    if constexpr (!std::is_same_v<T, float>) {   // widen the two rows once (vectorized)
-      widen_row(gblk + r * gs_l, st.tmp.data(), d);
-      widen_row(oblk + r * os_l, st.tmp.data() + d, d);
-      g = st.tmp.data();
-      o = st.tmp.data() + d;
-    }
-    Vec vacc(0.f);
-    int c = 0;
-    for (; c + Vec::size() <= d; c += Vec::size()) vacc += Vec::loadu(g + c) * Vec::loadu(o + c);
-    float acc = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, vacc);
-    for (; c < d; ++c) acc += g[c] * o[c];
-    st.delta[r] = acc;
-    const float l = lrow[(int64_t)r * ls_l];
-    st.lse[r] = (l == kNegInf) ? std::numeric_limits<float>::infinity() : l;
-    m.row_ranges(i0 + r, &st.pre[r], &st.lo[r], &st.hi[r]);
-  }
-}
-
-// The score modifiers of one (b, h), as the backward tile applies them. bias / dbias are
-// shifted by Lq - 1: bias[j - i] is the rel_bias entry of (row i, key j), dbias[j - i] the
-// (b, h) slab of d_rel_bias it accumulates into (one writer per (b, h): no races).
-struct BwdHeadMods {
-  bool on = false;
-  float softcap = 0.f;
-  const float* bias = nullptr;
-  float* dbias = nullptr;
-};
 
 // The tile's rel_bias entries along its transposed rows: key row t (key c0 + t) needs
 // bias[c0 + t - i0 - rr] for rows rr = 0.., a run that DEcreases along rr, so the tile's
@@ -96,18 +34,6 @@ struct ReversedDiagonals {
   }
   void add_to(float* dbias) const { for (int u = 0; u < n; ++u) dbias[top - u] += v[u]; }
 };
-
-// The BwdHeadMods of (b, h). mods.d_rel_bias here is a (B, H, rel_len) slab (attention_bwd).
-inline BwdHeadMods head_mods(const ScoreMods& mods, int b, int h, int H, int Lq) {
-  BwdHeadMods hm;
-  hm.on = mods.on();
-  hm.softcap = mods.softcap;
-  if (mods.rel_bias) {
-    hm.bias = mods.rel_bias + h * mods.rel_len + (Lq - 1);
-    if (mods.d_rel_bias) hm.dbias = mods.d_rel_bias + ((int64_t)b * H + h) * mods.rel_len + (Lq - 1);
-  }
-  return hm;
-}
 
 // Elementwise step of one (row block, key chunk) tile, in transposed form (w x rows, ld rows):
 // on entry pt = S^T and dpt = dP^T; on exit pt = P^T (dropped when dropout is on: it feeds dV)
@@ -170,64 +96,6 @@ void bwd_p_ds_tile(const janus::SampleMask& m, int i0, int i1, int c0, int w, fl
   if (hm.dbias) dbias.add_to(hm.dbias);
 }
 
-// Shapes, raw pointers and strides of one backward call, shared by the fp32 and bf16 paths
-// (unpacked with a structured binding so the kernels keep short local names).
-template <typename T>
-struct BwdView {
-  int B, H, Lq, d, Hkv, group, Lk;
-  const T *qp, *kp, *vp, *op, *gp;
-  const float* lp;
-  T *dqp, *dkp, *dvp;
-  c10::IntArrayRef qs, ks, vs, os, gs, lss;
-};
-
-template <typename T>
-BwdView<T> bwd_view(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
-                    at::Tensor& dq, at::Tensor& dk, at::Tensor& dv) {
-  const int H = q.size(1), Hkv = k.size(1);
-  return {(int)q.size(0), H, (int)q.size(2), (int)q.size(3), Hkv, H / Hkv, (int)k.size(2),
-          q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<T>(),
-          dout.data_ptr<T>(), lse.data_ptr<float>(),
-          dq.data_ptr<T>(), dk.data_ptr<T>(), dv.data_ptr<T>(),
-          q.strides(), k.strides(), v.strides(), out.strides(), dout.strides(), lse.strides()};
-}
-
-// Per-item state shared by the fp32 and bf16 backward: the thread's scratch blocks, the
-// sample's kv_len, and dK / dV accumulated in fp32 scratch (cache-resident; zeroed only over
-// the keys chunks can reach) and written to the fresh outputs once, padding keys as zeros.
-template <typename T>
-struct BwdItemScratch {
-  BwdRowStats& st;
-  T *kt, *qt, *dot;            // K^T [d][Lkp], Q^T and dO^T of a row block
-  float *dqt, *pt, *dpt;       // dQ^T of a row block, S^T / P^T and dP^T / dS^T of a tile
-  float *dkacc, *dvacc;
-  int kv;
-  BwdItemScratch(std::vector<BwdRowStats>& stats, const janus::SampleMask& m, int d,
-                 int64_t Lkp, int Lk)
-      : st(stats[at::get_thread_num()]),
-        kt(scratch<T>(kKt, d * Lkp)),
-        qt(scratch<T>(kQt, d * kBlockMBwd)),
-        dot(scratch<T>(kDot, d * kBlockMBwd)),
-        dqt(scratch<float>(kDqt, d * kBlockMBwd)),
-        pt(scratch<float>(kPt, kChunkBwd * kBlockMBwd)),
-        dpt(scratch<float>(kDpt, kChunkBwd * kBlockMBwd)),
-        dkacc(scratch<float>(kDkAcc, (int64_t)Lk * d)),
-        dvacc(scratch<float>(kDvAcc, (int64_t)Lk * d)),
-        kv(std::min(m.kv_len(), Lk)) {   // key chunks never reach past kv_len
-    st.resize(kBlockMBwd, d);
-    std::fill_n(dkacc, (int64_t)kv * d, 0.f);
-    std::fill_n(dvacc, (int64_t)kv * d, 0.f);
-  }
-  template <typename O>   // the gradients' dtype
-  void write_dkdv(O* dkb, O* dvb, int Lk, int d) const {
-    narrow_row(dkacc, dkb, (int64_t)kv * d);
-    narrow_row(dvacc, dvb, (int64_t)kv * d);
-    std::fill_n(dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, O(0));
-    std::fill_n(dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, O(0));
-  }
-};
-
 // fp32 backward; bf16 / fp16 tensors (T) are widened to fp32 per item (K, V) and per row
 // block (Q, dO), and the gradients rounded once when they are written.
 template <typename T>
@@ -253,7 +121,7 @@ void attention_bwd_f32(const at::Tensor& dout, const at::Tensor& q, const at::Te
     // K^T [d][Lkp] for dQ^T += K^T dS^T (SIMD transposes: at small shapes scalar ones cost
     // as much as the GEMMs)
     janus_cpu::transpose32(Lk, d, kb, k_ld, kt, Lkp);
-    const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
+    const auto blocks = make_row_blocks(ma, b, Lq, kBlockMBwd, true);
 
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
       const int bh = b * H + h;
@@ -273,7 +141,7 @@ void attention_bwd_f32(const at::Tensor& dout, const at::Tensor& q, const at::Te
         janus_cpu::transpose32(rows, d, gblk, g_ld, dot, rows);
         std::fill_n(dqt, (int64_t)d * rows, 0.f);
         int pre, lo, hi;
-        m.block_ranges(i0, blk.i1, &pre, &lo, &hi);
+        span_ranges(m, ma.q_split, i0, blk.i1, &pre, &lo, &hi);
         for_each_key_chunk(pre, lo, hi, kChunkBwd, [&](int c0, int w) {
           // S^T = K_chunk Q^T  (w x rows)
           at::native::cpublas::brgemm(w, rows, d, k_ld, rows, rows, false, kb + c0 * k_ld,
@@ -351,7 +219,7 @@ void attention_bwd_native_bf16(const at::Tensor& dout, const at::Tensor& q, cons
     at::native::utils::transpose<uint16_t>(Lk, d, reinterpret_cast<const uint16_t*>(kb), ks[2],
                                            reinterpret_cast<uint16_t*>(kt), Lkp);
     for (int64_t c = 0; c < d; ++c) std::fill(kt + c * Lkp + Lk, kt + (c + 1) * Lkp, T(0));
-    const auto blocks = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockMBwd, false);
+    const auto blocks = make_row_blocks(ma, b, Lq, kBlockMBwd, true);
 
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
       const int bh = b * H + h;
@@ -371,7 +239,7 @@ void attention_bwd_native_bf16(const at::Tensor& dout, const at::Tensor& q, cons
         vnni_interleave_rows(gblk, rows, d, gs[2], rows2 / 2, gv);
         std::fill_n(dqt, (int64_t)d * rows, 0.f);
         int pre, lo, hi;
-        m.block_ranges(i0, blk.i1, &pre, &lo, &hi);
+        span_ranges(m, ma.q_split, i0, blk.i1, &pre, &lo, &hi);
         for_each_key_chunk(pre, lo, hi, kChunkBwd, [&](int c0, int w) {
           brgemm(w, rows, d, ks[2], rows, rows, false, kb + c0 * ks[2], qt, pt, true);
           brgemm(w, rows, d, vs[2], rows, rows, false, vb + c0 * vs[2], dot, dpt, true);
@@ -416,7 +284,10 @@ void attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
     slab = at::zeros({B, H, mods.rel_len}, q.options().dtype(at::kFloat));
     per_bh.d_rel_bias = slab.data_ptr<float>();
   }
-  switch (q.scalar_type()) {
+  const bool native = native_bf16 && q.scalar_type() == at::kBFloat16;
+  if (!native && attention_bwd_small_serves(k.size(2), q.size(3))) {
+    attention_bwd_small(dout, q, k, v, out, lse, ma, scale, per_bh, drop, dq, dk, dv);
+  } else switch (q.scalar_type()) {
     case at::kFloat:
       attention_bwd_f32<float>(dout, q, k, v, out, lse, ma, scale, per_bh, drop, dq, dk, dv);
       break;

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -62,6 +63,7 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 enum ScratchSlot : int {
   kS, kAcc, kRowMax, kRowSum, kP, kKt, kV,              // forward
   kQt, kDot, kDqt, kDq, kPt, kDpt, kQv, kGv, kPb, kDs, kDsv, kDkAcc, kDvAcc,   // backward
+  kVt, kDtanh,          // backward, small tiles
   kQf, kKf, kVf, kGf,   // fp32 copies of bf16/fp16 tiles (the widening path)
   kNumSlots
 };
@@ -180,34 +182,74 @@ inline Dropout make_dropout(double p, const c10::optional<at::Tensor>& seed) {
   return d;
 }
 
-// Row blocks of one stream: a work item is (b, h, first row, last row) with only valid rows.
-struct RowBlock { int b, h, i0, i1; int64_t cost; };
+// Keys needed by rows [i0, i1] as [0, pre) U [lo, hi): block_ranges for rows of one stream; a
+// block spanning both streams (see make_row_blocks) gets a superset of the union of the two
+// streams' sets (the kernels mask each row from its own exact ranges, so a superset only
+// costs the keys it adds).
+inline void span_ranges(const janus::SampleMask& m, int q_split, int i0, int i1, int* pre,
+                        int* lo, int* hi) {
+  if (i0 >= q_split || i1 < q_split) { m.block_ranges(i0, i1, pre, lo, hi); return; }
+  int p0, l0, h0, p1, l1, h1;
+  m.block_ranges(i0, q_split - 1, &p0, &l0, &h0);
+  m.block_ranges(q_split, i1, &p1, &l1, &h1);
+  *pre = std::max(p0, p1);
+  const bool w0 = h0 > l0, w1 = h1 > l1;
+  *lo = w0 ? (w1 ? std::min(l0, l1) : l0) : (w1 ? l1 : 0);
+  *hi = w0 ? (w1 ? std::max(h0, h1) : h0) : (w1 ? h1 : 0);
+}
 
-inline std::vector<RowBlock> make_row_blocks(const MaskArgs& ma, int b_begin, int b_end, int H, int Lq,
-                                      int block, bool per_head) {
+// Row blocks of sample b: (first row, last row) runs of at most `block` valid rows of one
+// stream, in row order. merge_streams: when the sample's rows from row 0 to its last query
+// row fit in one block, that whole span is ONE block, padding rows between the streams
+// included (they see no key: zero output, zero gradient). At IWSLT-sized batches (~35
+// content and ~12 query rows) this halves the per-block work (GEMM calls, transposes,
+// statistics) and turns two GEMMs with row tails (36 and 12 of 16) into one of ~48-64 rows,
+// at the price of computing the gap rows; the caller turns it off when it needs the blocks
+// for parallelism.
+struct RowBlock { int i0, i1; int64_t cost; };
+
+inline std::vector<RowBlock> make_row_blocks(const MaskArgs& ma, int b, int Lq, int block,
+                                             bool merge_streams) {
   std::vector<RowBlock> items;
-  for (int b = b_begin; b < b_end; ++b) {
-    const auto m = ma.sample(b);
-    auto add = [&](int i0, int i1) {
-      int pre, lo, hi;
-      m.block_ranges(i0, i1, &pre, &lo, &hi);
-      const int64_t keys = (lo < pre) ? std::max(pre, hi) : pre + (hi - lo);
-      if (keys <= 0) return;  // rows that see nothing: output stays 0, lse -inf
-      const int64_t cost = keys * (i1 - i0 + 1);
-      for (int h = 0; h < (per_head ? H : 1); ++h) items.push_back({b, h, i0, i1, cost});
-    };
-    // rows [a, e) in blocks of `block` rows (whole blocks first: the backward's GEMMs have
-    // the rows as their N dimension, which brgemm runs much slower with a tail)
-    auto cut = [&](int a, int e) {
-      for (int i0 = a; i0 < e; i0 += block) add(i0, std::min(i0 + block, e) - 1);
-    };
-    for (int s = 0; s < 2; ++s) {
-      const int start = s == 0 ? 0 : ma.q_split;
-      const int stop = s == 0 ? ma.q_split : Lq;
-      cut(start, std::min(stop, start + std::max(0, m.rows(s))));
-    }
+  const auto m = ma.sample(b);
+  auto add = [&](int i0, int i1) {
+    int pre, lo, hi;
+    span_ranges(m, ma.q_split, i0, i1, &pre, &lo, &hi);
+    const int64_t keys = (lo < pre) ? std::max(pre, hi) : pre + (hi - lo);
+    if (keys <= 0) return;  // rows that see nothing: output stays 0, lse -inf
+    items.push_back({i0, i1, keys * (i1 - i0 + 1)});
+  };
+  const int rows0 = std::max(0, std::min(m.rows(0), ma.q_split));
+  const int rows1 = std::max(0, std::min(m.rows(1), Lq - ma.q_split));
+  if (merge_streams && rows0 > 0 && rows1 > 0 && ma.q_split + rows1 <= block) {
+    add(0, ma.q_split + rows1 - 1);
+    return items;
   }
+  // rows [a, e) in blocks of `block` rows (whole blocks first: the backward's GEMMs have
+  // the rows as their N dimension, which brgemm runs much slower with a tail)
+  auto cut = [&](int a, int e) {
+    for (int i0 = a; i0 < e; i0 += block) add(i0, std::min(i0 + block, e) - 1);
+  };
+  cut(0, rows0);
+  cut(ma.q_split, ma.q_split + rows1);
   return items;
+}
+
+// Per-row visibility inside a key chunk [c0, c0 + w): fill masked entries of row `s` with v.
+inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, float* s, float v) {
+  if (!m.ranges_exact()) {
+    for (int t = 0; t < w; ++t) if (!m.allowed(i, c0 + t)) s[t] = v;
+    return;
+  }
+  int pre, lo, hi;
+  m.row_ranges(i, &pre, &lo, &hi);
+  const int a = std::clamp(pre - c0, 0, w);
+  const int ws = std::clamp(lo - c0, 0, w), we = std::clamp(hi - c0, 0, w);
+  auto fill = [&](int x, int y) { for (int t = x; t < y; ++t) s[t] = v; };
+  if (we <= ws) { fill(a, w); return; }     // no window inside the chunk
+  if (ws <= a) { fill(std::max(a, we), w); return; }
+  fill(a, ws);
+  fill(we, w);
 }
 
 // Key chunks covering [0, pre) U [lo, hi) in pieces of at most `chunk`.
@@ -372,6 +414,19 @@ inline std::pair<const float*, int64_t> rows_f32(const T* src, int64_t n, int64_
 void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const MaskArgs& ma, float scale, const ScoreMods& mods, const Dropout& drop,
                    bool native_bf16, at::Tensor& out, at::Tensor& lse);
+// The small-tile backward (attention_bwd_small.cpp: row-major tiles, inlined GEMMs) serves
+// calls whose keys fit one backward chunk; attention_bwd picks it for them (except native
+// bf16). JANUS_CPU_SMALL_TILES_MAX_KEYS (0 .. kChunkBwd, default kChunkBwd) lowers that limit:
+// 0 sends every call to the brgemm driver (the tests run both drivers on the same cases).
+inline int small_tiles_max_keys() {
+  const char* e = std::getenv("JANUS_CPU_SMALL_TILES_MAX_KEYS");
+  return e ? std::clamp(std::atoi(e), 0, kChunkBwd) : kChunkBwd;
+}
+bool attention_bwd_small_serves(int64_t Lk, int64_t d);
+void attention_bwd_small(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                         const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                         const MaskArgs& ma, float scale, const ScoreMods& mods,
+                         const Dropout& drop, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv);
 void attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                    const MaskArgs& ma, float scale, const ScoreMods& mods, const Dropout& drop,

@@ -17,23 +17,6 @@ namespace janus_cpu {
 namespace {
 
 
-// Per-row visibility inside a key chunk [c0, c0 + w): fill masked entries of row `s` with v.
-inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, float* s, float v) {
-  if (!m.ranges_exact()) {
-    for (int t = 0; t < w; ++t) if (!m.allowed(i, c0 + t)) s[t] = v;
-    return;
-  }
-  int pre, lo, hi;
-  m.row_ranges(i, &pre, &lo, &hi);
-  const int a = std::clamp(pre - c0, 0, w);
-  const int ws = std::clamp(lo - c0, 0, w), we = std::clamp(hi - c0, 0, w);
-  auto fill = [&](int x, int y) { for (int t = x; t < y; ++t) s[t] = v; };
-  if (we <= ws) { fill(a, w); return; }     // no window inside the chunk
-  if (ws <= a) { fill(std::max(a, we), w); return; }
-  fill(a, ws);
-  fill(we, w);
-}
-
 // Lane r of the result = op over the Vec::size() lanes of row r of part (a square block):
 // one transpose and vertical ops instead of a horizontal reduction chain per row.
 template <class Op>
@@ -213,10 +196,11 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
   const int nthreads = at::get_num_threads();
 
   // Row blocks per sample; each (b, h) is one item (K packed once), split into a few items
-  // only when there are too few heads to keep every thread busy.
-  std::vector<std::vector<RowBlock>> blocks(B);
-  for (int b = 0; b < B; ++b) blocks[b] = make_row_blocks(ma, b, b + 1, 1, Lq, kBlockM, false);
+  // only when there are too few heads to keep every thread busy (then the streams stay in
+  // separate blocks, so that there is something to split).
   const int splits = std::max<int64_t>(1, (4 * nthreads + (int64_t)B * H - 1) / ((int64_t)B * H));
+  std::vector<std::vector<RowBlock>> blocks(B);
+  for (int b = 0; b < B; ++b) blocks[b] = make_row_blocks(ma, b, Lq, kBlockM, splits == 1);
   std::vector<FwdItem> items;
   for (int b = 0; b < B; ++b) {
     const int nb = (int)blocks[b].size();
@@ -268,7 +252,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
       std::fill_n(mrow, rows, kNegInf);
       std::fill_n(lrow, rows, 0.f);
       int pre, lo, hi;
-      m.block_ranges(it.i0, it.i1, &pre, &lo, &hi);
+      span_ranges(m, ma.q_split, it.i0, it.i1, &pre, &lo, &hi);
       if (kBf16 && hi > lo) lo &= ~1;  // VNNI pairs keys (2t, 2t+1): chunks start at even keys
 
       for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
