@@ -59,7 +59,7 @@ def test_bad_arguments_are_named(argv, what, capsys):
 
 
 def _overhead_cfg(tmp_path, **over):
-    cfg = demo.demo_config(demo.SHORT_DATA, str(tmp_path), demo.SMOKE_BUDGET, vocab_size=200,
+    cfg = demo.demo_config(demo.LEARN_DATA, str(tmp_path), demo.SMOKE_BUDGET, vocab_size=200,
                            dim=32, ffn_dim=64, encoder_layers=1, decoder_layers=1,
                            max_tokens=256, max_minutes=0, max_updates=0, log_every=0)
     return dataclasses.replace(cfg, **over)
