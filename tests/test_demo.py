@@ -7,6 +7,7 @@ import re
 import pytest
 
 from janus_model import demo
+from janus_model.data import read_parallel
 from janus_model.demo_overhead import OVERHEAD_RUNS, run_overhead
 
 
@@ -44,6 +45,15 @@ def test_full_budget_leaves_a_margin_below_six_minutes():
     # the configured caps (not a measurement): below the 6-minute target with a margin
     assert b.fits()
     assert not dataclasses.replace(b, train_seconds=b.train_seconds + 60).fits()
+
+
+def test_learning_data_is_held_out_and_bleu_uses_all_of_it():
+    """Part (b)'s BLEU is on the whole test split of its cut, none of whose German sentences
+    is trained on (the old ddtp_short had 3 of its 300 in train)."""
+    train = read_parallel(demo.LEARN_DATA, "train", "de", "en")
+    test = read_parallel(demo.LEARN_DATA, "test", "de", "en")
+    assert len(test) == demo.FULL_BUDGET.test_sentences
+    assert not set(test.src) & set(train.src)
 
 
 @pytest.mark.parametrize("argv, what", [
