@@ -3,6 +3,7 @@ a synthetic corpus, its errors, and the properties of the bundled cut it built."
 import collections
 import importlib.util
 import os
+import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -10,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 _DATA = os.path.join(os.path.dirname(__file__), "..", "janus_model", "data")
 _spec = importlib.util.spec_from_file_location("make_cut", os.path.join(_DATA, "make_cut.py"))
 make_cut = importlib.util.module_from_spec(_spec)
+sys.modules["make_cut"] = make_cut             # dataclasses look their module up
 _spec.loader.exec_module(make_cut)
 
 BUNDLED = os.path.join(_DATA, "ddtp_frequent")
@@ -58,6 +60,7 @@ def test_filter_split_and_determinism(tmp_path):
     assert set(got) <= passing and {de for de, _ in passing} == {de for de, _ in got}
     assert make_cut.build_cut(str(tmp_path), spec) == cut                    # reproducible
     other = make_cut.build_cut(str(tmp_path), make_cut.CutSpec(3, 10, 3, 2, seed=6))
+    assert sorted(p for ps in other.values() for p in ps) == sorted(got)  # same pool
     assert other["test"] != cut["test"]
 
 

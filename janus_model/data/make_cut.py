@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import random
 import re
@@ -42,21 +43,22 @@ _WORD = re.compile(r"\w+")
 Pair = Tuple[str, str]
 
 
+@dataclasses.dataclass(frozen=True)
 class CutSpec:
-    """The cut's parameters, checked when built (a ValueError naming the argument)."""
+    """The cut's parameters (the defaults built ``ddtp_frequent``), checked when built: a
+    ValueError naming the field."""
 
-    def __init__(self, top_k: int = 3000, max_words: int = 10, test: int = 300,
-                 valid: int = 200, seed: int = 1):
-        for name, v, low in (("top_k", top_k, 1), ("max_words", max_words, 1),
-                             ("test", test, 1), ("valid", valid, 1), ("seed", seed, 0)):
+    top_k: int = 3000           # frequent words kept per language
+    max_words: int = 10         # whitespace words per side, at most
+    test: int = 300             # pairs in the test split
+    valid: int = 200            # pairs in the valid split
+    seed: int = 1               # of the shuffle that splits the pool
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v, low = getattr(self, f.name), 0 if f.name == "seed" else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name}: expected an integer >= {low}, got {v!r}")
-        self.top_k, self.max_words = top_k, max_words
-        self.test, self.valid, self.seed = test, valid, seed
-
-    def __repr__(self) -> str:
-        return (f"CutSpec(top_k={self.top_k}, max_words={self.max_words}, test={self.test}, "
-                f"valid={self.valid}, seed={self.seed})")
+                raise ValueError(f"{f.name}: expected an integer >= {low}, got {v!r}")
 
 
 def words(sentence: str) -> List[str]:
@@ -124,20 +126,17 @@ def write_cut(cut: Dict[str, List[Pair]], out: str) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    d = CutSpec()
-    p = argparse.ArgumentParser(prog="make_cut.py",
-                                description=__doc__,
+    p = argparse.ArgumentParser(prog="make_cut.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="the full DDTP de-en split (a directory)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--top-k", type=int, default=d.top_k)
-    p.add_argument("--max-words", type=int, default=d.max_words)
-    p.add_argument("--test", type=int, default=d.test)
-    p.add_argument("--valid", type=int, default=d.valid)
-    p.add_argument("--seed", type=int, default=d.seed)
+    fields = [f.name for f in dataclasses.fields(CutSpec)]
+    for name in fields:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int,
+                       default=getattr(CutSpec(), name), help="default: %(default)s")
     a = p.parse_args(argv)
     try:
-        spec = CutSpec(a.top_k, a.max_words, a.test, a.valid, a.seed)
+        spec = CutSpec(**{name: getattr(a, name) for name in fields})
     except ValueError as e:                 # "top_k: ..." -> "--top-k: ..."
         name, _, why = str(e).partition(":")
         p.error(f"--{name.replace('_', '-')}:{why}")
