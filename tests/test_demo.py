@@ -7,6 +7,7 @@ import re
 import pytest
 
 from janus_model import demo
+from janus_model.data import read_parallel
 from janus_model.demo_overhead import OVERHEAD_RUNS, run_overhead
 
 
@@ -46,6 +47,15 @@ def test_full_budget_leaves_a_margin_below_six_minutes():
     assert not dataclasses.replace(b, train_seconds=b.train_seconds + 60).fits()
 
 
+def test_learning_data_is_held_out_and_bleu_uses_all_of_it():
+    """Part (b)'s BLEU is on the whole test split of its cut, none of whose German sentences
+    is trained on (the old ddtp_short had 3 of its 300 in train)."""
+    train = read_parallel(demo.LEARN_DATA, "train", "de", "en")
+    test = read_parallel(demo.LEARN_DATA, "test", "de", "en")
+    assert len(test) == demo.FULL_BUDGET.test_sentences
+    assert not set(test.src) & set(train.src)
+
+
 @pytest.mark.parametrize("argv, what", [
     (["--threads", "0"], "--threads"),
     (["--train-seconds", "0"], "--train-seconds"),
@@ -59,7 +69,7 @@ def test_bad_arguments_are_named(argv, what, capsys):
 
 
 def _overhead_cfg(tmp_path, **over):
-    cfg = demo.demo_config(demo.SHORT_DATA, str(tmp_path), demo.SMOKE_BUDGET, vocab_size=200,
+    cfg = demo.demo_config(demo.LEARN_DATA, str(tmp_path), demo.SMOKE_BUDGET, vocab_size=200,
                            dim=32, ffn_dim=64, encoder_layers=1, decoder_layers=1,
                            max_tokens=256, max_minutes=0, max_updates=0, log_every=0)
     return dataclasses.replace(cfg, **over)
