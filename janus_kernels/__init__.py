@@ -10,6 +10,7 @@ import torch  # noqa: F401  (must precede the extension import)
 from . import _ext, cpu_isa, losses, masks, score_mods  # noqa: F401
 from .attention import attention  # noqa: F401
 from .backends import BackendError, available_backends, default_backend  # noqa: F401
+from .backends import cpu as _cpu_backend  # noqa: F401,E402  (registers the raw janus:: CPU ops)
 from .cpu_isa import cap_cpu_isa  # noqa: F401
 from .masks import (MaskDescriptor, causal_mask, document_mask, full_mask,  # noqa: F401
                     hf_mask, janus_ar_mask, janus_nar_mask, key_padding_mask,

@@ -171,3 +171,19 @@ def test_arch_list_below_sm80_is_dropped_with_a_warning():
     flags = build_config.gencode_flags([(9, 0, True)])
     assert flags == ["-gencode", "arch=compute_90,code=sm_90",
                      "-gencode", "arch=compute_90,code=compute_90"]
+
+
+
+def test_import_registers_the_raw_cpu_ops():
+    """`import janus_kernels` alone makes torch.ops.janus.<kernel op> callable on CPU tensors
+    (they were registered only once some backend was looked up, so a script or test calling
+    the raw ops first failed with "Could not run ... with arguments from the 'CPU' backend").
+    A fresh interpreter, since this one has long looked backends up."""
+    import subprocess
+    import sys
+    code = ("import torch, janus_kernels\n"
+            "ops = ('flash_attention_fwd', 'symkl_rows_fwd', 'ce_rows_fwd', 'janus_rows_fwd')\n"
+            "print([op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_key("
+            "'janus::' + op, 'CPU')])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
