@@ -129,6 +129,14 @@ struct BwdItemScratch {
   }
   template <typename O>   // the gradients' dtype
   void write_dkdv(O* dkb, O* dvb, int Lk, int d) const {
+    if constexpr (std::is_same_v<O, float>) {   // no read-for-ownership (stream_floats)
+      stream_floats(dkacc, dkb, (int64_t)kv * d);
+      stream_floats(dvacc, dvb, (int64_t)kv * d);
+      stream_floats(nullptr, dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d);
+      stream_floats(nullptr, dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d);
+      _mm_sfence();
+      return;
+    }
     narrow_row(dkacc, dkb, (int64_t)kv * d);
     narrow_row(dvacc, dvb, (int64_t)kv * d);
     std::fill_n(dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, O(0));

@@ -6,7 +6,7 @@
 //   P = exp(scale S - lse), dS = P (dP - delta)          (row by row, masked from each row's
 //                                                         key ranges, as the forward does)
 //   dV += P^T dO, dK += scale dS^T Q       (A read transposed: no transpose of P or dS)
-//   dQ  = scale dS K                       (written straight into dq for fp32)
+//   dQ  = scale dS K                       (in scratch, then streamed to dq)
 // There the brgemm driver transposes Q, dO and dQ of every row block and pays a kernel-cache
 // lookup per GEMM, which at these sizes cost as much as the FLOPs. A block may hold the
 // content and the query rows of a sample together (make_row_blocks' merged block): the row
@@ -171,10 +171,7 @@ void attention_bwd_small_impl(const at::Tensor& dout, const at::Tensor& q, const
                            lp + b * lss[0] + h * lss[1] + (int64_t)i0 * lss[2], lss[2], st, at);
           f32_rows<T>(qp + b * qs[0] + h * qs[1], qs[2], i0, n, d, qbuf, at, qrow);
           f32_rows<T>(gb, gs[2], i0, n, d, gbuf, at, grow);
-          for (int r = 0; r < n; ++r)
-            dqrow[at + r] = std::is_same_v<T, float>
-                                ? reinterpret_cast<float*>(dqh + (int64_t)(i0 + r) * d)
-                                : dqacc + (int64_t)(at + r) * d;
+          for (int r = 0; r < n; ++r) dqrow[at + r] = dqacc + (int64_t)(at + r) * d;
         }
         prefetch_rows(qrow, rows, d);   // dO was read by the row statistics; Q is cold
         // the padding rows a merged block skips: zero gradient
@@ -209,10 +206,15 @@ void attention_bwd_small_impl(const at::Tensor& dout, const at::Tensor& q, const
         });
         if (first)   // no key chunk (cannot happen for a block make_row_blocks kept)
           for (int r = 0; r < rows; ++r) std::fill_n(dqrow[r], d, 0.f);
-        if constexpr (!std::is_same_v<T, float>)
-          for (int x = 0, at = 0; x < 2; at += rr.count[x], ++x)
-            for (int r = 0; r < rr.count[x]; ++r)
-              narrow_row(dqacc + (int64_t)(at + r) * d, dqh + (int64_t)(rr.start[x] + r) * d, d);
+        // dQ rows leave the cache-resident scratch once: streamed for fp32 (no read of the
+        // output lines, see stream_floats), rounded for bf16 / fp16
+        for (int x = 0, at = 0; x < 2; at += rr.count[x], ++x)
+          for (int r = 0; r < rr.count[x]; ++r) {
+            const float* src = dqacc + (int64_t)(at + r) * d;
+            T* dst = dqh + (int64_t)(rr.start[x] + r) * d;
+            if constexpr (std::is_same_v<T, float>) stream_floats(src, dst, d);
+            else narrow_row(src, dst, d);
+          }
       }
     }
     sc.write_dkdv(dkp + ((int64_t)b * Hkv + hk) * Lk * d, dvp + ((int64_t)b * Hkv + hk) * Lk * d,

@@ -294,14 +294,17 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           const float inv = 1.f / l;
           float* arow = acc + (int64_t)r * d;
           at::vec::map([inv](Vec x) { return x * Vec(inv); }, arow, arow, d);
-          narrow_row(arow, orow, d);
+          if constexpr (std::is_same_v<T, float>) stream_floats(arow, orow, d);
+          else narrow_row(arow, orow, d);
           lp[b * ls_b + h * ls_h + i] = mrow[r] + std::log(l);
         } else {  // a valid row that sees no key
-          std::fill_n(orow, d, T(0));
+          if constexpr (std::is_same_v<T, float>) stream_floats(nullptr, orow, d);
+          else std::fill_n(orow, d, T(0));
           lp[b * ls_b + h * ls_h + i] = kNegInf;
         }
       }
     }  // row blocks of the item
+    _mm_sfence();   // the non-temporal stores of this item
   }, /*release_amx=*/kBf16);
   (void)Lk;
   (void)vp;
