@@ -1,12 +1,7 @@
 """JANUS / CMLM / AR trainer (spec §6.1, §7.1) with exact resume and data parallelism.
 
-Optimisation (fairseq's recipe): Adam β = (0.9, 0.98) with decoupled weight decay (fairseq's
-Adam applies ``p -= lr·wd·p``, i.e. torch's AdamW), inverse-square-root schedule with linear
-warm-up from ``warmup_init_lr``::
-
-    lr(n) = init + n·(lr - init)/W      for n < W      (n = updates done before this one)
-          = lr · sqrt(W / n)            for n >= W
-
+Optimisation (fairseq's recipe): Adam β = (0.9, 0.98) with decoupled weight decay
+(torch's AdamW), the inverse-square-root schedule of :mod:`janus_model.train_control`,
 label smoothing ε = 0.1 inside the objectives, optional gradient clipping (global L2 norm),
 optional bf16 autocast (CPU or GPU), gradient accumulation over ``update_freq`` micro-batches
 (the loss of each is divided by ``update_freq``; every term is a per-batch mean as in the
@@ -46,8 +41,6 @@ import json
 import math
 import os
 import random
-import signal
-import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -65,6 +58,7 @@ from .layout import build_batch
 from .masking import span_mask
 from .model import ExecOptions, JanusConfig, JanusTransformer
 from .objectives import LossWeights, compute_loss
+from .train_control import InverseSqrtSchedule, StopSignal
 from .train_config import LOSS_TERMS, MODE_TERMS, WEIGHT_PRESETS, TrainConfig
 
 __all__ = ["TrainConfig", "InverseSqrtSchedule", "Trainer", "average_checkpoints",
@@ -75,58 +69,7 @@ __all__ = ["TrainConfig", "InverseSqrtSchedule", "Trainer", "average_checkpoints
 DROPPED_WARN_FRACTION = 0.03
 
 
-class InverseSqrtSchedule:
-    """fairseq's inverse_sqrt (see the module docstring); sets the optimiser's lr."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, warmup: int,
-                 init_lr: float = 1e-7):
-        self.optimizer, self.lr, self.warmup, self.init_lr = optimizer, lr, warmup, init_lr
-        self.num_updates = 0
-
-    def lr_at(self, n: int) -> float:
-        if n < self.warmup:
-            return self.init_lr + n * (self.lr - self.init_lr) / self.warmup
-        return self.lr * math.sqrt(self.warmup / n)
-
-    def apply(self) -> float:
-        """Set the lr for the next update (after ``num_updates`` done)."""
-        lr = self.lr_at(self.num_updates)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        return lr
-
-    def state_dict(self) -> Dict:
-        return {"num_updates": self.num_updates, "lr": self.lr, "warmup": self.warmup,
-                "init_lr": self.init_lr}
-
-    def load_state_dict(self, s: Dict) -> None:
-        self.num_updates = int(s["num_updates"])
-
-
 # -------------------------------------------------------------------------------- trainer
-class _Stop:
-    """SIGINT/SIGTERM -> stop at the next update boundary (a second SIGINT aborts)."""
-
-    def __init__(self):
-        self.requested = False
-        self._old: Dict[int, object] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 class Trainer:
     """Build everything from a :class:`TrainConfig`, optionally resuming, then :meth:`train`.
 
@@ -429,7 +372,7 @@ class Trainer:
         self.schedule.num_updates = self.update
         return {"loss": loss_sum, **terms_sum, "lr": lr, "gnorm": gnorm, "ntok": ntok}
 
-    def _should_stop(self, t_start: float, stop: _Stop) -> Tuple[bool, str]:
+    def _should_stop(self, t_start: float, stop: StopSignal) -> Tuple[bool, str]:
         cfg = self.cfg
         timed = cfg.max_minutes > 0 and time.perf_counter() - t_start >= 60 * cfg.max_minutes
         flag = torch.tensor([float(stop.requested), float(timed)])
@@ -459,7 +402,7 @@ class Trainer:
                    leave=False)
         saved_at = -1
         reason = ""
-        with _Stop() as stop:
+        with StopSignal() as stop:
             while True:
                 stopping, reason = self._should_stop(t_start, stop)
                 if stopping:
