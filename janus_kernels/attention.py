@@ -218,6 +218,10 @@ def _check_inputs(q, k, v, mask, dropout_p) -> None:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
 
 
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescriptor, *,
               scale: Optional[float] = None, dropout_p: float = 0.0,
               seed: Optional[int] = None, return_lse: bool = False,
@@ -261,7 +265,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskDescr
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, (1,)).item())
         seed_t = torch.tensor([seed], dtype=torch.int64)
-    fn = _attention_fwd if torch.compiler.is_compiling() else _EagerAttention.apply
-    o, lse = fn(q, k, v, mask.params, mask.rank, mask.q_split, int(mask.kind), scale,
-                float(dropout_p), seed_t, backend, bool(return_lse), rel_bias, softcap)
+    args = (q, k, v, mask.params, mask.rank, mask.q_split, int(mask.kind), scale,
+            float(dropout_p), seed_t)
+    if torch.compiler.is_compiling():
+        o, lse = _attention_fwd(*args, backend, bool(return_lse), rel_bias, softcap)
+    elif _needs_grad(q, k, v, rel_bias):
+        o, lse = _EagerAttention.apply(*args, backend, bool(return_lse), rel_bias, softcap)
+    else:   # inference (no_grad, or no input requiring grad): no autograd node to build
+        o, lse = _impl(backend).attention_fwd(*args, rel_bias, softcap)
     return (o, lse) if return_lse else o

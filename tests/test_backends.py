@@ -187,3 +187,43 @@ def test_import_registers_the_raw_cpu_ops():
             "'janus::' + op, 'CPU')])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_remembered_cpu_choice_follows_the_environment(monkeypatch):
+    """resolve() remembers its CPU answers (the per-call Python cost of working them out
+    rivalled a decoding step's kernel); what they depend on in the environment is part of
+    the key, so switching Triton's interpreter on and off changes the answer both ways."""
+    pytest.importorskip("triton")
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for _ in range(2):   # the second call is served from memory
+        with pytest.raises(jk.BackendError, match="TRITON_INTERPRET"):
+            backends.resolve("attention", "triton", cpu, F32, 8, "t")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for _ in range(2):
+        assert backends.resolve("attention", "triton", cpu, F32, 8, "t") == "triton"
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(jk.BackendError, match="TRITON_INTERPRET"):
+        backends.resolve("attention", "triton", cpu, F32, 8, "t")
+    assert backends.resolve("attention", None, cpu, F32, 8, "t") == jk.default_backend(
+        "attention", cpu, F32, 8)
+
+
+@needs_ext
+def test_inference_call_builds_no_graph_and_matches_the_autograd_path():
+    """Without gradients (no_grad, or no input requiring them) attention() calls the kernel
+    directly: the same numbers as the autograd path, and no graph node."""
+    mask = jk.janus_nar_mask([3, 5], [2, 3])
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 2, mask.q_len, 16, generator=g)
+    k = torch.randn(2, 2, mask.kv_len, 16, generator=g)
+    v = torch.randn(2, 2, mask.kv_len, 16, generator=g)
+    with_grad = jk.attention(q.requires_grad_(), k, v, mask)
+    assert with_grad.grad_fn is not None
+    with torch.no_grad():
+        plain = jk.attention(q, k, v, mask)
+    assert plain.grad_fn is None and not plain.requires_grad
+    torch.testing.assert_close(plain, with_grad.detach(), rtol=0, atol=0)
+    o, lse = jk.attention(q.detach(), k, v, mask, return_lse=True)
+    assert o.grad_fn is None and lse.grad_fn is None
+    torch.testing.assert_close(o, plain, rtol=0, atol=0)

@@ -34,6 +34,7 @@ of both compiled backends, is accepted as an alias of ``"cpu"`` / ``"cuda"`` by 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
@@ -95,16 +96,29 @@ class Backend:
 
 
 _REGISTRY: Dict[str, Backend] = {}
+# resolve()'s answers for CPU tensors (see there), keyed by the call's constants and the
+# environment variables they depend on
+_RESOLVED: Dict[tuple, str] = {}
+# what the CPU answers depend on besides the call: the ISA cap and Triton's interpreter switch
+_CPU_ENV = ("JANUS_CPU_ISA", "TRITON_INTERPRET")
 
 
 def register(backend: Backend) -> Backend:
     _REGISTRY[backend.name] = backend
+    _RESOLVED.clear()
     return backend
 
 
+_LOADED = False
+
+
 def _ensure_loaded() -> None:
-    # every backend module registers itself on import (importing one alone registers only it)
-    from . import cpu, cuda, reference, triton  # noqa: F401
+    # every backend module registers itself on import (importing one alone registers only it);
+    # the flag keeps the import statement (a few us) off the per-call path
+    global _LOADED
+    if not _LOADED:
+        from . import cpu, cuda, reference, triton  # noqa: F401
+        _LOADED = True
 
 
 def names() -> Tuple[str, ...]:
@@ -175,8 +189,26 @@ def available_backends(device: Union[str, torch.device] = "cpu", op: str = "atte
 def resolve(op: str, backend: Optional[str], device: torch.device, dtype: torch.dtype,
             head_dim: Optional[int], who: str, features: Tuple[str, ...] = ()) -> str:
     """The backend name to use: the default, or the requested one after checking that it
-    can serve this call (BackendError otherwise)."""
+    can serve this call (BackendError otherwise).
+
+    For CPU tensors the answer is remembered: it depends only on the call's constants, the
+    machine and two environment variables (part of the key), and working it out costs ~15 us
+    of Python per call -- as much as the kernel of a decoding step. GPU answers also depend on
+    the device (its compute capability), so they are worked out every time."""
     _ensure_loaded()
+    if device.type == "cpu" and (backend is None or isinstance(backend, str)):
+        key = (op, backend, dtype, head_dim, features,
+               tuple(os.environ.get(e) for e in _CPU_ENV))
+        name = _RESOLVED.get(key)
+        if name is None:
+            name = _resolve(op, backend, device, dtype, head_dim, who, features)
+            _RESOLVED[key] = name   # only successes: errors are raised on every call
+        return name
+    return _resolve(op, backend, device, dtype, head_dim, who, features)
+
+
+def _resolve(op: str, backend: Optional[str], device: torch.device, dtype: torch.dtype,
+             head_dim: Optional[int], who: str, features: Tuple[str, ...]) -> str:
     if backend is None:
         return default_backend(op, device, dtype, head_dim, features)
     if not isinstance(backend, str):
