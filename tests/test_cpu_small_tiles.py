@@ -95,3 +95,43 @@ def test_merged_blocks_zero_the_rows_between_the_streams(monkeypatch, driver):
     assert (lse[gap] == float("-inf")).all()
     assert not any(t.isnan().any() for t in (out, lse[~gap], dq, dk, dv))
     assert_close_to_reference([out, dq, dk, dv], q, k, v, do, allowed)
+
+
+# ------------------------------------------------------------------ the few-rows forward
+ROWS_ENV = "JANUS_CPU_FWD_ROWS_MAX"
+
+
+@pytest.fixture
+def rows_forward(monkeypatch):
+    """Every forward call takes the few-rows path (attention_fwd_rows.cpp), whatever Lq."""
+    monkeypatch.setenv(ROWS_ENV, str(1 << 20))
+
+
+@pytest.mark.usefixtures("rows_forward")
+@pytest.mark.parametrize("case", params("cpu", CPU_SIZES))
+def test_rows_forward_matches_reference(case):
+    """out and lse of the few-rows forward on every CPU table case; the backward consumes its
+    lse, so the gradients check it too."""
+    check_case(case, case.dtype, grad_gain=2.0)
+
+
+@pytest.mark.parametrize("path", ["rows", "tiled"])
+@pytest.mark.parametrize("mods", list(MODS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_score_mods_and_dropout_on_both_forwards(monkeypatch, path, mods, dtype):
+    """softcap / rel_bias with dropout and GQA through each forward (decoding-sized: 3 query
+    rows, so the default picks the rows path), bf16 / fp16 widened."""
+    monkeypatch.setenv(ROWS_ENV, "4" if path == "rows" else "0")
+    # no sample with a single key: there dq is exactly 0 and every CPU path (tiled or rows,
+    # either backward) leaves ~15 eps from delta = dO . O (scaled by 1 / (1 - p)), over the
+    # rule's floor of 8 eps with softcap 2.5 and dropout; the table cases cover one-key rows
+    mask = masks.causal_mask([3, 2, 1], 3, kv_lengths=[40, 17, 2], kv_len=40)
+    softcap, rel = MODS[mods]
+    q, k, v, do, bias = _inputs(mask, d=24, dtype=dtype, rel=rel)
+    seed, p = 5, 0.25
+    keep = jk.dropout.dropout_keep_mask(seed, mask.batch_size, q.shape[1], mask.q_len,
+                                        mask.kv_len, p)
+    ours = run_cpu(q, k, v, do, mask, softcap, bias, dropout_p=p, seed=seed)
+    assert_close_to_reference(ours, q, k, v, do, mask.materialize(), keep=keep, dropout_p=p,
+                              softcap=softcap, rel_bias=bias,
+                              names=("out", "dq", "dk", "dv") + (("d_rel_bias",) if rel else ()))

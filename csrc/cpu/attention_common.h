@@ -290,6 +290,17 @@ inline Vec fast_max(const Vec& a, const Vec& b) {
 #endif
 }
 
+// Lane r of the result = op over the Vec::size() lanes of row r of part (a square block):
+// one transpose and vertical ops instead of a horizontal reduction chain per row.
+template <class Op>
+inline Vec reduce_rows(const float* part, float* tmp, Op op) {
+  constexpr int kW = Vec::size();
+  janus_cpu::transpose32(kW, kW, part, kW, tmp, kW);
+  Vec acc = Vec::loadu(tmp);
+  for (int j = 1; j < kW; ++j) acc = op(acc, Vec::loadu(tmp + j * kW));
+  return acc;
+}
+
 // Round two fp32 vectors to bf16 (nearest even) and store them: one instruction with
 // AVX512-BF16 (Sapphire Rapids, Zen 4+), else torch's bit-manipulation conversion.
 inline void store_bf16_pair(BFloat16* dst, const Vec& lo, const Vec& hi) {
@@ -429,6 +440,18 @@ inline std::pair<const float*, int64_t> rows_f32(const T* src, int64_t n, int64_
 void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const MaskArgs& ma, float scale, const ScoreMods& mods, const Dropout& drop,
                    bool native_bf16, at::Tensor& out, at::Tensor& lse);
+// The few-rows forward (attention_fwd_rows.cpp: dot products against the K rows, no K^T
+// packing) serves calls of at most kFwdRowsMax query rows: a decoding step against a KV cache.
+// JANUS_CPU_FWD_ROWS_MAX overrides that limit: 0 sends every call to the tiled forward, a
+// large value every call to the rows path (the tests run both on the same cases).
+constexpr int kFwdRowsMax = 4;
+inline bool attention_fwd_rows_serves(int64_t Lq) {
+  const char* e = std::getenv("JANUS_CPU_FWD_ROWS_MAX");
+  return Lq <= (e ? std::max(std::atoi(e), 0) : kFwdRowsMax);
+}
+void attention_fwd_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const MaskArgs& ma, float scale, const ScoreMods& mods,
+                        const Dropout& drop, at::Tensor& out, at::Tensor& lse);
 // The small-tile backward (attention_bwd_small.cpp: row-major tiles, inlined GEMMs) serves
 // calls whose keys fit one backward chunk; attention_bwd picks it for them (except native
 // bf16). JANUS_CPU_SMALL_TILES_MAX_KEYS (0 .. kChunkBwd, default kChunkBwd) lowers that limit:

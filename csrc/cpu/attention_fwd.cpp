@@ -17,17 +17,6 @@ namespace janus_cpu {
 namespace {
 
 
-// Lane r of the result = op over the Vec::size() lanes of row r of part (a square block):
-// one transpose and vertical ops instead of a horizontal reduction chain per row.
-template <class Op>
-inline Vec reduce_rows(const float* part, float* tmp, Op op) {
-  constexpr int kW = Vec::size();
-  janus_cpu::transpose32(kW, kW, part, kW, tmp, kW);
-  Vec acc = Vec::loadu(tmp);
-  for (int j = 1; j < kW; ++j) acc = op(acc, Vec::loadu(tmp + j * kW));
-  return acc;
-}
-
 // Online-softmax step of one (row block, key chunk) tile of the forward. On entry S (rows x
 // wr; wr a multiple of the vector width, of 32 for bf16) holds the raw scores of keys [c0, c0 + w); on exit S (fp32) or P
 // (bf16) holds exp(scale s - m_new) with masked entries 0 (dropped and rescaled when dropout
@@ -315,6 +304,8 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
 void attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const MaskArgs& ma, float scale, const ScoreMods& mods, const Dropout& drop,
                    bool native_bf16, at::Tensor& out, at::Tensor& lse) {
+  if (attention_fwd_rows_serves(q.size(2)))
+    return attention_fwd_rows(q, k, v, ma, scale, mods, drop, out, lse);
   switch (q.scalar_type()) {
     case at::kFloat:
       return attention_fwd_impl<float, float>(q, k, v, ma, scale, mods, drop, out, lse);
