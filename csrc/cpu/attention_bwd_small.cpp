@@ -18,23 +18,6 @@
 namespace janus_cpu {
 namespace {
 
-constexpr int kMaxHeadDim = 256;   // the op's limit (attention.py MAX_HEAD_DIM)
-
-// The rows of one block: one run of one stream, or the content run and the query run of a
-// merged block (row 0 .. the last content row, q_split .. the block's last row).
-struct RowRuns {
-  int start[2], count[2];
-  int n() const { return count[0] + count[1]; }
-  int row(int r) const { return r < count[0] ? start[0] + r : start[1] + (r - count[0]); }
-};
-
-RowRuns block_runs(const RowBlock& blk, const janus::SampleMask& m, int q_split) {
-  if (blk.i0 < q_split && blk.i1 >= q_split) {
-    const int rows0 = std::min(m.rows(0), q_split) - blk.i0;
-    return {{blk.i0, q_split}, {rows0, blk.i1 - q_split + 1}};
-  }
-  return {{blk.i0, 0}, {blk.i1 - blk.i0 + 1, 0}};
-}
 
 // Whether every row of the runs sees every key of [c0, c0 + w) (then no masking is needed).
 bool runs_full(const janus::SampleMask& m, const RowRuns& rr, int c0, int w) {

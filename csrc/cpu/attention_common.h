@@ -52,6 +52,7 @@ constexpr size_t kPoolMinBytes = size_t(2) << 20;   // outputs this large use th
 #endif
 constexpr int kBlockMBwd = JANUS_BWD_BLOCK_M;   // rows per block (backward)
 constexpr int kChunkBwd = JANUS_BWD_CHUNK;      // keys per backward chunk
+constexpr int kMaxHeadDim = 256;   // the op's limit (attention.py MAX_HEAD_DIM)
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -233,6 +234,22 @@ inline std::vector<RowBlock> make_row_blocks(const MaskArgs& ma, int b, int Lq, 
   cut(0, rows0);
   cut(ma.q_split, ma.q_split + rows1);
   return items;
+}
+
+// The rows of one block: one run of one stream, or the content run and the query run of a
+// merged block (row 0 .. the last content row, q_split .. the block's last row).
+struct RowRuns {
+  int start[2], count[2];
+  int n() const { return count[0] + count[1]; }
+  int row(int r) const { return r < count[0] ? start[0] + r : start[1] + (r - count[0]); }
+};
+
+inline RowRuns block_runs(const RowBlock& blk, const janus::SampleMask& m, int q_split) {
+  if (blk.i0 < q_split && blk.i1 >= q_split) {
+    const int rows0 = std::min(m.rows(0), q_split) - blk.i0;
+    return {{blk.i0, q_split}, {rows0, blk.i1 - q_split + 1}};
+  }
+  return {{blk.i0, 0}, {blk.i1 - blk.i0 + 1, 0}};
 }
 
 // Per-row visibility inside a key chunk [c0, c0 + w): fill masked entries of row `s` with v.

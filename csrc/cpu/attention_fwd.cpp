@@ -1,9 +1,12 @@
 // CPU flash attention forward with the structured mask generated on the fly.
 //
-// Per (batch, head, block of rows of one stream):
+// Per (batch, head, block of rows of one stream, or of both streams of a short sample):
 //   keys needed by the block = [0, pre) U [lo(first row), hi(last row))   (janus/mask.h)
 //   for each chunk of those keys (dead key tiles are never touched):
-//     S = Q_blk K_chunk^T                      oneDNN brgemm (fp32, or bf16 with VNNI-packed B)
+//     S = Q_blk K_chunk^T      fp32 tiles: the inlined GEMM of small_gemm.h, reading the rows
+//                              through pointers, so a block holding both streams skips the
+//                              padding rows between them (IWSLT-sized batches: ~18% of its
+//                              rows); native bf16: oneDNN brgemm with VNNI-packed B
 //     score modifiers (softcap, rel_bias; only when on): S = modified scores, scale folded in
 //     mask: only tiles that are not FULL are masked, by per-row interval fills (no predicate
 //           is evaluated per element except for the permutation kind)
@@ -12,6 +15,7 @@
 // Storage type T (the tensors) and compute type C (the GEMM operands) differ only on the
 // widening path: bf16 / fp16 tensors computed with fp32 tiles (T != C = float).
 #include "attention_common.h"
+#include "small_gemm.h"
 
 namespace janus_cpu {
 namespace {
@@ -230,12 +234,18 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
       float* mrow = scratch<float>(kRowMax, kBlockM);
       float* lrow = scratch<float>(kRowSum, kBlockM);
       C* P = kBf16 ? scratch<C>(kP, (int64_t)kBlockM * kChunkFwd) : nullptr;
-      const int rows = it.i1 - it.i0 + 1;
+      const int span = it.i1 - it.i0 + 1;
+      // The block's rows as runs: a merged block's content and query rows, without the
+      // padding rows between them (fp32 tiles read rows through pointers, small_gemm.h);
+      // native bf16 brgemm needs evenly strided rows, so there the gap rows are computed as
+      // rows that see no key.
+      const RowRuns rr = kBf16 ? RowRuns{{it.i0, 0}, {span, 0}} : block_runs(it, m, ma.q_split);
+      const int rows = rr.n();
       // Q rows: the tensor itself, or widened to fp32 (row stride q_ld)
       const auto [qblk, q_ld] = [&]() -> std::pair<const C*, int64_t> {
         const T* src = qp + b * qs[0] + h * qs[1] + (int64_t)it.i0 * qs[2];
         if constexpr (std::is_same_v<T, C>) return {src, qs[2]};
-        else return rows_f32(src, rows, d, qs[2], kQf);
+        else return rows_f32(src, span, d, qs[2], kQf);
       }();
       std::fill_n(acc, (int64_t)rows * d, 0.f);
       std::fill_n(mrow, rows, kNegInf);
@@ -246,38 +256,60 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
 
       for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
         const int wr = std::min<int>(round_up(w, width_round), kChunkFwd);
-        // S = Q K^T over the rounded-up width (brgemm runs N tails far slower than whole
-        // vectors; K^T is zero past kv_len); columns [w, wr) are masked below.
+        // S = Q K^T over the rounded-up width (K^T is zero past kv_len); columns [w, wr) are
+        // masked below
         if constexpr (kBf16) {
           at::native::cpublas::brgemm(rows, wr, d, q_ld, Lkp, wr, false, qblk, kt + c0 * 2, S,
                                       true);
         } else {
-          at::native::cpublas::brgemm(rows, wr, d, q_ld, Lkp, wr, false, qblk, kt + c0, S);
+          const float* qrow[kBlockM];
+          const float* ktrow[kMaxHeadDim];
+          float* srow[kBlockM];
+          for (int r = 0; r < rows; ++r) {
+            qrow[r] = qblk + (rr.row(r) - it.i0) * q_ld;
+            srow[r] = S + (int64_t)r * wr;
+          }
+          for (int c = 0; c < d; ++c) ktrow[c] = kt + c * Lkp + c0;
+          small_gemm<AMode::kRows>(rows, wr, d, qrow, ktrow, srow, false);
         }
-        const bool full = m.tile_class(it.i0, it.i1, c0, c0 + w - 1) == janus::TILE_FULL;
         // with modifiers S becomes the final scores (scale applied; FULL tiles too) before the
         // mask and the softmax, which then run with scale 1
         if (mods.on()) {
           for (int r = 0; r < rows; ++r)
             modify_scores_row(S + (int64_t)r * wr, w, scale, mods.softcap,
-                              bias_h ? bias_h + c0 - (it.i0 + r) : nullptr);
+                              bias_h ? bias_h + c0 - rr.row(r) : nullptr);
         }
-        softmax_chunk<C>(m, it.i0, rows, c0, w, wr, full, mods.on() ? 1.f : scale, drop,
-                         b * H + h, S, P, mrow, lrow, acc, d);
+        for (int x2 = 0, at = 0; x2 < 2; at += rr.count[x2], ++x2) {   // each run's rows
+          const int i0 = rr.start[x2], n = rr.count[x2];
+          if (n == 0) continue;
+          const bool full = m.tile_class(i0, i0 + n - 1, c0, c0 + w - 1) == janus::TILE_FULL;
+          softmax_chunk<C>(m, i0, n, c0, w, wr, full, mods.on() ? 1.f : scale, drop, b * H + h,
+                           S + (int64_t)at * wr, kBf16 ? P + (int64_t)at * wr : nullptr,
+                           mrow + at, lrow + at, acc + (int64_t)at * d, d);
+        }
         // O_acc += P V_chunk
         if constexpr (kBf16) {
           const C* vchunk = ph.v + (int64_t)c0 * d;
           at::native::cpublas::brgemm(rows, d, wr, wr, d, d, true, P, vchunk, acc, true);
         } else {
-          const float* vchunk = ph.v + (int64_t)c0 * ph.v_ld;
           // only the w real keys: V has no padded rows to read beyond Lk
-          at::native::cpublas::brgemm(rows, d, w, wr, ph.v_ld, d, true, S, vchunk, acc);
+          const float* prow[kBlockM];
+          const float* vrow[kChunkFwd];
+          float* arow[kBlockM];
+          for (int r = 0; r < rows; ++r) {
+            prow[r] = S + (int64_t)r * wr;
+            arow[r] = acc + (int64_t)r * d;
+          }
+          for (int t = 0; t < w; ++t) vrow[t] = ph.v + (int64_t)(c0 + t) * ph.v_ld;
+          small_gemm<AMode::kRows>(rows, d, w, prow, vrow, arow, true);
         }
       });
 
+      T* oh = op + b * os_b + h * os_h;
+      float* lh = lp + b * ls_b + h * ls_h;
       for (int r = 0; r < rows; ++r) {
-        const int i = it.i0 + r;
-        T* orow = op + b * os_b + h * os_h + (int64_t)i * os_l;
+        const int i = rr.row(r);
+        T* orow = oh + (int64_t)i * os_l;
         const float l = lrow[r];
         if (l > 0.f) {
           const float inv = 1.f / l;
@@ -285,12 +317,18 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           at::vec::map([inv](Vec x) { return x * Vec(inv); }, arow, arow, d);
           if constexpr (std::is_same_v<T, float>) stream_floats(arow, orow, d);
           else narrow_row(arow, orow, d);
-          lp[b * ls_b + h * ls_h + i] = mrow[r] + std::log(l);
+          lh[i] = mrow[r] + std::log(l);
         } else {  // a valid row that sees no key
           if constexpr (std::is_same_v<T, float>) stream_floats(nullptr, orow, d);
           else std::fill_n(orow, d, T(0));
-          lp[b * ls_b + h * ls_h + i] = kNegInf;
+          lh[i] = kNegInf;
         }
+      }
+      // the padding rows a merged block skipped: zero output, lse -inf
+      for (int i = rr.start[0] + rr.count[0]; rr.count[1] > 0 && i < rr.start[1]; ++i) {
+        if constexpr (std::is_same_v<T, float>) stream_floats(nullptr, oh + (int64_t)i * os_l, d);
+        else std::fill_n(oh + (int64_t)i * os_l, d, T(0));
+        lh[i] = kNegInf;
       }
     }  // row blocks of the item
     _mm_sfence();   // the non-temporal stores of this item
