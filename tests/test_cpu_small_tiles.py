@@ -6,9 +6,9 @@
   table case and every score modifier also runs with the brgemm driver forced
   (JANUS_CPU_SMALL_TILES_MAX_KEYS=0), so both stay checked on the same cases;
 * merged row blocks: a sample whose content rows and query rows fit one block is one block,
-  with the padding rows between the streams skipped (backward) or computed as rows that see no
-  key (forward). Those rows must come out exactly zero (out, dq) with lse = -inf, even in
-  recycled output memory.
+  with the padding rows between the streams skipped (computed as rows that see no key only by
+  the native bf16 forward). Those rows must come out exactly zero (out, dq) with lse = -inf,
+  even in recycled output memory.
 
 Everything against the dense references with the project's tolerance rule (attention_utils)."""
 import pytest

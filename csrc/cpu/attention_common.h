@@ -204,9 +204,10 @@ inline void span_ranges(const janus::SampleMask& m, int q_split, int i0, int i1,
 // row fit in one block, that whole span is ONE block, padding rows between the streams
 // included (they see no key: zero output, zero gradient). At IWSLT-sized batches (~35
 // content and ~12 query rows) this halves the per-block work (GEMM calls, transposes,
-// statistics) and turns two GEMMs with row tails (36 and 12 of 16) into one of ~48-64 rows,
-// at the price of computing the gap rows; the caller turns it off when it needs the blocks
-// for parallelism.
+// statistics) and turns two GEMMs with row tails (36 and 12 of 16) into one of ~48-64 rows.
+// The fp32 tiles skip the gap rows (RowRuns: the GEMMs read rows through pointers); only
+// native bf16 brgemm computes them, as rows that see no key. The caller turns merging off
+// when it needs the blocks for parallelism.
 struct RowBlock { int i0, i1; int64_t cost; };
 
 inline std::vector<RowBlock> make_row_blocks(const MaskArgs& ma, int b, int Lq, int block,
