@@ -47,10 +47,15 @@ def test_score_mods_and_dropout_on_both_drivers(monkeypatch, driver, mods, dtype
     """softcap / rel_bias (and its gradient) with dropout and GQA, through each driver; fp16
     takes the widening path of either."""
     monkeypatch.setenv(SMALL_KEYS_ENV, "128" if driver == "small" else "0")
-    mask = masks.janus_nar_mask([5, 9, 2], [4, 6, 0])
+    _check_mods_with_dropout(masks.janus_nar_mask([5, 9, 2], [4, 6, 0]), mods, dtype, seed=11,
+                             p=0.2)
+
+
+def _check_mods_with_dropout(mask, mods, dtype, *, seed, p):
+    """The CPU op's out, dq, dk, dv (and d_rel_bias) with the modifiers `mods` and dropout p,
+    GQA (4 query heads on 2 kv heads), head dim 24, against the dense references."""
     softcap, rel = MODS[mods]
     q, k, v, do, bias = _inputs(mask, d=24, dtype=dtype, rel=rel)
-    seed, p = 11, 0.2
     keep = jk.dropout.dropout_keep_mask(seed, mask.batch_size, q.shape[1], mask.q_len,
                                         mask.kv_len, p)
     ours = run_cpu(q, k, v, do, mask, softcap, bias, dropout_p=p, seed=seed)
@@ -126,12 +131,4 @@ def test_score_mods_and_dropout_on_both_forwards(monkeypatch, path, mods, dtype)
     # either backward) leaves ~15 eps from delta = dO . O (scaled by 1 / (1 - p)), over the
     # rule's floor of 8 eps with softcap 2.5 and dropout; the table cases cover one-key rows
     mask = masks.causal_mask([3, 2, 1], 3, kv_lengths=[40, 17, 2], kv_len=40)
-    softcap, rel = MODS[mods]
-    q, k, v, do, bias = _inputs(mask, d=24, dtype=dtype, rel=rel)
-    seed, p = 5, 0.25
-    keep = jk.dropout.dropout_keep_mask(seed, mask.batch_size, q.shape[1], mask.q_len,
-                                        mask.kv_len, p)
-    ours = run_cpu(q, k, v, do, mask, softcap, bias, dropout_p=p, seed=seed)
-    assert_close_to_reference(ours, q, k, v, do, mask.materialize(), keep=keep, dropout_p=p,
-                              softcap=softcap, rel_bias=bias,
-                              names=("out", "dq", "dk", "dv") + (("d_rel_bias",) if rel else ()))
+    _check_mods_with_dropout(mask, mods, dtype, seed=5, p=0.25)

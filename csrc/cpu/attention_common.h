@@ -253,6 +253,25 @@ inline RowRuns block_runs(const RowBlock& blk, const janus::SampleMask& m, int q
   return {{blk.i0, 0}, {blk.i1 - blk.i0 + 1, 0}};
 }
 
+// Shapes and raw pointers of one forward call (both forward drivers; unpacked with a
+// structured binding so the kernels keep short local names). Strides come from the tensors.
+template <typename T>
+struct FwdView {
+  int B, H, Lq, d, Hkv, group, Lk;
+  const T *qp, *kp, *vp;
+  T* op;
+  float* lp;
+};
+
+template <typename T>
+inline FwdView<T> fwd_view(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           at::Tensor& out, at::Tensor& lse) {
+  const int H = q.size(1), Hkv = k.size(1);
+  return {(int)q.size(0), H, (int)q.size(2), (int)q.size(3), Hkv, H / Hkv, (int)k.size(2),
+          q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<T>(),
+          lse.data_ptr<float>()};
+}
+
 // Per-row visibility inside a key chunk [c0, c0 + w): fill masked entries of row `s` with v.
 inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, float* s, float v) {
   if (!m.ranges_exact()) {

@@ -175,13 +175,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
                         const MaskArgs& ma, float scale, const ScoreMods& mods,
                         const Dropout& drop, at::Tensor& out, at::Tensor& lse) {
   constexpr bool kBf16 = std::is_same_v<C, BFloat16>;   // native bf16 tiles
-  const int B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
-  const int Hkv = k.size(1), group = H / Hkv, Lk = k.size(2);
-  const T* qp = q.data_ptr<T>();
-  const T* kp = k.data_ptr<T>();
-  const T* vp = v.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  float* lp = lse.data_ptr<float>();
+  const auto [B, H, Lq, d, Hkv, group, Lk, qp, kp, vp, op, lp] = fwd_view<T>(q, k, v, out, lse);
   const auto qs = q.strides(), ks = k.strides(), vs = v.strides();
   const int64_t os_b = out.stride(0), os_h = out.stride(1), os_l = out.stride(2);
   const int64_t ls_b = lse.stride(0), ls_h = lse.stride(1);

@@ -64,13 +64,7 @@ template <typename T>
 void attention_fwd_rows_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const MaskArgs& ma, float scale, const ScoreMods& mods,
                              const Dropout& drop, at::Tensor& out, at::Tensor& lse) {
-  const int B = q.size(0), H = q.size(1), Lq = q.size(2), d = q.size(3);
-  const int Hkv = k.size(1), group = H / Hkv, Lk = k.size(2);
-  const T* qp = q.data_ptr<T>();
-  const T* kp = k.data_ptr<T>();
-  const T* vp = v.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  float* lp = lse.data_ptr<float>();
+  const auto [B, H, Lq, d, Hkv, group, Lk, qp, kp, vp, op, lp] = fwd_view<T>(q, k, v, out, lse);
   const auto qs = q.strides(), ks = k.strides(), vs = v.strides(), os = out.strides(),
              lss = lse.strides();
   std::vector<RowsItem> items;
