@@ -24,6 +24,7 @@
 #include "janus/mask.h"
 #include "janus/philox.h"
 #include "output_pool.h"
+#include "row_io.h"
 #include "transpose.h"
 
 
@@ -386,20 +387,6 @@ inline void vnni_interleave_rows(const BFloat16* src, int64_t n, int64_t d, int6
   }
 }
 
-// Writes n floats of src (or zeros when src is null) to dst with non-temporal stores where
-// dst is 32-byte aligned: the kernels' outputs are written once and read by the next op, so
-// plain stores would first read every destination line from memory (read-for-ownership),
-// a third of the backward's traffic at IWSLT-sized batches. The caller fences (sfence)
-// before the results are read by another thread.
-inline void stream_floats(const float* src, float* dst, int64_t n) {
-  int64_t c = 0;
-  if (reinterpret_cast<uintptr_t>(dst) % 32 == 0) {
-    for (; c + 8 <= n; c += 8)
-      _mm256_stream_ps(dst + c, src ? _mm256_loadu_ps(src + c) : _mm256_setzero_ps());
-  }
-  for (; c < n; ++c) dst[c] = src ? src[c] : 0.f;
-}
-
 // Rows of (b, h) that no row block covers (padding rows, rows that see no key) are never
 // computed; the first work item of each (b, h) writes them: zero output (and lse = -inf).
 template <typename T>
@@ -420,43 +407,7 @@ void zero_uncovered_rows(const std::vector<RowBlock>& blocks, int Lq, int d, T* 
   zero(next, Lq);
 }
 
-// ------------------------------------------------------------------ dtype widening
-// bf16 and fp16 inputs without a native GEMM for them (no AMX; fp16 always) are computed in
-// fp32: each tile is widened into scratch as it is used, so memory never grows by a
-// whole-tensor copy. rows_f32 returns the rows as fp32 with their row stride: the tensor
-// itself for fp32 (no copy), else the widened copy in `slot` (row stride d).
-template <typename T>
-inline void widen_row(const T* src, float* dst, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    std::copy_n(src, n, dst);
-  } else if constexpr (std::is_same_v<T, Half>) {
-    // F16C (every AVX2 CPU has it): at::vec's Half conversion is scalar at these sizes
-    int64_t c = 0;
-    for (; c + 8 <= n; c += 8)
-      _mm256_storeu_ps(dst + c, _mm256_cvtph_ps(_mm_loadu_si128(
-                                    reinterpret_cast<const __m128i*>(src + c))));
-    for (; c < n; ++c) dst[c] = float(src[c]);
-  } else {
-    at::vec::convert(src, dst, n);   // vectorized for BFloat16
-  }
-}
-
-// The inverse: fp32 results rounded to the tensors' dtype (nearest even).
-template <typename T>
-inline void narrow_row(const float* src, T* dst, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    std::copy_n(src, n, dst);
-  } else if constexpr (std::is_same_v<T, Half>) {
-    int64_t c = 0;
-    for (; c + 8 <= n; c += 8)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c),
-                       _mm256_cvtps_ph(_mm256_loadu_ps(src + c), _MM_FROUND_TO_NEAREST_INT));
-    for (; c < n; ++c) dst[c] = Half(src[c]);
-  } else {
-    at::vec::convert(src, dst, n);
-  }
-}
-
+// fp32 rows of T: the tensor's own for fp32, else widened into scratch `slot` (row_io.h).
 template <typename T>
 inline std::pair<const float*, int64_t> rows_f32(const T* src, int64_t n, int64_t d, int64_t ld,
                                                  ScratchSlot slot) {

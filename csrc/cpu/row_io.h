@@ -1,0 +1,71 @@
+// Moving rows of the attention tensors in and out of fp32 tiles: widening bf16 / fp16 rows to
+// fp32 as they are read, rounding fp32 results back to the tensors' dtype, and writing
+// results that are not read again soon with non-temporal stores. Shared by every CPU
+// attention kernel (attention_common.h includes it).
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include <immintrin.h>
+
+namespace janus_cpu {
+
+using at::BFloat16;
+using at::Half;
+
+// bf16 and fp16 inputs without a native GEMM for them (no AMX; fp16 always) are computed in
+// fp32: each tile is widened into scratch as it is used, so memory never grows by a
+// whole-tensor copy. rows_f32 returns the rows as fp32 with their row stride: the tensor
+// itself for fp32 (no copy), else the widened copy in `slot` (row stride d).
+template <typename T>
+inline void widen_row(const T* src, float* dst, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::copy_n(src, n, dst);
+  } else if constexpr (std::is_same_v<T, Half>) {
+    // F16C (every AVX2 CPU has it): at::vec's Half conversion is scalar at these sizes
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8)
+      _mm256_storeu_ps(dst + c, _mm256_cvtph_ps(_mm_loadu_si128(
+                                    reinterpret_cast<const __m128i*>(src + c))));
+    for (; c < n; ++c) dst[c] = float(src[c]);
+  } else {
+    at::vec::convert(src, dst, n);   // vectorized for BFloat16
+  }
+}
+
+// The inverse: fp32 results rounded to the tensors' dtype (nearest even).
+template <typename T>
+inline void narrow_row(const float* src, T* dst, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::copy_n(src, n, dst);
+  } else if constexpr (std::is_same_v<T, Half>) {
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c),
+                       _mm256_cvtps_ph(_mm256_loadu_ps(src + c), _MM_FROUND_TO_NEAREST_INT));
+    for (; c < n; ++c) dst[c] = Half(src[c]);
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
+
+// Writes n floats of src (or zeros when src is null) to dst with non-temporal stores where
+// dst is 32-byte aligned: the kernels' outputs are written once and read by the next op, so
+// plain stores would first read every destination line from memory (read-for-ownership),
+// a third of the backward's traffic at IWSLT-sized batches. The caller fences (sfence)
+// before the results are read by another thread.
+inline void stream_floats(const float* src, float* dst, int64_t n) {
+  int64_t c = 0;
+  if (reinterpret_cast<uintptr_t>(dst) % 32 == 0) {
+    for (; c + 8 <= n; c += 8)
+      _mm256_stream_ps(dst + c, src ? _mm256_loadu_ps(src + c) : _mm256_setzero_ps());
+  }
+  for (; c < n; ++c) dst[c] = src ? src[c] : 0.f;
+}
+
+}  // namespace janus_cpu
