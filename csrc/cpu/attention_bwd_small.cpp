@@ -202,7 +202,27 @@ void attention_bwd_small_impl(const at::Tensor& dout, const at::Tensor& q, const
     }
     sc.write_dkdv(dkp + ((int64_t)b * Hkv + hk) * Lk * d, dvp + ((int64_t)b * Hkv + hk) * Lk * d,
                   Lk, d);
-  });
+    prefetch_queue().clear();
+  }, [&](const BwdItem& it) {   // queue the next item's rows: dO, O, K, V, Q (first use order)
+    auto& pq = prefetch_queue();
+    pq.clear();
+    const auto m = ma.sample(it.b);
+    const int kv = std::min(m.kv_len(), Lk);
+    const int64_t rb = (int64_t)d * sizeof(T);
+    const int runs[2][2] = {{0, std::min(m.rows(0), ma.q_split)},
+                            {ma.q_split, std::min(m.rows(1), Lq - ma.q_split)}};
+    for (int h = it.hk * group; h < (it.hk + 1) * group; ++h)
+      for (const auto& run : runs) {
+        if (run[1] <= 0) continue;
+        pq.add(gp + it.b * gs[0] + h * gs[1] + (int64_t)run[0] * gs[2], run[1] * rb);
+        pq.add(op + it.b * os[0] + h * os[1] + (int64_t)run[0] * os[2], run[1] * rb);
+      }
+    pq.add(kp + it.b * ks[0] + it.hk * ks[1], kv * rb);
+    pq.add(vp + it.b * vs[0] + it.hk * vs[1], kv * rb);
+    for (int h = it.hk * group; h < (it.hk + 1) * group; ++h)
+      for (const auto& run : runs)
+        if (run[1] > 0) pq.add(qp + it.b * qs[0] + h * qs[1] + (int64_t)run[0] * qs[2], run[1] * rb);
+  }, /*release_amx=*/false);
 }
 
 }  // namespace

@@ -303,8 +303,11 @@ void for_each_key_chunk(int pre, int lo, int hi, int chunk, F&& f) {
 }
 
 // Run fn(item) for every item on all threads, largest first, pulled from an atomic counter.
-template <class Item, class F>
-void run_dynamic(std::vector<Item>& items, F&& fn, bool release_amx = false) {
+// With a look-ahead callback each thread claims its next item before it runs the current one
+// and calls look_ahead(next) first (the kernels queue the next item's rows for prefetching:
+// small_gemm.h's PrefetchQueue).
+template <class Item, class F, class LookAhead>
+void run_dynamic(std::vector<Item>& items, F&& fn, LookAhead&& look_ahead, bool release_amx) {
   std::stable_sort(items.begin(), items.end(),
                    [](const Item& a, const Item& b) { return a.cost > b.cost; });
   std::atomic<int64_t> next{0};
@@ -312,10 +315,21 @@ void run_dynamic(std::vector<Item>& items, F&& fn, bool release_amx = false) {
   const int nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
   at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      for (int64_t k = next.fetch_add(1); k < n; k = next.fetch_add(1)) fn(items[k]);
+      int64_t k = next.fetch_add(1);
+      while (k < n) {
+        const int64_t k_next = next.fetch_add(1);
+        if (k_next < n) look_ahead(items[k_next]);
+        fn(items[k]);
+        k = k_next;
+      }
     }
     if (release_amx) at::native::cpublas::brgemm_release(true);  // per-thread tile context
   });
+}
+
+template <class Item, class F>
+void run_dynamic(std::vector<Item>& items, F&& fn, bool release_amx = false) {
+  run_dynamic(items, std::forward<F>(fn), [](const Item&) {}, release_amx);
 }
 
 // max without NaN bookkeeping (at::vec::maximum propagates NaN with two extra instructions

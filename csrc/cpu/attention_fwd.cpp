@@ -326,6 +326,23 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
       }
     }  // row blocks of the item
     _mm_sfence();   // the non-temporal stores of this item
+    prefetch_queue().clear();
+  }, [&](const FwdItem& item) {   // queue the next item's rows: K and V when not packed, Q
+    auto& pq = prefetch_queue();
+    pq.clear();
+    const auto m = ma.sample(item.b);
+    const int hk = item.h / group, kv = std::min(m.kv_len(), Lk);
+    const int64_t rb = (int64_t)d * sizeof(T);
+    const PackedHead<C>& cur = heads[at::get_thread_num()];
+    if (cur.b != item.b || cur.hk != hk) {
+      pq.add(kp + item.b * ks[0] + hk * ks[1], kv * rb);
+      pq.add(vp + item.b * vs[0] + hk * vs[1], kv * rb);
+    }
+    for (int x = item.blk_begin; x < item.blk_end; ++x) {
+      const RowBlock& blk = blocks[item.b][x];
+      pq.add(qp + item.b * qs[0] + item.h * qs[1] + (int64_t)blk.i0 * qs[2],
+             (int64_t)(blk.i1 - blk.i0 + 1) * rb);
+    }
   }, /*release_amx=*/kBf16);
   (void)Lk;
   (void)vp;
