@@ -79,7 +79,9 @@ def test_merged_blocks_zero_the_rows_between_the_streams(monkeypatch, driver):
     the backward always does). The output memory is recycled from a call whose results were
     overwritten with NaN, so a row the kernels skip without writing shows up."""
     monkeypatch.setenv(SMALL_KEYS_ENV, "128" if driver == "small" else "0")
-    B, H, d = 64, 8, 32   # outputs of 2 MiB and more come from the output pool
+    # outputs of 2 MiB and more come from the output pool, and outputs of 1 MiB and more are
+    # written with non-temporal stores (row_io.h): this case checks that path's values too
+    B, H, d = 64, 8, 32
     mask = _iwslt_like_mask(B)
     q, k, v, do = make_qkv(mask, H=H, d=d)
     allowed = mask.materialize()

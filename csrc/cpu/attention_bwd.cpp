@@ -126,7 +126,8 @@ void attention_bwd_f32(const at::Tensor& dout, const at::Tensor& q, const at::Te
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
       const int bh = b * H + h;
       const BwdHeadMods hm = head_mods(mods, b, h, H, Lq);
-      zero_uncovered_rows<T>(blocks, Lq, d, dqp + ((int64_t)b * H + h) * Lq * d, d, nullptr);
+      zero_uncovered_rows<T>(blocks, Lq, d, dqp + ((int64_t)b * H + h) * Lq * d, d, nullptr,
+                             stream_outputs(dq));
       for (const auto& blk : blocks) {
         const int i0 = blk.i0, rows = blk.i1 - blk.i0 + 1;
         const T* oblk = op + b * os[0] + h * os[1] + (int64_t)i0 * os[2];
@@ -173,7 +174,7 @@ void attention_bwd_f32(const at::Tensor& dout, const at::Tensor& q, const at::Te
     }
     // dk, dv contiguous (allocated here)
     sc.write_dkdv(dkp + ((int64_t)b * Hkv + hk) * Lk * d, dvp + ((int64_t)b * Hkv + hk) * Lk * d,
-                  Lk, d);
+                  Lk, d, stream_outputs(dk));
   });
 }
 
@@ -224,7 +225,8 @@ void attention_bwd_native_bf16(const at::Tensor& dout, const at::Tensor& q, cons
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
       const int bh = b * H + h;
       const BwdHeadMods hm = head_mods(mods, b, h, H, Lq);
-      zero_uncovered_rows<T>(blocks, Lq, d, dqp + ((int64_t)b * H + h) * Lq * d, d, nullptr);
+      zero_uncovered_rows<T>(blocks, Lq, d, dqp + ((int64_t)b * H + h) * Lq * d, d, nullptr,
+                             stream_outputs(dq));
       for (const auto& blk : blocks) {
         const int i0 = blk.i0, rows = blk.i1 - blk.i0 + 1;
         const int rows2 = (int)round_up(rows, 2);
@@ -265,7 +267,7 @@ void attention_bwd_native_bf16(const at::Tensor& dout, const at::Tensor& q, cons
     }
     // dk, dv contiguous (allocated here)
     sc.write_dkdv(dkp + ((int64_t)b * Hkv + hk) * Lk * d, dvp + ((int64_t)b * Hkv + hk) * Lk * d,
-                  Lk, d);
+                  Lk, d, stream_outputs(dk));
   }, /*release_amx=*/true);
 }
 }  // namespace

@@ -127,14 +127,14 @@ struct BwdItemScratch {
     std::fill_n(dkacc, (int64_t)kv * d, 0.f);
     std::fill_n(dvacc, (int64_t)kv * d, 0.f);
   }
-  template <typename O>   // the gradients' dtype
-  void write_dkdv(O* dkb, O* dvb, int Lk, int d) const {
-    if constexpr (std::is_same_v<O, float>) {   // no read-for-ownership (stream_floats)
-      stream_floats(dkacc, dkb, (int64_t)kv * d);
-      stream_floats(dvacc, dvb, (int64_t)kv * d);
-      stream_floats(nullptr, dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d);
-      stream_floats(nullptr, dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d);
-      _mm_sfence();
+  template <typename O>   // the gradients' dtype; nt: non-temporal stores (store_floats)
+  void write_dkdv(O* dkb, O* dvb, int Lk, int d, bool nt) const {
+    if constexpr (std::is_same_v<O, float>) {
+      store_floats(dkacc, dkb, (int64_t)kv * d, nt);
+      store_floats(dvacc, dvb, (int64_t)kv * d, nt);
+      store_floats(nullptr, dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, nt);
+      store_floats(nullptr, dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, nt);
+      if (nt) _mm_sfence();
       return;
     }
     narrow_row(dkacc, dkb, (int64_t)kv * d);

@@ -108,6 +108,7 @@ void attention_bwd_small_impl(const at::Tensor& dout, const at::Tensor& q, const
   const int64_t Lkp = round_up(std::max(Lk, 1), 16);   // row stride of K^T and V^T
   std::vector<BwdItem> items = make_bwd_items(ma, B, Hkv);
   std::vector<BwdRowStats> stats(at::get_num_threads());
+  const bool nt = stream_outputs(dq);
 
   run_dynamic(items, [&](const BwdItem& it) {
     const int b = it.b, hk = it.hk;
@@ -141,7 +142,7 @@ void attention_bwd_small_impl(const at::Tensor& dout, const at::Tensor& q, const
       const int bh = b * H + h;
       const BwdHeadMods hm = head_mods(mods, b, h, H, Lq);
       T* dqh = dqp + (int64_t)bh * Lq * d;   // dq contiguous
-      zero_uncovered_rows<T>(blocks, Lq, d, dqh, d, nullptr);
+      zero_uncovered_rows<T>(blocks, Lq, d, dqh, d, nullptr, nt);
       for (const auto& blk : blocks) {
         const RowRuns rr = block_runs(blk, m, ma.q_split);
         const int rows = rr.n();
@@ -190,18 +191,18 @@ void attention_bwd_small_impl(const at::Tensor& dout, const at::Tensor& q, const
         if (first)   // no key chunk (cannot happen for a block make_row_blocks kept)
           for (int r = 0; r < rows; ++r) std::fill_n(dqrow[r], d, 0.f);
         // dQ rows leave the cache-resident scratch once: streamed for fp32 (no read of the
-        // output lines, see stream_floats), rounded for bf16 / fp16
+        // output lines when large, see store_floats), rounded for bf16 / fp16
         for (int x = 0, at = 0; x < 2; at += rr.count[x], ++x)
           for (int r = 0; r < rr.count[x]; ++r) {
             const float* src = dqacc + (int64_t)(at + r) * d;
             T* dst = dqh + (int64_t)(rr.start[x] + r) * d;
-            if constexpr (std::is_same_v<T, float>) stream_floats(src, dst, d);
+            if constexpr (std::is_same_v<T, float>) store_floats(src, dst, d, nt);
             else narrow_row(src, dst, d);
           }
       }
     }
     sc.write_dkdv(dkp + ((int64_t)b * Hkv + hk) * Lk * d, dvp + ((int64_t)b * Hkv + hk) * Lk * d,
-                  Lk, d);
+                  Lk, d, stream_outputs(dk));
     prefetch_queue().clear();
   }, [&](const BwdItem& it) {   // queue the next item's rows: dO, O, K, V, Q (first use order)
     auto& pq = prefetch_queue();

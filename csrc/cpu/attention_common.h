@@ -405,10 +405,10 @@ inline void vnni_interleave_rows(const BFloat16* src, int64_t n, int64_t d, int6
 // computed; the first work item of each (b, h) writes them: zero output (and lse = -inf).
 template <typename T>
 void zero_uncovered_rows(const std::vector<RowBlock>& blocks, int Lq, int d, T* base,
-                         int64_t row_stride, float* lse_base) {
+                         int64_t row_stride, float* lse_base, bool nt) {
   auto zero = [&](int a, int e) {
     for (int i = a; i < e; ++i) {
-      if constexpr (std::is_same_v<T, float>) stream_floats(nullptr, base + (int64_t)i * row_stride, d);
+      if constexpr (std::is_same_v<T, float>) store_floats(nullptr, base + (int64_t)i * row_stride, d, nt);
       else std::fill_n(base + (int64_t)i * row_stride, d, T(0));
       if (lse_base) lse_base[i] = kNegInf;
     }

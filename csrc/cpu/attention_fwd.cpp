@@ -181,6 +181,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
   const int64_t ls_b = lse.stride(0), ls_h = lse.stride(1);
   const int width_round = kBf16 ? 32 : 16;
   const int nthreads = at::get_num_threads();
+  const bool nt = stream_outputs(out);
 
   // Row blocks per sample; each (b, h) is one item (K packed once), split into a few items
   // only when there are too few heads to keep every thread busy (then the streams stay in
@@ -220,7 +221,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
     const float* bias_h = mods.rel_bias ? mods.rel_bias + h * mods.rel_len + (Lq - 1) : nullptr;
     if (item.blk_begin == 0)
       zero_uncovered_rows<T>(blocks[b], Lq, d, op + b * os_b + h * os_h, os_l,
-                             lp + b * ls_b + h * ls_h);
+                             lp + b * ls_b + h * ls_h, nt);
     for (int x = item.blk_begin; x < item.blk_end; ++x) {
       const RowBlock& it = blocks[b][x];
       float* S = scratch<float>(kS, (int64_t)kBlockM * kChunkFwd);
@@ -309,18 +310,18 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           const float inv = 1.f / l;
           float* arow = acc + (int64_t)r * d;
           at::vec::map([inv](Vec x) { return x * Vec(inv); }, arow, arow, d);
-          if constexpr (std::is_same_v<T, float>) stream_floats(arow, orow, d);
+          if constexpr (std::is_same_v<T, float>) store_floats(arow, orow, d, nt);
           else narrow_row(arow, orow, d);
           lh[i] = mrow[r] + std::log(l);
         } else {  // a valid row that sees no key
-          if constexpr (std::is_same_v<T, float>) stream_floats(nullptr, orow, d);
+          if constexpr (std::is_same_v<T, float>) store_floats(nullptr, orow, d, nt);
           else std::fill_n(orow, d, T(0));
           lh[i] = kNegInf;
         }
       }
       // the padding rows a merged block skipped: zero output, lse -inf
       for (int i = rr.start[0] + rr.count[0]; rr.count[1] > 0 && i < rr.start[1]; ++i) {
-        if constexpr (std::is_same_v<T, float>) stream_floats(nullptr, oh + (int64_t)i * os_l, d);
+        if constexpr (std::is_same_v<T, float>) store_floats(nullptr, oh + (int64_t)i * os_l, d, nt);
         else std::fill_n(oh + (int64_t)i * os_l, d, T(0));
         lh[i] = kNegInf;
       }

@@ -54,18 +54,24 @@ inline void narrow_row(const float* src, T* dst, int64_t n) {
   }
 }
 
-// Writes n floats of src (or zeros when src is null) to dst with non-temporal stores where
-// dst is 32-byte aligned: the kernels' outputs are written once and read by the next op, so
-// plain stores would first read every destination line from memory (read-for-ownership),
-// a third of the backward's traffic at IWSLT-sized batches. The caller fences (sfence)
-// before the results are read by another thread.
-inline void stream_floats(const float* src, float* dst, int64_t n) {
+// Outputs at least this large are written with non-temporal stores (store_floats): they
+// do not fit the caches anyway, so reading each destination line first (read-for-ownership)
+// only adds traffic, a third of the backward's at IWSLT-sized batches. Smaller outputs are
+// read by the next op while still cached, which non-temporal stores would prevent.
+constexpr int64_t kStreamMinBytes = int64_t(1) << 20;
+inline bool stream_outputs(const at::Tensor& t) { return t.nbytes() >= (size_t)kStreamMinBytes; }
+
+// Writes n floats of src (or zeros when src is null) to dst: with non-temporal stores when
+// `nt` (where dst is 32-byte aligned; the caller fences with sfence before another thread
+// reads them), else plain stores.
+inline void store_floats(const float* src, float* dst, int64_t n, bool nt) {
   int64_t c = 0;
-  if (reinterpret_cast<uintptr_t>(dst) % 32 == 0) {
+  if (nt && reinterpret_cast<uintptr_t>(dst) % 32 == 0) {
     for (; c + 8 <= n; c += 8)
       _mm256_stream_ps(dst + c, src ? _mm256_loadu_ps(src + c) : _mm256_setzero_ps());
   }
-  for (; c < n; ++c) dst[c] = src ? src[c] : 0.f;
+  if (src) std::copy(src + c, src + n, dst + c);
+  else std::fill(dst + c, dst + n, 0.f);
 }
 
 }  // namespace janus_cpu
