@@ -129,18 +129,11 @@ struct BwdItemScratch {
   }
   template <typename O>   // the gradients' dtype; nt: non-temporal stores (store_floats)
   void write_dkdv(O* dkb, O* dvb, int Lk, int d, bool nt) const {
-    if constexpr (std::is_same_v<O, float>) {
-      store_floats(dkacc, dkb, (int64_t)kv * d, nt);
-      store_floats(dvacc, dvb, (int64_t)kv * d, nt);
-      store_floats(nullptr, dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, nt);
-      store_floats(nullptr, dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, nt);
-      if (nt) _mm_sfence();
-      return;
-    }
-    narrow_row(dkacc, dkb, (int64_t)kv * d);
-    narrow_row(dvacc, dvb, (int64_t)kv * d);
-    std::fill_n(dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, O(0));
-    std::fill_n(dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, O(0));
+    store_row(dkacc, dkb, (int64_t)kv * d, nt);
+    store_row(dvacc, dvb, (int64_t)kv * d, nt);
+    store_row(nullptr, dkb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, nt);
+    store_row(nullptr, dvb + (int64_t)kv * d, (int64_t)(Lk - kv) * d, nt);
+    if (nt) _mm_sfence();
   }
 };
 

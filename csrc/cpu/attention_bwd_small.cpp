@@ -194,10 +194,7 @@ void attention_bwd_small_impl(const at::Tensor& dout, const at::Tensor& q, const
         // output lines when large, see store_floats), rounded for bf16 / fp16
         for (int x = 0, at = 0; x < 2; at += rr.count[x], ++x)
           for (int r = 0; r < rr.count[x]; ++r) {
-            const float* src = dqacc + (int64_t)(at + r) * d;
-            T* dst = dqh + (int64_t)(rr.start[x] + r) * d;
-            if constexpr (std::is_same_v<T, float>) store_floats(src, dst, d, nt);
-            else narrow_row(src, dst, d);
+            store_row(dqacc + (int64_t)(at + r) * d, dqh + (int64_t)(rr.start[x] + r) * d, d, nt);
           }
       }
     }

@@ -408,8 +408,7 @@ void zero_uncovered_rows(const std::vector<RowBlock>& blocks, int Lq, int d, T* 
                          int64_t row_stride, float* lse_base, bool nt) {
   auto zero = [&](int a, int e) {
     for (int i = a; i < e; ++i) {
-      if constexpr (std::is_same_v<T, float>) store_floats(nullptr, base + (int64_t)i * row_stride, d, nt);
-      else std::fill_n(base + (int64_t)i * row_stride, d, T(0));
+      store_row(nullptr, base + (int64_t)i * row_stride, d, nt);
       if (lse_base) lse_base[i] = kNegInf;
     }
   };

@@ -310,19 +310,16 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
           const float inv = 1.f / l;
           float* arow = acc + (int64_t)r * d;
           at::vec::map([inv](Vec x) { return x * Vec(inv); }, arow, arow, d);
-          if constexpr (std::is_same_v<T, float>) store_floats(arow, orow, d, nt);
-          else narrow_row(arow, orow, d);
+          store_row(arow, orow, d, nt);
           lh[i] = mrow[r] + std::log(l);
         } else {  // a valid row that sees no key
-          if constexpr (std::is_same_v<T, float>) store_floats(nullptr, orow, d, nt);
-          else std::fill_n(orow, d, T(0));
+          store_row(nullptr, orow, d, nt);
           lh[i] = kNegInf;
         }
       }
       // the padding rows a merged block skipped: zero output, lse -inf
       for (int i = rr.start[0] + rr.count[0]; rr.count[1] > 0 && i < rr.start[1]; ++i) {
-        if constexpr (std::is_same_v<T, float>) store_floats(nullptr, oh + (int64_t)i * os_l, d, nt);
-        else std::fill_n(oh + (int64_t)i * os_l, d, T(0));
+        store_row(nullptr, oh + (int64_t)i * os_l, d, nt);
         lh[i] = kNegInf;
       }
     }  // row blocks of the item

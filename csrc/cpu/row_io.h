@@ -74,4 +74,13 @@ inline void store_floats(const float* src, float* dst, int64_t n, bool nt) {
   else std::fill(dst + c, dst + n, 0.f);
 }
 
+// Writes n fp32 results (src; null: zeros) to a row of the tensors' dtype T: through
+// store_floats for fp32 (non-temporal when nt), rounded (narrow_row) for bf16 / fp16.
+template <typename T>
+inline void store_row(const float* src, T* dst, int64_t n, bool nt) {
+  if constexpr (std::is_same_v<T, float>) store_floats(src, dst, n, nt);
+  else if (src) narrow_row(src, dst, n);
+  else std::fill_n(dst, n, T(0));
+}
+
 }  // namespace janus_cpu
