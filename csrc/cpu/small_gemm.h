@@ -72,6 +72,30 @@ constexpr bool kNV3 = kW == 16;   // 8 x 3 vectors fit AVX-512's registers, not 
 
 // One MR x (NV vectors) tile at (m0, n0); the last vector holds `last` columns (1..kW), read
 // with a count when kTail.
+// The last B vector's load when it holds fewer than kW columns: the mask built once per tile.
+// (at::vec's loadu(ptr, count) rebuilds it per call; inside the k loop that made GCC keep a
+// stack copy of every accumulator, stored on every k step: the S and dP GEMMs of the small
+// backward, whose N is the key count, ran 2.2x slower than the same GEMM rounded up.)
+struct TailLoad {
+#if defined(CPU_CAPABILITY_AVX512)
+  __mmask16 mask;
+  explicit TailLoad(int n) : mask(static_cast<__mmask16>((1u << n) - 1)) {}
+  Vec operator()(const float* p) const { return Vec(_mm512_maskz_loadu_ps(mask, p)); }
+  void store(const Vec& x, float* p) const { _mm512_mask_storeu_ps(p, mask, x); }
+#elif defined(CPU_CAPABILITY_AVX2)
+  __m256i mask;
+  explicit TailLoad(int n)
+      : mask(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))) {}
+  Vec operator()(const float* p) const { return Vec(_mm256_maskload_ps(p, mask)); }
+  void store(const Vec& x, float* p) const { _mm256_maskstore_ps(p, mask, x); }
+#else
+  int n;
+  explicit TailLoad(int n_) : n(n_) {}
+  Vec operator()(const float* p) const { return Vec::loadu(p, n); }
+  void store(const Vec& x, float* p) const { x.store(p, n); }
+#endif
+};
+
 template <AMode kA, int MR, int NV, bool kTail>
 __attribute__((always_inline)) inline void tile_body(int m0, int n0, int K, int last,
                                                      const float* const* a,
@@ -83,12 +107,12 @@ __attribute__((always_inline)) inline void tile_body(int m0, int n0, int K, int 
   const float* arow[MR];   // kRows: this tile's A rows, kept in registers across k
   if constexpr (kA == AMode::kRows)
     for (int i = 0; i < MR; ++i) arow[i] = a[m0 + i];
+  const TailLoad tail_load(last);
   for (int k = 0; k < K; ++k) {
     const float* brow = b[k] + n0;
     Vec bv[NV];
     for (int v = 0; v < NV; ++v)
-      bv[v] = (kTail && v == NV - 1) ? Vec::loadu(brow + v * kW, last)
-                                     : Vec::loadu(brow + v * kW);
+      bv[v] = (kTail && v == NV - 1) ? tail_load(brow + v * kW) : Vec::loadu(brow + v * kW);
     for (int i = 0; i < MR; ++i) {
       const Vec av(kA == AMode::kRows ? arow[i][k] : a[k][m0 + i]);
       for (int v = 0; v < NV; ++v) acc[i][v] = at::vec::fmadd(av, bv[v], acc[i][v]);
@@ -97,11 +121,11 @@ __attribute__((always_inline)) inline void tile_body(int m0, int n0, int K, int 
   for (int i = 0; i < MR; ++i) {
     float* crow = c[m0 + i] + n0;
     for (int v = 0; v < NV; ++v) {
-      const int n = (v == NV - 1) ? last : kW;
+      const bool part = kTail && v == NV - 1;
       Vec r = acc[i][v];
-      if (accumulate) r = r + Vec::loadu(crow + v * kW, n);
-      if (n == kW) r.store(crow + v * kW);
-      else r.store(crow + v * kW, n);
+      if (accumulate) r = r + (part ? tail_load(crow + v * kW) : Vec::loadu(crow + v * kW));
+      if (part) tail_load.store(r, crow + v * kW);
+      else r.store(crow + v * kW);
     }
   }
 }
@@ -112,8 +136,9 @@ __attribute__((always_inline)) inline void tile_body(int m0, int n0, int K, int 
 template <AMode kA, int MR, int NV>
 __attribute__((always_inline)) inline void tile(int m0, int n0, int K, int last,
                                                 const float* const* a, const float* const* b,
-                                                float* const* c, bool accumulate) {
-  prefetch_queue().step(kPrefetchLinesPerTile);
+                                                float* const* c, bool accumulate,
+                                                PrefetchQueue& pq) {
+  pq.step(kPrefetchLinesPerTile);
   if (last < kW) tile_body<kA, MR, NV, true>(m0, n0, K, last, a, b, c, accumulate);
   else tile_body<kA, MR, NV, false>(m0, n0, K, last, a, b, c, accumulate);
 }
@@ -122,16 +147,19 @@ __attribute__((always_inline)) inline void tile(int m0, int n0, int K, int last,
 template <AMode kA, int NV, int MR = kMR>
 inline void strip(int M, int n0, int K, int last, const float* const* a, const float* const* b,
                   float* const* c, bool accumulate) {
+  // the thread_local looked up once per strip: in a shared library each lookup is a call to
+  // __tls_get_addr, which per tile cost ~4% of the small backward
+  PrefetchQueue& pq = prefetch_queue();
   int m0 = 0;
-  for (; m0 + MR <= M; m0 += MR) tile<kA, MR, NV>(m0, n0, K, last, a, b, c, accumulate);
+  for (; m0 + MR <= M; m0 += MR) tile<kA, MR, NV>(m0, n0, K, last, a, b, c, accumulate, pq);
   switch (M - m0) {   // MR <= 8
-    case 7: tile<kA, 7, NV>(m0, n0, K, last, a, b, c, accumulate); break;
-    case 6: tile<kA, 6, NV>(m0, n0, K, last, a, b, c, accumulate); break;
-    case 5: tile<kA, 5, NV>(m0, n0, K, last, a, b, c, accumulate); break;
-    case 4: tile<kA, 4, NV>(m0, n0, K, last, a, b, c, accumulate); break;
-    case 3: tile<kA, 3, NV>(m0, n0, K, last, a, b, c, accumulate); break;
-    case 2: tile<kA, 2, NV>(m0, n0, K, last, a, b, c, accumulate); break;
-    case 1: tile<kA, 1, NV>(m0, n0, K, last, a, b, c, accumulate); break;
+    case 7: tile<kA, 7, NV>(m0, n0, K, last, a, b, c, accumulate, pq); break;
+    case 6: tile<kA, 6, NV>(m0, n0, K, last, a, b, c, accumulate, pq); break;
+    case 5: tile<kA, 5, NV>(m0, n0, K, last, a, b, c, accumulate, pq); break;
+    case 4: tile<kA, 4, NV>(m0, n0, K, last, a, b, c, accumulate, pq); break;
+    case 3: tile<kA, 3, NV>(m0, n0, K, last, a, b, c, accumulate, pq); break;
+    case 2: tile<kA, 2, NV>(m0, n0, K, last, a, b, c, accumulate, pq); break;
+    case 1: tile<kA, 1, NV>(m0, n0, K, last, a, b, c, accumulate, pq); break;
     default: break;
   }
 }
