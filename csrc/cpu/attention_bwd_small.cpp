@@ -46,30 +46,40 @@ void p_ds_rows(const janus::SampleMask& m, const RowRuns& rr, int c0, int w, boo
     if (hm.on)
       modify_scores_row(srow, w, scale, hm.softcap, hm.bias ? hm.bias + c0 - i : nullptr, grow);
     if (!full) mask_row_chunk(m, i, c0, w, srow, kNegInf);
-    const Vec lse(st.lse[r]), delta(st.delta[r]);
-    for (int t = 0; t < w; t += kW) {   // P, and dS without dropout
-      const int n = std::min(kW, w - t);
-      const Vec p = (Vec::loadu(srow + t, n) * vscale - lse).exp_u20();
-      p.store(srow + t, n);
-      if (!drop.on()) (p * (Vec::loadu(drow + t, n) - delta)).store(drow + t, n);
-    }
-    if (drop.on()) {
-      const float dl = st.delta[r];
-      for (int t = 0; t < w; ++t) {
-        const bool keep = janus::dropout_keep(drop.seed, drop.threshold, bh, i, c0 + t);
-        const float ks = keep ? drop.inv_keep : 0.f;
-        drow[t] = srow[t] * (drow[t] * ks - dl);
-        srow[t] *= ks;
+    const Vec lse(st.lse[r]), delta(st.delta[r]), vds(scale);
+    if (!drop.on()) {   // P, dS, d_rel_bias and the scaled dS in one pass over the row
+      for (int t = 0; t < w; t += kW) {
+        const int n = std::min(kW, w - t);
+        const Vec p = (Vec::loadu(srow + t, n) * vscale - lse).exp_u20();
+        p.store(srow + t, n);
+        Vec ds = p * (Vec::loadu(drow + t, n) - delta);
+        if (hm.dbias) {   // dbias[j - i] += dS(i, j): a contiguous run along the row
+          float* db = hm.dbias + c0 - i + t;
+          (Vec::loadu(db, n) + ds).store(db, n);
+        }
+        if (grow) ds = ds * Vec::loadu(grow + t, n);
+        (ds * vds).store(drow + t, n);
       }
+      continue;
     }
-    if (hm.dbias) {   // dbias[j - i] += dS(i, j): a contiguous run along the row
+    for (int t = 0; t < w; t += kW) {   // dropout: P first, then element by element
+      const int n = std::min(kW, w - t);
+      (Vec::loadu(srow + t, n) * vscale - lse).exp_u20().store(srow + t, n);
+    }
+    const float dl = st.delta[r];
+    for (int t = 0; t < w; ++t) {
+      const bool keep = janus::dropout_keep(drop.seed, drop.threshold, bh, i, c0 + t);
+      const float ks = keep ? drop.inv_keep : 0.f;
+      drow[t] = srow[t] * (drow[t] * ks - dl);
+      srow[t] *= ks;
+    }
+    if (hm.dbias) {
       float* db = hm.dbias + c0 - i;
       for (int t = 0; t < w; t += kW) {
         const int n = std::min(kW, w - t);
         (Vec::loadu(db + t, n) + Vec::loadu(drow + t, n)).store(db + t, n);
       }
     }
-    const Vec vds(scale);
     for (int t = 0; t < w; t += kW) {
       const int n = std::min(kW, w - t);
       Vec ds = Vec::loadu(drow + t, n) * vds;
