@@ -117,6 +117,8 @@ void attention_bwd_small_impl(const at::Tensor& dout, const at::Tensor& q, const
   TORCH_INTERNAL_ASSERT(Lk <= kChunkBwd && d <= kMaxHeadDim, "small backward: Lk ", Lk, ", d ", d);
   const int64_t Lkp = round_up(std::max(Lk, 1), 16);   // row stride of K^T and V^T
   std::vector<BwdItem> items = make_bwd_items(ma, B, Hkv);
+  std::vector<std::vector<RowBlock>> sample_blocks(B);   // once per sample, not per item
+  for (int b = 0; b < B; ++b) sample_blocks[b] = make_row_blocks(ma, b, Lq, kBlockMBwd, true);
   std::vector<BwdRowStats> stats(at::get_num_threads());
   const bool nt = stream_outputs(dq);
 
@@ -135,7 +137,7 @@ void attention_bwd_small_impl(const at::Tensor& dout, const at::Tensor& q, const
     float* gbuf = std::is_same_v<T, float> ? nullptr : scratch<float>(kGf, kBlockMBwd * d);
     float* dqacc = scratch<float>(kDq, kBlockMBwd * d);
     float* dtanh = scratch<float>(kDtanh, kBlockMBwd * kChunkBwd);
-    const auto blocks = make_row_blocks(ma, b, Lq, kBlockMBwd, true);
+    const std::vector<RowBlock>& blocks = sample_blocks[b];
 
     const float* qrow[kBlockMBwd];
     const float* grow[kBlockMBwd];
