@@ -146,10 +146,7 @@ __attribute__((always_inline)) inline void tile(int m0, int n0, int K, int last,
 // All M for one column strip: whole MR tiles, then the remainder with a smaller tile.
 template <AMode kA, int NV, int MR = kMR>
 inline void strip(int M, int n0, int K, int last, const float* const* a, const float* const* b,
-                  float* const* c, bool accumulate) {
-  // the thread_local looked up once per strip: in a shared library each lookup is a call to
-  // __tls_get_addr, which per tile cost ~4% of the small backward
-  PrefetchQueue& pq = prefetch_queue();
+                  float* const* c, bool accumulate, PrefetchQueue& pq) {
   int m0 = 0;
   for (; m0 + MR <= M; m0 += MR) tile<kA, MR, NV>(m0, n0, K, last, a, b, c, accumulate, pq);
   switch (M - m0) {   // MR <= 8
@@ -173,27 +170,30 @@ template <AMode kA>
 inline void small_gemm(int M, int N, int K, const float* const* a, const float* const* b,
                        float* const* c, bool accumulate) {
   using namespace small_gemm_detail;
+  // the thread_local looked up once per GEMM: in a shared library each lookup is a call to
+  // __tls_get_addr, which once per tile cost ~4% of the small backward
+  PrefetchQueue& pq = prefetch_queue();
   int n0 = 0;
   if constexpr (kNV3) {
     // AVX-512: strips of 4 vectors x 6 rows (24 accumulators) where N allows: one broadcast of
     // A feeds 4 FMAs (2 in the 8 x 2 tile), which the load ports need at K ~ 48 (measured
     // against brgemm: 8 x 2 ran N = 64 products 20% slower, 6 x 4 as fast)
-    for (; n0 + 4 * kW <= N; n0 += 4 * kW) strip<kA, 4, 6>(M, n0, K, kW, a, b, c, accumulate);
+    for (; n0 + 4 * kW <= N; n0 += 4 * kW) strip<kA, 4, 6>(M, n0, K, kW, a, b, c, accumulate, pq);
   }
   for (; n0 + 2 * kW <= N; n0 += 2 * kW) {
     // AVX-512 (32 registers): a tail of up to one vector rides along as a third vector
     // (24 accumulators), instead of a pass of its own over every row and k
     if constexpr (kNV3) {
       if (N - n0 > 2 * kW && N - n0 <= 3 * kW) {
-        strip<kA, 3>(M, n0, K, N - n0 - 2 * kW, a, b, c, accumulate);
+        strip<kA, 3>(M, n0, K, N - n0 - 2 * kW, a, b, c, accumulate, pq);
         return;
       }
     }
-    strip<kA, 2>(M, n0, K, kW, a, b, c, accumulate);
+    strip<kA, 2>(M, n0, K, kW, a, b, c, accumulate, pq);
   }
   const int rest = N - n0;
-  if (rest > kW) strip<kA, 2>(M, n0, K, rest - kW, a, b, c, accumulate);
-  else if (rest > 0) strip<kA, 1>(M, n0, K, rest, a, b, c, accumulate);
+  if (rest > kW) strip<kA, 2>(M, n0, K, rest - kW, a, b, c, accumulate, pq);
+  else if (rest > 0) strip<kA, 1>(M, n0, K, rest, a, b, c, accumulate, pq);
 }
 
 // Prefetches rows [0, n) of cols floats each into L1: a broadcast-FMA kernel reads its A rows
