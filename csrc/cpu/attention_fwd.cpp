@@ -242,13 +242,15 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
         if constexpr (std::is_same_v<T, C>) return {src, qs[2]};
         else return rows_f32(src, span, d, qs[2], kQf);
       }();
-      std::fill_n(acc, (int64_t)rows * d, 0.f);
       std::fill_n(mrow, rows, kNegInf);
       std::fill_n(lrow, rows, 0.f);
       int pre, lo, hi;
       span_ranges(m, ma.q_split, it.i0, it.i1, &pre, &lo, &hi);
       if (kBf16 && hi > lo) lo &= ~1;  // VNNI pairs keys (2t, 2t+1): chunks start at even keys
 
+      // acc is not zeroed: the first chunk's P V writes it (rows seeing none of that chunk's
+      // keys get P = 0 rows); later chunks accumulate. Rows with l = 0 never read it.
+      bool first = true;
       for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
         const int wr = std::min<int>(round_up(w, width_round), kChunkFwd);
         // S = Q K^T over the rounded-up width (K^T is zero past kv_len); columns [w, wr) are
@@ -285,7 +287,7 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
         // O_acc += P V_chunk
         if constexpr (kBf16) {
           const C* vchunk = ph.v + (int64_t)c0 * d;
-          at::native::cpublas::brgemm(rows, d, wr, wr, d, d, true, P, vchunk, acc, true);
+          at::native::cpublas::brgemm(rows, d, wr, wr, d, d, !first, P, vchunk, acc, true);
         } else {
           // only the w real keys: V has no padded rows to read beyond Lk
           const float* prow[kBlockM];
@@ -296,8 +298,9 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
             arow[r] = acc + (int64_t)r * d;
           }
           for (int t = 0; t < w; ++t) vrow[t] = ph.v + (int64_t)(c0 + t) * ph.v_ld;
-          small_gemm<AMode::kRows>(rows, d, w, prow, vrow, arow, true);
+          small_gemm<AMode::kRows>(rows, d, w, prow, vrow, arow, !first);
         }
+        first = false;
       });
 
       T* oh = op + b * os_b + h * os_h;
