@@ -92,8 +92,16 @@ def _isa_sources(level: str):
     return out
 
 
+def _depends(*patterns):
+    """Files an extension's objects include: setuptools skips an extension whose sources (here
+    one-line wrappers) are older than its module, so without these an edit to a kernel or
+    header left a stale module in place (ninja tracks headers only once it runs)."""
+    return sorted(f for p in patterns for f in glob.glob(p, recursive=True))
+
+
 def extensions():
     base_srcs = sorted(glob.glob("csrc/*.cpp"))
+    headers = _depends("csrc/include/**/*.h", "csrc/*.h")
     link = ["-fopenmp"]
     exts = []
     if _want_cuda():
@@ -106,15 +114,19 @@ def extensions():
         macros = [("JANUS_WITH_CUDA", "1"), ("JANUS_CUDA_ARCHS", f'"{arch_tag}"')]
         exts.append(ce.CUDAExtension("janus_kernels._C", base_srcs + cuda_srcs,
                                      include_dirs=INCLUDE, define_macros=macros,
+                                     depends=headers + _depends("csrc/cuda/*.cuh",
+                                                                "csrc/cuda/*.h"),
                                      extra_compile_args={"cxx": CXX, "nvcc": nvcc},
                                      extra_link_args=link))
     else:
         exts.append(ce.CppExtension("janus_kernels._C", base_srcs, include_dirs=INCLUDE,
+                                    depends=headers,
                                     extra_compile_args={"cxx": CXX}, extra_link_args=link))
     if _x86():
         for level in ISA_LEVELS:
             exts.append(ce.CppExtension(f"janus_kernels._cpu_{level}", _isa_sources(level),
                                         include_dirs=INCLUDE,
+                                        depends=headers + _depends("csrc/cpu/*"),
                                         extra_compile_args={"cxx": CXX + _isa_flags(level)},
                                         extra_link_args=link))
     return exts

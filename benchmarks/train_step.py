@@ -8,8 +8,9 @@ Modes:
     CMLM-dense              CMLM with dense attention masks, every row projected, eager loss
     JANUS-fused             mode "janus" with every efficiency switch on: one encoder pass,
                             only the rows a loss reads projected, descriptor attention, and
-                            the fused loss ops (janus_kernels.losses through
-                            ``compute_loss(terms_fn=...)``) when available
+                            the fused loss ops with the output projection fused in
+                            (``ExecOptions(loss="fused_linear")``: no rows x vocab logits)
+                            when available
     JANUS-dense-reference   mode "janus" as the authors run it: two encoder passes, every row
                             projected, per-sample dense 3D masks + eager attention, eager loss
 
@@ -100,9 +101,17 @@ class StepConfig:
     group: str = "modes"         # "modes", "ablation (cumulative)", "ablation (leave-one-out)"
 
     @property
+    def loss(self) -> str:
+        """The model's ExecOptions.loss: the fused loss ops take the projection in too
+        ("fused_linear": no rows x vocab logits) where only the used rows are projected."""
+        if not self.fused_loss:
+            return "eager"
+        return "fused_linear" if self.project == "used" else "fused"
+
+    @property
     def switches(self) -> str:
         return (f"enc={self.encoder_passes} proj={self.project} attn={self.attention} "
-                f"loss={'fused' if self.fused_loss else 'eager'} "
+                f"loss={self.loss} "
                 f"prune={'on' if self.prune else 'off'}")
 
 
@@ -241,7 +250,7 @@ def _loss_fn(cfg: StepConfig, model, src, batch, mods: Dict[str, Any]
              ) -> Callable[[], torch.Tensor]:
     opts = mods["model"].ExecOptions(encoder_passes=cfg.encoder_passes, project=cfg.project,
                                      attention=cfg.attention,
-                                     loss="fused" if cfg.fused_loss else "eager",
+                                     loss=cfg.loss,
                                      prune=cfg.prune)
     return lambda: mods["objectives"].compute_loss(model, src, batch, cfg.mode, opts=opts)[0]
 

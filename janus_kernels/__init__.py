@@ -16,6 +16,7 @@ from .masks import (MaskDescriptor, causal_mask, document_mask, full_mask,  # no
                     hf_mask, janus_ar_mask, janus_nar_mask, key_padding_mask,
                     permutation_mask, prefix_lm_mask, sliding_window_mask, varlen_mask)
 from .losses import (JanusLossWeights, cross_entropy, empty_cache,  # noqa: F401
-                     fused_linear_janus_loss, janus_loss, symmetric_kl)
+                     fused_linear_cross_entropy, fused_linear_janus_loss, janus_loss,
+                     symmetric_kl)
 
 __version__ = "0.1.0"

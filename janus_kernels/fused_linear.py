@@ -1,7 +1,14 @@
 """`fused_linear_janus_loss`: the whole JANUS criterion from hidden states and a tied (V, D)
 projection, chunk by chunk, never materializing the (rows x V) logits (Liger's fused-linear
 idea, on the JANUS row kernels of janus_kernels/losses.py). Gradients are computed in the
-forward and scaled by the upstream gradient in the backward."""
+forward and scaled by the upstream gradient in the backward.
+
+Two chunkings. When each masked row's AR row (the KL row index) is nondecreasing -- the
+model's batch-major layout, and any bool AR-row mask -- a chunk is a range of AR rows together
+with the masked rows whose KL rows fall in it, so one GEMM gives every logit row the chunk's
+terms read and each row is projected once (the aligned pass). Otherwise the AR rows go in one
+pass and the masked rows in a second, which projects the AR rows of the KL terms again (one
+extra (M x D) @ (D x V) product and its two gradient products)."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Tuple
@@ -13,7 +20,7 @@ from .losses import (LOSS_TERMS, JanusLossWeights, _FLOAT_DTYPES, _acc, _be,
                      _check_janus_shapes, _has_janus_rows, _kl_row_index, _length_term,
                      _pick_backend)
 
-__all__ = ["fused_linear_janus_loss"]
+__all__ = ["fused_linear_janus_loss", "fused_linear_cross_entropy"]
 
 
 # ======================================================== fused linear JANUS loss
@@ -43,8 +50,13 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
         else:
             gw.add_(torch.mm(dlog.t(), h).to(ct))
 
-    # AR cross entropy over all AR rows.
     be = _be(backend)
+    if _has_janus_rows(backend, dev, dt):
+        spans = _aligned_spans(idx, N, M, chunk_rows)
+        if spans is not None:
+            return _aligned_pass(h_ar, h_nar, h_aux, weight, ar_targets, masked_targets, idx,
+                                 w6, eps, ignore_index, spans, need_grad, be)
+    # AR cross entropy over all AR rows.
     # Ignored rows are never read (the documented rule): their hidden states are replaced by
     # zeros before any GEMM, or a NaN there would reach grad_weight through 0 * NaN.
     zero = torch.zeros((), dtype=dt, device=dev)
@@ -91,6 +103,78 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
     if not need_grad:  # four distinct placeholders: custom-op outputs may not alias
         return (total, terms) + tuple(h_ar.new_zeros(()) for _ in range(4))
     return total, terms, gh_ar.to(dt), gh_nar, gh_aux, gw.to(weight.dtype)
+
+
+def _aligned_spans(idx: torch.Tensor, N: int, M: int, chunk_rows: int):
+    """Chunks (s, e, ms, me) of the aligned pass: AR rows [s, e) and the masked rows [ms, me)
+    whose KL rows lie in them, about 3 x chunk_rows rows each (the budget of the two-pass
+    chunking); None where the KL row index is not nondecreasing or lives on a device (a
+    host read of it would be a sync)."""
+    if idx.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    if M > 1 and not bool((idx[1:] >= idx[:-1]).all()):
+        return None
+    ar_rows = max(1, int(3 * chunk_rows * N / max(N + 2 * M, 1)))
+    starts = list(range(0, N, ar_rows))
+    ms = torch.searchsorted(idx, torch.tensor(starts, dtype=idx.dtype)).tolist() + [M]
+    return [(s, min(N, s + ar_rows), ms[i], ms[i + 1]) for i, s in enumerate(starts)]
+
+
+def _aligned_pass(h_ar, h_nar, h_aux, weight, ar_targets, masked_targets, idx, w6, eps,
+                  ignore_index, spans, need_grad, be):
+    """The criterion over aligned chunks (module docstring): per chunk one GEMM for the AR,
+    NAR and AUX rows, the fused row kernels for all six terms, then each stream's hidden
+    gradient (written once: every row belongs to one chunk) and the weight gradient."""
+    dev, dt = h_ar.device, h_ar.dtype
+    ct = _acc(dt)
+    N, M = h_ar.shape[0], h_nar.shape[0]
+    ar_valid = ar_targets != ignore_index
+    valid = masked_targets != ignore_index
+    n_ar = ar_valid.sum().clamp(min=1).to(ct)
+    n_m = valid.sum().clamp(min=1).to(ct)
+    # an AR row is read by its CE or by the KL terms of a valid masked row; rows nobody reads
+    # are replaced by zeros before the GEMM (a NaN there would reach grad_weight as 0 * NaN)
+    ar_read = ar_valid.clone()
+    ar_read[idx[valid]] = True
+    zero = torch.zeros((), dtype=dt, device=dev)
+    g_ar_row = (w6[0] / n_ar).reshape(1)
+    g5 = torch.tensor(w6[1:], dtype=ct, device=dev) / n_m
+    sums = torch.zeros(6, dtype=ct, device=dev)
+    grads = [torch.empty(t.shape, dtype=dt, device=dev) for t in (h_ar, h_nar, h_aux)] \
+        if need_grad else None
+    gw = torch.zeros(weight.shape, dtype=ct, device=dev) if need_grad else None
+    for s, e, ms, me in spans:
+        ca, cm = e - s, me - ms
+        h = torch.cat([h_ar[s:e], h_nar[ms:me], h_aux[ms:me]])
+        keep = torch.cat([ar_read[s:e], valid[ms:me], valid[ms:me]])
+        h = torch.where(keep[:, None], h, zero)
+        logits = torch.mm(h, weight.t())
+        parts = (logits[:ca], logits[ca:ca + cm], logits[ca + cm:])
+        ar_t, m_t, lidx = ar_targets[s:e], masked_targets[ms:me], idx[ms:me] - s
+        ar_loss, m_loss, ar_st, m_st = be.janus_fwd(*parts, ar_t, m_t, lidx, eps, ignore_index)
+        sums[0] += ar_loss.sum()
+        sums[1:] += m_loss.sum(0)
+        if not need_grad:
+            continue
+        g_m = (g5 * valid[ms:me, None]).contiguous()
+        dlogs = be.janus_bwd(g_ar_row.expand(ca).contiguous(), g_m, *parts, ar_t, m_t, lidx,
+                             ar_st, m_st, eps, ignore_index)
+        bounds = ((s, e), (ms, me), (ms, me))
+        offsets = (0, ca, ca + cm)
+        for dlog, g, (a, b), off in zip(dlogs, grads, bounds, offsets):
+            if b == a:
+                continue
+            g[a:b] = torch.mm(dlog, weight)
+            hh = h[off:off + b - a]
+            if dlog.dtype == ct:
+                gw.addmm_(dlog.t(), hh)
+            else:
+                gw.add_(torch.mm(dlog.t(), hh).to(ct))
+    terms = sums / torch.stack([n_ar, n_m, n_m, n_m, n_m, n_m])
+    total = (terms * torch.tensor(w6, dtype=ct, device=dev)).sum()
+    if not need_grad:  # four distinct placeholders: custom-op outputs may not alias
+        return (total, terms) + tuple(h_ar.new_zeros(()) for _ in range(4))
+    return (total, terms, *grads, gw.to(weight.dtype))
 
 
 def _masked_rows_fused(la, ln, lx, t, valid, g5, w5, eps, ignore_index, need_grad, backend):
@@ -236,3 +320,30 @@ def fused_linear_janus_loss(hidden_ar: torch.Tensor, hidden_nar: torch.Tensor,
         terms["length"] = length
         total = total + weights.length * length.to(total.dtype)
     return total, terms
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                               *, label_smoothing: float = 0.0, ignore_index: int = -100,
+                               chunk_rows: Optional[int] = None,
+                               backend: Optional[str] = None) -> torch.Tensor:
+    """:func:`cross_entropy` (mean over non-ignored rows) of ``hidden @ weight.T`` with the
+    projection fused in, as :func:`fused_linear_janus_loss` (of which it is the AR term
+    alone, with no masked rows): no (rows x V) logits exist beyond one chunk.
+
+    Args: hidden (N, D); weight (V, D), a tied embedding / LM head without bias; target (N,)
+    int class indices (``ignore_index``: no loss, no gradient, the hidden row never read).
+    Returns the float32 loss (float64 for float64 inputs)."""
+    who = "fused_linear_cross_entropy"
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
+        raise ValueError(f"{who}: hidden must be a 2-D (rows, D) tensor")
+    if not isinstance(target, torch.Tensor) or target.shape != hidden.shape[:1]:
+        raise ValueError(f"{who}: target must be a ({hidden.shape[0]},) tensor of class "
+                         f"indices, got {getattr(target, 'shape', type(target).__name__)}")
+    none = hidden.new_empty((0, hidden.shape[1]))
+    no_rows = target.new_empty((0,), dtype=torch.int64)
+    total, _ = fused_linear_janus_loss(
+        hidden, none, none, weight, target, no_rows, no_rows,
+        weights=JanusLossWeights(1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+        label_smoothing=label_smoothing, ignore_index=ignore_index, chunk_rows=chunk_rows,
+        backend=backend)
+    return total

@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from . import backends as _backends
 
 __all__ = ["symmetric_kl", "cross_entropy", "janus_loss", "fused_linear_janus_loss",
-           "JanusLossWeights", "empty_cache", "LOSS_TERMS"]
+           "fused_linear_cross_entropy", "JanusLossWeights", "empty_cache", "LOSS_TERMS"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
@@ -551,4 +551,5 @@ _janus_rows_op.register_autograd(_janus_rows_backward, setup_context=_janus_rows
 
 # The fused-linear criterion (from hidden states, logits never materialized) lives in its own
 # module; re-exported here, where its documentation and callers expect it.
-from .fused_linear import fused_linear_janus_loss  # noqa: E402,F401  (after the names it uses)
+from .fused_linear import (  # noqa: E402,F401  (after the names it uses)
+    fused_linear_cross_entropy, fused_linear_janus_loss)

@@ -49,7 +49,7 @@ ARCH_PRESETS: Dict[str, Dict] = {
 
 _ARCH_PRESET_FIELDS = frozenset(k for v in ARCH_PRESETS.values() for k in v)
 _CHOICES = {"mode": ("janus", "cmlm", "ar"), "empty_lines": ("skip", "error"),
-            "device": ("auto", "cpu", "cuda"), "loss": ("fused", "eager")}
+            "device": ("auto", "cpu", "cuda")}   # + "loss": model.LOSS_MODES
 
 _TRAIN_HELP = {
     "data": "directory with {train,valid}.{src,tgt} plain-text files (one sentence per line)",
@@ -87,7 +87,8 @@ _TRAIN_HELP = {
     "progress": "tqdm progress bar", "threads": "torch threads per process (0: default)",
     "device": "auto, cpu or cuda", "backend": "janus_kernels attention backend (default: "
     "automatic; `python -m janus_kernels` lists them)",
-    "loss": "loss terms: fused janus_kernels ops or eager plain torch",
+    "loss": "loss terms: fused_linear (janus_kernels ops, output projection fused in), fused "
+            "(the ops on materialized logits) or eager (plain torch)",
     "weights": "loss-weight preset: released (the authors' code) or paper (Eq. 5: unit CE "
                "weights, the four one-way KLs, no AR-NAR KL)",
 }
@@ -120,7 +121,9 @@ def _weight_default(term: str) -> str:
 
 # ----------------------------------------------------------------------------------- train
 def build_train_parser(prog: str = "janus-train") -> argparse.ArgumentParser:
+    from .model import LOSS_MODES
     from .train import LOSS_TERMS, WEIGHT_PRESETS, TrainConfig
+    choices = dict(_CHOICES, loss=LOSS_MODES)
     p = argparse.ArgumentParser(prog=prog, description="Train a JANUS / CMLM / AR model on "
                                 "plain-text parallel data.",
                                 formatter_class=_HelpFormatter)
@@ -169,7 +172,7 @@ def build_train_parser(prog: str = "janus-train") -> argparse.ArgumentParser:
         else:
             typ = str if default is None else type(default)
             p.add_argument(flag, dest=f.name, type=typ, default=argparse.SUPPRESS,
-                           choices=_CHOICES.get(f.name), help=f"{hlp} (default {default})")
+                           choices=choices.get(f.name), help=f"{hlp} (default {default})")
     return p
 
 

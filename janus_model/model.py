@@ -29,9 +29,11 @@ Modes of :meth:`JanusTransformer.forward`:
 each: ``encoder_passes`` (1 or the authors' 2), ``project`` ("used": only the rows a loss
 reads, in one matmul; "all": every content/query row as the authors do), ``attention``
 ("fused": mask descriptors; "dense": per-sample dense 3D masks from the authors' builder and
-the eager reference attention, one call per stream), ``prune`` (skip the rows nobody reads,
-above; the authors compute every row). ``ExecOptions.authors()`` is the faithful dense
-reference of the authors' design.
+the eager reference attention, one call per stream), ``loss`` ("fused": the janus_kernels
+loss ops on the logits; "fused_linear": the output projection inside those ops, so the
+forward returns the output rows' states and no (rows x vocab) logits are materialized;
+"eager": plain torch), ``prune`` (skip the rows nobody reads, above; the authors compute every
+row). ``ExecOptions.authors()`` is the faithful dense reference of the authors' design.
 
 Sources must be right-padded with PAD (the key-padding descriptors assume real keys first).
 """
@@ -85,6 +87,9 @@ class JanusConfig:
             raise ValueError(f"heads: dim {self.dim} is not divisible by {self.heads}")
 
 
+LOSS_MODES = ("fused", "fused_linear", "eager")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExecOptions:
     """How a forward is executed (the math is the same; see the module docstring)."""
@@ -93,7 +98,9 @@ class ExecOptions:
     project: str = "used"
     attention: str = "fused"
     backend: Optional[str] = None      # janus_kernels attention backend (None: automatic)
-    loss: str = "fused"                # "fused": janus_kernels loss ops; "eager": plain torch
+    # "fused": janus_kernels loss ops on logits; "fused_linear": the same with the output
+    # projection fused in (Outputs then hold states, not logits); "eager": plain torch
+    loss: str = "fused"
     prune: bool = True                 # skip the rows whose outputs nobody reads
 
     def __post_init__(self) -> None:
@@ -103,8 +110,11 @@ class ExecOptions:
             raise ValueError(f"project: expected 'used' or 'all', got {self.project!r}")
         if self.attention not in ("fused", "dense"):
             raise ValueError(f"attention: expected 'fused' or 'dense', got {self.attention!r}")
-        if self.loss not in ("fused", "eager"):
-            raise ValueError(f"loss: expected 'fused' or 'eager', got {self.loss!r}")
+        if self.loss not in LOSS_MODES:
+            raise ValueError(f"loss: expected one of {LOSS_MODES}, got {self.loss!r}")
+        if self.loss == "fused_linear" and self.project != "used":
+            raise ValueError("loss 'fused_linear' projects the used rows inside the loss; it "
+                             "needs project='used'")
         if not isinstance(self.prune, bool):
             raise ValueError(f"prune: expected a bool, got {self.prune!r}")
 
@@ -149,9 +159,15 @@ class Outputs:
 
     ar: every real AR query row; kl_ar_rows: the index of the AR row predicting each masked
     token (aligned with nar/aux; ``kl_ar_logits`` gathers them); nar: the M-block content
-    rows; aux: the real query rows."""
+    rows; aux: the real query rows. With ``ExecOptions.loss == "fused_linear"`` the
+    ``*_states`` fields hold those rows' final states instead (the logits fields are None)
+    and ``weight`` the tied (vocab, D) projection the loss applies."""
 
     ar_logits: Optional[Tensor] = None
+    ar_states: Optional[Tensor] = None
+    nar_states: Optional[Tensor] = None
+    aux_states: Optional[Tensor] = None
+    weight: Optional[Tensor] = None
     ar_target: Optional[Tensor] = None
     kl_ar_rows: Optional[Tensor] = None
     nar_logits: Optional[Tensor] = None
@@ -377,11 +393,11 @@ class JanusTransformer(nn.Module):
                       length_target=batch.target_lengths.clamp(max=self.cfg.length_classes - 1))
         if mode == "ar":
             hq = self.ar_pass(ar, enc, enc_kv, opts)
-            out.ar_logits, = self._project_rows([(DecoderStates(hq), [ar.rows()])], opts)
+            self._set_outputs(out, ("ar",), [(DecoderStates(hq), [ar.rows()])], opts)
             return out
         if mode == "cmlm":
             rows, st = self.cmlm_pass(nar, enc, enc_kv, opts)
-            out.nar_logits, = self._project_rows([(st, [rows.reads["nar"]])], opts)
+            self._set_outputs(out, ("nar",), [(st, [rows.reads["nar"]])], opts)
             out.length_logits = self.length_logits(enc)
             return out
 
@@ -390,15 +406,30 @@ class JanusTransformer(nn.Module):
             enc = self.encode(src, opts)
             enc_kv = self.encoder_kv(enc)
         rows, st = self.nar_pass(nar, enc, enc_kv, opts)
-        ar_logits, nar_logits, aux_logits = self._project_rows([
+        self._set_outputs(out, ("ar", "nar", "aux"), [
             (DecoderStates(hq_ar), [ar.rows()]),
             (st, [rows.reads["nar"], rows.reads["aux"]])], opts)
-        out.ar_logits, out.nar_logits, out.aux_logits = ar_logits, nar_logits, aux_logits
         # the KL rows are a subset of the real AR rows: index into the compact AR logits
         ar_off = ar.lengths.cumsum(0) - ar.lengths
         out.kl_ar_rows = ar_off[nar.row_sample] + nar.ar_col
         out.length_logits = self.length_logits(enc)
         return out
+
+    def _set_outputs(self, out: Outputs, names: Tuple[str, ...],
+                     parts: List[Tuple[DecoderStates, List[Tensor]]], opts: ExecOptions) -> None:
+        """out.<name>_logits of the selected rows, or with loss "fused_linear" their states
+        (out.<name>_states) and the projection weight, which the loss applies chunk by
+        chunk."""
+        if opts.loss == "fused_linear":
+            D = self.cfg.dim
+            picks = [(st, i) for st, idxs in parts for i in idxs]
+            for name, (st, i) in zip(names, picks):
+                rows = st.states.reshape(-1, D).index_select(0, st.rows(i))
+                setattr(out, f"{name}_states", rows)
+            out.weight = self.embed.weight
+            return
+        for name, logits in zip(names, self._project_rows(parts, opts)):
+            setattr(out, f"{name}_logits", logits)
 
     def _project_rows(self, parts: List[Tuple[DecoderStates, List[Tensor]]],
                       opts: ExecOptions) -> List[Tensor]:

@@ -104,6 +104,10 @@ def loss_terms(out: Outputs, eps: float = 0.1, *, fused: bool = False) -> Dict[s
     else:
         ce, kl = label_smoothed_ce, symmetric_kl
     t: Dict[str, Tensor] = {}
+    if out.weight is not None:
+        raise ValueError("loss_terms needs logits; these outputs hold states (ExecOptions.loss "
+                         "'fused_linear', which compute_loss handles): use loss 'fused' or "
+                         "'eager' with a terms_fn")
     if fused and out.aux_logits is not None and out.ar_logits is not None:
         # the whole JANUS row criterion in one fused op: each logit row read once per pass
         _, jt = jl.janus_loss(out.ar_logits, out.nar_logits, out.aux_logits, out.ar_target,
@@ -126,6 +130,35 @@ def loss_terms(out: Outputs, eps: float = 0.1, *, fused: bool = False) -> Dict[s
     if out.length_logits is not None:
         t["length"] = F.cross_entropy(out.length_logits.float(), out.length_target)
     return t
+
+
+def _fused_linear_loss(out: Outputs, weights: LossWeights) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """(total, terms) from the output rows' states (``ExecOptions.loss == "fused_linear"``):
+    the tied projection is applied inside janus_kernels' fused-linear losses, chunk by chunk.
+    Those compute their gradients in the forward for the weighted total, so only the total is
+    differentiable here; the terms are detached values (for logging)."""
+    from janus_kernels import losses as jl
+    eps = weights.label_smoothing
+    if out.aux_states is not None:
+        jw = jl.JanusLossWeights(weights.ar, weights.nar, weights.aux, weights.kl_ar_nar,
+                                 weights.kl_ar_aux, weights.kl_nar_aux, weights.length)
+        total, jt = jl.fused_linear_janus_loss(
+            out.ar_states, out.nar_states, out.aux_states, out.weight, out.ar_target,
+            out.masked_target, out.kl_ar_rows, weights=jw, label_smoothing=eps,
+            length_logits=out.length_logits, length_targets=out.length_target)
+        names = dict(ar_ce="ar", nar_ce="nar", aux_ce="aux", kl_ar_nar="kl_ar_nar",
+                     kl_ar_aux="kl_ar_aux", kl_nar_aux="kl_nar_aux", length="length")
+        return total, {names[k]: v.detach() for k, v in jt.items()}
+    t: Dict[str, Tensor] = {}
+    if out.ar_states is not None:
+        t["ar"] = jl.fused_linear_cross_entropy(out.ar_states, out.weight, out.ar_target,
+                                                label_smoothing=eps)
+    if out.nar_states is not None:
+        t["nar"] = jl.fused_linear_cross_entropy(out.nar_states, out.weight,
+                                                 out.masked_target, label_smoothing=eps)
+    if out.length_logits is not None:
+        t["length"] = F.cross_entropy(out.length_logits.float(), out.length_target)
+    return combine(t, weights), t
 
 
 def fused_loss_terms(out: Outputs, eps: float = 0.1) -> Dict[str, Tensor]:
@@ -152,12 +185,22 @@ def compute_loss(model: JanusTransformer, src: Tensor, batch: JanusBatch, mode: 
     """Forward + loss for ``mode`` in {"janus", "cmlm", "ar"}: returns (total, terms).
 
     janus: the released weights (or ``weights``); cmlm: CE_ε(NAR) + 0.1·length; ar: CE_ε(AR).
-    ``terms_fn`` computes the unweighted terms (default: the fused ops, or the plain-torch
-    ``loss_terms`` when ``opts.loss == "eager"``, as in ``ExecOptions.authors()``).
+    ``terms_fn`` computes the unweighted terms from the logits (default: the fused ops, or
+    the plain-torch ``loss_terms`` when ``opts.loss == "eager"``, as in
+    ``ExecOptions.authors()``). With ``opts.loss == "fused_linear"`` the forward returns
+    states and the fused-linear losses give the total (its terms are detached values).
     """
     weights = weights or LossWeights.for_mode(mode)
+    if opts is None:   # the model's own options (through a DDP wrapper too)
+        opts = getattr(model, "module", model).exec
+    loss_mode = opts.loss
+    if terms_fn is not None and loss_mode == "fused_linear":
+        raise ValueError("compute_loss: a terms_fn reads logits; ExecOptions.loss "
+                         "'fused_linear' never materializes them (use 'fused' or 'eager')")
     if terms_fn is None:
-        terms_fn = loss_terms if (opts is not None and opts.loss == "eager") else fused_loss_terms
+        terms_fn = loss_terms if loss_mode == "eager" else fused_loss_terms
     out = model(src, batch, mode, opts)
+    if loss_mode == "fused_linear":
+        return _fused_linear_loss(out, weights)
     terms = terms_fn(out, weights.label_smoothing)
     return combine(terms, weights), terms

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from typing import Dict, Optional, Tuple
 
-from .model import MODES, JanusConfig
+from .model import LOSS_MODES, MODES, JanusConfig
 from .objectives import LossWeights
 
 __all__ = ["TrainConfig", "LOSS_TERMS", "MODE_TERMS", "WEIGHT_PRESETS", "ARCH_FIELDS"]
@@ -110,7 +110,9 @@ class TrainConfig:
     threads: int = 0                            # torch intra-op threads; 0: default
     device: str = "auto"                        # auto | cpu | cuda
     backend: Optional[str] = None               # janus_kernels attention backend
-    loss: str = "fused"                         # fused (janus_kernels loss ops) | eager
+    # fused_linear (janus_kernels loss ops with the output projection fused in) | fused (the
+    # loss ops on materialized logits) | eager (plain torch)
+    loss: str = "fused_linear"
     # loss weights (ablations): a preset, then per-term overrides (None: the preset's)
     weights: str = "released"                   # released (authors' code) | paper (Eq. 5)
     w_ar_ce: Optional[float] = None
@@ -122,7 +124,7 @@ class TrainConfig:
     w_length: Optional[float] = None
 
     def __post_init__(self) -> None:
-        for name, choices in (("mode", MODES), ("loss", ("fused", "eager")),
+        for name, choices in (("mode", MODES), ("loss", LOSS_MODES),
                               ("device", ("auto", "cpu", "cuda")),
                               ("empty_lines", ("skip", "error")), ("weights", WEIGHT_PRESETS)):
             if getattr(self, name) not in choices:

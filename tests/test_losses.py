@@ -554,3 +554,48 @@ def test_cpp_multi_mib_outputs_match_reference():
     t = torch.randint(0, V, (R,))
     t[3] = -100
     assert_symkl_ce_cpp_matches_reference(x, y, mask, t)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
+def test_fused_linear_janus_loss_unsorted_kl_rows(backend, chunk_rows):
+    """KL rows out of order take the two-pass chunking, sorted ones the aligned pass: both
+    equal the oracle, and an ignored AR row that a valid masked row's KL reads is read."""
+    (ha, hn, hx), W, ar_t, m_t, idx = janus_inputs(N=13, M=6, V=67)
+    ar_t[idx[0]] = -100   # ignored by its CE, still read by the KL terms of masked row 0
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    for order in (torch.arange(6), perm):
+        h_n, h_x, t_m, kl = hn[order], hx[order], m_t[order], idx[order]
+        leaves = [t.clone().requires_grad_() for t in (ha, h_n, h_x, W)]
+        total, terms = L.fused_linear_janus_loss(*leaves, ar_t, t_m, kl, chunk_rows=chunk_rows,
+                                                 backend=backend)
+        (total * 0.9).backward()
+        refs = [t.double().requires_grad_() for t in (ha, h_n, h_x, W)]
+        rtotal, rterms = janus_oracle(*[h @ refs[3].t() for h in refs[:3]], ar_t, t_m, kl,
+                                      L.JanusLossWeights())
+        (rtotal * 0.9).backward()
+        torch.testing.assert_close(total.double(), rtotal, rtol=1e-5, atol=1e-6)
+        for a, r in zip(leaves, refs):
+            torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunk_rows", [1, 4, 1000])
+def test_fused_linear_cross_entropy(backend, chunk_rows):
+    torch.manual_seed(5)
+    h, W = torch.randn(11, 16), torch.randn(53, 16) / 2
+    t = torch.randint(0, 53, (11,))
+    t[4] = -100
+    h[4] = float("nan")   # an ignored row is never read
+    leaves = [h.clone().requires_grad_(), W.clone().requires_grad_()]
+    loss = L.fused_linear_cross_entropy(*leaves, t, label_smoothing=0.1, chunk_rows=chunk_rows,
+                                        backend=backend)
+    (loss * 1.7).backward()
+    keep = t != -100
+    refs = [h[keep].double().requires_grad_(), W.double().requires_grad_()]
+    ref = F.cross_entropy(refs[0] @ refs[1].t(), t[keep], label_smoothing=0.1)
+    (ref * 1.7).backward()
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(leaves[0].grad[keep].double(), refs[0].grad, rtol=1e-4, atol=1e-6)
+    assert (leaves[0].grad[~keep] == 0).all()
+    torch.testing.assert_close(leaves[1].grad.double(), refs[1].grad, rtol=1e-4, atol=1e-6)

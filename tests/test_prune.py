@@ -207,3 +207,46 @@ def test_pruned_with_no_masked_token_in_the_batch(attention):
     for mode in MODES:
         opts = ExecOptions(attention=attention, loss="eager")
         assert _worst_difference(model, src, batch, mode, opts) <= 1e-12, mode
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("weights", [None, "paper"])
+def test_fused_linear_loss_equals_eager(mode, weights):
+    """``loss="fused_linear"`` (the projection inside the fused losses, states instead of
+    logits) gives the eager losses and every parameter gradient, pruned and not, with the
+    released and the paper's weights (the weights reach the fused op's gradients)."""
+    from janus_model.objectives import LossWeights
+    model = _model(torch.float64)
+    src, batch = _batch(5)
+    w = LossWeights.paper() if weights == "paper" else None
+    for prune in (True, False):
+        runs = []
+        for loss in ("eager", "fused_linear"):
+            model.zero_grad()
+            total, terms = compute_loss(model, src, batch, mode, weights=w,
+                                        opts=ExecOptions(loss=loss, prune=prune))
+            (1.3 * total).backward()
+            runs.append((total.detach(), {k: v.detach() for k, v in terms.items()},
+                         {n: p.grad.clone() for n, p in model.named_parameters()
+                          if p.grad is not None}))
+        (t0, terms0, g0), (t1, terms1, g1) = runs
+        # the eager losses take float32 softmaxes (spec 6.1), the fused ones float64 here
+        torch.testing.assert_close(t1.double(), t0.double(), rtol=1e-6, atol=1e-7)
+        assert set(terms1) == set(terms0)
+        for k in terms0:
+            torch.testing.assert_close(terms1[k].double(), terms0[k].double(), rtol=1e-6,
+                                       atol=1e-7)
+        assert set(g1) == set(g0)
+        gmax = max(g.abs().max() for g in g0.values())
+        for n in g0:
+            assert (g1[n] - g0[n]).abs().max() <= 1e-6 * gmax, n
+
+
+def test_fused_linear_loss_rejects_terms_fn_and_project_all():
+    model = _model(torch.float32)
+    src, batch = _batch(1)
+    with pytest.raises(ValueError, match="fused_linear"):
+        compute_loss(model, src, batch, "janus", opts=ExecOptions(loss="fused_linear"),
+                     terms_fn=lambda out, eps: {})
+    with pytest.raises(ValueError, match="project"):
+        ExecOptions(loss="fused_linear", project="all")

@@ -286,16 +286,18 @@ def test_fused_and_eager_loss_paths_agree(tmp_path):
     torch; one update from the same state gives the same loss and nearly the same weights."""
     data = write_corpus(str(tmp_path / "data"))
     runs = {}
-    for loss in ("fused", "eager"):
+    for loss in ("fused_linear", "fused", "eager"):
         t = Trainer(tiny_cfg(data, str(tmp_path / loss), loss=loss, dropout=0.0,
                              attention_dropout=0.0), resume=False, log=_quiet)
         assert t.model.exec.loss == loss
         rec = t.train_step()
         runs[loss] = (rec, _params(t.model))
-    (rf, pf), (re_, pe) = runs["fused"], runs["eager"]
-    for k in ("loss", "ar", "nar", "aux", "kl_ar_aux", "length"):
-        assert math.isclose(rf[k], re_[k], rel_tol=1e-5, abs_tol=1e-7), k
-    for k in pf:
-        assert torch.allclose(pf[k], pe[k], rtol=1e-4, atol=1e-6), k
+    re_, pe = runs["eager"]
+    for fused in ("fused_linear", "fused"):
+        rf, pf = runs[fused]
+        for k in ("loss", "ar", "nar", "aux", "kl_ar_aux", "length"):
+            assert math.isclose(rf[k], re_[k], rel_tol=1e-5, abs_tol=1e-7), (fused, k)
+        for k in pf:
+            assert torch.allclose(pf[k], pe[k], rtol=1e-4, atol=1e-6), (fused, k)
     with pytest.raises(ValueError, match="loss"):
         tiny_cfg(data, str(tmp_path), loss="fast")

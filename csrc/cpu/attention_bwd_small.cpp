@@ -45,12 +45,17 @@ void p_ds_rows(const janus::SampleMask& m, const RowRuns& rr, int c0, int w, boo
     float* grow = hm.softcap > 0.f ? dtanh + (int64_t)r * w : nullptr;
     if (hm.on)
       modify_scores_row(srow, w, scale, hm.softcap, hm.bias ? hm.bias + c0 - i : nullptr, grow);
-    if (!full) mask_row_chunk(m, i, c0, w, srow, kNegInf);
-    const Vec lse(st.lse[r]), delta(st.delta[r]), vds(scale);
+    // the mask is applied in registers as the scores are read (RowVisible)
+    const RowVisible vis(m, i, c0, w, full);
+    const Vec lse(st.lse[r]), delta(st.delta[r]), vds(scale), neg_inf(kNegInf);
+    auto scores = [&](int t, int n) {
+      const Vec x = Vec::loadu(srow + t, n);
+      return full ? x : masked(x, vis.bits(t), neg_inf);
+    };
     if (!drop.on()) {   // P, dS, d_rel_bias and the scaled dS in one pass over the row
       for (int t = 0; t < w; t += kW) {
         const int n = std::min(kW, w - t);
-        const Vec p = (Vec::loadu(srow + t, n) * vscale - lse).exp_u20();
+        const Vec p = (scores(t, n) * vscale - lse).exp_u20();
         p.store(srow + t, n);
         Vec ds = p * (Vec::loadu(drow + t, n) - delta);
         if (hm.dbias) {   // dbias[j - i] += dS(i, j): a contiguous run along the row
@@ -64,7 +69,7 @@ void p_ds_rows(const janus::SampleMask& m, const RowRuns& rr, int c0, int w, boo
     }
     for (int t = 0; t < w; t += kW) {   // dropout: P first, then element by element
       const int n = std::min(kW, w - t);
-      (Vec::loadu(srow + t, n) * vscale - lse).exp_u20().store(srow + t, n);
+      (scores(t, n) * vscale - lse).exp_u20().store(srow + t, n);
     }
     const float dl = st.delta[r];
     for (int t = 0; t < w; ++t) {

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <atomic>
 #include <cstdlib>
 #include <cmath>
@@ -311,21 +312,70 @@ inline FwdView<T> fwd_view(const at::Tensor& q, const at::Tensor& k, const at::T
           lse.data_ptr<float>()};
 }
 
-// Per-row visibility inside a key chunk [c0, c0 + w): fill masked entries of row `s` with v.
-inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, float* s, float v) {
-  if (!m.ranges_exact()) {
-    for (int t = 0; t < w; ++t) if (!m.allowed(i, c0 + t)) s[t] = v;
-    return;
+// Row i's visible keys inside a key chunk [c0, c0 + w), in chunk columns: [0, a) U [ws, we)
+// (both inside [0, w)), or per key through allowed() for the kinds whose ranges are inexact.
+// Masks are applied to score vectors in registers (bits() + masked()): filling the masked
+// entries with scalar stores and then reading the row as vectors made every such load wait
+// on a failed store-to-load forward (a quarter of the forward's softmax time at IWSLT sizes).
+struct RowVisible {
+  const janus::SampleMask* m = nullptr;   // set only when the ranges are inexact
+  int i = 0, c0 = 0, w = 0, a = 0, ws = 0, we = 0;
+
+  RowVisible(const janus::SampleMask& mask, int row, int chunk0, int width, bool full)
+      : i(row), c0(chunk0), w(width) {
+    if (full) { a = w; return; }   // the caller knows the tile is fully visible
+    if (!mask.ranges_exact()) { m = &mask; return; }
+    int pre, lo, hi;
+    mask.row_ranges(i, &pre, &lo, &hi);
+    a = std::clamp(pre - c0, 0, w);
+    ws = std::clamp(lo - c0, 0, w);
+    we = std::clamp(hi - c0, 0, w);
   }
-  int pre, lo, hi;
-  m.row_ranges(i, &pre, &lo, &hi);
-  const int a = std::clamp(pre - c0, 0, w);
-  const int ws = std::clamp(lo - c0, 0, w), we = std::clamp(hi - c0, 0, w);
-  auto fill = [&](int x, int y) { for (int t = x; t < y; ++t) s[t] = v; };
-  if (we <= ws) { fill(a, w); return; }     // no window inside the chunk
-  if (ws <= a) { fill(std::max(a, we), w); return; }
-  fill(a, ws);
-  fill(we, w);
+  static constexpr uint32_t kAll = (1u << Vec::size()) - 1;
+  // Lanes of the vector at chunk column t whose keys the row sees (bit l: column t + l);
+  // columns at or past w are never visible.
+  uint32_t bits(int t) const {
+    constexpr int kW = Vec::size();
+    if (m != nullptr) {
+      uint32_t b = 0;
+      for (int l = 0; l < kW && t + l < w; ++l) b |= uint32_t(m->allowed(i, c0 + t + l)) << l;
+      return b;
+    }
+    auto run = [t](int x, int y) {   // lanes of [x, y) in the vector at t
+      const int l0 = std::min(std::max(x - t, 0), (int)Vec::size());
+      const int l1 = std::min(std::max(y - t, 0), (int)Vec::size());
+      return ((1u << l1) - 1) & ~((1u << l0) - 1);
+    };
+    return run(0, a) | run(ws, we);
+  }
+};
+
+// x with the lanes not set in bits replaced by v.
+inline Vec masked(const Vec& x, uint32_t bits, const Vec& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Vec(_mm512_mask_blend_ps(static_cast<__mmask16>(bits), v, x));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i on = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), lane), lane);
+  return Vec(_mm256_blendv_ps(v, x, _mm256_castsi256_ps(on)));
+#else
+  alignas(64) float xs[Vec::size()], vs[Vec::size()];
+  x.store(xs);
+  v.store(vs);
+  for (int l = 0; l < Vec::size(); ++l) if (!((bits >> l) & 1)) xs[l] = vs[l];
+  return Vec::loadu(xs);
+#endif
+}
+
+// Per-row visibility inside a key chunk [c0, c0 + w): fill masked entries of row `s` with v
+// (the row-at-a-time forward, whose rows are runs at arbitrary offsets).
+inline void mask_row_chunk(const janus::SampleMask& m, int i, int c0, int w, float* s, float v) {
+  const RowVisible vis(m, i, c0, w, false);
+  constexpr int kW = Vec::size();
+  for (int t = 0; t < w; t += kW) {
+    const uint32_t bits = vis.bits(t);
+    for (int l = 0; l < kW && t + l < w; ++l) if (!((bits >> l) & 1)) s[t + l] = v;
+  }
 }
 
 // Key chunks covering [0, pre) U [lo, hi) in pieces of at most `chunk`.

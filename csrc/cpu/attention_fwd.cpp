@@ -43,18 +43,27 @@ void softmax_chunk(const janus::SampleMask& m, int i0, int rows, int c0, int w, 
       Vec vm(kNegInf);
       if (r < n) {
         float* srow = S + (int64_t)(g0 + r) * wr;
-        if (!full) mask_row_chunk(m, i0 + g0 + r, c0, w, srow, kNegInf);
-        for (int t = w; t < wr; ++t) srow[t] = kNegInf;
+        // masked entries and the rounded-up columns [w, wr) become -inf, whole vectors at a
+        // time (stored back only where a lane changed)
+        const RowVisible vis(m, i0 + g0 + r, c0, w, full);
+        auto load = [&](int t) {
+          const Vec x = Vec::loadu(srow + t);
+          const uint32_t bits = vis.bits(t);
+          if (bits == RowVisible::kAll) return x;
+          const Vec y = masked(x, bits, neg_inf);
+          y.store(srow + t);
+          return y;
+        };
         // four independent max chains: one chain is bound by vmaxps latency, not loads
         Vec v1(kNegInf), v2(kNegInf), v3(kNegInf);
         int t = 0;
         for (; t + 4 * kW <= wr; t += 4 * kW) {
-          vm = fast_max(vm, Vec::loadu(srow + t));
-          v1 = fast_max(v1, Vec::loadu(srow + t + kW));
-          v2 = fast_max(v2, Vec::loadu(srow + t + 2 * kW));
-          v3 = fast_max(v3, Vec::loadu(srow + t + 3 * kW));
+          vm = fast_max(vm, load(t));
+          v1 = fast_max(v1, load(t + kW));
+          v2 = fast_max(v2, load(t + 2 * kW));
+          v3 = fast_max(v3, load(t + 3 * kW));
         }
-        for (; t < wr; t += kW) vm = fast_max(vm, Vec::loadu(srow + t));
+        for (; t < wr; t += kW) vm = fast_max(vm, load(t));
         vm = fast_max(fast_max(vm, v1), fast_max(v2, v3));
       }
       vm.store(part + r * kW);
