@@ -159,17 +159,19 @@ def _aligned_pass(h_ar, h_nar, h_aux, weight, ar_targets, masked_targets, idx, w
         g_m = (g5 * valid[ms:me, None]).contiguous()
         dlogs = be.janus_bwd(g_ar_row.expand(ca).contiguous(), g_m, *parts, ar_t, m_t, lidx,
                              ar_st, m_st, eps, ignore_index)
-        bounds = ((s, e), (ms, me), (ms, me))
-        offsets = (0, ca, ca + cm)
-        for dlog, g, (a, b), off in zip(dlogs, grads, bounds, offsets):
-            if b == a:
-                continue
-            g[a:b] = torch.mm(dlog, weight)
-            hh = h[off:off + b - a]
-            if dlog.dtype == ct:
-                gw.addmm_(dlog.t(), hh)
-            else:
-                gw.add_(torch.mm(dlog.t(), hh).to(ct))
+        # one product each for the hidden and the weight gradient (rows in h's order): the
+        # weight (V x D) is read, and its gradient read and written, once per chunk rather
+        # than once per stream, which at a large vocabulary is most of the memory traffic
+        dlog = torch.cat(dlogs) if cm else dlogs[0]
+        gh = torch.mm(dlog, weight)
+        grads[0][s:e] = gh[:ca]
+        if cm:
+            grads[1][ms:me] = gh[ca:ca + cm]
+            grads[2][ms:me] = gh[ca + cm:]
+        if dlog.dtype == ct:
+            gw.addmm_(dlog.t(), h)
+        else:
+            gw.add_(torch.mm(dlog.t(), h).to(ct))
     terms = sums / torch.stack([n_ar, n_m, n_m, n_m, n_m, n_m])
     total = (terms * torch.tensor(w6, dtype=ct, device=dev)).sum()
     if not need_grad:  # four distinct placeholders: custom-op outputs may not alias
