@@ -342,6 +342,9 @@ def _measure(res: SuiteResult, cfgs: List[StepConfig], setup: ModelSetup, src, b
              mods: Dict[str, Any], settings: Settings, log: Callable[[str], None]) -> None:
     """Run and time every configuration on one model (fills in the result rows)."""
     dev = settings.device
+    if dev == "cpu":   # as janus-train does: freed activations are reused, not remapped
+        from janus_model.memory import keep_freed_memory
+        res.extra["keep_freed_memory"] = keep_freed_memory()
     m = mods["model"]
     mcfg = m.JanusConfig(vocab_size=setup.vocab, dim=setup.dim, heads=setup.heads,
                          ffn_dim=setup.ffn, encoder_layers=setup.layers,

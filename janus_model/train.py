@@ -56,6 +56,7 @@ from .data import (ParallelDataset, SubwordVocab, collate, make_batches, read_pa
 from .generate import resolve_device
 from .layout import build_batch
 from .masking import span_mask
+from .memory import keep_freed_memory
 from .model import ExecOptions, JanusConfig, JanusTransformer
 from .objectives import LossWeights, compute_loss
 from .train_control import InverseSqrtSchedule, StopSignal
@@ -105,6 +106,8 @@ class Trainer:
         self.train_data = self._dataset("train", cfg.max_tokens)
         self.valid_data = self._dataset("valid", None, required=False)
 
+        if self.device.type == "cpu":
+            keep_freed_memory()   # each step reuses the last one's memory (janus_model.memory)
         torch.manual_seed(cfg.seed)                 # identical initial weights on every rank
         mcfg = JanusConfig(**ck["model_config"]) if ck else cfg.model_config(len(self.vocab))
         if mcfg.vocab_size != len(self.vocab):
