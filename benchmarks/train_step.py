@@ -281,9 +281,10 @@ def _import_model() -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
 
 def run(settings: Settings, machine: Dict[str, Any],
         log: Callable[[str], None] = print, setup: Optional[str] = None,
-        flops_only: bool = False) -> SuiteResult:
+        flops_only: bool = False, modes_only: bool = False) -> SuiteResult:
     """The suite on ``SETUPS[setup]`` (default: the one named like the settings' mode).
-    flops_only: the configurations' analytic FLOPs only; the model is not run."""
+    flops_only: the configurations' analytic FLOPs only; the model is not run.
+    modes_only: the modes without the ablations."""
     name = setup or settings.mode
     if name not in SETUPS:
         raise ValueError(f"setup: expected one of {sorted(SETUPS)}, got {name!r}")
@@ -309,6 +310,8 @@ def run(settings: Settings, machine: Dict[str, Any],
         res.skip("fused loss (janus_kernels.losses)",
                  f"not available ({mods['losses_why']}); JANUS-fused runs with the eager loss")
     cfgs = configs(settings, fused_loss=mods["losses"] is not None)
+    if modes_only:
+        cfgs = [c for c in cfgs if c.group == "modes"]
     for cfg in cfgs:
         row: Dict[str, Any] = {"config": cfg.name, "group": cfg.group, "mode": cfg.mode,
                                "switches": cfg.switches,
@@ -428,16 +431,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "leave-one-out ablation)")
     ap.add_argument("--flops-only", action="store_true",
                     help="only the analytic FLOPs and ratios; do not run the model")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="time every configuration this many times, in interleaved rounds "
+                         "(medians; no time budget, no time-boxing). The timing modes stop "
+                         "after one call of a multi-second step, which moves by ~10%%")
+    ap.add_argument("--modes-only", action="store_true",
+                    help="only the modes (AR, CMLM, CMLM-dense, JANUS-fused, "
+                         "JANUS-dense-reference), no ablations")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write the result as JSON here")
     args = ap.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.rounds is not None and args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
+    rounds = {} if args.rounds is None else dict(repeats=args.rounds, min_repeats=args.rounds,
+                                                 budget_s=1e9, call_budget_s=0.0)
     settings = Settings.for_mode(args.timing, device=device, threads=args.threads,
-                                 seed=args.seed)
+                                 seed=args.seed, **rounds)
     settings.apply()
-    res = run(settings, {}, setup=args.setup, flops_only=args.flops_only)
+    res = run(settings, {}, setup=args.setup, flops_only=args.flops_only,
+              modes_only=args.modes_only)
     cols = [("config", "configuration"), ("switches", "switches"), ("loss", "loss (eval)"),
             ("ms", "step ms"), ("vs_cmlm", "time x CMLM"), ("step_gflop", "step GFLOP"),
             ("flops_vs_cmlm", "FLOPs x CMLM"), ("peak_mb", "peak MB")]

@@ -344,6 +344,25 @@ def test_iwslt_setup_and_flops_only_cli(capsys):
     with pytest.raises(ValueError, match="setup"):
         bts.run(Settings.for_mode("quick"), {}, setup="wmt")
 
+
+def test_train_step_rounds_time_every_mode_n_times(tmp_path):
+    """--rounds N: every configuration timed N times (no budget, no time-boxing, which would
+    stop after one call of a multi-second step); --modes-only drops the ablations."""
+    import json
+    n = torch.get_num_threads()
+    try:
+        assert bts.main(["--setup", "quick", "--timing", "quick", "--threads", "1",
+                         "--rounds", "3", "--modes-only", "--json",
+                         str(tmp_path / "r.json")]) == 0
+    finally:
+        torch.set_num_threads(n)
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["config"] for r in rows] == ["AR", "CMLM", "CMLM-dense", "JANUS-fused",
+                                           "JANUS-dense-reference"]
+    assert all(r["status"] == "ok" and r["repeats"] == 3 for r in rows), rows
+    with pytest.raises(SystemExit):
+        bts.main(["--setup", "quick", "--rounds", "0"])
+
 # ============================================= machine peaks, ISA caps, time-boxing (issue 12)
 from benchmarks import isa as bisa                                   # noqa: E402
 from benchmarks import peaks as bpeaks                               # noqa: E402
