@@ -30,32 +30,25 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
     most `chunk_rows` rows per input at a time, the loss rows and their logit gradients by the
     row kernels, then grad_h = dlogits @ weight and grad_weight += dlogits.T @ h. Gradients
     are computed here, in the forward (Liger's fused-linear idea): no (rows x V) tensor
-    outlives a chunk."""
+    outlives a chunk. The aligned pass when the KL rows allow it, else two passes (module
+    docstring)."""
     dev, dt = h_ar.device, h_ar.dtype
-    ct = _acc(dt)
     N, M = h_ar.shape[0], h_nar.shape[0]
-    w_ar = w6[0]
-    n_ar = (ar_targets != ignore_index).sum().clamp(min=1).to(ct)
-    valid = masked_targets != ignore_index
-    n_m = valid.sum().clamp(min=1).to(ct)
-    sums = torch.zeros(6, dtype=ct, device=dev)
-    gh_ar = torch.zeros(h_ar.shape, dtype=ct, device=dev) if need_grad else None
-    gh_nar = torch.empty(h_nar.shape, dtype=dt, device=dev) if need_grad else None
-    gh_aux = torch.empty(h_aux.shape, dtype=dt, device=dev) if need_grad else None
-    gw = torch.zeros(weight.shape, dtype=ct, device=dev) if need_grad else None
-
-    def acc_weight_grad(dlog, h):  # gw += dlog.T @ h, in place when the dtypes allow
-        if dlog.dtype == ct:
-            gw.addmm_(dlog.t(), h)
-        else:
-            gw.add_(torch.mm(dlog.t(), h).to(ct))
-
     be = _be(backend)
     if _has_janus_rows(backend, dev, dt):
         spans = _aligned_spans(idx, N, M, chunk_rows)
         if spans is not None:
             return _aligned_pass(h_ar, h_nar, h_aux, weight, ar_targets, masked_targets, idx,
                                  w6, eps, ignore_index, spans, need_grad, be)
+    ct = _acc(dt)
+    w_ar = w6[0]
+    n_ar, n_m, valid = _row_counts(ar_targets, masked_targets, ignore_index, ct)
+    sums = torch.zeros(6, dtype=ct, device=dev)
+    gh_ar = torch.zeros(h_ar.shape, dtype=ct, device=dev) if need_grad else None
+    gh_nar = torch.empty(h_nar.shape, dtype=dt, device=dev) if need_grad else None
+    gh_aux = torch.empty(h_aux.shape, dtype=dt, device=dev) if need_grad else None
+    gw = torch.zeros(weight.shape, dtype=ct, device=dev) if need_grad else None
+
     # AR cross entropy over all AR rows.
     # Ignored rows are never read (the documented rule): their hidden states are replaced by
     # zeros before any GEMM, or a NaN there would reach grad_weight through 0 * NaN.
@@ -74,7 +67,7 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
                 gh_ar[s:e].addmm_(dlog, weight)
             else:
                 gh_ar[s:e] += torch.mm(dlog, weight).to(ct)
-            acc_weight_grad(dlog, h)
+            _add_weight_grad(gw, dlog, h)
     # Masked rows: NAR / AUX cross entropy and the three symmetric KLs, with the AR rows'
     # logits recomputed for their KL rows (one extra (c x D) @ (D x V) product per chunk).
     masked_rows = _masked_rows_fused if _has_janus_rows(backend, dev, dt) else _masked_rows_composed
@@ -97,12 +90,36 @@ def _fused_linear_janus_impl(h_ar, h_nar, h_aux, weight, ar_targets, masked_targ
                 gh_ar.index_add_(0, idx[s:e], gh.to(ct))
             else:
                 (gh_nar if part == 1 else gh_aux)[s:e] = gh
-            acc_weight_grad(dlog, h)
+            _add_weight_grad(gw, dlog, h)
+    grads = (gh_ar.to(dt), gh_nar, gh_aux, gw) if need_grad else None
+    return _results(sums, n_ar, n_m, w6, grads, h_ar, weight)
+
+
+def _row_counts(ar_targets, masked_targets, ignore_index, ct):
+    """(AR rows counted, masked rows counted, the masked rows' validity): the CE / KL means'
+    denominators (at least 1: an empty term is 0)."""
+    valid = masked_targets != ignore_index
+    n_ar = (ar_targets != ignore_index).sum().clamp(min=1).to(ct)
+    return n_ar, valid.sum().clamp(min=1).to(ct), valid
+
+
+def _add_weight_grad(gw, dlog, h):
+    """gw += dlog.T @ h, in place when the dtypes allow (gw is the accumulation dtype)."""
+    if dlog.dtype == gw.dtype:
+        gw.addmm_(dlog.t(), h)
+    else:
+        gw.add_(torch.mm(dlog.t(), h).to(gw.dtype))
+
+
+def _results(sums, n_ar, n_m, w6, grads, h_ar, weight):
+    """The op's outputs from the six loss sums: (total, terms, grad_ar, grad_nar, grad_aux,
+    grad_weight), placeholders for the gradients when none were computed."""
     terms = sums / torch.stack([n_ar, n_m, n_m, n_m, n_m, n_m])
-    total = (terms * torch.tensor(w6, dtype=ct, device=dev)).sum()
-    if not need_grad:  # four distinct placeholders: custom-op outputs may not alias
+    total = (terms * torch.tensor(w6, dtype=sums.dtype, device=sums.device)).sum()
+    if grads is None:  # four distinct placeholders: custom-op outputs may not alias
         return (total, terms) + tuple(h_ar.new_zeros(()) for _ in range(4))
-    return total, terms, gh_ar.to(dt), gh_nar, gh_aux, gw.to(weight.dtype)
+    *gh, gw = grads
+    return (total, terms, *gh, gw.to(weight.dtype))
 
 
 def _aligned_spans(idx: torch.Tensor, N: int, M: int, chunk_rows: int):
@@ -127,14 +144,10 @@ def _aligned_pass(h_ar, h_nar, h_aux, weight, ar_targets, masked_targets, idx, w
     gradient (written once: every row belongs to one chunk) and the weight gradient."""
     dev, dt = h_ar.device, h_ar.dtype
     ct = _acc(dt)
-    N, M = h_ar.shape[0], h_nar.shape[0]
-    ar_valid = ar_targets != ignore_index
-    valid = masked_targets != ignore_index
-    n_ar = ar_valid.sum().clamp(min=1).to(ct)
-    n_m = valid.sum().clamp(min=1).to(ct)
+    n_ar, n_m, valid = _row_counts(ar_targets, masked_targets, ignore_index, ct)
     # an AR row is read by its CE or by the KL terms of a valid masked row; rows nobody reads
     # are replaced by zeros before the GEMM (a NaN there would reach grad_weight as 0 * NaN)
-    ar_read = ar_valid.clone()
+    ar_read = ar_targets != ignore_index
     ar_read[idx[valid]] = True
     zero = torch.zeros((), dtype=dt, device=dev)
     g_ar_row = (w6[0] / n_ar).reshape(1)
@@ -168,15 +181,8 @@ def _aligned_pass(h_ar, h_nar, h_aux, weight, ar_targets, masked_targets, idx, w
         if cm:
             grads[1][ms:me] = gh[ca:ca + cm]
             grads[2][ms:me] = gh[ca + cm:]
-        if dlog.dtype == ct:
-            gw.addmm_(dlog.t(), h)
-        else:
-            gw.add_(torch.mm(dlog.t(), h).to(ct))
-    terms = sums / torch.stack([n_ar, n_m, n_m, n_m, n_m, n_m])
-    total = (terms * torch.tensor(w6, dtype=ct, device=dev)).sum()
-    if not need_grad:  # four distinct placeholders: custom-op outputs may not alias
-        return (total, terms) + tuple(h_ar.new_zeros(()) for _ in range(4))
-    return (total, terms, *grads, gw.to(weight.dtype))
+        _add_weight_grad(gw, dlog, h)
+    return _results(sums, n_ar, n_m, w6, grads + [gw] if need_grad else None, h_ar, weight)
 
 
 def _masked_rows_fused(la, ln, lx, t, valid, g5, w5, eps, ignore_index, need_grad, backend):

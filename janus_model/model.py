@@ -421,15 +421,18 @@ class JanusTransformer(nn.Module):
         (out.<name>_states) and the projection weight, which the loss applies chunk by
         chunk."""
         if opts.loss == "fused_linear":
-            D = self.cfg.dim
-            picks = [(st, i) for st, idxs in parts for i in idxs]
-            for name, (st, i) in zip(names, picks):
-                rows = st.states.reshape(-1, D).index_select(0, st.rows(i))
+            for name, rows in zip(names, self._used_rows(parts)):
                 setattr(out, f"{name}_states", rows)
             out.weight = self.embed.weight
             return
         for name, logits in zip(names, self._project_rows(parts, opts)):
             setattr(out, f"{name}_logits", logits)
+
+    def _used_rows(self, parts: List[Tuple[DecoderStates, List[Tensor]]]) -> List[Tensor]:
+        """The states of the selected output rows, one (rows, D) tensor per index."""
+        D = self.cfg.dim
+        return [st.states.reshape(-1, D).index_select(0, st.rows(i))
+                for st, idxs in parts for i in idxs]
 
     def _project_rows(self, parts: List[Tuple[DecoderStates, List[Tensor]]],
                       opts: ExecOptions) -> List[Tensor]:
@@ -438,14 +441,12 @@ class JanusTransformer(nn.Module):
 
         "used": gather the rows first and project them in ONE matmul; "all": project every
         computed row of every part (the authors' way) and gather afterwards."""
-        D = self.cfg.dim
         if opts.project == "all":
             out = []
             for st, idxs in parts:
                 logits = self.project(st.states).reshape(-1, self.cfg.vocab_size)
                 out += [logits.index_select(0, st.rows(i)) for i in idxs]
             return out
-        rows = [st.states.reshape(-1, D).index_select(0, st.rows(i))
-                for st, idxs in parts for i in idxs]
+        rows = self._used_rows(parts)
         logits = self.project(torch.cat(rows, 0)) if len(rows) > 1 else self.project(rows[0])
         return list(logits.split([r.shape[0] for r in rows], 0))
