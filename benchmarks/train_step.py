@@ -14,13 +14,15 @@ Modes:
     JANUS-dense-reference   mode "janus" as the authors run it: two encoder passes, every row
                             projected, per-sample dense 3D masks + eager attention, eager loss
 
-AR and CMLM run with the same switches as JANUS-fused (the fused loss and the pruning of the
-rows nobody reads included); CMLM-dense runs like the authors (no pruning).
+AR and CMLM run with the same switches as JANUS-fused (the fused loss, the pruning of the
+rows nobody reads and the packing of the live rows included); CMLM-dense runs like the
+authors (no pruning, no packing).
 
 The ratios JANUS / CMLM (the paper reports ~4-5x in training time) are given for both JANUS
 modes, each against CMLM run with the same execution options, next to the ratio of the step's
-matmul FLOPs computed from the shapes (``step_gflop``: linear layers on the padded rows each
-mode actually runs -- the last decoder layer on the output rows only when pruned --,
+matmul FLOPs computed from the shapes (``step_gflop``: linear layers on the rows each mode
+actually runs -- padded, or the live rows only when packed; the last decoder layer on the
+output rows only when pruned --,
 attention on the visible score entries only, projection on the projected rows; backward = 2x
 forward). Every row carries both ratios against its CMLM (``vs_cmlm``: time,
 ``flops_vs_cmlm``: FLOPs), and the ratio table gives the FLOPs the pruning saves per mode.
@@ -98,6 +100,7 @@ class StepConfig:
     attention: str = "fused"
     fused_loss: bool = False
     prune: bool = False          # the last layer on the output rows only, no dead G row
+    pack: bool = False           # the decoder's row-wise work on the live rows only
     group: str = "modes"         # "modes", "ablation (cumulative)", "ablation (leave-one-out)"
 
     @property
@@ -112,12 +115,13 @@ class StepConfig:
     def switches(self) -> str:
         return (f"enc={self.encoder_passes} proj={self.project} attn={self.attention} "
                 f"loss={self.loss} "
-                f"prune={'on' if self.prune else 'off'}")
+                f"prune={'on' if self.prune else 'off'} pack={'on' if self.pack else 'off'}")
 
 
 AUTHORS = dict(encoder_passes=2, project="all", attention="dense", fused_loss=False,
-               prune=False)
-FUSED = dict(encoder_passes=1, project="used", attention="fused", fused_loss=True, prune=True)
+               prune=False, pack=False)
+FUSED = dict(encoder_passes=1, project="used", attention="fused", fused_loss=True, prune=True,
+             pack=True)
 
 
 def configs(settings: Settings, fused_loss: bool = True) -> List[StepConfig]:
@@ -127,8 +131,8 @@ def configs(settings: Settings, fused_loss: bool = True) -> List[StepConfig]:
     fused configurations run with the eager loss and the "eager loss" ablation is dropped."""
     fused = dict(FUSED, fused_loss=fused_loss)
     out = [
-        StepConfig("AR", "ar", fused_loss=fused_loss, prune=True),
-        StepConfig("CMLM", "cmlm", fused_loss=fused_loss, prune=True),
+        StepConfig("AR", "ar", fused_loss=fused_loss, prune=True, pack=True),
+        StepConfig("CMLM", "cmlm", fused_loss=fused_loss, prune=True, pack=True),
         StepConfig("CMLM-dense", "cmlm", project="all", attention="dense"),
         StepConfig("JANUS-fused", "janus", **fused),
         StepConfig("JANUS-dense-reference", "janus", **AUTHORS),
@@ -137,7 +141,8 @@ def configs(settings: Settings, fused_loss: bool = True) -> List[StepConfig]:
     for key, val, label in (("encoder_passes", 1, "+ one encoder pass"),
                             ("project", "used", "+ project used rows only"),
                             ("attention", "fused", "+ fused attention"),
-                            ("prune", True, "+ prune unread rows")):
+                            ("prune", True, "+ prune unread rows"),
+                            ("pack", True, "+ pack live rows")):
         cum[key] = val
         out.append(StepConfig(f"authors {label}", "janus", group="ablation (cumulative)", **cum))
     if settings.mode != "quick":
@@ -145,7 +150,8 @@ def configs(settings: Settings, fused_loss: bool = True) -> List[StepConfig]:
                                 ("project", "all", "project all rows"),
                                 ("attention", "dense", "dense attention"),
                                 ("fused_loss", False, "eager loss"),
-                                ("prune", False, "no pruning")):
+                                ("prune", False, "no pruning"),
+                                ("pack", False, "no packing")):
             if key == "fused_loss" and not fused_loss:
                 continue
             loo = dict(fused)
@@ -184,6 +190,8 @@ def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad
     shapes, backward = 2x forward. The decoder rows, their masks and (pruned) output rows are
     the model's own (``batch.*.decoder_rows()``); visible score entries are counted on the
     materialized masks (small: B x rows x keys booleans)."""
+    from janus_model.packing import plan_packed_pass   # the batch came from janus_model
+
     D, Fd, V, Lyr = setup.dim, setup.ffn, setup.vocab, setup.layers
     B, S = src.shape
     s_len = (src != pad).sum(1).double().cpu()
@@ -195,19 +203,29 @@ def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad
                 + Lyr * 2 * D * float((s_len ** 2).sum())     # QK^T + PV, visible entries
                 + Lyr * rows * 2 * D * D)                     # decoder's encoder K/V
 
-    def layer(n_rows: int, n_content: int, allowed: torch.Tensor) -> float:
-        real = allowed.any(-1).double().sum(1).cpu()          # rows that see a key
-        return (B * n_rows * (4 * D * D + 2 * D * Fd)       # q,o self + q,o enc + FFN
-                + B * n_content * 2 * D * D                   # k,v of the content rows
+    def layer(n_rows: float, n_content: float, allowed: torch.Tensor,
+              enc_rows: torch.Tensor) -> float:
+        return (n_rows * (4 * D * D + 2 * D * Fd)           # q,o self + q,o enc + FFN
+                + n_content * 2 * D * D                       # k,v of the content rows
                 + 2 * D * float(allowed.sum())                # self attention
-                + 2 * D * float((real * s_len).sum()))        # encoder attention
+                + 2 * D * float((enc_rows * s_len).sum()))    # encoder attention
 
     def decoder(rows) -> float:
-        full = layer(rows.num_rows, rows.n_content, rows.mask.materialize())
-        if not cfg.prune:
-            return Lyr * full
-        return (Lyr - 1) * full + layer(rows.num_out, rows.n_content,
-                                        rows.out_mask.materialize())
+        allowed, out_allowed = rows.mask.materialize(), rows.out_mask.materialize()
+        if cfg.pack:   # the live rows (packing.py): computed, and the encoder attention's rows
+            plan = plan_packed_pass(rows.mask, rows.n_content,
+                                    (rows.out_rows, rows.out_mask) if cfg.prune else None)
+            full = layer(plan.live_flat.numel(), plan.kv_src.numel(), allowed,
+                         plan.body.enc_rows.double())
+            last = (None if plan.last is None else
+                    layer(plan.last.q_flat.numel(), plan.kv_src.numel(), out_allowed,
+                          plan.last.enc_rows.double()))
+        else:          # every padded row; the encoder attention on the rows that see a key
+            full = layer(B * rows.num_rows, B * rows.n_content, allowed,
+                         allowed.any(-1).double().sum(1))
+            last = (layer(B * rows.num_out, B * rows.n_content, out_allowed,
+                          out_allowed.any(-1).double().sum(1)) if cfg.prune else None)
+        return Lyr * full if last is None else (Lyr - 1) * full + last
 
     def projected(n_used: float, computed: int) -> float:
         return n_used if cfg.project == "used" else B * computed
@@ -251,7 +269,7 @@ def _loss_fn(cfg: StepConfig, model, src, batch, mods: Dict[str, Any]
     opts = mods["model"].ExecOptions(encoder_passes=cfg.encoder_passes, project=cfg.project,
                                      attention=cfg.attention,
                                      loss=cfg.loss,
-                                     prune=cfg.prune)
+                                     prune=cfg.prune, pack=cfg.pack)
     return lambda: mods["objectives"].compute_loss(model, src, batch, cfg.mode, opts=opts)[0]
 
 
@@ -331,9 +349,9 @@ def run(settings: Settings, machine: Dict[str, Any],
         res.notes.append(f"pruning FLOP savings failed: {error_line(e)}")
     res.notes.append("Model: " + ", ".join(f"{k}={v}" for k, v in res.extra["setup"].items())
                      + "; dropout 0.3 (the authors' IWSLT setting); Adam.")
-    res.notes.append("step_gflop: matmul FLOPs from the shapes (linear layers on the padded rows "
-                     "each mode runs, the last decoder layer on the output rows only when "
-                     "pruned, attention on visible entries, projected rows; backward = 2x "
+    res.notes.append("step_gflop: matmul FLOPs from the shapes (linear layers on the rows each "
+                     "mode runs: padded, or the live rows only when packed; the last decoder "
+                     "layer on the output rows only when pruned, attention on visible entries, projected rows; backward = 2x "
                      "forward); gflops = step_gflop / step time.")
     res.notes.append("loss = the loss in eval mode (no dropout) before timing; it differs "
                      "between modes (different objectives) and must agree within a mode.")

@@ -174,6 +174,22 @@ class MaskDescriptor:
         d = self.rank.long()
         return d[:, :self.q_len], d[:, self.q_len:]
 
+    def valid_rows(self) -> torch.Tensor:
+        """(B, q_len) bool: the rows that are not padding (``r < ROWS[s]``). Every other row
+        sees no key and outputs zeros, so a caller may leave it out of its row-wise work."""
+        p = self.params.long()
+        i = torch.arange(self.q_len, device=self.device)
+        s = i >= self.q_split
+        rows = torch.where(s[None, :], p[:, Field.ROWS1, None], p[:, Field.ROWS0, None])
+        return (i - s.long() * self.q_split)[None, :] < rows
+
+    def valid_keys(self) -> torch.Tensor:
+        """(B, kv_len) bool: the keys that are not padding (``KEY_START <= j < KV_LEN``); no
+        row sees any other key, so what a padding key / value holds never matters."""
+        p = self.params.long()
+        j = torch.arange(self.kv_len, device=self.device)[None, :]
+        return (j >= p[:, Field.KEY_START, None]) & (j < p[:, Field.KV_LEN, None])
+
     def materialize(self) -> torch.Tensor:
         """Dense bool mask (B, q_len, kv_len), True = may attend: the dense 3D baseline."""
         dev = self.device

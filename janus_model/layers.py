@@ -24,8 +24,10 @@ import janus_kernels as jk
 from janus_kernels.masks import MaskDescriptor
 from janus_kernels.reference import reference_attention
 
+from .packing import LayerRows, gather_heads, scatter_heads
+
 __all__ = ["AttnCore", "fused_core", "dense_core", "gather_rows", "MultiheadAttention",
-           "EncoderLayer", "DecoderLayer", "reorder_cache"]
+           "EncoderLayer", "DecoderLayer", "decoder_layer_packed", "reorder_cache"]
 
 Tensor = torch.Tensor
 AttnCore = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -89,6 +91,20 @@ class MultiheadAttention(nn.Module):
         o = core(q, kv[0].to(q.dtype), kv[1].to(q.dtype))
         B, H, L, d = o.shape
         return self.out_proj(o.transpose(1, 2).reshape(B, L, H * d))
+
+    def kv_rows(self, x: Tensor, index: Tensor, B: int, L: int) -> KV:
+        """Keys and values (B, H, L, d) of packed rows ``x`` (N, D), head rows ``index``
+        (``packing.head_index``) of a padded layout; zeros elsewhere (padding keys)."""
+        return (scatter_heads(self.k_proj(x), index, B, self.heads, L),
+                scatter_heads(self.v_proj(x), index, B, self.heads, L))
+
+    def rows(self, x: Tensor, kv: KV, core: AttnCore, index: Tensor, B: int, L: int) -> Tensor:
+        """``forward`` for packed rows ``x`` (N, D): their queries go to the head rows
+        ``index`` of a padded (B, H, L, d) layout for the core (built for L rows), their
+        outputs are read back from there."""
+        q = scatter_heads(self.q_proj(x), index, B, self.heads, L)
+        o = core(q, kv[0].to(q.dtype), kv[1].to(q.dtype))
+        return self.out_proj(gather_heads(o, index))
 
 
 class _Block(nn.Module):
@@ -165,6 +181,26 @@ class DecoderLayer(nn.Module):
         x = self.b_self.out(x, self.self_attn(h, (k, v), self_core))
         x = self.b_enc.out(x, self.enc_attn(self.b_enc.inp(x), enc_kv, enc_core))
         return self.b_ffn.out(x, self.ffn(self.b_ffn.inp(x)))
+
+
+def decoder_layer_packed(layer: DecoderLayer, x: Tensor, kv_src: Tensor, kv_heads: Tensor,
+                         n_content: int, self_core: AttnCore, enc_kv: KV, enc_core: AttnCore,
+                         rows: LayerRows) -> Tensor:
+    """``layer`` on packed rows (janus_model.packing): x (N_in, D) are the live rows of the
+    layer input; keys/values come from rows ``kv_src`` (placed at the head rows ``kv_heads``
+    of the (B, H, n_content, d) key layout); the rows ``rows.take`` (all: None) are computed, with
+    ``self_core`` built for ``rows.q_len`` rows and ``enc_core`` for the compact
+    ``rows.enc_len`` rows -> (N_out, D)."""
+    B, H = rows.B, layer.self_attn.heads
+    h = layer.b_self.inp(x)
+    kv = layer.self_attn.kv_rows(h.index_select(0, kv_src), kv_heads, B, n_content)
+    if rows.take is not None:
+        x, h = x.index_select(0, rows.take), h.index_select(0, rows.take)
+    x = layer.b_self.out(x, layer.self_attn.rows(h, kv, self_core, rows.q_heads(H), B,
+                                                 rows.q_len))
+    x = layer.b_enc.out(x, layer.enc_attn.rows(layer.b_enc.inp(x), enc_kv, enc_core,
+                                               rows.enc_heads(H), B, rows.enc_len))
+    return layer.b_ffn.out(x, layer.ffn(layer.b_ffn.inp(x)))
 
 
 def reorder_cache(caches: List[Dict[str, Tensor]], order: Tensor) -> None:

@@ -33,7 +33,10 @@ the eager reference attention, one call per stream), ``loss`` ("fused": the janu
 loss ops on the logits; "fused_linear": the output projection inside those ops, so the
 forward returns the output rows' states and no (rows x vocab) logits are materialized;
 "eager": plain torch), ``prune`` (skip the rows nobody reads, above; the authors compute every
-row). ``ExecOptions.authors()`` is the faithful dense reference of the authors' design.
+row), ``pack`` (the decoder's projections, LayerNorms, FFN and dropout on the live rows only,
+packed; attention scatters them into its padded layout: ``janus_model.packing``; under
+torch.compile the padded rows run, as a live-row count would be data-dependent).
+``ExecOptions.authors()`` is the faithful dense reference of the authors' design.
 
 Sources must be right-padded with PAD (the key-padding descriptors assume real keys first).
 """
@@ -50,8 +53,10 @@ from torch import nn
 import janus_kernels as jk
 from janus_kernels.reference import authors_janus_masks
 
-from .layers import KV, AttnCore, DecoderLayer, EncoderLayer, dense_core, fused_core, gather_rows
+from .layers import (KV, AttnCore, DecoderLayer, EncoderLayer, decoder_layer_packed, dense_core,
+                     fused_core, gather_rows)
 from .layout import PAD, ARLayout, DecoderRows, JanusBatch, NARLayout, positions_for
+from .packing import LayerRows, plan_packed_pass, scatter_rows
 
 __all__ = ["JanusConfig", "ExecOptions", "Encoded", "DecoderStates", "Outputs",
            "JanusTransformer"]
@@ -102,6 +107,7 @@ class ExecOptions:
     # projection fused in (Outputs then hold states, not logits); "eager": plain torch
     loss: str = "fused"
     prune: bool = True                 # skip the rows whose outputs nobody reads
+    pack: bool = True                  # row-wise work on the live rows only (packing.py)
 
     def __post_init__(self) -> None:
         if self.encoder_passes not in (1, 2):
@@ -115,15 +121,16 @@ class ExecOptions:
         if self.loss == "fused_linear" and self.project != "used":
             raise ValueError("loss 'fused_linear' projects the used rows inside the loss; it "
                              "needs project='used'")
-        if not isinstance(self.prune, bool):
-            raise ValueError(f"prune: expected a bool, got {self.prune!r}")
+        for name in ("prune", "pack"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
 
     @classmethod
     def authors(cls) -> "ExecOptions":
         """The authors' design: two encoder passes, dense per-sample 3D masks, every row
         computed and projected to the vocabulary, unfused losses."""
         return cls(encoder_passes=2, project="all", attention="dense", loss="eager",
-                   prune=False)
+                   prune=False, pack=False)
 
 
 @dataclasses.dataclass
@@ -326,16 +333,49 @@ class JanusTransformer(nn.Module):
             core = fused_core(rows.mask, self._attn_p(), opts.backend)
         else:
             core = dense_core(dense_allowed, self._attn_p())
-        args = (rows.tokens, rows.positions, rows.n_content, core, enc, enc_kv, opts)
-        if not opts.prune:
-            return DecoderStates(self.decode_rows(*args), rows.out_rows)
-        if opts.attention == "fused":
+        last_core = None
+        if opts.prune and opts.attention == "fused":
             last_core = fused_core(rows.out_mask, self._attn_p(), opts.backend)
-        else:   # the output rows' rows of the dense masks
+        elif opts.prune:   # the output rows' rows of the dense masks
             allowed = torch.cat([a for _, a in dense_allowed], 1)
             last_core = dense_core([(rows.num_out, gather_rows(allowed, rows.out_rows))],
                                    self._attn_p())
+        # the live rows' count is data-dependent: a torch.compile graph keeps the padded rows
+        if opts.pack and not torch.compiler.is_compiling():
+            return self._run_packed(rows, core, last_core, enc, enc_kv, opts)
+        args = (rows.tokens, rows.positions, rows.n_content, core, enc, enc_kv, opts)
+        if not opts.prune:
+            return DecoderStates(self.decode_rows(*args), rows.out_rows)
         return DecoderStates(self.decode_rows(*args, last=(rows.out_rows, last_core)))
+
+    def _run_packed(self, rows: DecoderRows, core: AttnCore, last_core: Optional[AttnCore],
+                    enc: Encoded, enc_kv: List[KV], opts: ExecOptions) -> DecoderStates:
+        """``run_rows`` on the live rows only (``ExecOptions.pack``, janus_model.packing):
+        the final states come back padded, zeros on the padding rows (which no loss reads)."""
+        plan = plan_packed_pass(rows.mask, rows.n_content,
+                                (rows.out_rows, rows.out_mask) if last_core else None)
+        x = self._embed(rows.tokens.reshape(-1).index_select(0, plan.live_flat),
+                        rows.positions.reshape(-1).index_select(0, plan.live_flat), self.dec_pos)
+        S = enc.out.shape[1]
+
+        def enc_core(lr: LayerRows) -> AttnCore:
+            return self.padding_core(enc.lengths, lr.enc_len, S, opts, q_lengths=lr.enc_rows)
+
+        body_enc = enc_core(plan.body)
+        n_layers = len(self.decoder)
+        for i, layer in enumerate(self.decoder):
+            last = plan.last is not None and i == n_layers - 1
+            lr = plan.last if last else plan.body
+            x = decoder_layer_packed(layer, x, plan.kv_src, plan.kv_heads(self.cfg.heads),
+                                     rows.n_content, last_core if last else core, enc_kv[i],
+                                     enc_core(lr) if last else body_enc, lr)
+        if plan.last is not None and n_layers == 0:
+            x = x.index_select(0, plan.last.take)
+        if self.dec_ln is not None:
+            x = self.dec_ln(x)
+        out = plan.final_rows()
+        states = scatter_rows(x, out.q_flat, out.B, out.q_len)
+        return DecoderStates(states, None if plan.last is not None else rows.out_rows)
 
     def project(self, h: Tensor) -> Tensor:
         """Tied output projection to vocabulary logits."""

@@ -1,0 +1,149 @@
+"""Packing the live rows (``ExecOptions.pack``, janus_model/packing.py) changes the work, not
+the math.
+
+The packed pass (row-wise work on the live rows only, attention through scattered padded
+buffers) must give the padded pass's losses and every parameter gradient, to float rounding,
+in every mode, pruned or not, with fused and dense attention, post- and pre-LN. The check is
+shown to catch a broken plan (a live key row left out, rows put in the wrong places), and the
+row counts show that the padding rows are really skipped."""
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import janus_kernels as jk
+import janus_model.packing as packing_mod
+from janus_kernels.mask_fields import Field
+from janus_kernels.masks import MaskDescriptor
+from janus_model.model import ExecOptions
+
+from test_prune import MODES, TOL, _batch, _loss_and_grads, _model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread):
+    yield
+
+
+def _worst_difference(model, src, batch, mode, base: ExecOptions) -> float:
+    """Largest difference between the packed and the padded run: each loss term relative to
+    max(1, |term|), each gradient entry relative to the largest gradient entry."""
+    t0, g0 = _loss_and_grads(model, src, batch, mode, dataclasses.replace(base, pack=False))
+    t1, g1 = _loss_and_grads(model, src, batch, mode, dataclasses.replace(base, pack=True))
+    assert set(t0) == set(t1)
+    worst = max((abs(t1[k].item() - t0[k].item()) / max(1.0, abs(t0[k].item())) for k in t0),
+                default=0.0)
+    gmax = max(g.abs().max().item() for g in g0.values())
+    assert gmax > 0
+    return max(worst, max((g1[k] - g0[k]).abs().max().item() / gmax for k in g0))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("attention", ["fused", "dense"])
+@pytest.mark.parametrize("pre_ln", [False, True], ids=["post_ln", "pre_ln"])
+@pytest.mark.parametrize("prune", [True, False], ids=["pruned", "unpruned"])
+def test_packed_losses_and_gradients_equal_padded(mode, dtype, attention, pre_ln, prune):
+    model = _model(dtype, pre_ln)
+    src, batch = _batch(3)
+    opts = ExecOptions(attention=attention, loss="eager", prune=prune)
+    assert _worst_difference(model, src, batch, mode, opts) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("decoder_layers", [0, 1, 3])
+def test_packed_equals_padded_for_other_depths_and_the_fused_losses(mode, decoder_layers):
+    model = _model(torch.float64, decoder_layers=decoder_layers)
+    src, batch = _batch(11, B=9)
+    for loss in ("fused", "fused_linear"):
+        opts = ExecOptions(loss=loss)
+        assert _worst_difference(model, src, batch, mode, opts) <= TOL[torch.float64]
+
+
+def test_packing_is_on_by_default_and_off_for_the_authors():
+    assert ExecOptions().pack is True and ExecOptions.authors().pack is False
+    with pytest.raises(ValueError, match="pack"):
+        ExecOptions(pack=1)
+
+
+def test_only_the_live_rows_reach_the_row_wise_layers():
+    """Every FFN of the packed JANUS forward sees exactly the live rows: the rows the
+    descriptors do not call padding (AR: 2 T_b per sample; NAR: U + 2M - 1 content rows and
+    M queries; the pruned last layer: the T_b AR queries, the M-block rows and M queries)."""
+    model = _model(torch.float32, decoder_layers=2)
+    src, batch = _batch(3)
+    seen = []
+    hooks = [layer.ffn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+             for layer in model.decoder]
+    try:
+        with torch.no_grad():
+            model(src, batch, "janus")
+    finally:
+        for h in hooks:
+            h.remove()
+    ar, nar = batch.ar, batch.nar
+    T_b, U, M = ar.lengths, nar.U, nar.M
+    ar_live, ar_out = int(2 * T_b.sum()), int(T_b.sum())
+    nar_live = int((U + 2 * M - (M > 0).long() + M).sum())
+    assert seen == [ar_live, ar_out, nar_live, int(2 * M.sum())]
+    padded = batch.ar.decoder_rows().num_rows * len(T_b)
+    assert ar_live < padded
+
+
+def _plan_shifted(mask, n_content, last=None):
+    """Broken plan: each sample's keys placed one row later."""
+    plan = _plan(mask, n_content, last)
+    return dataclasses.replace(plan, kv_flat=(plan.kv_flat + 1).clamp(
+        max=plan.B * n_content - 1))
+
+
+_plan = packing_mod.plan_packed_pass
+
+
+def test_the_equality_check_catches_a_broken_packing(monkeypatch):
+    """The check above is not vacuous: keys in the wrong rows fail it by a wide margin."""
+    import janus_model.model as model_mod
+    monkeypatch.setattr(model_mod, "plan_packed_pass", _plan_shifted)
+    model = _model(torch.float64)
+    src, batch = _batch(5)
+    assert _worst_difference(model, src, batch, "janus", ExecOptions(loss="eager")) > 1e-3
+
+
+def test_content_rows_that_are_keys_but_padding_rows_stay_live(monkeypatch):
+    """A descriptor whose content rows past q_lengths are still keys (key_padding_mask with
+    q_lengths < kv_lengths): those rows are live (their keys are read); without the keys
+    the plan would leave them out."""
+    mask = jk.key_padding_mask(torch.tensor([5, 3]), 6, 6, q_lengths=torch.tensor([2, 3]))
+    plan = packing_mod.plan_packed_pass(mask, 6)
+    assert plan.live_flat.tolist() == [0, 1, 2, 3, 4, 6, 7, 8]
+    assert plan.kv_flat.tolist() == plan.live_flat.tolist()
+    assert plan.body.enc_rows.tolist() == [5, 3] and plan.body.enc_len == 5
+    assert plan.body.enc_flat.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+    monkeypatch.setattr(MaskDescriptor, "valid_keys", lambda self: torch.zeros(
+        self.batch_size, self.kv_len, dtype=torch.bool))
+    assert packing_mod.plan_packed_pass(mask, 6).live_flat.tolist() == [0, 1, 6, 7, 8]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(0, 9), st.integers(0, 6), st.data())
+def test_valid_rows_and_keys_match_the_materialized_mask(B, Lc, Lq, data):
+    """valid_rows / valid_keys (the packing's source) agree with the dense predicate: a row
+    that is not valid sees nothing, a key that is not valid is seen by nobody, and a valid
+    row that sees nothing or a valid key nobody sees only occurs where the predicate says."""
+    U = torch.tensor(data.draw(st.lists(st.integers(0, Lc), min_size=B, max_size=B)))
+    M = torch.tensor([data.draw(st.integers(0, min(Lq, (Lc - u) // 2))) for u in U.tolist()])
+    for mask in (jk.janus_nar_mask(U, M, Lc, Lq),
+                 jk.key_padding_mask(U, Lc + Lq, Lc, q_lengths=U),
+                 jk.causal_mask(U, Lc)):
+        dense = mask.materialize()
+        rows, keys = mask.valid_rows(), mask.valid_keys()
+        assert rows.shape == dense.shape[:2] and keys.shape == (B, dense.shape[2])
+        assert not dense[~rows].any()
+        assert not (dense & ~keys[:, None, :]).any()
+        p = mask.params.long()
+        r = torch.arange(mask.q_len)
+        want = torch.where(r < mask.q_split, r[None] < p[:, Field.ROWS0, None],
+                           (r - mask.q_split)[None] < p[:, Field.ROWS1, None])
+        assert torch.equal(rows, want)
