@@ -54,7 +54,7 @@ import janus_kernels as jk
 from janus_kernels.reference import authors_janus_masks
 
 from .layers import (KV, AttnCore, DecoderLayer, EncoderLayer, decoder_layer_packed, dense_core,
-                     fused_core, gather_rows)
+                     dropout, fused_core, gather_rows)
 from .layout import PAD, ARLayout, DecoderRows, JanusBatch, NARLayout, positions_for
 from .packing import LayerRows, plan_packed_pass, scatter_rows
 
@@ -249,7 +249,7 @@ class JanusTransformer(nn.Module):
 
     def _embed(self, tokens: Tensor, positions: Tensor, table: nn.Embedding) -> Tensor:
         x = self.embed_scale * self.embed(tokens) + table(positions)
-        return F.dropout(x, self.cfg.dropout, self.training)
+        return dropout(x, self.cfg.dropout, self.training)
 
     def _attn_p(self) -> float:
         return self.cfg.attention_dropout if self.training else 0.0

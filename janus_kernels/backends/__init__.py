@@ -24,9 +24,11 @@ A backend (one module each: ``cpu``, ``cuda``, ``triton``, ``reference``) is a
         -> (ar_loss (N,), masked_loss (M, 5), ar_stats, masked_stats)
     janus_bwd(g_ar, g_m, ar, nar, aux, ar_t, m_t, idx, ar_stats, masked_stats, eps,
               ignore_index) -> (d_ar, d_nar, d_aux)
+    dropout_fwd(y, residual, p, seed) -> residual + keep * y / (1 - p)
+    dropout_bwd(grad, p, seed) -> keep * grad / (1 - p)
 
 Ops: ``attention``, ``symmetric_kl``, ``cross_entropy``, ``janus_rows`` (the fused JANUS
-criterion rows). ``default_backend(op, device, dtype, head_dim, features)`` is the serving
+criterion rows), ``dropout_add`` (residual dropout with the Philox mask of dropout_add.py). ``default_backend(op, device, dtype, head_dim, features)`` is the serving
 backend with the highest priority; an explicitly requested backend that cannot serve a call raises a
 :class:`BackendError` naming the op, backend, device and reason. ``"cpp"``, the former name
 of both compiled backends, is accepted as an alias of ``"cpu"`` / ``"cuda"`` by device.
@@ -42,7 +44,7 @@ import torch
 __all__ = ["OPS", "Serves", "Backend", "BackendError", "register", "get", "names",
            "default_backend", "available_backends", "resolve", "why_not"]
 
-OPS = ("attention", "symmetric_kl", "cross_entropy", "janus_rows")
+OPS = ("attention", "symmetric_kl", "cross_entropy", "janus_rows", "dropout_add")
 ALIASES = {"cpp": {"cpu": "cpu", "cuda": "cuda"}}
 
 

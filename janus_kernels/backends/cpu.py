@@ -3,7 +3,7 @@
 Attention computes float32, bfloat16 and float16 (bf16 natively on AMX, otherwise each tile
 widened to fp32 inside the kernel), with the score modifiers softcap and rel_bias; float64
 attention is not served (the default falls back to the reference; asking for "cpu" explicitly
-raises). The loss kernels serve every float dtype.
+raises). The loss kernels and the residual dropout serve every float dtype.
 The raw ``janus::<op>`` CPU entries (e.g. ``torch.ops.janus.flash_attention_fwd`` on CPU
 tensors) forward to the active level's namespace too.
 """
@@ -41,8 +41,8 @@ class CpuBackend(Backend):
         Serves(("attention",), "cpu", _ATTN_DTYPES, priority=30,
                head_dims=lambda d: 1 <= d <= MAX_HEAD_DIM, head_dims_text=f"in [1, {MAX_HEAD_DIM}]",
                features=("softcap", "rel_bias")),
-        Serves(("symmetric_kl", "cross_entropy", "janus_rows"), "cpu", _LOSS_DTYPES,
-               priority=30),
+        Serves(("symmetric_kl", "cross_entropy", "janus_rows", "dropout_add"), "cpu",
+               _LOSS_DTYPES, priority=30),
     )
 
     def unavailable(self, device: torch.device,
@@ -56,6 +56,7 @@ class CpuBackend(Backend):
     kl_fwd, kl_bwd = _raw("symkl_rows_fwd"), _raw("symkl_rows_bwd")
     ce_fwd, ce_bwd = _raw("ce_rows_fwd"), _raw("ce_rows_bwd")
     janus_fwd, janus_bwd = _raw("janus_rows_fwd"), _raw("janus_rows_bwd")
+    dropout_fwd, dropout_bwd = _raw("dropout_add_fwd"), _raw("dropout_bwd")
 
 register(CpuBackend())
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dropout import dropout_keep_mask
+from ..dropout_add import reference_dropout_bwd, reference_dropout_fwd
 from ..masks import MaskDescriptor
 from ..reference import reference_attention, reference_attention_backward
 from ..score_mods import dense_rel_bias, rel_bias_grad
@@ -152,6 +153,8 @@ class ReferenceBackend(Backend):
     attention_bwd = staticmethod(attention_bwd)
     kl_fwd, kl_bwd = staticmethod(kl_fwd), staticmethod(kl_bwd)
     ce_fwd, ce_bwd = staticmethod(ce_fwd), staticmethod(ce_bwd)
+    dropout_fwd = staticmethod(reference_dropout_fwd)
+    dropout_bwd = staticmethod(reference_dropout_bwd)
 
     def detail(self, device: torch.device) -> str:
         return "dense eager PyTorch"

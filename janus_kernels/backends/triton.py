@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from . import OPS, Backend, Serves, register
+from . import Backend, Serves, register
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # float64 attention is not served: part of the kernels' arithmetic runs in float32 (the
@@ -40,15 +40,18 @@ def _lazy(module: str, fn: str):
     return staticmethod(call)
 
 
+_LOSS_OPS = ("symmetric_kl", "cross_entropy", "janus_rows")
+
+
 class TritonBackend(Backend):
     name = "triton"
     serves = (
         Serves(("attention",), "cuda", _ATTN_DTYPES, priority=20, features=_MODS, **_HEAD_DIMS),
-        Serves(tuple(o for o in OPS if o != "attention"), "cuda", _DTYPES, priority=20),
+        Serves(_LOSS_OPS, "cuda", _DTYPES, priority=20),
         # the interpreter: correct and slow, so below the reference
         Serves(("attention",), "cpu", _ATTN_DTYPES, priority=-1, features=_MODS,
                **_HEAD_DIMS),
-        Serves(tuple(o for o in OPS if o != "attention"), "cpu", _DTYPES, priority=-1),
+        Serves(_LOSS_OPS, "cpu", _DTYPES, priority=-1),
     )
 
     def unavailable(self, device: torch.device,
