@@ -17,7 +17,8 @@ The keep bit of flat element ``e`` (row-major over ``y``) for a 64-bit ``seed``:
 ``16 w .. 16 w + 15``, so a SIMD kernel draws a block with one vector of calls and writes each
 word as a contiguous run). Every backend draws the same bits: the compiled CPU kernels
 (csrc/cpu/dropout.cpp, ~0.8 ns per element against ~9 for ``torch.nn.functional.dropout``'s
-serial Bernoulli draws) and the reference here (any device). The sum and the product are
+serial Bernoulli draws), Triton (janus_kernels/triton/dropout.py, CUDA) and the reference
+here (any device). The sum and the product are
 computed in float32 (float64 for float64) and rounded once, with ``1 / (1 - p)`` taken in
 double precision and rounded to that type.
 
@@ -142,7 +143,8 @@ def dropout_add(y: torch.Tensor, residual: Optional[torch.Tensor] = None, p: flo
         seed: the mask's 64-bit seed (default: drawn from torch's CPU generator, so
             ``torch.manual_seed`` makes runs repeat). The same seed gives the same mask on
             every backend.
-        backend: "cpu" or "reference" (default: the serving backend of highest priority).
+        backend: "cpu", "triton" or "reference" (default: the serving backend of highest
+            priority).
 
     Returns:
         a new contiguous tensor; the inputs are not modified.

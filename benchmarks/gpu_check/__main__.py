@@ -21,6 +21,7 @@ GPU_TESTS: Sequence[Tuple[str, List[str]]] = (
                                                  "real_sizes or grid or tf32 or gqa"]),
     ("Triton JANUS rows vs the CPU op", ["tests/test_triton_janus_loss.py",
                                          "-k", "raw_rows"]),
+    ("Triton residual dropout: the CPU kernels' bits", ["tests/test_triton_dropout.py"]),
 )
 DRY_TESTS: Sequence[Tuple[str, List[str]]] = (
     ("CUDA kernels (emulated): determinism", ["tests/test_cuda_emu_determinism.py"]),

@@ -40,7 +40,7 @@ def _lazy(module: str, fn: str):
     return staticmethod(call)
 
 
-_LOSS_OPS = ("symmetric_kl", "cross_entropy", "janus_rows")
+_LOSS_OPS = ("symmetric_kl", "cross_entropy", "janus_rows", "dropout_add")
 
 
 class TritonBackend(Backend):
@@ -83,5 +83,7 @@ class TritonBackend(Backend):
     ce_fwd, ce_bwd = _lazy("loss", "ce_fwd"), _lazy("loss", "ce_bwd")
     janus_fwd = _lazy("janus_loss", "janus_rows_fwd")
     janus_bwd = _lazy("janus_loss", "janus_rows_bwd")
+    dropout_fwd = _lazy("dropout", "dropout_fwd")
+    dropout_bwd = _lazy("dropout", "dropout_bwd")
 
 register(TritonBackend())
