@@ -26,6 +26,7 @@ call longer than ``Settings.call_budget_s``). Machine peaks: benchmarks/peaks.py
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import dataclasses
 import datetime
@@ -51,7 +52,7 @@ __all__ = ["Settings", "Timing", "time_fn", "time_interleaved", "time_rows", "ti
            "first_call", "settle_first_call", "peak_memory_mb", "environment_info",
            "SuiteResult", "optional_import", "write_json",
            "markdown_table", "fmt_num", "bar_chart", "synchronize", "dtype_name",
-           "case_generator", "progress_cell"]
+           "case_generator", "progress_cell", "table_main"]
 
 MB = 1024 * 1024
 
@@ -571,3 +572,31 @@ def bar_chart(path: str, title: str, groups: Sequence[str], series: Dict[str, Se
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
+
+
+def table_main(argv: Optional[Sequence[str]], prog: str, doc: Optional[str],
+               run: Callable[[Settings, str], Dict[str, Any]],
+               columns: Sequence[Tuple[str, str]], formats: Dict[str, Callable],
+               setup: Optional[Callable[[], None]] = None) -> int:
+    """The command line of a one-table benchmark (``python -m benchmarks.<name>``):
+    ``--quick`` (tiny shape, quick timing), ``--timing``, ``--threads``, ``--json``; prints
+    the notes and the table of ``run(settings, "quick" | "standard")``; exit status 1 when a
+    row failed (has a ``note``). ``setup`` runs once after the thread settings."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny shape, quick timing (smoke)")
+    ap.add_argument("--timing", default="standard", choices=("quick", "standard", "full"))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="also write the result as JSON here")
+    args = ap.parse_args(argv)
+    settings = Settings.for_mode("quick" if args.quick else args.timing, threads=args.threads,
+                                 call_budget_s=0.0)
+    settings.apply()
+    if setup is not None:
+        setup()
+    res = run(settings, "quick" if args.quick else "standard")
+    print("\n".join(f"* {n}" for n in res["notes"]))
+    print(markdown_table(res["rows"], columns, formats))
+    if args.json:
+        write_json(args.json, res)
+    return 1 if any("note" in r for r in res["rows"]) else 0

@@ -18,7 +18,6 @@ neither contender pays page faults for its fresh multi-MB tensors.
 """
 from __future__ import annotations
 
-import argparse
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 import janus_kernels as jk
 from janus_kernels import cpu_isa
 
-from .common import Settings, error_line, markdown_table, time_interleaved, write_json
+from .common import Settings, error_line, table_main, time_interleaved
 
 SHAPES = {"quick": [(64, 32)], "standard": [(4096, 512), (15360, 512)]}
 DTYPES = (torch.float32, torch.bfloat16)
@@ -87,26 +86,15 @@ COLUMNS = [("shape", "rows x D"), ("dtype", "dtype"), ("pass", "pass"), ("janus"
            ("note", "note")]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.dropout", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny shape, quick timing (smoke)")
-    ap.add_argument("--timing", default="standard", choices=("quick", "standard", "full"))
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None, help="also write the result as JSON here")
-    args = ap.parse_args(argv)
-    timing = "quick" if args.quick else args.timing
-    settings = Settings.for_mode(timing, threads=args.threads, call_budget_s=0.0)
-    settings.apply()
+def _keep_freed_memory() -> None:
     from janus_model.memory import keep_freed_memory
     keep_freed_memory()
-    res = run(settings, "quick" if args.quick else "standard")
-    print("\n".join(f"* {n}" for n in res["notes"]))
-    print(markdown_table(res["rows"], COLUMNS, {"shape": str, "dtype": str, "pass": str,
-                                                "note": lambda x: x or ""}))
-    if args.json:
-        write_json(args.json, res)
-    return 1 if any("note" in r for r in res["rows"]) else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return table_main(argv, "python -m benchmarks.dropout", __doc__, run, COLUMNS,
+                      {"shape": str, "dtype": str, "pass": str, "note": lambda x: x or ""},
+                      setup=_keep_freed_memory)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Default shape: B=8, H=8, L=512, d=64, fp32, causal with real lengths uniform in 
 """
 from __future__ import annotations
 
-import argparse
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 import janus_kernels as jk
 from janus_kernels import cpu_isa, score_mods
 
-from .common import Settings, error_line, markdown_table, time_interleaved, write_json
+from .common import Settings, error_line, table_main, time_interleaved
 
 MODS = ("none", "softcap", "alibi", "t5", "softcap+t5")
 SHAPES = {"quick": (2, 2, 64, 16), "standard": (8, 8, 512, 64)}
@@ -125,22 +124,8 @@ COLUMNS = [("mod", "modifier"), ("janus", "janus ms"), ("sdpa", "sdpa + dense bi
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.score_mods", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny shape, quick timing (smoke)")
-    ap.add_argument("--timing", default="standard", choices=("quick", "standard", "full"))
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None, help="also write the result as JSON here")
-    args = ap.parse_args(argv)
-    timing = "quick" if args.quick else args.timing
-    settings = Settings.for_mode(timing, threads=args.threads, call_budget_s=0.0)
-    settings.apply()
-    res = run(settings, "quick" if args.quick else "standard")
-    print("\n".join(f"* {n}" for n in res["notes"]))
-    print(markdown_table(res["rows"], COLUMNS, {"mod": str, "note": lambda x: x or ""}))
-    if args.json:
-        write_json(args.json, res)
-    return 1 if any("note" in r for r in res["rows"]) else 0
+    return table_main(argv, "python -m benchmarks.score_mods", __doc__, run, COLUMNS,
+                      {"mod": str, "note": lambda x: x or ""})
 
 
 if __name__ == "__main__":

@@ -33,11 +33,7 @@ MAX_HEAD_DIM = 256
 
 
 def _impl(backend: str):
-    """The backend object behind a resolved name (the custom ops get names, not objects)."""
-    if backend not in _backends.names():
-        raise ValueError(f"janus::attention: backend must be one of {_backends.names()}, got "
-                         f"{backend!r} (the public attention() also accepts aliases and None)")
-    return _backends.get(backend)
+    return _backends.for_custom_op(backend, "attention")
 
 
 # ========================================================================= custom ops

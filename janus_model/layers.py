@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import janus_kernels as jk
+from janus_kernels.backends import resolve as resolve_backend   # cached per call signature
 from janus_kernels.masks import MaskDescriptor
 from janus_kernels.reference import reference_attention
 
@@ -114,7 +115,7 @@ def dropout(y: Tensor, p: float, training: bool, residual: Optional[Tensor] = No
     Bernoulli draws, which were 14% of a training step); elsewhere torch's dropout."""
     if not training or p == 0:
         return y if residual is None else residual + y
-    if jk.default_backend("dropout_add", y.device, y.dtype) != "reference":
+    if resolve_backend("dropout_add", None, y.device, y.dtype, None, "dropout") != "reference":
         if residual is None or (residual.dtype == y.dtype and residual.shape == y.shape):
             return jk.dropout_add(y, residual, p)
         return residual + jk.dropout_add(y, None, p)   # autocast: type promotion as torch's

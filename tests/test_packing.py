@@ -19,7 +19,8 @@ from janus_kernels.mask_fields import Field
 from janus_kernels.masks import MaskDescriptor
 from janus_model.model import ExecOptions
 
-from test_prune import MODES, TOL, _batch, _loss_and_grads, _model
+from test_prune import MODES, TOL, _batch, _model
+from test_prune import _worst_difference as _worst
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,16 +29,8 @@ def _one_thread(one_torch_thread):
 
 
 def _worst_difference(model, src, batch, mode, base: ExecOptions) -> float:
-    """Largest difference between the packed and the padded run: each loss term relative to
-    max(1, |term|), each gradient entry relative to the largest gradient entry."""
-    t0, g0 = _loss_and_grads(model, src, batch, mode, dataclasses.replace(base, pack=False))
-    t1, g1 = _loss_and_grads(model, src, batch, mode, dataclasses.replace(base, pack=True))
-    assert set(t0) == set(t1)
-    worst = max((abs(t1[k].item() - t0[k].item()) / max(1.0, abs(t0[k].item())) for k in t0),
-                default=0.0)
-    gmax = max(g.abs().max().item() for g in g0.values())
-    assert gmax > 0
-    return max(worst, max((g1[k] - g0[k]).abs().max().item() / gmax for k in g0))
+    """Largest difference between the packed and the padded run (test_prune's measure)."""
+    return _worst(model, src, batch, mode, base, switch="pack")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -58,11 +58,13 @@ def _loss_and_grads(model, src, batch, mode, opts):
     return {k: v.detach() for k, v in terms.items()}, grads
 
 
-def _worst_difference(model, src, batch, mode, base: ExecOptions) -> float:
-    """Largest difference between the pruned and the unpruned run: each loss term relative to
-    max(1, |term|), each gradient entry relative to the largest gradient entry."""
-    t0, g0 = _loss_and_grads(model, src, batch, mode, dataclasses.replace(base, prune=False))
-    t1, g1 = _loss_and_grads(model, src, batch, mode, dataclasses.replace(base, prune=True))
+def _worst_difference(model, src, batch, mode, base: ExecOptions, switch: str = "prune"
+                      ) -> float:
+    """Largest difference between the runs with ExecOptions.<switch> on and off (pruned /
+    unpruned by default): each loss term relative to max(1, |term|), each gradient entry
+    relative to the largest gradient entry."""
+    t0, g0 = _loss_and_grads(model, src, batch, mode, dataclasses.replace(base, **{switch: False}))
+    t1, g1 = _loss_and_grads(model, src, batch, mode, dataclasses.replace(base, **{switch: True}))
     assert set(t0) == set(t1)
     worst = max((abs(t1[k].item() - t0[k].item()) / max(1.0, abs(t0[k].item())) for k in t0),
                 default=0.0)

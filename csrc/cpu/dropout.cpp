@@ -206,9 +206,5 @@ void register_dropout(torch::Library& m) {
 }  // namespace
 }  // namespace janus_cpu
 
-#define JANUS_DROPOUT_FRAGMENT_(ns, m) TORCH_LIBRARY_FRAGMENT(ns, m)
-JANUS_DROPOUT_FRAGMENT_(JANUS_ISA_NS, m) { janus_cpu::define_dropout_ops(m); }
-#if defined(JANUS_ISA_WITH_AMX)
-TORCH_LIBRARY_FRAGMENT(janus_amx, m) { janus_cpu::define_dropout_ops(m); }
-#endif
+JANUS_CPU_SCHEMAS(janus_cpu::define_dropout_ops)
 JANUS_CPU_KERNELS(janus_cpu::register_dropout, janus_cpu::register_dropout)

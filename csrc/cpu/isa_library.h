@@ -24,3 +24,16 @@
 #define JANUS_CPU_KERNELS(reg, reg_amx) \
   JANUS_LIBRARY_IMPL_CPU_(JANUS_ISA_NS, m) { reg(m); }
 #endif
+
+// JANUS_CPU_SCHEMAS(define): define(m) adds op schemas (with or without kernels) to the
+// namespace(s) of this build as a library fragment (files other than attention_glue.cpp,
+// which owns the TORCH_LIBRARY block).
+#define JANUS_LIBRARY_FRAGMENT_(ns, m) TORCH_LIBRARY_FRAGMENT(ns, m)
+#if defined(JANUS_ISA_WITH_AMX)
+#define JANUS_CPU_SCHEMAS(define)                      \
+  JANUS_LIBRARY_FRAGMENT_(JANUS_ISA_NS, m) { define(m); } \
+  TORCH_LIBRARY_FRAGMENT(janus_amx, m) { define(m); }
+#else
+#define JANUS_CPU_SCHEMAS(define) \
+  JANUS_LIBRARY_FRAGMENT_(JANUS_ISA_NS, m) { define(m); }
+#endif

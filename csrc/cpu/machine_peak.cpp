@@ -82,8 +82,4 @@ void define_peak_ops(torch::Library& m) {
 }  // namespace janus_cpu
 
 // schemas with their (device-independent) kernels, in this build's namespace(s)
-#define JANUS_LIBRARY_FRAGMENT_(ns, m) TORCH_LIBRARY_FRAGMENT(ns, m)
-JANUS_LIBRARY_FRAGMENT_(JANUS_ISA_NS, m) { janus_cpu::define_peak_ops(m); }
-#if defined(JANUS_ISA_WITH_AMX)
-TORCH_LIBRARY_FRAGMENT(janus_amx, m) { janus_cpu::define_peak_ops(m); }
-#endif
+JANUS_CPU_SCHEMAS(janus_cpu::define_peak_ops)

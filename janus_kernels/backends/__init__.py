@@ -41,8 +41,8 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["OPS", "Serves", "Backend", "BackendError", "register", "get", "names",
-           "default_backend", "available_backends", "resolve", "why_not"]
+__all__ = ["OPS", "Serves", "Backend", "BackendError", "register", "get", "for_custom_op",
+           "names", "default_backend", "available_backends", "resolve", "why_not"]
 
 OPS = ("attention", "symmetric_kl", "cross_entropy", "janus_rows", "dropout_add")
 ALIASES = {"cpp": {"cpu": "cpu", "cuda": "cuda"}}
@@ -130,6 +130,15 @@ def names() -> Tuple[str, ...]:
 
 def get(name: str) -> Backend:
     _ensure_loaded()
+    return _REGISTRY[name]
+
+
+def for_custom_op(name: str, op: str) -> Backend:
+    """The backend behind a resolved name inside custom op ``janus::<op>`` (the ops take
+    names, not objects); a ValueError for a name that is not registered."""
+    if name not in names():
+        raise ValueError(f"janus::{op}: backend must be one of {names()}, got {name!r} (the "
+                         f"public function also accepts aliases and None)")
     return _REGISTRY[name]
 
 
