@@ -7,10 +7,18 @@ import subprocess
 import sys
 from typing import Dict, List
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_aot_script(script: str, expected_rows: int) -> List[Dict]:
+    """Skips without triton's compiler or a cuobjdump (bundled with triton's NVIDIA backend or
+    on PATH)."""
+    pytest.importorskip("triton.compiler")
+    from janus_kernels.triton import aot
+    if aot._cuobjdump() is None:
+        pytest.skip("no cuobjdump (bundled with triton's NVIDIA backend or on PATH)")
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=600)

@@ -53,15 +53,14 @@ def test_triton_serves_dropout_add():
 
 
 _AOT_SCRIPT = r"""
-import json, os, subprocess, tempfile
+import json, os
 os.environ["TRITON_INTERPRET"] = "0"
 import triton
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
 from janus_kernels.triton import dropout as D
+from janus_kernels.triton.aot import resource_usage
 
-tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-tmp = tempfile.mkdtemp()
 res = []
 for dt in ("fp32", "bf16", "fp16", "fp64"):
     for has_res in (True, False):
@@ -70,23 +69,16 @@ for dt in ("fp32", "bf16", "fp16", "fp64"):
                "HAS_RES": "constexpr", "IS_F64": "constexpr", "K": "constexpr"}
         const = {"HAS_RES": has_res, "IS_F64": dt == "fp64", "K": D._K}
         for arch in (80, 90):
-            src = ASTSource(fn=D.KERNELS["dropout_add"], signature=sig, constexprs=const)
-            k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+            k = triton.compile(ASTSource(fn=D.KERNELS["dropout_add"], signature=sig,
+                                         constexprs=const),
+                               target=GPUTarget("cuda", arch, 32),
                                options={"num_warps": 4, "enable_fp_fusion": False})
-            path = os.path.join(tmp, f"dropout_{dt}_{has_res}_{arch}.cubin")
-            open(path, "wb").write(k.asm["cubin"])
-            out = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True,
-                                 text=True).stdout
-            line = [l for l in out.splitlines() if "REG:" in l][0]
-            usage = dict(kv.split(":")[:2] for kv in line.split() if ":" in kv)
-            res.append(dict(kernel="dropout_add", dtype=dt, arch=arch, reg=int(usage["REG"]),
-                            stack=int(usage["STACK"]), local=int(usage["LOCAL"]),
-                            shared=k.metadata.shared))
+            res.append(dict(kernel="dropout_add", dtype=dt, arch=arch,
+                            **resource_usage(k.asm["cubin"])))
 print("RESULT" + json.dumps(res))
 """
 
 
 @pytest.mark.compile_check
 def test_triton_dropout_aot_compiles_without_spills():
-    pytest.importorskip("triton.compiler")
     run_aot_script(_AOT_SCRIPT, expected_rows=16)

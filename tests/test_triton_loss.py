@@ -152,9 +152,8 @@ import triton
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
 from janus_kernels.triton import loss as L
+from janus_kernels.triton.aot import resource_usage
 
-tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-tmp = tempfile.mkdtemp()
 res = []
 # (logits dtype, mask/smoothing flags, archs): the launch configurations of the launchers
 variants = [("fp32", True, (80, 90)), ("bf16", True, (80, 90)), ("fp16", False, (90,)),
@@ -184,20 +183,12 @@ for dt, flag, archs in variants:
             src = ASTSource(fn=L.KERNELS[name], signature=sig, constexprs=const)
             k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                options={"num_warps": L._warps(const["BLOCK"])})
-            path = os.path.join(tmp, f"{name}_{dt}_{arch}.cubin")
-            open(path, "wb").write(k.asm["cubin"])
-            out = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True,
-                                 text=True).stdout
-            line = [l for l in out.splitlines() if "REG:" in l][0]
-            usage = dict(kv.split(":")[:2] for kv in line.split() if ":" in kv)
-            res.append(dict(kernel=name, dtype=dt, arch=arch, reg=int(usage["REG"]),
-                            stack=int(usage["STACK"]), local=int(usage["LOCAL"]),
-                            shared=k.metadata.shared))
+            res.append(dict(kernel=name, dtype=dt, arch=arch,
+                            **resource_usage(k.asm["cubin"])))
 print("RESULT" + json.dumps(res))
 """
 
 
 @pytest.mark.compile_check
 def test_triton_loss_aot_compiles_without_spills():
-    pytest.importorskip("triton.compiler")
     run_aot_script(_AOT_SCRIPT, expected_rows=24)
