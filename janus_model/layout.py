@@ -76,6 +76,9 @@ class DecoderRows:
     out_rows: torch.Tensor         # (B, R_out) long, rows in [0, R); padding: any row
     out_mask: MaskDescriptor       # R_out rows x n_content keys
     reads: Dict[str, torch.Tensor]  # loss name -> (n,) flat index into B * R_out
+    # packed-pass plans of these rows (janus_model.packing), keyed by "last layer pruned":
+    # the layout's own cache, so a batch reused across steps plans once
+    packing: Dict[bool, object] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def num_rows(self) -> int:
@@ -120,6 +123,8 @@ class ARLayout:
     row_sample: torch.Tensor       # (R_ar,) sample of each real AR row
     row_col: torch.Tensor          # (R_ar,) column (= query index) of each real AR row
     row_target: torch.Tensor       # (R_ar,) its target token
+    _packing: Dict[tuple, dict] = dataclasses.field(default_factory=dict, repr=False,
+                                                    compare=False)
 
     @property
     def seq_len(self) -> int:
@@ -143,7 +148,7 @@ class ARLayout:
             n_content=T, mask=self.mask(),
             out_rows=T + _cols(B, T, self.content.device),
             out_mask=jk.causal_mask(self.lengths, T),
-            reads={"ar": self.rows()})
+            reads={"ar": self.rows()}, packing=self._packing.setdefault(("ar",), {}))
 
 
 @dataclasses.dataclass
@@ -168,6 +173,8 @@ class NARLayout:
     row_target: torch.Tensor        # (R,) the masked token y_k
     cmlm_len: int                   # max_b (U_b + M_b): content width without the G block
     live_len: int                   # max_b (U_b + 2M_b - [M_b > 0]): without the dead G row
+    _packing: Dict[tuple, dict] = dataclasses.field(default_factory=dict, repr=False,
+                                                    compare=False)
 
     @property
     def content_len(self) -> int:
@@ -223,7 +230,8 @@ class NARLayout:
             positions=torch.cat([self.content_positions[:, :Lc], self.query_positions], 1),
             n_content=Lc, mask=mask,
             out_rows=torch.cat([self._mblock_rows(Lc), Lc + _cols(B, Lq, self.U.device)], 1),
-            out_mask=out_mask, reads={"nar": k, "aux": k + Lq})
+            out_mask=out_mask, reads={"nar": k, "aux": k + Lq},
+            packing=self._packing.setdefault(("nar", drop_dead), {}))
 
     def cmlm_rows(self) -> DecoderRows:
         """CMLM rows: the V|M content only (no query stream, no G block); the output rows
@@ -234,7 +242,8 @@ class NARLayout:
             tokens=self.content[:, :n], positions=self.content_positions[:, :n],
             n_content=n, mask=self.cmlm_mask(), out_rows=self._mblock_rows(n),
             out_mask=jk.key_padding_mask(vm, Lq, n, q_lengths=self.M),
-            reads={"nar": self.row_sample * Lq + self.aux_col})
+            reads={"nar": self.row_sample * Lq + self.aux_col},
+            packing=self._packing.setdefault(("cmlm",), {}))
 
 
 @dataclasses.dataclass
@@ -244,6 +253,16 @@ class JanusBatch:
     ar: ARLayout
     nar: NARLayout
     target_lengths: torch.Tensor    # (B,) L_b = N_b + 2 (the length head's target)
+
+    def plan_packing(self, prune: bool = True) -> "JanusBatch":
+        """Plan the packed passes (``ExecOptions.pack``) of every mode now. A forward plans
+        them on first use anyway, except inside torch.compile, where a live-row count would
+        be data-dependent: call this before a compiled forward and it runs packed too."""
+        from .packing import plan_for
+        for rows in (self.ar.decoder_rows(), self.nar.decoder_rows(drop_dead=prune),
+                     self.nar.cmlm_rows()):
+            plan_for(rows, prune)
+        return self
 
 
 def positions_for(tokens: torch.Tensor, pad: int = PAD) -> torch.Tensor:

@@ -35,7 +35,8 @@ forward returns the output rows' states and no (rows x vocab) logits are materia
 "eager": plain torch), ``prune`` (skip the rows nobody reads, above; the authors compute every
 row), ``pack`` (the decoder's projections, LayerNorms, FFN and dropout on the live rows only,
 packed; attention scatters them into its padded layout: ``janus_model.packing``; under
-torch.compile the padded rows run, as a live-row count would be data-dependent).
+torch.compile the padded rows run unless ``JanusBatch.plan_packing()`` planned the batch
+before, as a live-row count is data-dependent).
 ``ExecOptions.authors()`` is the faithful dense reference of the authors' design.
 
 Sources must be right-padded with PAD (the key-padding descriptors assume real keys first).
@@ -56,7 +57,7 @@ from janus_kernels.reference import authors_janus_masks
 from .layers import (KV, AttnCore, DecoderLayer, EncoderLayer, decoder_layer_packed, dense_core,
                      dropout, fused_core, gather_rows)
 from .layout import PAD, ARLayout, DecoderRows, JanusBatch, NARLayout, positions_for
-from .packing import LayerRows, plan_packed_pass, scatter_rows
+from .packing import LayerRows, PackedPass, plan_for, scatter_rows
 
 __all__ = ["JanusConfig", "ExecOptions", "Encoded", "DecoderStates", "Outputs",
            "JanusTransformer"]
@@ -340,20 +341,22 @@ class JanusTransformer(nn.Module):
             allowed = torch.cat([a for _, a in dense_allowed], 1)
             last_core = dense_core([(rows.num_out, gather_rows(allowed, rows.out_rows))],
                                    self._attn_p())
-        # the live rows' count is data-dependent: a torch.compile graph keeps the padded rows
-        if opts.pack and not torch.compiler.is_compiling():
-            return self._run_packed(rows, core, last_core, enc, enc_kv, opts)
+        # the live rows' count is data-dependent: inside torch.compile only a plan made before
+        # (JanusBatch.plan_packing) is used, else the padded rows run
+        prune = last_core is not None
+        if opts.pack and (prune in rows.packing or not torch.compiler.is_compiling()):
+            return self._run_packed(rows, plan_for(rows, prune), core, last_core, enc, enc_kv,
+                                    opts)
         args = (rows.tokens, rows.positions, rows.n_content, core, enc, enc_kv, opts)
         if not opts.prune:
             return DecoderStates(self.decode_rows(*args), rows.out_rows)
         return DecoderStates(self.decode_rows(*args, last=(rows.out_rows, last_core)))
 
-    def _run_packed(self, rows: DecoderRows, core: AttnCore, last_core: Optional[AttnCore],
-                    enc: Encoded, enc_kv: List[KV], opts: ExecOptions) -> DecoderStates:
+    def _run_packed(self, rows: DecoderRows, plan: PackedPass, core: AttnCore,
+                    last_core: Optional[AttnCore], enc: Encoded, enc_kv: List[KV],
+                    opts: ExecOptions) -> DecoderStates:
         """``run_rows`` on the live rows only (``ExecOptions.pack``, janus_model.packing):
         the final states come back padded, zeros on the padding rows (which no loss reads)."""
-        plan = plan_packed_pass(rows.mask, rows.n_content,
-                                (rows.out_rows, rows.out_mask) if last_core else None)
         x = self._embed(rows.tokens.reshape(-1).index_select(0, plan.live_flat),
                         rows.positions.reshape(-1).index_select(0, plan.live_flat), self.dec_pos)
         S = enc.out.shape[1]

@@ -25,8 +25,8 @@ import torch
 
 from janus_kernels.masks import MaskDescriptor
 
-__all__ = ["LayerRows", "PackedPass", "plan_packed_pass", "head_index", "scatter_heads",
-           "gather_heads", "scatter_rows"]
+__all__ = ["LayerRows", "PackedPass", "plan_packed_pass", "plan_for", "head_index",
+           "scatter_heads", "gather_heads", "scatter_rows"]
 
 Tensor = torch.Tensor
 
@@ -158,3 +158,14 @@ def plan_packed_pass(mask: MaskDescriptor, n_content: int,
         last_rows = _layer_rows(out_flat, B, R_out, take)
     return PackedPass(B=B, R=R, n_content=n_content, live_flat=live_flat, kv_src=kv_src,
                       kv_flat=kv_flat, body=body, last=last_rows)
+
+
+def plan_for(rows, prune: bool) -> PackedPass:
+    """The packed pass of ``rows`` (a layout.DecoderRows), planned once per layout: cached in
+    ``rows.packing`` under ``prune`` (the last layer on the output rows only)."""
+    plan = rows.packing.get(prune)
+    if plan is None:
+        plan = plan_packed_pass(rows.mask, rows.n_content,
+                                (rows.out_rows, rows.out_mask) if prune else None)
+        rows.packing[prune] = plan
+    return plan

@@ -18,6 +18,7 @@ import janus_model.packing as packing_mod
 from janus_kernels.mask_fields import Field
 from janus_kernels.masks import MaskDescriptor
 from janus_model.model import ExecOptions
+from janus_model.objectives import compute_loss
 
 from test_prune import MODES, TOL, _batch, _model
 from test_prune import _worst_difference as _worst
@@ -97,8 +98,7 @@ _plan = packing_mod.plan_packed_pass
 
 def test_the_equality_check_catches_a_broken_packing(monkeypatch):
     """The check above is not vacuous: keys in the wrong rows fail it by a wide margin."""
-    import janus_model.model as model_mod
-    monkeypatch.setattr(model_mod, "plan_packed_pass", _plan_shifted)
+    monkeypatch.setattr(packing_mod, "plan_packed_pass", _plan_shifted)
     model = _model(torch.float64)
     src, batch = _batch(5)
     assert _worst_difference(model, src, batch, "janus", ExecOptions(loss="eager")) > 1e-3
@@ -140,3 +140,42 @@ def test_valid_rows_and_keys_match_the_materialized_mask(B, Lc, Lq, data):
         want = torch.where(r < mask.q_split, r[None] < p[:, Field.ROWS0, None],
                            (r - mask.q_split)[None] < p[:, Field.ROWS1, None])
         assert torch.equal(rows, want)
+
+
+def test_a_planned_batch_runs_packed_under_torch_compile():
+    """Inside torch.compile a live-row count would be data-dependent: an unplanned batch runs
+    the padded rows; after JanusBatch.plan_packing() the compiled graph scatters packed rows
+    (index_copy) and gives the eager packed loss and gradients."""
+    torch._dynamo.reset()
+    model = _model(torch.float32)
+    src, batch = _batch(3)
+    graphs = []
+
+    def capture(gm, inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    def step(b):
+        model.zero_grad()
+        loss = compute_loss(model, src, b, "janus", opts=ExecOptions())[0]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    compiled = torch.compile(lambda s, b: compute_loss(model, s, b, "janus",
+                                                       opts=ExecOptions())[0],
+                             fullgraph=True, backend=capture)
+    compiled(src, batch)
+    assert not any("index_copy" in g for g in graphs)      # unplanned: padded rows
+    torch._dynamo.reset()
+    graphs.clear()
+    src2, planned = _batch(3)
+    planned.plan_packing()
+    model.zero_grad()
+    loss = compiled(src2, planned)
+    assert any("index_copy" in g for g in graphs)
+    loss.backward()
+    got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    want_loss, want = step(planned)
+    torch.testing.assert_close(loss.detach(), want_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
