@@ -57,6 +57,20 @@ def loss_case(dtype: torch.dtype) -> None:
         close(a, b, dtype, f"losses {dtype} output {i}")
 
 
+def dropout_case(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(2)
+    y, x = (torch.randn(37, 203, generator=g).to(dtype) for _ in range(2))
+    res = {}
+    for be in ("cpu", "reference"):
+        yl = y.clone().requires_grad_()
+        out = jk.dropout_add(yl, x, 0.3, seed=11, backend=be)
+        out.float().square().sum().backward()
+        res[be] = [out.detach(), yl.grad]
+    for name, a, b in zip(("out", "dy"), res["cpu"], res["reference"]):
+        if not torch.equal(a, b):   # the same Philox bits and roundings on every backend
+            raise SystemExit(f"FAIL dropout_add {dtype} {name}: differs from the reference")
+
+
 def main() -> None:
     expected = sys.argv[1] if len(sys.argv) > 1 else None
     print("cpu kernels:", cpu_isa.describe(), flush=True)
@@ -68,6 +82,7 @@ def main() -> None:
             attention_case(dtype, d)
     for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         loss_case(dtype)
+        dropout_case(dtype)
     print(f"portable smoke: every op and dtype ok at level {level}")
 
 
