@@ -351,8 +351,9 @@ def run(settings: Settings, machine: Dict[str, Any],
                      + "; dropout 0.3 (the authors' IWSLT setting); Adam.")
     res.notes.append("step_gflop: matmul FLOPs from the shapes (linear layers on the rows each "
                      "mode runs: padded, or the live rows only when packed; the last decoder "
-                     "layer on the output rows only when pruned, attention on visible entries, projected rows; backward = 2x "
-                     "forward); gflops = step_gflop / step time.")
+                     "layer on the output rows only when pruned, attention on visible "
+                     "entries, projected rows; backward = 2x forward); gflops = step_gflop "
+                     "/ step time.")
     res.notes.append("loss = the loss in eval mode (no dropout) before timing; it differs "
                      "between modes (different objectives) and must agree within a mode.")
     res.seconds = time.perf_counter() - t_suite
