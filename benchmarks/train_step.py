@@ -190,7 +190,7 @@ def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad
     shapes, backward = 2x forward. The decoder rows, their masks and (pruned) output rows are
     the model's own (``batch.*.decoder_rows()``); visible score entries are counted on the
     materialized masks (small: B x rows x keys booleans)."""
-    from janus_model.packing import plan_packed_pass   # the batch came from janus_model
+    from janus_model.packing import plan_for   # the batch came from janus_model
 
     D, Fd, V, Lyr = setup.dim, setup.ffn, setup.vocab, setup.layers
     B, S = src.shape
@@ -213,8 +213,7 @@ def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad
     def decoder(rows) -> float:
         allowed, out_allowed = rows.mask.materialize(), rows.out_mask.materialize()
         if cfg.pack:   # the live rows (packing.py): computed, and the encoder attention's rows
-            plan = plan_packed_pass(rows.mask, rows.n_content,
-                                    (rows.out_rows, rows.out_mask) if cfg.prune else None)
+            plan = plan_for(rows, cfg.prune)   # the model's own plan of these rows
             full = layer(plan.live_flat.numel(), plan.kv_src.numel(), allowed,
                          plan.body.enc_rows.double())
             last = (None if plan.last is None else
