@@ -197,8 +197,8 @@ def step_gflop(setup: ModelSetup, src: torch.Tensor, batch, cfg: StepConfig, pad
     s_len = (src != pad).sum(1).double().cpu()
     mm = 0.0                                                  # multiply-adds
 
-    def encoder() -> float:
-        rows = B * S
+    def encoder() -> float:   # packed: the real source rows only (packing.SourceRows)
+        rows = float(s_len.sum()) if cfg.pack else B * S
         return (Lyr * rows * (4 * D * D + 2 * D * Fd)       # self-attn projections + FFN
                 + Lyr * 2 * D * float((s_len ** 2).sum())     # QK^T + PV, visible entries
                 + Lyr * rows * 2 * D * D)                     # decoder's encoder K/V

@@ -28,7 +28,8 @@ from janus_kernels.reference import reference_attention
 from .packing import LayerRows, gather_heads, scatter_heads
 
 __all__ = ["AttnCore", "fused_core", "dense_core", "gather_rows", "dropout", "MultiheadAttention",
-           "EncoderLayer", "DecoderLayer", "decoder_layer_packed", "reorder_cache"]
+           "EncoderLayer", "DecoderLayer", "encoder_layer_packed", "decoder_layer_packed",
+           "reorder_cache"]
 
 Tensor = torch.Tensor
 AttnCore = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -197,6 +198,16 @@ class DecoderLayer(nn.Module):
         x = self.b_self.out(x, self.self_attn(h, (k, v), self_core))
         x = self.b_enc.out(x, self.enc_attn(self.b_enc.inp(x), enc_kv, enc_core))
         return self.b_ffn.out(x, self.ffn(self.b_ffn.inp(x)))
+
+
+def encoder_layer_packed(layer: EncoderLayer, x: Tensor, core: AttnCore, heads: Tensor,
+                         B: int, S: int) -> Tensor:
+    """``layer`` on the packed real source rows x (N, D) (janus_model.packing.SourceRows:
+    ``heads`` their head rows of the (B, H, S, d) layout the core is built for) -> (N, D)."""
+    h = layer.b_attn.inp(x)
+    kv = layer.self_attn.kv_rows(h, heads, B, S)
+    x = layer.b_attn.out(x, layer.self_attn.rows(h, kv, core, heads, B, S))
+    return layer.b_ffn.out(x, layer.ffn(layer.b_ffn.inp(x)))
 
 
 def decoder_layer_packed(layer: DecoderLayer, x: Tensor, kv_src: Tensor, kv_heads: Tensor,

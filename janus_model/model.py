@@ -33,10 +33,11 @@ the eager reference attention, one call per stream), ``loss`` ("fused": the janu
 loss ops on the logits; "fused_linear": the output projection inside those ops, so the
 forward returns the output rows' states and no (rows x vocab) logits are materialized;
 "eager": plain torch), ``prune`` (skip the rows nobody reads, above; the authors compute every
-row), ``pack`` (the decoder's projections, LayerNorms, FFN and dropout on the live rows only,
-packed; attention scatters them into its padded layout: ``janus_model.packing``; under
-torch.compile the padded rows run unless ``JanusBatch.plan_packing()`` planned the batch
-before, as a live-row count is data-dependent).
+row), ``pack`` (the encoder's and decoder's projections, LayerNorms, FFN and dropout on the
+live rows only, packed; attention scatters them into its padded layout:
+``janus_model.packing``; a live-row count is data-dependent, so under torch.compile the
+encoder runs padded, and so does the decoder unless ``JanusBatch.plan_packing()`` planned
+the batch before).
 ``ExecOptions.authors()`` is the faithful dense reference of the authors' design.
 
 Sources must be right-padded with PAD (the key-padding descriptors assume real keys first).
@@ -54,10 +55,11 @@ from torch import nn
 import janus_kernels as jk
 from janus_kernels.reference import authors_janus_masks
 
-from .layers import (KV, AttnCore, DecoderLayer, EncoderLayer, decoder_layer_packed, dense_core,
+from .layers import (KV, AttnCore, DecoderLayer, EncoderLayer, decoder_layer_packed,
+                     encoder_layer_packed, dense_core,
                      dropout, fused_core, gather_rows)
 from .layout import PAD, ARLayout, DecoderRows, JanusBatch, NARLayout, positions_for
-from .packing import LayerRows, PackedPass, plan_for, scatter_rows
+from .packing import LayerRows, PackedPass, SourceRows, plan_for, scatter_rows, source_rows
 
 __all__ = ["JanusConfig", "ExecOptions", "Encoded", "DecoderStates", "Outputs",
            "JanusTransformer"]
@@ -138,6 +140,8 @@ class ExecOptions:
 class Encoded:
     out: Tensor          # (B, S, D)
     lengths: Tensor      # (B,) real source tokens
+    rows: Optional[Tensor] = None           # packed encoder: the real rows' states (N, D)
+    src_rows: Optional[SourceRows] = None   # ... and where they sit in ``out``
 
 
 @dataclasses.dataclass
@@ -274,6 +278,8 @@ class JanusTransformer(nn.Module):
         self._check_positions(src.shape[1])
         lengths = (src != PAD).sum(1)
         S = src.shape[1]
+        if opts.pack and not torch.compiler.is_compiling():   # data-dependent row count
+            return self._encode_packed(src, lengths, opts)
         x = self._embed(src, positions_for(src), self.enc_pos)
         core = self.padding_core(lengths, S, S, opts)
         for layer in self.encoder:
@@ -281,6 +287,19 @@ class JanusTransformer(nn.Module):
         if self.enc_ln is not None:
             x = self.enc_ln(x)
         return Encoded(x, lengths)
+
+    def _encode_packed(self, src: Tensor, lengths: Tensor, opts: ExecOptions) -> Encoded:
+        """``encode`` on the real source rows only (``ExecOptions.pack``); ``out`` comes back
+        padded, zeros on the padding rows (no key and no loss reads them)."""
+        sr = source_rows(lengths, src.shape[1])
+        x = self._embed(src.reshape(-1).index_select(0, sr.flat),
+                        positions_for(src).reshape(-1).index_select(0, sr.flat), self.enc_pos)
+        core = self.padding_core(lengths, sr.S, sr.S, opts, q_lengths=lengths)
+        for layer in self.encoder:
+            x = encoder_layer_packed(layer, x, core, sr.heads(layer.self_attn.heads), sr.B, sr.S)
+        if self.enc_ln is not None:
+            x = self.enc_ln(x)
+        return Encoded(scatter_rows(x, sr.flat, sr.B, sr.S), lengths, x, sr)
 
     def length_logits(self, enc: Encoded) -> Tensor:
         """(B, length_classes): mean-pooled encoder states times the length table."""
@@ -292,8 +311,13 @@ class JanusTransformer(nn.Module):
 
     def encoder_kv(self, enc: Encoded) -> List[KV]:
         """Per decoder layer, the encoder-attention keys/values: computed once per encoder
-        pass and shared by every decoder pass (and every decoding step) that uses it."""
-        return [layer.enc_attn.kv(enc.out) for layer in self.decoder]
+        pass and shared by every decoder pass (and every decoding step) that uses it. From a
+        packed encoder: projected from the real rows only (zeros on the padding keys)."""
+        sr = enc.src_rows
+        if enc.rows is None or sr is None:
+            return [layer.enc_attn.kv(enc.out) for layer in self.decoder]
+        return [layer.enc_attn.kv_rows(enc.rows, sr.heads(layer.enc_attn.heads), sr.B, sr.S)
+                for layer in self.decoder]
 
     def decode_rows(self, tokens: Tensor, positions: Tensor, n_content: int,
                     self_core: AttnCore, enc: Encoded, enc_kv: List[KV],

@@ -15,6 +15,10 @@ row sees no key and is no key, so no live row depends on it at any layer: the pa
 gives every live row the state the padded pass gives it (tests/test_packing.py), and a loss
 reads only live rows. The encoder attention of the packed rows uses a compact layout of
 its own, (B, max_b live rows), whose padding rows the kernel skips (``q_lengths``).
+
+The encoder packs the same way (``SourceRows``): its layers run on the real source tokens,
+its self-attention skips the padding rows, and the decoder's encoder-attention keys and
+values are projected from the real rows only (``JanusTransformer.encoder_kv``).
 """
 from __future__ import annotations
 
@@ -25,8 +29,8 @@ import torch
 
 from janus_kernels.masks import MaskDescriptor
 
-__all__ = ["LayerRows", "PackedPass", "plan_packed_pass", "plan_for", "head_index",
-           "scatter_heads", "gather_heads", "scatter_rows"]
+__all__ = ["LayerRows", "PackedPass", "SourceRows", "plan_packed_pass", "plan_for",
+           "source_rows", "head_index", "scatter_heads", "gather_heads", "scatter_rows"]
 
 Tensor = torch.Tensor
 
@@ -65,6 +69,28 @@ def _memo_heads(cache: dict, key: str, flat: Tensor, L: int, H: int) -> Tensor:
     if (key, H) not in cache:
         cache[key, H] = head_index(flat, L, H)
     return cache[key, H]
+
+
+@dataclasses.dataclass
+class SourceRows:
+    """The real rows of a right-padded source (B, S): ``flat`` (N,) = b * S + r for
+    r < lengths[b], the rows the encoder's key-padding mask calls real (so the packed encoder
+    computes exactly what the padded one computes for them)."""
+
+    B: int
+    S: int
+    flat: Tensor
+    _heads: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def heads(self, H: int) -> Tensor:
+        """``head_index`` of the real rows in a (B, H, S, d) layout."""
+        return _memo_heads(self._heads, "src", self.flat, self.S, H)
+
+
+def source_rows(lengths: Tensor, S: int) -> SourceRows:
+    """The ``SourceRows`` of a (B, S) source with ``lengths`` real tokens per sample."""
+    real = torch.arange(S, device=lengths.device)[None, :] < lengths[:, None]
+    return SourceRows(int(lengths.shape[0]), S, real.reshape(-1).nonzero().squeeze(1))
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ import janus_kernels as jk
 import janus_model.packing as packing_mod
 from janus_kernels.mask_fields import Field
 from janus_kernels.masks import MaskDescriptor
+from janus_model.layout import PAD
 from janus_model.model import ExecOptions
 from janus_model.objectives import compute_loss
 
@@ -179,3 +180,56 @@ def test_a_planned_batch_runs_packed_under_torch_compile():
     torch.testing.assert_close(loss.detach(), want_loss, rtol=1e-5, atol=1e-6)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_packed_encoder_computes_the_padded_encoders_real_rows():
+    """encode on the real source rows gives the padded encoder's real rows (padding rows:
+    zeros), and the decoder's encoder-attention keys and values match on the real keys."""
+    model = _model(torch.float64, pre_ln=True).eval()
+    src, _ = _batch(7, B=5)
+    lengths = (src != PAD).sum(1)
+    real = torch.arange(src.shape[1])[None, :] < lengths[:, None]          # (B, S)
+    assert not real.all()                                                    # padding present
+    with torch.no_grad():
+        packed, padded = (model.encode(src, ExecOptions(pack=p)) for p in (True, False))
+        assert packed.rows is not None and padded.rows is None
+        assert packed.rows.shape[0] == int(lengths.sum())
+        torch.testing.assert_close(packed.out[real], padded.out[real], rtol=1e-12, atol=1e-12)
+        assert (packed.out[~real] == 0).all()
+        for (kp, vp), (kd, vd) in zip(model.encoder_kv(packed), model.encoder_kv(padded)):
+            keys = real[:, None, :].expand(-1, kp.shape[1], -1)
+            torch.testing.assert_close(kp[keys], kd[keys], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(vp[keys], vd[keys], rtol=1e-12, atol=1e-12)
+
+
+def test_only_the_real_source_rows_reach_the_encoder_and_its_key_projections():
+    model = _model(torch.float32, decoder_layers=2)
+    src, batch = _batch(3)
+    n_real = int((src != PAD).sum())
+    assert n_real < src.numel()
+    seen = []
+    mods = [layer.ffn for layer in model.encoder] + \
+        [layer.enc_attn.k_proj for layer in model.decoder]
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0])) for m in mods]
+    try:
+        with torch.no_grad():
+            model(src, batch, "cmlm")
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == [n_real] * len(mods)
+
+
+def _source_rows_shifted(lengths, S):
+    """Broken plan: every sample's real rows taken one position later."""
+    sr = packing_mod.source_rows(lengths, S)
+    return dataclasses.replace(sr, flat=(sr.flat + 1).clamp(max=len(lengths) * S - 1))
+
+
+def test_the_equality_check_catches_a_broken_encoder_packing(monkeypatch):
+    import janus_model.model as model_mod
+    monkeypatch.setattr(model_mod, "source_rows", _source_rows_shifted)
+    model = _model(torch.float64)
+    src, batch = _batch(5)
+    for mode in ("cmlm", "janus"):
+        assert _worst_difference(model, src, batch, mode, ExecOptions(loss="eager")) > 1e-3
