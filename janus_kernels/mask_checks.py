@@ -75,9 +75,15 @@ def _is_cpu(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
 
+_FAKE_TENSOR = None
+
+
 def _is_fake(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-    return isinstance(t, FakeTensor)
+    global _FAKE_TENSOR
+    if _FAKE_TENSOR is None:   # imported once: an import statement per call cost ~30 us cold
+        from torch._subclasses.fake_tensor import FakeTensor
+        _FAKE_TENSOR = FakeTensor
+    return isinstance(t, _FAKE_TENSOR)
 
 
 def int_arg(x, name: str, minimum: int = 0, maximum: int = LIMIT):
