@@ -63,21 +63,28 @@ def test_packing_is_on_by_default_and_off_for_the_authors():
         ExecOptions(pack=1)
 
 
+def _rows_reaching(modules, run) -> list:
+    """The row count of each call of ``modules`` (in call order) while ``run()`` runs."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+             for m in modules]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
 def test_only_the_live_rows_reach_the_row_wise_layers():
     """Every FFN of the packed JANUS forward sees exactly the live rows: the rows the
     descriptors do not call padding (AR: 2 T_b per sample; NAR: U + 2M - 1 content rows and
     M queries; the pruned last layer: the T_b AR queries, the M-block rows and M queries)."""
     model = _model(torch.float32, decoder_layers=2)
     src, batch = _batch(3)
-    seen = []
-    hooks = [layer.ffn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-             for layer in model.decoder]
-    try:
-        with torch.no_grad():
-            model(src, batch, "janus")
-    finally:
-        for h in hooks:
-            h.remove()
+    seen = _rows_reaching([layer.ffn for layer in model.decoder],
+                          lambda: model(src, batch, "janus"))
     ar, nar = batch.ar, batch.nar
     T_b, U, M = ar.lengths, nar.U, nar.M
     ar_live, ar_out = int(2 * T_b.sum()), int(T_b.sum())
@@ -207,17 +214,9 @@ def test_only_the_real_source_rows_reach_the_encoder_and_its_key_projections():
     src, batch = _batch(3)
     n_real = int((src != PAD).sum())
     assert n_real < src.numel()
-    seen = []
     mods = [layer.ffn for layer in model.encoder] + \
         [layer.enc_attn.k_proj for layer in model.decoder]
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0])) for m in mods]
-    try:
-        with torch.no_grad():
-            model(src, batch, "cmlm")
-    finally:
-        for h in hooks:
-            h.remove()
-    assert seen == [n_real] * len(mods)
+    assert _rows_reaching(mods, lambda: model(src, batch, "cmlm")) == [n_real] * len(mods)
 
 
 def _source_rows_shifted(lengths, S):
