@@ -48,6 +48,8 @@ import torch
 import janus_kernels as jk
 from janus_kernels.masks import Field, MaskDescriptor
 
+from .packing import SourceRows, plan_for, source_rows
+
 __all__ = ["BOS", "PAD", "EOS", "UNK", "MASK", "DecoderRows", "ARLayout", "NARLayout",
            "JanusBatch", "build_batch", "positions_for"]
 
@@ -253,15 +255,24 @@ class JanusBatch:
     ar: ARLayout
     nar: NARLayout
     target_lengths: torch.Tensor    # (B,) L_b = N_b + 2 (the length head's target)
+    source: Optional[SourceRows] = None   # the encoder's plan (plan_packing(src=...))
 
-    def plan_packing(self, prune: bool = True) -> "JanusBatch":
-        """Plan the packed passes (``ExecOptions.pack``) of every mode now. A forward plans
-        them on first use anyway, except inside torch.compile, where a live-row count would
-        be data-dependent: call this before a compiled forward and it runs packed too."""
-        from .packing import plan_for
+    def plan_packing(self, prune: bool = True,
+                     src: Optional[torch.Tensor] = None) -> "JanusBatch":
+        """Plan the packed passes (``ExecOptions.pack``) of every mode now, and with ``src``
+        (the right-padded (B, S) source this batch goes with) the packed encoder too. A
+        forward plans them on first use anyway, except inside torch.compile, where a live-row
+        count would be data-dependent: call this before a compiled forward and it runs packed
+        too. A forward with another source than the planned one raises."""
         for rows in (self.ar.decoder_rows(), self.nar.decoder_rows(drop_dead=prune),
                      self.nar.cmlm_rows()):
             plan_for(rows, prune)
+        if src is not None:
+            if not isinstance(src, torch.Tensor) or src.dim() != 2 or \
+                    src.shape[0] != self.target_lengths.shape[0]:
+                raise ValueError(f"src: expected the batch's (B={self.target_lengths.shape[0]},"
+                                 f" S) source token ids, got {getattr(src, 'shape', src)}")
+            self.source = source_rows((src != PAD).sum(1), src.shape[1])
         return self
 
 

@@ -36,8 +36,8 @@ forward returns the output rows' states and no (rows x vocab) logits are materia
 row), ``pack`` (the encoder's and decoder's projections, LayerNorms, FFN and dropout on the
 live rows only, packed; attention scatters them into its padded layout:
 ``janus_model.packing``; a live-row count is data-dependent, so under torch.compile the
-encoder runs padded, and so does the decoder unless ``JanusBatch.plan_packing()`` planned
-the batch before).
+padded rows run unless ``JanusBatch.plan_packing(src=src)`` planned the batch and its
+source before).
 ``ExecOptions.authors()`` is the faithful dense reference of the authors' design.
 
 Sources must be right-padded with PAD (the key-padding descriptors assume real keys first).
@@ -59,7 +59,7 @@ from .layers import (KV, AttnCore, DecoderLayer, EncoderLayer, decoder_layer_pac
                      encoder_layer_packed, dense_core,
                      dropout, fused_core, gather_rows)
 from .layout import PAD, ARLayout, DecoderRows, JanusBatch, NARLayout, positions_for
-from .packing import LayerRows, PackedPass, plan_for, scatter_rows, source_rows
+from .packing import LayerRows, PackedPass, SourceRows, plan_for, scatter_rows, source_rows
 from .states import DecoderStates, Encoded, Outputs
 
 __all__ = ["JanusConfig", "ExecOptions", "Encoded", "DecoderStates", "Outputs",
@@ -211,7 +211,8 @@ class JanusTransformer(nn.Module):
         return dense_core([(n_rows, _key_padding_allowed(kv_lengths, n_rows, kv_len))],
                           self._attn_p())
 
-    def encode(self, src: Tensor, opts: Optional[ExecOptions] = None) -> Encoded:
+    def encode(self, src: Tensor, opts: Optional[ExecOptions] = None,
+               plan: Optional[SourceRows] = None) -> Encoded:
         """Encoder over a right-padded source (B, S)."""
         opts = opts or self.exec
         if src.dim() != 2:
@@ -219,8 +220,11 @@ class JanusTransformer(nn.Module):
         self._check_positions(src.shape[1])
         lengths = (src != PAD).sum(1)
         S = src.shape[1]
+        if opts.pack and plan is not None:   # planned before (JanusBatch.plan_packing(src=))
+            plan.check(lengths)
+            return self._encode_packed(src, lengths, opts, plan)
         if opts.pack and not torch.compiler.is_compiling():   # data-dependent row count
-            return self._encode_packed(src, lengths, opts)
+            return self._encode_packed(src, lengths, opts, source_rows(lengths, S))
         x = self._embed(src, positions_for(src), self.enc_pos)
         core = self.padding_core(lengths, S, S, opts)
         for layer in self.encoder:
@@ -229,10 +233,10 @@ class JanusTransformer(nn.Module):
             x = self.enc_ln(x)
         return Encoded(x, lengths)
 
-    def _encode_packed(self, src: Tensor, lengths: Tensor, opts: ExecOptions) -> Encoded:
-        """``encode`` on the real source rows only (``ExecOptions.pack``); ``out`` comes back
-        padded, zeros on the padding rows (no key and no loss reads them)."""
-        sr = source_rows(lengths, src.shape[1])
+    def _encode_packed(self, src: Tensor, lengths: Tensor, opts: ExecOptions,
+                       sr: SourceRows) -> Encoded:
+        """``encode`` on the real source rows ``sr`` only (``ExecOptions.pack``); ``out`` comes
+        back padded, zeros on the padding rows (no key and no loss reads them)."""
         x = self._embed(src.reshape(-1).index_select(0, sr.flat),
                         positions_for(src).reshape(-1).index_select(0, sr.flat), self.enc_pos)
         core = self.padding_core(lengths, sr.S, sr.S, opts, q_lengths=lengths)
@@ -395,7 +399,7 @@ class JanusTransformer(nn.Module):
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         opts = opts or self.exec
         ar, nar = batch.ar, batch.nar
-        enc = self.encode(src, opts)
+        enc = self.encode(src, opts, batch.source)
         enc_kv = self.encoder_kv(enc)
         out = Outputs(ar_target=ar.row_target, masked_target=nar.row_target,
                       length_target=batch.target_lengths.clamp(max=self.cfg.length_classes - 1))
@@ -411,7 +415,7 @@ class JanusTransformer(nn.Module):
 
         hq_ar = self.ar_pass(ar, enc, enc_kv, opts)
         if opts.encoder_passes == 2:        # the authors re-encode for the NAR forward
-            enc = self.encode(src, opts)
+            enc = self.encode(src, opts, batch.source)
             enc_kv = self.encoder_kv(enc)
         rows, st = self.nar_pass(nar, enc, enc_kv, opts)
         self._set_outputs(out, ("ar", "nar", "aux"), [

@@ -80,17 +80,32 @@ class SourceRows:
     B: int
     S: int
     flat: Tensor
+    lengths: Tensor          # (B,) the real tokens per sample it was planned for
     _heads: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def heads(self, H: int) -> Tensor:
         """``head_index`` of the real rows in a (B, H, S, d) layout."""
         return _memo_heads(self._heads, "src", self.flat, self.S, H)
 
+    def check(self, lengths: Tensor) -> None:
+        """Raise unless this plan was made for a source with these per-sample ``lengths``
+        (inside torch.compile: a runtime assertion, as the values are data)."""
+        if tuple(lengths.shape) != (self.B,):
+            raise ValueError(f"src: the batch's packing was planned for {self.B} sources "
+                             f"(plan_packing(src=...)), got {tuple(lengths.shape)[0]}")
+        same = (lengths == self.lengths.to(lengths.device)).all()
+        if torch.compiler.is_compiling():
+            torch._assert_async(same, "src: not the source the batch's packing was planned for")
+        elif not bool(same):
+            raise ValueError("src: not the source the batch's packing was planned for "
+                             "(plan_packing(src=...) saw other lengths)")
+
 
 def source_rows(lengths: Tensor, S: int) -> SourceRows:
     """The ``SourceRows`` of a (B, S) source with ``lengths`` real tokens per sample."""
     real = torch.arange(S, device=lengths.device)[None, :] < lengths[:, None]
-    return SourceRows(int(lengths.shape[0]), S, real.reshape(-1).nonzero().squeeze(1))
+    return SourceRows(int(lengths.shape[0]), S, real.reshape(-1).nonzero().squeeze(1),
+                      lengths)
 
 
 @dataclasses.dataclass

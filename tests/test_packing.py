@@ -232,3 +232,54 @@ def test_the_equality_check_catches_a_broken_encoder_packing(monkeypatch):
     src, batch = _batch(5)
     for mode in ("cmlm", "janus"):
         assert _worst_difference(model, src, batch, mode, ExecOptions(loss="eager")) > 1e-3
+
+
+def test_a_batch_planned_with_its_source_runs_the_encoder_packed_under_torch_compile():
+    """plan_packing(src=...) plans the encoder too: the compiled graph then packs the source
+    (more index_copy than a batch planned without it), gives the eager loss and gradients,
+    and a call with another source trips the graph's runtime assertion."""
+    model = _model(torch.float32)
+    graphs = []
+
+    def capture(gm, inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    compiled = torch.compile(lambda s, b: compute_loss(model, s, b, "cmlm",
+                                                       opts=ExecOptions())[0],
+                             fullgraph=True, backend=capture)
+    counts = []
+    for with_src in (False, True):
+        torch._dynamo.reset()
+        graphs.clear()
+        src, batch = _batch(3)
+        batch.plan_packing(src=src if with_src else None)
+        model.zero_grad()
+        loss = compiled(src, batch)
+        counts.append(sum(g.count("index_copy") for g in graphs))
+    assert counts[1] > counts[0] > 0
+    loss.backward()
+    got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    want_loss = compute_loss(model, src, batch, "cmlm", opts=ExecOptions())[0]
+    want_loss.backward()
+    want = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    torch.testing.assert_close(loss.detach(), want_loss.detach(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    other = src.clone()
+    b0 = int((other[0] != PAD).sum())
+    other[0, b0 - 1] = PAD                       # sample 0 one token shorter
+    with pytest.raises(RuntimeError, match="planned for"):
+        compiled(other, batch)
+    with pytest.raises(ValueError, match="planned for"):
+        compute_loss(model, other, batch, "cmlm", opts=ExecOptions())
+    torch._dynamo.reset()
+
+
+def test_plan_packing_rejects_a_source_of_another_batch_size():
+    src, batch = _batch(3)
+    with pytest.raises(ValueError, match="src"):
+        batch.plan_packing(src=src[:-1])
+    with pytest.raises(ValueError, match="src"):
+        batch.plan_packing(src=src[0])
