@@ -221,7 +221,7 @@ class JanusTransformer(nn.Module):
         lengths = (src != PAD).sum(1)
         S = src.shape[1]
         if opts.pack and plan is not None:   # planned before (JanusBatch.plan_packing(src=))
-            plan.check(lengths)
+            plan.check(lengths, S)
             return self._encode_packed(src, lengths, opts, plan)
         if opts.pack and not torch.compiler.is_compiling():   # data-dependent row count
             return self._encode_packed(src, lengths, opts, source_rows(lengths, S))

@@ -87,12 +87,13 @@ class SourceRows:
         """``head_index`` of the real rows in a (B, H, S, d) layout."""
         return _memo_heads(self._heads, "src", self.flat, self.S, H)
 
-    def check(self, lengths: Tensor) -> None:
-        """Raise unless this plan was made for a source with these per-sample ``lengths``
-        (inside torch.compile: a runtime assertion, as the values are data)."""
-        if tuple(lengths.shape) != (self.B,):
-            raise ValueError(f"src: the batch's packing was planned for {self.B} sources "
-                             f"(plan_packing(src=...)), got {tuple(lengths.shape)[0]}")
+    def check(self, lengths: Tensor, S: int) -> None:
+        """Raise unless this plan was made for a (B, S) source with these per-sample
+        ``lengths`` (inside torch.compile: a runtime assertion, as the values are data)."""
+        if tuple(lengths.shape) != (self.B,) or S != self.S:
+            raise ValueError(f"src: the batch's packing was planned for a (B={self.B}, "
+                             f"S={self.S}) source (plan_packing(src=...)), got "
+                             f"({tuple(lengths.shape)[0]}, {S})")
         same = (lengths == self.lengths.to(lengths.device)).all()
         if torch.compiler.is_compiling():
             torch._assert_async(same, "src: not the source the batch's packing was planned for")

@@ -274,6 +274,9 @@ def test_a_batch_planned_with_its_source_runs_the_encoder_packed_under_torch_com
         compiled(other, batch)
     with pytest.raises(ValueError, match="planned for"):
         compute_loss(model, other, batch, "cmlm", opts=ExecOptions())
+    wider = torch.cat([src, torch.full_like(src[:, :1], PAD)], 1)   # same lengths, S + 1
+    with pytest.raises(ValueError, match="planned for a"):
+        compute_loss(model, wider, batch, "cmlm", opts=ExecOptions())
     torch._dynamo.reset()
 
 
