@@ -104,6 +104,39 @@ def test_merged_blocks_zero_the_rows_between_the_streams(monkeypatch, driver):
     assert_close_to_reference([out, dq, dk, dv], q, k, v, do, allowed)
 
 
+# ------------------------------------------------------ the forward's register softmax tile
+@pytest.mark.parametrize("forward", ["tile", "general"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("family", ["janus_nar", "permutation"])
+@pytest.mark.parametrize("n_max", [3, 9, 17, 26, 33, 45, 60])
+def test_register_softmax_tile_matches_reference(monkeypatch, forward, dtype, family, n_max):
+    """The forward's register tile (small_softmax_tile.h) takes every block whose keys fit
+    3 AVX-512 / 6 AVX2 vectors, the JANUS NAR blocks' prefix and window merged into one chunk
+    across the gap between them (merge_key_gap). Sample lengths up to n_max put the blocks'
+    key spans on every vector count from 1 to past the tile (the general path then), with
+    padding, a JANUS sample without masked tokens, GQA, and (permutation masks) rows inside a
+    block that see no key at all; the same cases through the general softmax (the tile turned
+    off) as the control."""
+    monkeypatch.setenv(SMALL_KEYS_ENV, "128" if forward == "tile" else "0")
+    g = torch.Generator().manual_seed(n_max)
+    N = torch.randint(max(n_max // 2, 1), n_max + 1, (6,), generator=g)
+    N[0], N[-1] = n_max, 1
+    if family == "janus_nar":
+        M = (0.55 * N.double()).long()
+        M[1] = 0                               # a sample without masked tokens
+        mask = masks.janus_nar_mask(N + 2 - M, M)
+    else:   # the first query of each sample's order sees nothing
+        rank = torch.arange(n_max).repeat(6, 1)
+        for b in range(6):
+            rank[b, :int(N[b])] = torch.randperm(int(N[b]), generator=g)
+        mask = masks.permutation_mask(rank, N)
+    q, k, v, do = make_qkv(mask, H=4, Hkv=2, d=24, dtype=dtype, seed=n_max)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = jk.attention(*leaves, mask, backend="cpu")
+    grads = torch.autograd.grad(out, leaves, do)
+    assert_close_to_reference([out.detach()] + list(grads), q, k, v, do, mask.materialize())
+
+
 # ------------------------------------------------------------------ the few-rows forward
 ROWS_ENV = "JANUS_CPU_FWD_ROWS_MAX"
 

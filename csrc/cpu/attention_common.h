@@ -201,6 +201,17 @@ inline void span_ranges(const janus::SampleMask& m, int q_split, int i0, int i1,
   *hi = w0 ? (w1 ? std::max(h0, h1) : h0) : (w1 ? h1 : 0);
 }
 
+// Whether a block's two key ranges [0, pre) and [lo, hi) (a gap between them) may be
+// computed as ONE chunk [0, hi) at no extra cost in vector lanes per row (the gap keys are
+// masked like any key a row does not see) and within `chunk` keys. At IWSLT sizes (the JANUS
+// NAR mask's prefix [0, 15) and windows in [16, 43)) that is one 3-vector chunk instead of a
+// 1-vector and a 2-vector one, which lets the forward's register softmax tile take the block.
+inline bool merge_key_gap(int pre, int lo, int hi, int chunk) {
+  constexpr int kW = Vec::size();
+  return pre > 0 && lo > pre && hi > lo && hi <= chunk &&
+         round_up(hi, kW) <= round_up(pre, kW) + round_up(hi - lo, kW);
+}
+
 struct RowBlock { int i0, i1; int64_t cost; };
 
 // Tile work of rows [i0, i1] (a block of one stream, or content rows i0.. plus the query
@@ -321,6 +332,7 @@ struct RowVisible {
   const janus::SampleMask* m = nullptr;   // set only when the ranges are inexact
   int i = 0, c0 = 0, w = 0, a = 0, ws = 0, we = 0;
 
+  RowVisible() = default;
   RowVisible(const janus::SampleMask& mask, int row, int chunk0, int width, bool full)
       : i(row), c0(chunk0), w(width) {
     if (full) { a = w; return; }   // the caller knows the tile is fully visible
@@ -544,7 +556,8 @@ void attention_fwd_rows(const at::Tensor& q, const at::Tensor& k, const at::Tens
 // The small-tile backward (attention_bwd_small.cpp: row-major tiles, inlined GEMMs) serves
 // calls whose keys fit one backward chunk; attention_bwd picks it for them (except native
 // bf16). JANUS_CPU_SMALL_TILES_MAX_KEYS (0 .. kChunkBwd, default kChunkBwd) lowers that limit:
-// 0 sends every call to the brgemm driver (the tests run both drivers on the same cases).
+// 0 sends every call to the brgemm driver (the tests run both drivers on the same cases) and
+// every forward block to the general softmax (not the register tile, small_softmax_tile.h).
 inline int small_tiles_max_keys() {
   const char* e = std::getenv("JANUS_CPU_SMALL_TILES_MAX_KEYS");
   return e ? std::clamp(std::atoi(e), 0, kChunkBwd) : kChunkBwd;

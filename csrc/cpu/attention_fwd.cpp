@@ -16,6 +16,7 @@
 // widening path: bf16 / fp16 tensors computed with fp32 tiles (T != C = float).
 #include "attention_common.h"
 #include "small_gemm.h"
+#include "small_softmax_tile.h"
 
 namespace janus_cpu {
 namespace {
@@ -191,6 +192,9 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
   const int width_round = kBf16 ? 32 : 16;
   const int nthreads = at::get_num_threads();
   const bool nt = stream_outputs(out);
+  // widest block the register softmax tile takes; JANUS_CPU_SMALL_TILES_MAX_KEYS=0 turns it
+  // off with the small-tile backward (the tests run both paths on the same cases)
+  const int tile_keys = std::min(kSoftmaxTileKeys, small_tiles_max_keys());
 
   // Row blocks per sample; each (b, h) is one item (K packed once), split into a few items
   // only when there are too few heads to keep every thread busy (then the streams stay in
@@ -257,10 +261,45 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
       span_ranges(m, ma.q_split, it.i0, it.i1, &pre, &lo, &hi);
       if (kBf16 && hi > lo) lo &= ~1;  // VNNI pairs keys (2t, 2t+1): chunks start at even keys
 
+      // A block whose keys fit one register tile (small items): scores and softmax in one
+      // pass (small_softmax_tile.h), then acc = P V; merging the gap between the prefix and
+      // the window into that one chunk costs no extra vector lanes (merge_key_gap).
+      int one_w = 0;   // that chunk's width [0, one_w) (for_each_key_chunk's single chunk)
+      if constexpr (!kBf16) {
+        const int keys = (hi <= lo) ? pre : (lo <= pre) ? std::max(pre, hi)
+                         : merge_key_gap(pre, lo, hi, kSoftmaxTileKeys) ? hi : 0;
+        if (!mods.on() && !drop.on() && keys <= tile_keys) one_w = keys;
+      }
+      if constexpr (!kBf16) if (one_w > 0) {
+        const int wr = (int)round_up(one_w, Vec::size());
+        const float* qrow[kBlockM];
+        const float* ktrow[kMaxHeadDim];
+        float* srow[kBlockM];
+        const float* prow[kBlockM];
+        float* arow[kBlockM];
+        const float* vrow[kSoftmaxTileKeys];
+        RowVisible vis[kBlockM];
+        for (int r = 0; r < rows; ++r) {
+          qrow[r] = qblk + (rr.row(r) - it.i0) * q_ld;
+          prow[r] = srow[r] = S + (int64_t)r * wr;
+          arow[r] = acc + (int64_t)r * d;
+        }
+        for (int x2 = 0, at = 0; x2 < 2; at += rr.count[x2], ++x2) {
+          const int i0 = rr.start[x2], n = rr.count[x2];
+          if (n == 0) continue;
+          const bool full = m.tile_class(i0, i0 + n - 1, 0, one_w - 1) == janus::TILE_FULL;
+          for (int r = 0; r < n; ++r) vis[at + r] = RowVisible(m, i0 + r, 0, one_w, full);
+        }
+        for (int c = 0; c < d; ++c) ktrow[c] = kt + c * Lkp;
+        for (int t = 0; t < one_w; ++t) vrow[t] = ph.v + (int64_t)t * ph.v_ld;
+        qk_softmax(rows, one_w, d, qrow, ktrow, srow, vis, scale, mrow, lrow);
+        small_gemm<AMode::kRows>(rows, d, one_w, prow, vrow, arow, false);
+      }
+
       // acc is not zeroed: the first chunk's P V writes it (rows seeing none of that chunk's
       // keys get P = 0 rows); later chunks accumulate. Rows with l = 0 never read it.
       bool first = true;
-      for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
+      if (one_w == 0) for_each_key_chunk(pre, lo, hi, kChunkFwd, [&](int c0, int w) {
         const int wr = std::min<int>(round_up(w, width_round), kChunkFwd);
         // S = Q K^T over the rounded-up width (K^T is zero past kv_len); columns [w, wr) are
         // masked below
