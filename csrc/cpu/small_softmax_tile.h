@@ -7,8 +7,9 @@
 // P goes to the caller's scratch for the P V product; m and l are the block's final row
 // statistics (one chunk: no online rescaling). softmax_chunk (attention_fwd.cpp) does the same
 // for any width in passes over S stored in scratch: a masking / max pass, an exp / sum pass
-// and 16-row group reductions. Measured at the IWSLT shape (call-by-call A/B): the forward
-// 1-3% faster at the AVX-512 level, 5-18% at the AVX2 level.
+// and 16-row group reductions. Measured at the IWSLT shape (the forward alone, A/B call by
+// call against JANUS_CPU_SMALL_TILES_MAX_KEYS=0): 8-12% faster at the AVX2 level, the same
+// time (within 0.6%) at the AVX-512 level, where the passes were already cheap.
 // Rows that see none of the keys get m = -inf, P = 0 and l = 0. No score modifiers and no
 // dropout here: the caller takes the general path for those.
 // (A backward tile fusing S and dP with the P / dS step the same way was measured too: no
