@@ -134,6 +134,40 @@ void softmax_chunk(const janus::SampleMask& m, int i0, int rows, int c0, int w, 
   }
 }
 
+// One row block through the register softmax tile (small_softmax_tile.h): the rows of rr
+// over keys [0, w) (one chunk), leaving P V (unnormalized) in acc and the final row max and
+// sum in mrow / lrow, as the chunk loop below would. qblk: the block's Q rows from row i0
+// (row stride q_ld); kt: K^T [d][Lkp]; v: V rows (stride v_ld); S: P scratch.
+void softmax_tile_block(const janus::SampleMask& m, const RowRuns& rr, int i0, const float* qblk,
+                        int64_t q_ld, const float* kt, int64_t Lkp, const float* v,
+                        int64_t v_ld, int w, int d, float scale, float* S, float* acc,
+                        float* mrow, float* lrow) {
+  const int rows = rr.n();
+  const int64_t wr = round_up(w, Vec::size());
+  const float* qrow[kBlockM];
+  const float* ktrow[kMaxHeadDim];
+  float* srow[kBlockM];
+  const float* prow[kBlockM];
+  float* arow[kBlockM];
+  const float* vrow[kSoftmaxTileKeys];
+  RowVisible vis[kBlockM];
+  for (int r = 0; r < rows; ++r) {
+    qrow[r] = qblk + (rr.row(r) - i0) * q_ld;
+    prow[r] = srow[r] = S + r * wr;
+    arow[r] = acc + (int64_t)r * d;
+  }
+  for (int x = 0, at = 0; x < 2; at += rr.count[x], ++x) {   // each run's rows
+    const int r0 = rr.start[x], n = rr.count[x];
+    if (n == 0) continue;
+    const bool full = m.tile_class(r0, r0 + n - 1, 0, w - 1) == janus::TILE_FULL;
+    for (int r = 0; r < n; ++r) vis[at + r] = RowVisible(m, r0 + r, 0, w, full);
+  }
+  for (int c = 0; c < d; ++c) ktrow[c] = kt + c * Lkp;
+  for (int t = 0; t < w; ++t) vrow[t] = v + t * v_ld;
+  qk_softmax(rows, w, d, qrow, ktrow, srow, vis, scale, mrow, lrow);
+  small_gemm<AMode::kRows>(rows, d, w, prow, vrow, arow, false);
+}
+
 // =========================================================================== forward
 // K^T of one (b, kv head), packed per work item into thread-local scratch, real keys only:
 // fp32 [d][Lkp]; bf16 VNNI [d/2][Lkp][2], and V for bf16 as VNNI [Lkp/2][d][2]. Columns
@@ -269,31 +303,9 @@ void attention_fwd_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
         const int keys = (hi <= lo) ? pre : (lo <= pre) ? std::max(pre, hi)
                          : merge_key_gap(pre, lo, hi, kSoftmaxTileKeys) ? hi : 0;
         if (!mods.on() && !drop.on() && keys <= tile_keys) one_w = keys;
-      }
-      if constexpr (!kBf16) if (one_w > 0) {
-        const int wr = (int)round_up(one_w, Vec::size());
-        const float* qrow[kBlockM];
-        const float* ktrow[kMaxHeadDim];
-        float* srow[kBlockM];
-        const float* prow[kBlockM];
-        float* arow[kBlockM];
-        const float* vrow[kSoftmaxTileKeys];
-        RowVisible vis[kBlockM];
-        for (int r = 0; r < rows; ++r) {
-          qrow[r] = qblk + (rr.row(r) - it.i0) * q_ld;
-          prow[r] = srow[r] = S + (int64_t)r * wr;
-          arow[r] = acc + (int64_t)r * d;
-        }
-        for (int x2 = 0, at = 0; x2 < 2; at += rr.count[x2], ++x2) {
-          const int i0 = rr.start[x2], n = rr.count[x2];
-          if (n == 0) continue;
-          const bool full = m.tile_class(i0, i0 + n - 1, 0, one_w - 1) == janus::TILE_FULL;
-          for (int r = 0; r < n; ++r) vis[at + r] = RowVisible(m, i0 + r, 0, one_w, full);
-        }
-        for (int c = 0; c < d; ++c) ktrow[c] = kt + c * Lkp;
-        for (int t = 0; t < one_w; ++t) vrow[t] = ph.v + (int64_t)t * ph.v_ld;
-        qk_softmax(rows, one_w, d, qrow, ktrow, srow, vis, scale, mrow, lrow);
-        small_gemm<AMode::kRows>(rows, d, one_w, prow, vrow, arow, false);
+        if (one_w > 0)
+          softmax_tile_block(m, rr, it.i0, qblk, q_ld, kt, Lkp, ph.v, ph.v_ld, one_w, d, scale, S,
+                             acc, mrow, lrow);
       }
 
       // acc is not zeroed: the first chunk's P V writes it (rows seeing none of that chunk's
