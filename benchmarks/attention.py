@@ -55,7 +55,8 @@ from .common import (Settings, SuiteResult, case_generator, dtype_name, error_li
 from .peaks import compute_peak
 from .timebox import CallBudget
 
-__all__ = ["Shape", "SHAPES", "FAMILIES", "Case", "make_case", "plan", "run", "flex_mask_mod"]
+__all__ = ["Shape", "SHAPES", "FAMILIES", "Case", "make_case", "case_inputs", "plan", "run",
+           "flex_mask_mod"]
 
 H, HEAD_DIM = 8, 64
 FAMILIES = ("janus_nar", "janus_ar", "causal_pad", "prefix_lm", "sliding_window", "permutation")
@@ -328,7 +329,8 @@ def _flex_contender(case: Case, settings: Settings, with_flex: bool) -> Contende
 
 
 # ============================================================================= measuring
-def _inputs(case: Case, dtype: torch.dtype, gen: torch.Generator, device: str):
+def case_inputs(case: Case, dtype: torch.dtype, gen: torch.Generator, device: str):
+    """q, k, v and the upstream gradient of `case` (B, H heads, HEAD_DIM), drawn from gen."""
     B, d = case.shape.B, case.desc
     q = torch.randn(B, H, d.q_len, HEAD_DIM, generator=gen).to(device, dtype)
     k = torch.randn(B, H, d.kv_len, HEAD_DIM, generator=gen).to(device, dtype)
@@ -465,7 +467,7 @@ def run(settings: Settings, machine: Dict[str, Any],
             gc.collect()
             gen = case_generator(settings.seed, f"attention/{family}/{shape_name}")
             case = make_case(family, SHAPES[shape_name], gen, settings.device)
-        tensors = _inputs(case, dtype, case_generator(
+        tensors = case_inputs(case, dtype, case_generator(
             settings.seed, f"attention/{case.label}/{dtype_name(dtype)}"), settings.device)
         contenders = _contenders(case, dtype, settings, with_flex, res)
         ours = next((c for c in contenders if c.name.startswith("ours:")), None)

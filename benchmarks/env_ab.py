@@ -24,7 +24,7 @@ import torch
 
 from janus_kernels import cpu_isa
 
-from .attention import H, HEAD_DIM, SHAPES, make_case
+from .attention import HEAD_DIM, SHAPES, case_inputs, make_case
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -32,15 +32,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def _raw_ops(family: str, shape: str, dtype: torch.dtype, seed: int
              ) -> Dict[str, Callable[[], object]]:
     case = make_case(family, SHAPES[shape], torch.Generator().manual_seed(seed), "cpu")
-    d, B = case.desc, SHAPES[shape].B
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, n, HEAD_DIM, generator=g).to(dtype)
-               for n in (d.q_len, d.kv_len, d.kv_len))
+    d = case.desc
+    q, k, v, do = case_inputs(case, dtype, torch.Generator().manual_seed(seed), "cpu")
     ops = cpu_isa.level_ops()
     mask_args = (d.params, d.rank, d.q_split, int(d.kind), HEAD_DIM ** -0.5, 0.0, None, None,
                  0.0)
     out, lse = ops.flash_attention_fwd(q, k, v, *mask_args)
-    do = torch.randn(out.shape, generator=g).to(dtype)
     return {"fwd": lambda: ops.flash_attention_fwd(q, k, v, *mask_args),
             "bwd": lambda: ops.flash_attention_bwd(do, q, k, v, out, lse, *mask_args)}
 

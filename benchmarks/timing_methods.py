@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import janus_kernels as jk
 
-from .attention import H, HEAD_DIM, SHAPES, make_case
+from .attention import SHAPES, case_inputs, make_case
 from .common import markdown_table
 
 METHODS = ("interleaved", "warm", "flushed")
@@ -39,11 +39,10 @@ FLUSH_FLOATS = 64 << 20   # 256 MB
 
 def _contenders(shape: str, seed: int) -> Dict[str, Callable[[], None]]:
     case = make_case("janus_nar", SHAPES[shape], torch.Generator().manual_seed(seed), "cpu")
-    d, B = case.desc, SHAPES[shape].B
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, n, HEAD_DIM, generator=g).requires_grad_()
-               for n in (d.q_len, d.kv_len, d.kv_len))
-    do = torch.randn(B, H, d.q_len, HEAD_DIM, generator=g)
+    d = case.desc
+    q, k, v, do = case_inputs(case, torch.float32, torch.Generator().manual_seed(seed), "cpu")
+    for t in (q, k, v):
+        t.requires_grad_()
     allowed = case.allowed[:, None]
 
     def ours() -> None:

@@ -540,7 +540,7 @@ def _tiny_case():
 
 
 def _prepare(contender, case, budget, pass_="fwd"):
-    tensors = batt._inputs(case, torch.float32, torch.Generator().manual_seed(1), "cpu")
+    tensors = batt.case_inputs(case, torch.float32, torch.Generator().manual_seed(1), "cpu")
     s = Settings.for_mode("quick", threads=1)
     return batt._prepare(contender, case, torch.float32, pass_, tensors, None, None, s, budget)
 
